@@ -1,0 +1,308 @@
+"""The four backends a recovery job drives, as typed Protocols, and the values they exchange.
+
+A backup product plugs in its own implementations; ``liverecovery.testing`` has in-memory ones
+with fault injection, and the real ones live in ``nfs/``, ``catalog/``, ``cache/`` and ``vsphere/``.
+Every method is async and every backend has ``aclose()``. Backends raise ``BackendError`` (or a
+subclass) for failures of the outside system; the job layer adds timeouts around every call.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from liverecovery.nfs.filesystem import Filesystem
+
+__all__ = [
+    "Backends",
+    "BlockCache",
+    "BlockKey",
+    "CacheSpace",
+    "CatalogReader",
+    "DiskInfo",
+    "DiskReader",
+    "ExportInfo",
+    "Extent",
+    "ExtentKind",
+    "MediaKind",
+    "NfsExporter",
+    "ProgressCallback",
+    "RestorePoint",
+    "VSphereClient",
+    "VmRef",
+]
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (done, total) as a long operation advances."""
+
+
+# -- catalog -------------------------------------------------------------------------------------
+
+
+class MediaKind(enum.StrEnum):
+    """Where a restore point is stored; live recovery refuses ``TAPE``."""
+
+    DISK = "disk"
+    CLOUD = "cloud"
+    TAPE = "tape"
+
+
+@attrs.frozen
+class DiskInfo:
+    """One virtual disk of a VM as the backup describes it.
+
+    ``key`` is the .vmx device key (``scsi0:0``), ``file_name`` the descriptor's name in the VM
+    folder, ``adapter`` the controller type (``lsilogic``, ``pvscsi``, ``ide``, ``sata``, ``nvme``...).
+    """
+
+    key: str
+    file_name: str
+    capacity_bytes: int
+    adapter: str = "lsilogic"
+
+
+@attrs.frozen
+class RestorePoint:
+    """One backup of one VM: what the preflight rules and the staging step need to know."""
+
+    vm_name: str
+    point_id: str
+    vmx_name: str
+    disks: tuple[DiskInfo, ...]
+    media: MediaKind = MediaKind.DISK
+    archived: bool = False
+    passkey_required: bool = False
+    created: datetime | None = None
+    guest_os: str = ""
+    memory_mb: int = 0
+    num_cpus: int = 0
+    nvram_name: str | None = None
+
+    @property
+    def total_disk_bytes(self) -> int:
+        """The seed's "total VM size": the sum of the sizes of all VMDKs."""
+        return sum(d.capacity_bytes for d in self.disks)
+
+
+class ExtentKind(enum.StrEnum):
+    """What a run of a disk holds: ``DATA`` must be read, ``ZERO`` and ``UNALLOCATED`` read as zeros."""
+
+    DATA = "data"
+    ZERO = "zero"
+    UNALLOCATED = "unallocated"
+
+
+@attrs.frozen
+class Extent:
+    """A run of ``length`` bytes at ``offset`` of one kind."""
+
+    offset: int
+    length: int
+    kind: ExtentKind
+
+
+@runtime_checkable
+class DiskReader(Protocol):
+    """**Protocol:** random access to one virtual disk's bytes, safe for concurrent readers."""
+
+    @property
+    def size(self) -> int:
+        """The disk's virtual size in bytes."""
+        ...
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes (zeros for holes), shorter only at the end of the disk."""
+        ...
+
+    async def allocation(self) -> Sequence[Extent]:
+        """Data/zero/unallocated runs covering the disk, from metadata only (no data reads)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class CatalogReader(Protocol):
+    """**Protocol:** the backups a job can recover from."""
+
+    async def vm_names(self) -> Sequence[str]:
+        """Names of the VMs with at least one restore point."""
+        ...
+
+    async def restore_points(self, vm_name: str) -> Sequence[RestorePoint]:
+        """Restore points of ``vm_name``, oldest first. :raises CatalogError: unknown VM."""
+        ...
+
+    async def restore_point(self, vm_name: str, point_id: str | None = None) -> RestorePoint:
+        """One restore point; the newest when ``point_id`` is None. :raises CatalogError:"""
+        ...
+
+    async def read_file(self, point: RestorePoint, name: str) -> bytes:
+        """A small file of the VM folder (.vmx, .nvram). :raises CatalogError:"""
+        ...
+
+    async def open_disk(self, point: RestorePoint, disk: DiskInfo) -> DiskReader:
+        """Open one disk for reading; the backup is never modified. :raises CatalogError:"""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class BlockKey:
+    """Identifies one cache block: ``source`` names the disk (stable across restarts)."""
+
+    source: str
+    index: int
+
+
+@attrs.frozen
+class CacheSpace:
+    """Space on the cache's filesystem, in bytes, and what running jobs have reserved."""
+
+    total_bytes: int
+    free_bytes: int
+    reserved_bytes: int
+
+
+@runtime_checkable
+class BlockCache(Protocol):
+    """**Protocol:** the circular block cache (the seed's 3DFS cache)."""
+
+    @property
+    def block_size(self) -> int: ...
+
+    async def space(self) -> CacheSpace:
+        """Current free space and outstanding reservations."""
+        ...
+
+    async def reserve(self, job_id: str, nbytes: int) -> None:
+        """Reserve space for a job (idempotent per job id). :raises CacheSpaceError:"""
+        ...
+
+    async def release(self, job_id: str) -> None:
+        """Release a job's reservation; releasing an unknown job is a no-op."""
+        ...
+
+    def reservations(self) -> Mapping[str, int]:
+        """Job id to reserved bytes, for every job holding a reservation."""
+        ...
+
+    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The block's bytes from the cache, or from ``fetch`` (called once for concurrent misses)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- NFS export ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ExportInfo:
+    """An NFS export: the path a client mounts and the addresses allowed to mount it."""
+
+    path: str
+    clients: tuple[str, ...]
+
+
+@runtime_checkable
+class NfsExporter(Protocol):
+    """**Protocol:** exposes folders to ESX hosts over NFSv3.
+
+    One export per destination ESX host (an empty root directory); each job publishes its VM
+    folder in it under a folder name of its own, so several jobs share one datastore mount.
+    """
+
+    async def export(self, path: str, clients: Sequence[str]) -> ExportInfo:
+        """Create an export at ``path`` that only ``clients`` may mount. :raises BackendError:"""
+        ...
+
+    async def unexport(self, path: str) -> None:
+        """Remove an export; its file handles become stale."""
+        ...
+
+    async def publish(self, path: str, folder: str, filesystem: Filesystem) -> None:
+        """Make ``filesystem`` visible as ``folder`` in the export's root."""
+        ...
+
+    async def unpublish(self, path: str, folder: str) -> None:
+        """Remove a published folder from the export."""
+        ...
+
+    def exports(self) -> Mapping[str, ExportInfo]:
+        """The live exports by path."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# -- vSphere -------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class VmRef:
+    """A registered VM: its managed object id and the datastore path of its .vmx."""
+
+    moref: str
+    name: str
+    vmx_path: str
+
+
+@runtime_checkable
+class VSphereClient(Protocol):
+    """**Protocol:** the calls a job makes to vCenter or an ESX host."""
+
+    async def mount_nfs_datastore(
+        self, host: str, remote_host: str, remote_path: str, datastore: str
+    ) -> str:
+        """Mount an NFSv3 export on ``host`` as ``datastore``; returns the datastore name."""
+        ...
+
+    async def unmount_datastore(self, host: str, datastore: str) -> None: ...
+
+    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+        """Register the VM whose .vmx is at ``vmx_path`` (``[datastore] folder/vm.vmx``)."""
+        ...
+
+    async def unregister_vm(self, vm: VmRef) -> None: ...
+
+    async def power_on(self, vm: VmRef) -> None: ...
+
+    async def power_off(self, vm: VmRef) -> None: ...
+
+    async def relocate(
+        self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
+    ) -> VmRef:
+        """Storage vMotion every file of the running VM to ``datastore``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@attrs.frozen
+class Backends:
+    """The four backends one ``LiveRecovery`` drives."""
+
+    exporter: NfsExporter
+    catalog: CatalogReader
+    cache: BlockCache
+    vsphere: VSphereClient
+
+    async def aclose(self) -> None:
+        """Close every backend, even when one of them fails to close."""
+        errors: list[BaseException] = []
+        for backend in (self.vsphere, self.exporter, self.cache, self.catalog):
+            try:
+                await backend.aclose()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -1,0 +1,226 @@
+"""Settings: attrs frozen classes with the seed's defaults, loadable from a TOML file.
+
+Defaults follow the seed: the cache (3DFS cache, ``s3dfsRootDir``) lives under the job results
+folder and keeps 5 % of its filesystem free (``n3dfsCacheMinFree``); each job needs free space of
+max(20 GiB, 15 % of the VM's total disk size) on top of that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from liverecovery.errors import SettingsError
+
+__all__ = ["GiB", "MiB", "Passkey", "Settings", "Timeouts", "default_job_results_dir"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def default_job_results_dir() -> Path:
+    """``$XDG_STATE_HOME/liverecovery`` (``~/.local/state/liverecovery``): the job results folder."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "liverecovery"
+
+
+def _positive(name: str) -> Any:
+    def check(_inst: object, _attr: attrs.Attribute[Any], value: float) -> None:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            raise SettingsError(f"{name} must be a positive number, got {value!r}")
+
+    return check
+
+
+def _percent(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value < 100):
+        raise SettingsError(f"{attr.name} must be a percentage in [0, 100), got {value!r}")
+
+
+def _fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
+        raise SettingsError(f"{attr.name} must be a fraction in [0, 1], got {value!r}")
+
+
+def _non_negative_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SettingsError(f"{attr.name} must be a non-negative integer, got {value!r}")
+
+
+def _non_negative_float() -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise SettingsError(f"{attr.name} must be a non-negative number, got {value!r}")
+
+    return check
+
+
+def _port(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise SettingsError(f"{attr.name} must be a TCP port in [0, 65535], got {value!r}")
+
+
+@attrs.frozen(repr=False)
+class Passkey:
+    """A restore passkey stored as a salted scrypt hash; the secret itself is never kept.
+
+    ``repr`` and ``str`` show no key material, so a passkey cannot leak into a log line.
+    """
+
+    salt: bytes
+    digest: bytes
+    n: int = 2**14
+    r: int = 8
+    p: int = 1
+
+    @classmethod
+    def from_secret(cls, secret: str) -> Passkey:
+        """Hash a new passkey with a random 16-byte salt."""
+        if not secret:
+            raise SettingsError("passkey must not be empty")
+        salt = secrets.token_bytes(16)
+        return cls(salt=salt, digest=cls._hash(secret, salt, 2**14, 8, 1))
+
+    @classmethod
+    def from_string(cls, encoded: str) -> Passkey:
+        """Parse ``scrypt$N$r$p$salt_hex$digest_hex`` (the form ``str(passkey.encode())`` gives)."""
+        parts = encoded.split("$")
+        try:
+            if len(parts) != 6 or parts[0] != "scrypt":
+                raise ValueError
+            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+            salt, digest = bytes.fromhex(parts[4]), bytes.fromhex(parts[5])
+        except ValueError:
+            raise SettingsError(
+                "passkey hash must look like scrypt$N$r$p$salt_hex$digest_hex"
+            ) from None
+        if n < 2 or n & (n - 1) or not (1 <= r <= 64 and 1 <= p <= 16) or len(salt) < 8:
+            raise SettingsError("passkey hash has unsafe or invalid scrypt parameters")
+        return cls(salt=salt, digest=digest, n=n, r=r, p=p)
+
+    def encode(self) -> str:
+        """The storable form; contains the salt and hash, never the secret."""
+        return f"scrypt${self.n}${self.r}${self.p}${self.salt.hex()}${self.digest.hex()}"
+
+    def matches(self, secret: str | None) -> bool:
+        """Constant-time comparison of ``secret``'s hash with the stored hash."""
+        if not secret:
+            return False
+        candidate = self._hash(secret, self.salt, self.n, self.r, self.p)
+        return hmac.compare_digest(candidate, self.digest)
+
+    @staticmethod
+    def _hash(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+        return hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * MiB, dklen=32)
+
+    def __repr__(self) -> str:
+        return "Passkey(<scrypt hash>)"
+
+    __str__ = __repr__
+
+
+@attrs.frozen
+class Timeouts:
+    """Seconds each backend call may take before the job fails it (every wait has a bound)."""
+
+    preflight: float = attrs.field(default=60.0, validator=_positive("timeouts.preflight"))
+    export: float = attrs.field(default=60.0, validator=_positive("timeouts.export"))
+    mount: float = attrs.field(default=300.0, validator=_positive("timeouts.mount"))
+    stage: float = attrs.field(default=300.0, validator=_positive("timeouts.stage"))
+    register: float = attrs.field(default=300.0, validator=_positive("timeouts.register"))
+    power_on: float = attrs.field(default=600.0, validator=_positive("timeouts.power_on"))
+    migrate: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive("timeouts.migrate"))
+    cleanup: float = attrs.field(default=300.0, validator=_positive("timeouts.cleanup"))
+    compensation: float = attrs.field(default=300.0, validator=_positive("timeouts.compensation"))
+
+
+@attrs.frozen
+class Settings:
+    """Everything an operator can tune. Validated on construction; errors name the setting."""
+
+    job_results_dir: Path = attrs.field(factory=default_job_results_dir, converter=Path)
+    cache_root: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    cache_min_free_percent: float = attrs.field(default=5.0, validator=_percent)
+    job_space_floor_bytes: int = attrs.field(default=20 * GiB, validator=_non_negative_int)
+    job_space_fraction: float = attrs.field(default=0.15, validator=_fraction)
+    cache_block_size: int = attrs.field(default=1 * MiB, validator=_non_negative_int)
+    nfs_listen_host: str = "0.0.0.0"
+    nfs_port: int = attrs.field(default=2049, validator=_port)
+    portmap_port: int = attrs.field(default=111, validator=_port)
+    nfs_address: str = ""
+    export_root: str = "/liverecovery"
+    restore_passkey: Passkey | None = None
+    serve_before_migrate_s: float = attrs.field(default=0.0, validator=_non_negative_float())
+    keep_overlay: bool = False
+    timeouts: Timeouts = attrs.field(factory=Timeouts)
+
+    @property
+    def effective_cache_root(self) -> Path:
+        """``cache_root``, or the default ``<job_results_dir>/3dfs-cache``."""
+        return self.cache_root or self.job_results_dir / "3dfs-cache"
+
+    def job_space_bytes(self, vm_total_disk_bytes: int) -> int:
+        """Free cache space one job needs: max(floor, fraction x the VM's total disk size)."""
+        return max(
+            self.job_space_floor_bytes, math.ceil(self.job_space_fraction * vm_total_disk_bytes)
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Settings:
+        """Build settings from a parsed TOML table; unknown keys and bad values name ``source``."""
+        known = {a.name for a in attrs.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in known:
+                raise SettingsError(f"{source}: unknown setting {key!r}")
+            if key == "timeouts":
+                if not isinstance(value, Mapping):
+                    raise SettingsError(f"{source}: timeouts must be a table")
+                tkeys = {a.name for a in attrs.fields(Timeouts)}
+                for tkey in value:
+                    if tkey not in tkeys:
+                        raise SettingsError(f"{source}: unknown setting 'timeouts.{tkey}'")
+                try:
+                    kwargs[key] = Timeouts(**value)
+                except SettingsError as exc:
+                    raise SettingsError(f"{source}: {exc}") from None
+            elif key == "restore_passkey":
+                kwargs[key] = None if value is None else Passkey.from_string(str(value))
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except SettingsError as exc:
+            raise SettingsError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise SettingsError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str], *, table: str | None = None) -> Settings:
+        """Read settings from a TOML file (optionally from one of its tables).
+
+        :raises SettingsError: unreadable file, TOML syntax error, unknown key or bad value,
+            each naming the file.
+        """
+        try:
+            with open(path, "rb") as f:
+                data: Mapping[str, Any] = tomllib.load(f)
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read settings: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+        if table is not None:
+            sub = data.get(table, {})
+            if not isinstance(sub, Mapping):
+                raise SettingsError(f"{path}: [{table}] must be a table")
+            data = sub
+        return cls.from_mapping(data, source=str(path))

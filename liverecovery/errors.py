@@ -1,0 +1,174 @@
+"""Every error liverecovery raises, in one tree.
+
+Split by who is at fault, as h11 does: ``PreflightError`` (the request cannot be served as asked),
+``SettingsError`` (the operator's configuration), ``BackendError`` (an outside system failed),
+``CatalogError`` (a backup file is malformed), ``NfsError`` (an NFS status to send a client).
+Messages are short and factual and name what was wrong and where; they never contain a passkey.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "ArchivedVmError",
+    "BackendError",
+    "BackendTimeoutError",
+    "CacheError",
+    "CacheSpaceError",
+    "CatalogError",
+    "ConcurrentSessionError",
+    "JobCancelledError",
+    "JobStateError",
+    "LiveRecoveryError",
+    "MultipleVmsError",
+    "NfsError",
+    "NfsStatus",
+    "PasskeyError",
+    "PreflightError",
+    "RollbackError",
+    "SettingsError",
+    "TapeBackupError",
+    "VSphereError",
+]
+
+
+class LiveRecoveryError(Exception):
+    """Base of every error raised by liverecovery."""
+
+
+class SettingsError(LiveRecoveryError, ValueError):
+    """A setting or job file is invalid; the message names the setting and the source."""
+
+
+class JobStateError(LiveRecoveryError):
+    """An operation was asked of a job in a state that does not allow it (local misuse)."""
+
+
+class JobCancelledError(LiveRecoveryError):
+    """The job was cancelled and rolled back; raised by ``Job.wait()``."""
+
+
+class RollbackError(LiveRecoveryError):
+    """One or more compensation steps failed; ``errors`` holds each, in the order they happened."""
+
+    def __init__(self, message: str, errors: tuple[BaseException, ...]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+# -- preflight -----------------------------------------------------------------------------------
+
+
+class PreflightError(LiveRecoveryError):
+    """The recovery is refused before anything is touched."""
+
+
+class TapeBackupError(PreflightError):
+    """Live recovery cannot run from a backup on a tape library."""
+
+
+class ArchivedVmError(PreflightError):
+    """Live recovery cannot run from an archived VM."""
+
+
+class MultipleVmsError(PreflightError):
+    """A live recovery job recovers exactly one VM."""
+
+
+class ConcurrentSessionError(PreflightError):
+    """A live browse and a live recovery of the same VM cannot run at the same time."""
+
+
+class PasskeyError(PreflightError):
+    """A restore passkey is configured and the job's passkey is missing or wrong."""
+
+
+class CacheSpaceError(PreflightError):
+    """The cache filesystem has less free space than the job needs."""
+
+
+# -- outside systems -----------------------------------------------------------------------------
+
+
+class BackendError(LiveRecoveryError):
+    """An outside system (NFS exporter, vSphere, backup store, cache) failed a call.
+
+    ``operation`` names the backend call, e.g. ``"vsphere.power_on"``.
+    """
+
+    def __init__(self, message: str, *, operation: str = "") -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class BackendTimeoutError(BackendError, TimeoutError):
+    """A backend call did not finish within its timeout setting."""
+
+
+class VSphereError(BackendError):
+    """A vSphere call failed; ``fault`` keeps the vSphere fault type name (e.g. ``InvalidState``)."""
+
+    def __init__(self, message: str, *, operation: str = "", fault: str = "") -> None:
+        super().__init__(message, operation=operation)
+        self.fault = fault
+
+
+class CacheError(BackendError):
+    """The block cache failed (I/O error, corrupt index)."""
+
+
+class CatalogError(LiveRecoveryError):
+    """A backup file or catalog is missing or malformed; the message names the file and problem."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.problem = message
+
+
+# -- NFS -----------------------------------------------------------------------------------------
+
+
+class NfsStatus(enum.IntEnum):
+    """nfsstat3 from RFC 1813 section 2.6."""
+
+    OK = 0
+    PERM = 1
+    NOENT = 2
+    IO = 5
+    NXIO = 6
+    ACCES = 13
+    EXIST = 17
+    XDEV = 18
+    NODEV = 19
+    NOTDIR = 20
+    ISDIR = 21
+    INVAL = 22
+    FBIG = 27
+    NOSPC = 28
+    ROFS = 30
+    MLINK = 31
+    NAMETOOLONG = 63
+    NOTEMPTY = 66
+    DQUOT = 69
+    STALE = 70
+    REMOTE = 71
+    BADHANDLE = 10001
+    NOT_SYNC = 10002
+    BAD_COOKIE = 10003
+    NOTSUPP = 10004
+    TOOSMALL = 10005
+    SERVERFAULT = 10006
+    BADTYPE = 10007
+    JUKEBOX = 10008
+
+
+class NfsError(LiveRecoveryError):
+    """An NFS operation failed with ``status``; a filesystem raises it, the server sends it."""
+
+    def __init__(self, status: NfsStatus, message: str = "") -> None:
+        super().__init__(
+            f"NFS3ERR_{status.name}: {message}" if message else f"NFS3ERR_{status.name}"
+        )
+        self.status = status

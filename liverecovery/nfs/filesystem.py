@@ -1,0 +1,228 @@
+"""The filesystem interface the NFS server serves.
+
+Modelled on nfsserve's ``NFSFileSystem`` trait: small, async, keyed by file id. The server turns
+file ids into authenticated handles and NFS procedures into these calls; a filesystem never sees
+handles, credentials or XDR. Failures are ``NfsError(status)``. Names are ``str`` (UTF-8, with
+``surrogateescape`` for bytes that are not UTF-8); the server refuses names that contain ``/`` or
+NUL, are ``.``/``..`` where not allowed, or exceed 255 bytes before they reach a filesystem.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+__all__ = [
+    "CreateMode",
+    "DirEntry",
+    "DirPage",
+    "FileAttributes",
+    "FileType",
+    "Filesystem",
+    "FsStat",
+    "SERVER_TIME",
+    "SetAttributes",
+    "Stability",
+]
+
+
+class FileType(enum.IntEnum):
+    """ftype3."""
+
+    REG = 1
+    DIR = 2
+    BLK = 3
+    CHR = 4
+    LNK = 5
+    SOCK = 6
+    FIFO = 7
+
+
+class Stability(enum.IntEnum):
+    """stable_how: how durable a WRITE must be before the reply."""
+
+    UNSTABLE = 0
+    DATA_SYNC = 1
+    FILE_SYNC = 2
+
+
+class CreateMode(enum.IntEnum):
+    """createmode3."""
+
+    UNCHECKED = 0
+    GUARDED = 1
+    EXCLUSIVE = 2
+
+
+class _ServerTime(enum.Enum):
+    SERVER_TIME = "SERVER_TIME"
+
+
+SERVER_TIME = _ServerTime.SERVER_TIME
+"""In ``SetAttributes``: set the time to the server's current time (SET_TO_SERVER_TIME)."""
+
+
+@attrs.frozen
+class FileAttributes:
+    """fattr3 without fsid/rdev, which the server fills in. Times are nanoseconds since the epoch."""
+
+    type: FileType
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    used: int
+    fileid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@attrs.frozen
+class SetAttributes:
+    """sattr3: ``None`` leaves an attribute unchanged."""
+
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    atime_ns: int | _ServerTime | None = None
+    mtime_ns: int | _ServerTime | None = None
+
+
+@attrs.frozen
+class DirEntry:
+    """One directory entry; ``cookie`` is unique and stable within its directory, never 0."""
+
+    name: str
+    fileid: int
+    cookie: int
+
+
+@attrs.frozen
+class DirPage:
+    """A slice of a directory after a cookie; ``verifier`` changes when cookies become invalid."""
+
+    entries: Sequence[DirEntry]
+    eof: bool
+    verifier: int = 0
+
+
+@attrs.frozen
+class FsStat:
+    """FSSTAT figures of the filesystem behind an export."""
+
+    total_bytes: int
+    free_bytes: int
+    avail_bytes: int
+    total_files: int
+    free_files: int
+    avail_files: int
+
+
+@runtime_checkable
+class Filesystem(Protocol):
+    """**Protocol:** a tree of files keyed by stable 64-bit file ids.
+
+    File ids must stay the same for the life of the data (across server restarts), because the
+    server derives file handles from them and ESXi keeps using old handles.
+    """
+
+    @property
+    def root_id(self) -> int:
+        """The file id of the export's root directory."""
+        ...
+
+    @property
+    def read_only(self) -> bool:
+        """True when every mutating call raises ``NfsError(ROFS)``."""
+        ...
+
+    async def getattr(self, fileid: int) -> FileAttributes:
+        """:raises NfsError: STALE when the file no longer exists."""
+        ...
+
+    async def setattr(self, fileid: int, attributes: SetAttributes) -> FileAttributes:
+        """Apply ``attributes`` (a size truncates or extends) and return the new attributes."""
+        ...
+
+    async def lookup(self, dir_id: int, name: str) -> int:
+        """:raises NfsError: NOENT, NOTDIR."""
+        ...
+
+    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+        """Return up to ``count`` bytes and whether the read reached end of file.
+
+        Returns exactly ``count`` bytes unless the end of file is reached.
+        """
+        ...
+
+    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+        """Write ``data``; durable before returning unless ``stability`` is UNSTABLE.
+
+        Returns the stability actually achieved (at least the one asked for).
+        """
+        ...
+
+    async def commit(self, fileid: int) -> None:
+        """Make every UNSTABLE write to ``fileid`` durable."""
+        ...
+
+    async def create(
+        self,
+        dir_id: int,
+        name: str,
+        attributes: SetAttributes,
+        mode: CreateMode = CreateMode.UNCHECKED,
+        verifier: bytes = b"",
+    ) -> int:
+        """Create a regular file and return its id.
+
+        GUARDED fails with EXIST if the name exists; EXCLUSIVE stores ``verifier`` so a retried
+        create with the same verifier succeeds and returns the same file.
+        """
+        ...
+
+    async def mkdir(self, dir_id: int, name: str, attributes: SetAttributes) -> int:
+        """:raises NfsError: EXIST."""
+        ...
+
+    async def symlink(self, dir_id: int, name: str, target: str, attributes: SetAttributes) -> int:
+        """:raises NfsError: NOTSUPP when the filesystem has no symlinks."""
+        ...
+
+    async def readlink(self, fileid: int) -> str:
+        """:raises NfsError: INVAL when ``fileid`` is not a symlink."""
+        ...
+
+    async def link(self, fileid: int, dir_id: int, name: str) -> None:
+        """:raises NfsError: NOTSUPP when the filesystem has no hard links."""
+        ...
+
+    async def remove(self, dir_id: int, name: str) -> None:
+        """Remove a non-directory. :raises NfsError: NOENT, ISDIR."""
+        ...
+
+    async def rmdir(self, dir_id: int, name: str) -> None:
+        """:raises NfsError: NOENT, NOTDIR, NOTEMPTY."""
+        ...
+
+    async def rename(self, from_dir: int, from_name: str, to_dir: int, to_name: str) -> None:
+        """Atomically rename, replacing a compatible target."""
+        ...
+
+    async def readdir(self, dir_id: int, cookie: int, max_entries: int) -> DirPage:
+        """Entries after ``cookie`` (0 = from the start), at most ``max_entries``."""
+        ...
+
+    async def fsstat(self) -> FsStat:
+        """Real capacity figures for FSSTAT."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release open files; the filesystem is not used afterwards."""
+        ...
