@@ -1,0 +1,56 @@
+"""The ``liverecovery`` command.
+
+Each subcommand lives next to the layer it drives and registers itself here through a
+``register(subparsers)`` function that sets ``handler`` (an async function taking the parsed
+arguments and returning an exit code) as a parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio
+
+from liverecovery.errors import LiveRecoveryError
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    from liverecovery.job import demo_cli
+
+    parser = argparse.ArgumentParser(
+        prog="liverecovery",
+        description="VMware Live Recovery: power a VM on from its backup over NFS.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (demo_cli.register,):
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        code: Any = anyio.run(handler, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except LiveRecoveryError as exc:
+        print(f"liverecovery: error: {exc}", file=sys.stderr)
+        return 1
+    return int(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
