@@ -138,6 +138,7 @@ class Timeouts:
     stage: float = attrs.field(default=300.0, validator=_positive("timeouts.stage"))
     register: float = attrs.field(default=300.0, validator=_positive("timeouts.register"))
     power_on: float = attrs.field(default=600.0, validator=_positive("timeouts.power_on"))
+    serve: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive("timeouts.serve"))
     migrate: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive("timeouts.migrate"))
     cleanup: float = attrs.field(default=300.0, validator=_positive("timeouts.cleanup"))
     compensation: float = attrs.field(default=300.0, validator=_positive("timeouts.compensation"))
@@ -161,6 +162,10 @@ class Settings:
     restore_passkey: Passkey | None = None
     serve_before_migrate_s: float = attrs.field(default=0.0, validator=_non_negative_float())
     keep_overlay: bool = False
+    compensation_attempts: int = attrs.field(
+        default=3, validator=_positive("compensation_attempts")
+    )
+    compensation_retry_delay_s: float = attrs.field(default=1.0, validator=_non_negative_float())
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     @property

@@ -1,0 +1,485 @@
+"""One recovery job: runs each step's I/O outside the state machine and records the outcome.
+
+Every completed step pushes the compensation that undoes it. A failure or a cancel pops them in
+reverse (power off, unregister, unpublish, unmount, unexport, release the cache reservation);
+cleanup after a migration pops the ones that remain. Once the storage vMotion has finished the
+VM lives on its destination datastore, so its power-off and unregister compensations are dropped:
+a rollback never takes a migrated VM down. A compensation that keeps failing is recorded and
+the rollback goes on with the rest; the job then ends ``failed`` with every error attached.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+
+from liverecovery.backends import Backends, RestorePoint, VmRef
+from liverecovery.config import Settings
+from liverecovery.errors import (
+    BackendTimeoutError,
+    JobCancelledError,
+    JobStateError,
+    RollbackError,
+)
+from liverecovery.job import preflight
+from liverecovery.job.events import (
+    CompensationRan,
+    Event,
+    EventLog,
+    JobWarning,
+    Progress,
+    StateChanged,
+)
+from liverecovery.job.machine import JobMachine
+from liverecovery.job.migration import MigrationPolicy
+from liverecovery.job.sessions import SessionKind, SessionRegistry
+from liverecovery.job.sharing import HostShares
+from liverecovery.job.spec import RecoverySpec
+from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
+from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
+
+__all__ = ["JobContext", "JobStats", "JobSummary", "RecoveryJob"]
+
+
+@attrs.frozen
+class JobContext:
+    """What a job shares with the other jobs of one ``LiveRecovery``."""
+
+    settings: Settings
+    backends: Backends
+    shares: HostShares
+    sessions: SessionRegistry
+    builder: DatastoreBuilder
+    migration_policy: MigrationPolicy
+    space_lock: anyio.Lock
+
+
+@attrs.define
+class JobStats:
+    """Running totals reported in progress events."""
+
+    bytes_served: int = 0
+    bytes_restored: int = 0
+    bytes_total: int = 0
+
+
+@attrs.frozen
+class JobSummary:
+    """How a job ended: its final state, the states it went through and how long each took."""
+
+    job_id: str
+    vm: str
+    state: State
+    states_visited: tuple[State, ...]
+    timings: dict[str, float]
+    compensations: tuple[str, ...]
+    errors: tuple[str, ...]
+    vm_ref: VmRef | None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "job_id": self.job_id,
+            "vm": self.vm,
+            "state": self.state.value,
+            "states_visited": [s.value for s in self.states_visited],
+            "timings": self.timings,
+            "compensations": list(self.compensations),
+            "errors": list(self.errors),
+            "vm_moref": self.vm_ref.moref if self.vm_ref else None,
+        }
+
+
+@attrs.frozen
+class _Compensation:
+    name: str
+    undo: Callable[[], Awaitable[None]]
+    vm_bound: bool = False
+
+
+_CANCELLED = object()
+
+
+class RecoveryJob:
+    """A live recovery of one VM; created and run by ``LiveRecovery.start``."""
+
+    def __init__(self, spec: RecoverySpec, ctx: JobContext) -> None:
+        self.id = spec.job_id or uuid.uuid4().hex[:12]
+        self.spec = spec
+        self._ctx = ctx
+        self._events = EventLog()
+        self._machine = JobMachine(has_errors=lambda: bool(self._errors), on_change=self._changed)
+        self._errors: list[BaseException] = []
+        self._step_error: BaseException | None = None
+        self._compensations: list[_Compensation] = []
+        self._compensations_run: list[str] = []
+        self._states: list[State] = [State.CREATED]
+        self._entered: dict[State, float] = {State.CREATED: time.monotonic()}
+        self._timings: dict[str, float] = {}
+        self._done = anyio.Event()
+        self._cancel_requested = False
+        self._scope: anyio.CancelScope | None = None
+        self._migrate_now = anyio.Event()
+        self._session_held = False
+        self.stats = JobStats()
+        self.point: RestorePoint | None = None
+        self.export_path: str | None = None
+        self.datastore: str | None = None
+        self.folder = f"{spec.vm}-{self.id}"
+        self.staged: StagedVm | None = None
+        self.vm: VmRef | None = None
+        self.migrated = False
+        self._steps: dict[State, Callable[[], Awaitable[None]]] = {
+            State.PREFLIGHT: self._preflight,
+            State.EXPORTING: self._export,
+            State.MOUNTING: self._mount,
+            State.STAGING: self._stage,
+            State.REGISTERING: self._register,
+            State.POWERING_ON: self._power_on,
+            State.SERVING: self._serve,
+            State.MIGRATING: self._migrate,
+            State.CLEANING_UP: self._cleanup,
+        }
+
+    # -- what callers see ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._machine.state
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def states_visited(self) -> tuple[State, ...]:
+        return tuple(self._states)
+
+    @property
+    def errors(self) -> tuple[BaseException, ...]:
+        """Every error of the job: the one that failed it first, then failed compensations."""
+        return tuple(self._errors)
+
+    @property
+    def compensations_run(self) -> tuple[str, ...]:
+        """Names of the compensations run (by a rollback or by cleanup), in order."""
+        return tuple(self._compensations_run)
+
+    @property
+    def pending_compensations(self) -> tuple[str, ...]:
+        """Names of the compensations a rollback would run now, in the order it would."""
+        return tuple(c.name for c in reversed(self._compensations))
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event from the job's start, then live ones until the job ends."""
+        return self._events.follow()
+
+    def summary(self) -> JobSummary:
+        return JobSummary(
+            job_id=self.id,
+            vm=self.spec.vm,
+            state=self.state,
+            states_visited=self.states_visited,
+            timings=dict(self._timings),
+            compensations=self.compensations_run,
+            errors=tuple(str(e) for e in self._errors),
+            vm_ref=self.vm,
+        )
+
+    async def wait(self) -> JobSummary:
+        """Wait for the job to end.
+
+        :raises JobCancelledError: it was cancelled and rolled back cleanly.
+        :raises Exception: the error that failed it (failed compensations in its notes and in
+            ``job.errors``), or ``RollbackError`` when only compensations failed.
+        """
+        await self._done.wait()
+        if self.state is State.FAILED:
+            raise self._failure()
+        if self.state is State.CANCELLED:
+            raise JobCancelledError(f"job {self.id} was cancelled and rolled back")
+        return self.summary()
+
+    def request_cancel(self) -> None:
+        """Ask the job to stop and roll back; returns at once."""
+        if self.done or self.state is State.ROLLING_BACK:
+            return
+        self._cancel_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def cancel(self) -> State:
+        """Cancel the job and wait for its rollback; returns the final state."""
+        self.request_cancel()
+        await self._done.wait()
+        return self.state
+
+    async def migrate_now(self) -> None:
+        """Start the storage vMotion without waiting for the migration policy.
+
+        :raises JobStateError: the job has ended or is rolling back.
+        """
+        if self.done or self.state is State.ROLLING_BACK:
+            raise JobStateError(f"job {self.id} is {self.state.value}; nothing to migrate")
+        self._migrate_now.set()
+        await anyio.lowlevel.checkpoint()
+
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Drive the job to a terminal state. Run by ``LiveRecovery`` in its task group."""
+        try:
+            await self._fire("cancel" if self._cancel_requested else "advance")
+            while self.state in STEP_STATES:
+                state = self.state
+                outcome = await self._run_step(state)
+                if outcome is _CANCELLED:
+                    await self._fire("cancel")
+                elif isinstance(outcome, BaseException):
+                    self._step_error = outcome
+                    self._errors.append(outcome)
+                    await self._fire("fail")
+                elif self._cancel_requested and state is not State.CLEANING_UP:
+                    await self._fire("cancel")
+                else:
+                    await self._fire("advance")
+            if self.state is State.ROLLING_BACK:
+                with anyio.CancelScope(shield=True):
+                    await self._rollback()
+                    await self._fire("rolled_back")
+        except anyio.get_cancelled_exc_class():
+            # The whole LiveRecovery is being torn down: still undo what was done.
+            with anyio.CancelScope(shield=True):
+                self._cancel_requested = True
+                if self.state not in TERMINAL_STATES:
+                    if self.state is not State.ROLLING_BACK:
+                        await self._fire("cancel")
+                    await self._rollback()
+                    await self._fire("rolled_back")
+            raise
+        finally:
+            if self._session_held:
+                self._ctx.sessions.release(self.spec.vm, self.id)
+            self._events.close()
+            self._done.set()
+
+    async def _run_step(self, state: State) -> object:
+        timeout_name = STEP_TIMEOUTS[state]
+        timeout: float = getattr(self._ctx.settings.timeouts, timeout_name)
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._cancel_requested:
+                scope.cancel()
+            try:
+                with anyio.move_on_after(timeout) as deadline:
+                    await self._steps[state]()
+                if deadline.cancelled_caught:
+                    return BackendTimeoutError(
+                        f"{state.value} did not finish within timeouts.{timeout_name} = "
+                        f"{timeout:g} s",
+                        operation=state.value,
+                    )
+            except Exception as exc:
+                return exc
+            finally:
+                self._scope = None
+        if scope.cancelled_caught:
+            return _CANCELLED
+        return None
+
+    async def _fire(self, trigger: str) -> None:
+        await self._machine.fire(trigger)
+
+    def _changed(self, previous: State, state: State) -> None:
+        now = time.monotonic()
+        self._timings[previous.value] = round(
+            self._timings.get(previous.value, 0.0) + now - self._entered[previous], 6
+        )
+        self._entered[state] = now
+        self._states.append(state)
+        self._events.append(StateChanged(self.id, previous, state, self._events.elapsed()))
+
+    def _push(
+        self, name: str, undo: Callable[[], Awaitable[None]], *, vm_bound: bool = False
+    ) -> None:
+        self._compensations.append(_Compensation(name, undo, vm_bound))
+
+    def _progress(self) -> None:
+        s = self.stats
+        self._events.append(
+            Progress(self.id, self.state, s.bytes_served, s.bytes_restored, s.bytes_total)
+        )
+
+    def _failure(self) -> BaseException:
+        if self._step_error is not None:
+            return self._step_error
+        return RollbackError(
+            f"job {self.id} was cancelled and {len(self._errors)} compensation(s) failed: "
+            + "; ".join(str(e) for e in self._errors),
+            tuple(self._errors),
+        )
+
+    # -- compensations -------------------------------------------------------------------------
+
+    async def _compensate(self, comp: _Compensation) -> BaseException | None:
+        """Run one compensation with retries; record it; return its last error, if any."""
+        settings = self._ctx.settings
+        error: BaseException | None = None
+        for attempt in range(settings.compensation_attempts):
+            if attempt:
+                await anyio.sleep(settings.compensation_retry_delay_s * attempt)
+            with anyio.move_on_after(settings.timeouts.compensation) as deadline:
+                try:
+                    await comp.undo()
+                    error = None
+                except Exception as exc:
+                    error = exc
+            if deadline.cancelled_caught:
+                error = BackendTimeoutError(
+                    f"{comp.name} did not finish within timeouts.compensation = "
+                    f"{settings.timeouts.compensation:g} s",
+                    operation=comp.name,
+                )
+            if error is None:
+                break
+        self._compensations_run.append(comp.name)
+        self._events.append(CompensationRan(self.id, comp.name, str(error) if error else ""))
+        return error
+
+    async def _rollback(self) -> None:
+        while self._compensations:
+            comp = self._compensations.pop()
+            error = await self._compensate(comp)
+            if error is not None:
+                self._errors.append(error)
+                if self._errors[0] is not error:
+                    self._errors[0].add_note(f"rollback: {comp.name} failed: {error}")
+
+    # -- the steps (I/O, outside the machine) ----------------------------------------------------
+
+    async def _preflight(self) -> None:
+        ctx, spec = self._ctx, self.spec
+        preflight.check_single_vm(spec)
+        ctx.sessions.acquire(spec.vm, SessionKind.RECOVERY, self.id)
+        self._session_held = True
+        point = await ctx.backends.catalog.restore_point(spec.vm, spec.point_id)
+        self.point = point
+        preflight.check_media(point)
+        preflight.check_passkey(ctx.settings, point, spec.passkey)
+        async with ctx.space_lock:
+            await preflight.check_cache_space(ctx.settings, ctx.backends.cache, point, self.id)
+        self.stats.bytes_total = point.total_disk_bytes
+        self._push("release_cache_reservation", lambda: ctx.backends.cache.release(self.id))
+
+    async def _export(self) -> None:
+        host, shares = self.spec.esx_host, self._ctx.shares
+        self.export_path = await shares.acquire_export(host, self.spec.client_address, self.id)
+
+        async def unexport() -> None:
+            await shares.release_export(host, self.id)
+
+        self._push("unexport", unexport)
+
+    async def _mount(self) -> None:
+        host, shares = self.spec.esx_host, self._ctx.shares
+        remote = self._ctx.settings.nfs_address or "127.0.0.1"
+        self.datastore = await shares.acquire_mount(host, remote, self.id)
+
+        async def unmount() -> None:
+            await shares.release_mount(host, self.id)
+
+        self._push("unmount", unmount)
+
+    async def _stage(self) -> None:
+        assert self.point is not None and self.datastore and self.export_path
+        ctx = self._ctx
+        staged = await ctx.builder.build(
+            StagingContext(
+                job_id=self.id,
+                spec=self.spec,
+                point=self.point,
+                settings=ctx.settings,
+                catalog=ctx.backends.catalog,
+                datastore=self.datastore,
+                folder=self.folder,
+            )
+        )
+        path, exporter = self.export_path, ctx.backends.exporter
+        try:
+            await exporter.publish(path, self.folder, staged.filesystem)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await staged.filesystem.aclose()
+            raise
+        self.staged = staged
+
+        async def unpublish() -> None:
+            await exporter.unpublish(path, self.folder)
+            await staged.filesystem.aclose()
+
+        self._push("unpublish", unpublish)
+
+    async def _register(self) -> None:
+        assert self.staged is not None
+        vsphere = self._ctx.backends.vsphere
+        vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
+        self.vm = await vsphere.register_vm(
+            self.spec.esx_host, vmx_path, self.spec.vm + self.spec.name_suffix
+        )
+
+        async def unregister() -> None:
+            assert self.vm is not None
+            await vsphere.unregister_vm(self.vm)
+
+        self._push("unregister", unregister, vm_bound=True)
+
+    async def _power_on(self) -> None:
+        assert self.vm is not None
+        vsphere = self._ctx.backends.vsphere
+        await vsphere.power_on(self.vm)
+
+        async def power_off() -> None:
+            assert self.vm is not None
+            await vsphere.power_off(self.vm)
+
+        self._push("power_off", power_off, vm_bound=True)
+        self._progress()
+
+    async def _serve(self) -> None:
+        async def policy() -> None:
+            await self._ctx.migration_policy.wait_until_ready()
+            self._migrate_now.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(policy)
+            await self._migrate_now.wait()
+            tg.cancel_scope.cancel()
+
+    async def _migrate(self) -> None:
+        assert self.vm is not None
+
+        def progress(done: int, total: int) -> None:
+            if total > 0 and self.stats.bytes_total:
+                self.stats.bytes_restored = self.stats.bytes_total * done // total
+            self._progress()
+
+        self.vm = await self._ctx.backends.vsphere.relocate(self.vm, self.spec.datastore, progress)
+        self.migrated = True
+        # The VM now lives on its destination datastore: never take it down from here on.
+        self._compensations = [c for c in self._compensations if not c.vm_bound]
+        self.stats.bytes_restored = self.stats.bytes_total
+        self._progress()
+
+    async def _cleanup(self) -> None:
+        while self._compensations:
+            comp = self._compensations.pop()
+            error = await self._compensate(comp)
+            if error is not None:
+                raise error
+        if self._ctx.settings.keep_overlay:
+            self._events.append(JobWarning(self.id, "keep_overlay is set: the overlay is kept"))

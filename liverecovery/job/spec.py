@@ -1,0 +1,67 @@
+"""What one recovery job is asked to do."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import attrs
+
+from liverecovery.errors import SettingsError
+
+__all__ = ["RecoverySpec"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _vms(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _nonempty(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(f"RecoverySpec.{attr.name} must be a non-empty string")
+
+
+def _job_id(_inst: object, _attr: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and not _NAME.match(value):
+        raise SettingsError(
+            f"RecoverySpec.job_id {value!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
+
+
+@attrs.frozen
+class RecoverySpec:
+    """A live recovery of one VM's restore point onto one ESX host.
+
+    ``vm`` may name several VMs only so that preflight can refuse it with a clear message (the
+    seed: one VM per job). ``esx_address`` is the address the ESX host connects from (the NFS
+    export's allow list); it defaults to ``esx_host``. ``redirect_writes_to`` names an alternate
+    datastore for the VM's writes (snapshot deltas, swap) instead of the NFS datastore.
+    The passkey is never part of ``repr``.
+    """
+
+    vms: tuple[str, ...] = attrs.field(converter=_vms, alias="vm")
+    esx_host: str = attrs.field(validator=_nonempty)
+    datastore: str = attrs.field(validator=_nonempty)
+    point_id: str | None = None
+    esx_address: str | None = None
+    redirect_writes_to: str | None = None
+    passkey: str | None = attrs.field(default=None, repr=False)
+    name_suffix: str = ""
+    job_id: str | None = attrs.field(default=None, validator=_job_id)
+
+    @vms.validator
+    def _check_vms(self, _attr: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
+        if not value or any(not isinstance(v, str) or not v.strip() for v in value):
+            raise SettingsError("RecoverySpec.vm must name at least one VM")
+
+    @property
+    def vm(self) -> str:
+        """The VM to recover (the first, when several were given)."""
+        return self.vms[0]
+
+    @property
+    def client_address(self) -> str:
+        """The address allowed to mount the export."""
+        return self.esx_address or self.esx_host

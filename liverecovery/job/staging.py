@@ -1,0 +1,74 @@
+"""The staging step: build the job's VM folder as a ``Filesystem`` the export publishes.
+
+The seed's step 4: retrieve the .vmx and catalog, rewrite the .vmx so writes land on the NFS
+datastore or an alternate one. The builder is pluggable; ``CopyingBuilder`` copies the small files
+into memory (the in-memory path), the File Recovery Enabler's builder serves the disks too.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+from liverecovery.backends import CatalogReader, RestorePoint
+from liverecovery.config import Settings
+from liverecovery.datastore.memfs import MemoryFilesystem
+from liverecovery.job.spec import RecoverySpec
+from liverecovery.nfs.filesystem import Filesystem
+
+__all__ = ["CopyingBuilder", "DatastoreBuilder", "StagedVm", "StagingContext"]
+
+
+@attrs.frozen
+class StagingContext:
+    """What a builder may use: the job, its restore point and the backends it reads through."""
+
+    job_id: str
+    spec: RecoverySpec
+    point: RestorePoint
+    settings: Settings
+    catalog: CatalogReader
+    datastore: str
+    folder: str
+
+
+@attrs.frozen
+class StagedVm:
+    """The built VM folder and the name of its .vmx inside it."""
+
+    filesystem: Filesystem
+    vmx_name: str
+
+
+@runtime_checkable
+class DatastoreBuilder(Protocol):
+    """**Protocol:** builds the VM folder one job publishes."""
+
+    async def build(self, ctx: StagingContext) -> StagedVm: ...
+
+
+def _vmx_set(text: str, key: str, value: str) -> str:
+    lines = text.splitlines()
+    want = key.lower()
+    out = [ln for ln in lines if ln.split("=", 1)[0].strip().lower() != want]
+    out.append(f'{key} = "{value}"')
+    return "\n".join(out) + "\n"
+
+
+class CopyingBuilder:
+    """Copies the .vmx (display name suffixed, writes redirected if asked) and .nvram to memory."""
+
+    async def build(self, ctx: StagingContext) -> StagedVm:
+        point = ctx.point
+        vmx = (await ctx.catalog.read_file(point, point.vmx_name)).decode("utf-8", "replace")
+        if ctx.spec.name_suffix:
+            vmx = _vmx_set(vmx, "displayName", point.vm_name + ctx.spec.name_suffix)
+        if ctx.spec.redirect_writes_to:
+            target = f"[{ctx.spec.redirect_writes_to}] {ctx.folder}/"
+            vmx = _vmx_set(_vmx_set(vmx, "workingDir", target), "sched.swap.dir", target)
+        fs = MemoryFilesystem()
+        fs.add_file(point.vmx_name, vmx.encode())
+        if point.nvram_name:
+            fs.add_file(point.nvram_name, await ctx.catalog.read_file(point, point.nvram_name))
+        return StagedVm(fs, point.vmx_name)

@@ -1,0 +1,125 @@
+"""``LiveRecovery``: runs recovery jobs against one set of backends.
+
+    async with LiveRecovery(settings, backends) as lr:
+        job = await lr.start(RecoverySpec(vm="web01", esx_host="esx01", datastore="ds1"))
+        async for event in job.events():
+            print(event)
+        await job.wait()
+
+Leaving the ``async with`` block cancels the jobs still running and waits for their rollback,
+so nothing a job created outlives it. The caller owns the backends and closes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+import anyio
+import anyio.abc
+
+from liverecovery.backends import Backends
+from liverecovery.config import Settings
+from liverecovery.errors import JobStateError
+from liverecovery.job.job import JobContext, RecoveryJob
+from liverecovery.job.migration import DelayedMigration, MigrationPolicy
+from liverecovery.job.sessions import SessionKind, SessionRegistry
+from liverecovery.job.sharing import HostShares
+from liverecovery.job.spec import RecoverySpec
+from liverecovery.job.staging import CopyingBuilder, DatastoreBuilder
+
+__all__ = ["LiveRecovery"]
+
+
+class LiveRecovery:
+    """Starts jobs, lists them, and guards the rules that span jobs (sharing, sessions)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        backends: Backends | None = None,
+        *,
+        builder: DatastoreBuilder | None = None,
+        migration_policy: MigrationPolicy | None = None,
+    ) -> None:
+        if backends is None:
+            raise JobStateError(
+                "LiveRecovery needs backends; liverecovery.testing.memory_backends() gives "
+                "in-memory ones"
+            )
+        self.settings = settings or Settings()
+        self.backends = backends
+        self.sessions = SessionRegistry()
+        self.shares = HostShares(backends.exporter, backends.vsphere, self.settings.export_root)
+        self._ctx = JobContext(
+            settings=self.settings,
+            backends=backends,
+            shares=self.shares,
+            sessions=self.sessions,
+            builder=builder or CopyingBuilder(),
+            migration_policy=migration_policy
+            or DelayedMigration(self.settings.serve_before_migrate_s),
+            space_lock=anyio.Lock(),
+        )
+        self._jobs: dict[str, RecoveryJob] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> LiveRecovery:
+        if self._tg is not None:
+            raise JobStateError("LiveRecovery is already running")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        for job in self._jobs.values():
+            job.request_cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    async def start(self, spec: RecoverySpec) -> RecoveryJob:
+        """Start a job; it runs in the background. Preflight failures surface in ``wait()``.
+
+        :raises JobStateError: not inside ``async with``, or the job id is already in use.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before starting jobs")
+        job = RecoveryJob(spec, self._ctx)
+        if job.id in self._jobs:
+            raise JobStateError(f"a job with id {job.id!r} already exists")
+        self._jobs[job.id] = job
+        self._tg.start_soon(job.run, name=f"liverecovery job {job.id}")
+        await anyio.lowlevel.checkpoint()
+        return job
+
+    def jobs(self) -> list[RecoveryJob]:
+        """Every job started, oldest first."""
+        return list(self._jobs.values())
+
+    def job(self, job_id: str) -> RecoveryJob:
+        """:raises JobStateError: no job with that id."""
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobStateError(f"no job {job_id!r}") from None
+
+    @asynccontextmanager
+    async def browse_session(self, vm: str, owner: str) -> AsyncIterator[None]:
+        """Hold a live browse session on ``vm`` for the block's duration.
+
+        :raises ConcurrentSessionError: a live recovery of ``vm`` is running.
+        """
+        self.sessions.acquire(vm, SessionKind.BROWSE, owner)
+        try:
+            yield
+        finally:
+            self.sessions.release(vm, owner)

@@ -1,0 +1,514 @@
+"""In-memory implementations of the four backends, with fault injection at every call.
+
+They keep the rules the real systems enforce where a job could get them wrong: a VM cannot be
+unregistered while powered on, a datastore cannot be unmounted while a VM lives on it, a cache
+reservation cannot exceed the free space. Each exposes its state for assertions (``exports()``,
+``datastores``, ``vms``, ``reservations()``), and every call first goes through the shared
+``FaultPlan``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import anyio
+import attrs
+
+from liverecovery.backends import (
+    Backends,
+    BlockKey,
+    CacheSpace,
+    DiskInfo,
+    DiskReader,
+    ExportInfo,
+    Extent,
+    ExtentKind,
+    ProgressCallback,
+    RestorePoint,
+    VmRef,
+)
+from liverecovery.config import GiB, MiB
+from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
+from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.testing.faults import FaultPlan
+
+__all__ = [
+    "MemoryBackup",
+    "MemoryBlockCache",
+    "MemoryCatalog",
+    "MemoryDisk",
+    "MemoryExporter",
+    "MemoryVSphere",
+    "VmState",
+    "memory_backends",
+    "sample_vmx",
+]
+
+
+# -- exporter ------------------------------------------------------------------------------------
+
+
+class MemoryExporter:
+    """Exports and published folders in dictionaries."""
+
+    def __init__(self, faults: FaultPlan | None = None) -> None:
+        self.faults = faults or FaultPlan()
+        self._exports: dict[str, ExportInfo] = {}
+        self.published: dict[tuple[str, str], Filesystem] = {}
+
+    async def export(self, path: str, clients: Sequence[str]) -> ExportInfo:
+        await self.faults.hit("exporter.export")
+        if path in self._exports:
+            raise BackendError(f"export {path} already exists", operation="exporter.export")
+        info = ExportInfo(path, tuple(clients))
+        self._exports[path] = info
+        return info
+
+    async def unexport(self, path: str) -> None:
+        await self.faults.hit("exporter.unexport")
+        if self._exports.pop(path, None) is None:
+            raise BackendError(f"no export {path}", operation="exporter.unexport")
+        for key in [k for k in self.published if k[0] == path]:
+            del self.published[key]
+
+    async def publish(self, path: str, folder: str, filesystem: Filesystem) -> None:
+        await self.faults.hit("exporter.publish")
+        if path not in self._exports:
+            raise BackendError(f"no export {path}", operation="exporter.publish")
+        if (path, folder) in self.published:
+            raise BackendError(f"{path}/{folder} already published", operation="exporter.publish")
+        self.published[(path, folder)] = filesystem
+
+    async def unpublish(self, path: str, folder: str) -> None:
+        await self.faults.hit("exporter.unpublish")
+        if self.published.pop((path, folder), None) is None:
+            raise BackendError(f"{path}/{folder} is not published", operation="exporter.unpublish")
+
+    def exports(self) -> Mapping[str, ExportInfo]:
+        return dict(self._exports)
+
+    async def aclose(self) -> None:
+        self._exports.clear()
+        self.published.clear()
+
+
+# -- catalog -------------------------------------------------------------------------------------
+
+
+class MemoryDisk:
+    """A virtual disk whose allocated bytes are kept in a dict of runs (offset -> bytes)."""
+
+    def __init__(self, size: int, runs: Mapping[int, bytes] | None = None) -> None:
+        self._size = size
+        self._runs = dict(sorted((runs or {}).items()))
+        for off, data in self._runs.items():
+            if off < 0 or off + len(data) > size:
+                raise ValueError(f"run at {off} of {len(data)} bytes is outside a {size}-byte disk")
+        self.bytes_read = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def content(self, offset: int, length: int) -> bytes:
+        """The bytes at ``offset`` (synchronous, for assertions)."""
+        end = min(self._size, offset + max(0, length))
+        out = bytearray(max(0, end - offset))
+        for off, data in self._runs.items():
+            lo, hi = max(off, offset), min(off + len(data), end)
+            if lo < hi:
+                out[lo - offset : hi - offset] = data[lo - off : hi - off]
+        return bytes(out)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        data = self.content(offset, length)
+        self.bytes_read += len(data)
+        return data
+
+    async def allocation(self) -> Sequence[Extent]:
+        await anyio.lowlevel.checkpoint()
+        out: list[Extent] = []
+        pos = 0
+        for off, data in self._runs.items():
+            if off > pos:
+                out.append(Extent(pos, off - pos, ExtentKind.UNALLOCATED))
+            out.append(Extent(off, len(data), ExtentKind.DATA))
+            pos = off + len(data)
+        if pos < self._size:
+            out.append(Extent(pos, self._size - pos, ExtentKind.UNALLOCATED))
+        return out
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    def sha256(self) -> str:
+        """Digest of the allocated runs (the backup's identity, for "never modified" checks)."""
+        h = hashlib.sha256()
+        for off, data in self._runs.items():
+            h.update(off.to_bytes(8, "big"))
+            h.update(data)
+        return h.hexdigest()
+
+
+@attrs.define
+class MemoryBackup:
+    """One restore point's files: the point, small files by name, and disks by file name."""
+
+    point: RestorePoint
+    files: dict[str, bytes]
+    disks: dict[str, MemoryDisk]
+
+
+def sample_vmx(name: str, disks: Sequence[DiskInfo], memory_mb: int = 2048) -> bytes:
+    """A small .vmx in the style ESXi writes, for generated backups."""
+    lines = [
+        '.encoding = "UTF-8"',
+        'config.version = "8"',
+        'virtualHW.version = "13"',
+        f'displayName = "{name}"',
+        'guestOS = "otherlinux-64"',
+        f'memSize = "{memory_mb}"',
+        'numvcpus = "2"',
+        f'nvram = "{name}.nvram"',
+        'scsi0.present = "TRUE"',
+        'scsi0.virtualDev = "lsilogic"',
+    ]
+    for d in disks:
+        lines += [f'{d.key}.present = "TRUE"', f'{d.key}.fileName = "{d.file_name}"']
+    lines += ['ethernet0.present = "TRUE"', 'ethernet0.virtualDev = "vmxnet3"']
+    return ("\n".join(lines) + "\n").encode()
+
+
+class MemoryCatalog:
+    """Restore points held in memory; ``add_vm`` builds a plausible one."""
+
+    def __init__(self, faults: FaultPlan | None = None) -> None:
+        self.faults = faults or FaultPlan()
+        self.backups: dict[str, list[MemoryBackup]] = {}
+
+    def add(self, backup: MemoryBackup) -> MemoryBackup:
+        self.backups.setdefault(backup.point.vm_name, []).append(backup)
+        return backup
+
+    def add_vm(
+        self,
+        name: str,
+        *,
+        disk_sizes: Sequence[int] = (1 * GiB,),
+        point_id: str = "latest",
+        data_per_disk: int = 1 * MiB,
+        **point_fields: object,
+    ) -> MemoryBackup:
+        """Add a restore point of VM ``name`` with disks holding a known pattern."""
+        disks = tuple(
+            DiskInfo(key=f"scsi0:{i}", file_name=f"{name}_{i}.vmdk", capacity_bytes=size)
+            for i, size in enumerate(disk_sizes)
+        )
+        point = RestorePoint(
+            vm_name=name,
+            point_id=point_id,
+            vmx_name=f"{name}.vmx",
+            disks=disks,
+            nvram_name=f"{name}.nvram",
+            memory_mb=2048,
+            num_cpus=2,
+            guest_os="otherlinux-64",
+            **point_fields,  # type: ignore[arg-type]
+        )
+        mem_disks = {}
+        for i, d in enumerate(disks):
+            n = min(data_per_disk, d.capacity_bytes)
+            pattern = hashlib.sha256(f"{name}/{i}".encode()).digest()
+            body = (pattern * (n // len(pattern) + 1))[:n]
+            mem_disks[d.file_name] = MemoryDisk(d.capacity_bytes, {0: body} if n else {})
+        files = {point.vmx_name: sample_vmx(name, disks), f"{name}.nvram": b"\0" * 8684}
+        return self.add(MemoryBackup(point, files, mem_disks))
+
+    def _backups(self, vm_name: str) -> list[MemoryBackup]:
+        if vm_name not in self.backups:
+            raise CatalogError(f"no VM named {vm_name!r} in the catalog", path="memory:")
+        return self.backups[vm_name]
+
+    def _backup(self, point: RestorePoint) -> MemoryBackup:
+        for b in self._backups(point.vm_name):
+            if b.point.point_id == point.point_id:
+                return b
+        raise CatalogError(f"no restore point {point.point_id!r}", path=f"memory:{point.vm_name}")
+
+    async def vm_names(self) -> Sequence[str]:
+        await self.faults.hit("catalog.vm_names")
+        return sorted(self.backups)
+
+    async def restore_points(self, vm_name: str) -> Sequence[RestorePoint]:
+        await self.faults.hit("catalog.restore_points")
+        return [b.point for b in self._backups(vm_name)]
+
+    async def restore_point(self, vm_name: str, point_id: str | None = None) -> RestorePoint:
+        await self.faults.hit("catalog.restore_point")
+        backups = self._backups(vm_name)
+        if point_id is None:
+            return backups[-1].point
+        for b in backups:
+            if b.point.point_id == point_id:
+                return b.point
+        raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path="memory:")
+
+    async def read_file(self, point: RestorePoint, name: str) -> bytes:
+        await self.faults.hit("catalog.read_file")
+        files = self._backup(point).files
+        if name not in files:
+            raise CatalogError(f"no file {name!r}", path=f"memory:{point.vm_name}")
+        return files[name]
+
+    async def open_disk(self, point: RestorePoint, disk: DiskInfo) -> DiskReader:
+        await self.faults.hit("catalog.open_disk")
+        disks = self._backup(point).disks
+        if disk.file_name not in disks:
+            raise CatalogError(f"no disk {disk.file_name!r}", path=f"memory:{point.vm_name}")
+        return disks[disk.file_name]
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+# -- cache ---------------------------------------------------------------------------------------
+
+
+class MemoryBlockCache:
+    """An LRU block cache with a settable capacity standing in for its filesystem."""
+
+    def __init__(
+        self,
+        faults: FaultPlan | None = None,
+        *,
+        capacity: int = 1024 * GiB,
+        used: int = 0,
+        block_size: int = 1 * MiB,
+        min_free_percent: float = 5.0,
+    ) -> None:
+        self.faults = faults or FaultPlan()
+        self.capacity = capacity
+        self.other_used = used
+        self._block_size = block_size
+        self._min_free_percent = min_free_percent
+        self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._reservations: dict[str, int] = {}
+        self._inflight: dict[BlockKey, anyio.Event] = {}
+        self.fetches = 0
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    def _free(self) -> int:
+        used = self.other_used + sum(len(b) for b in self._blocks.values())
+        return max(0, self.capacity - used)
+
+    async def space(self) -> CacheSpace:
+        await self.faults.hit("cache.space")
+        return CacheSpace(self.capacity, self._free(), sum(self._reservations.values()))
+
+    async def reserve(self, job_id: str, nbytes: int) -> None:
+        await self.faults.hit("cache.reserve")
+        keep = math.ceil(self.capacity * self._min_free_percent / 100)
+        others = sum(v for k, v in self._reservations.items() if k != job_id)
+        if self._free() - keep - others < nbytes:
+            raise CacheSpaceError(
+                f"cannot reserve {nbytes} bytes for job {job_id}: {self._free()} free, "
+                f"{keep} kept free, {others} reserved by other jobs"
+            )
+        self._reservations[job_id] = nbytes
+
+    async def release(self, job_id: str) -> None:
+        await self.faults.hit("cache.release")
+        self._reservations.pop(job_id, None)
+
+    def reservations(self) -> Mapping[str, int]:
+        return dict(self._reservations)
+
+    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        await self.faults.hit("cache.get_or_fetch")
+        while True:
+            if key in self._blocks:
+                self._blocks.move_to_end(key)
+                return self._blocks[key]
+            waiting = self._inflight.get(key)
+            if waiting is None:
+                break
+            await waiting.wait()
+        done = self._inflight[key] = anyio.Event()
+        try:
+            self.fetches += 1
+            data = await fetch()
+            self._blocks[key] = data
+            keep = math.ceil(self.capacity * self._min_free_percent / 100)
+            while self._free() < keep and len(self._blocks) > 1:
+                self._blocks.popitem(last=False)
+            return data
+        finally:
+            del self._inflight[key]
+            done.set()
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+# -- vSphere -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class VmState:
+    """A registered VM as the in-memory vSphere sees it."""
+
+    ref: VmRef
+    host: str
+    datastore: str
+    powered_on: bool = False
+    migrated: bool = False
+
+
+def _datastore_of(vmx_path: str) -> str:
+    if not vmx_path.startswith("[") or "]" not in vmx_path:
+        raise ValueError(vmx_path)
+    return vmx_path[1 : vmx_path.index("]")]
+
+
+class MemoryVSphere:
+    """Hosts, NFS datastores and VMs in dictionaries, with vSphere's power-state rules."""
+
+    def __init__(
+        self,
+        faults: FaultPlan | None = None,
+        *,
+        hosts: Sequence[str] = ("esx01",),
+        local_datastores: Sequence[str] = ("datastore1",),
+        max_nfs_volumes: int = 8,
+    ) -> None:
+        self.faults = faults or FaultPlan()
+        self.hosts = set(hosts)
+        self.local_datastores = set(local_datastores)
+        self.max_nfs_volumes = max_nfs_volumes
+        self.datastores: dict[str, dict[str, tuple[str, str]]] = {h: {} for h in hosts}
+        self.vms: dict[str, VmState] = {}
+        self._next = 1
+
+    def _fault(self, op: str, msg: str, fault: str) -> VSphereError:
+        return VSphereError(msg, operation=f"vsphere.{op}", fault=fault)
+
+    def _host(self, host: str, op: str) -> dict[str, tuple[str, str]]:
+        if host not in self.hosts:
+            raise self._fault(op, f"host {host!r} not found", "NotFound")
+        return self.datastores[host]
+
+    async def mount_nfs_datastore(
+        self, host: str, remote_host: str, remote_path: str, datastore: str
+    ) -> str:
+        await self.faults.hit("vsphere.mount_nfs_datastore")
+        mounts = self._host(host, "mount_nfs_datastore")
+        if datastore in mounts or datastore in self.local_datastores:
+            raise self._fault(
+                "mount_nfs_datastore", f"datastore {datastore!r} exists", "DuplicateName"
+            )
+        if len(mounts) >= self.max_nfs_volumes:
+            raise self._fault(
+                "mount_nfs_datastore",
+                f"host {host!r} has {len(mounts)} NFS datastores (NFS.MaxVolumes {self.max_nfs_volumes})",
+                "PlatformConfigFault",
+            )
+        mounts[datastore] = (remote_host, remote_path)
+        return datastore
+
+    async def unmount_datastore(self, host: str, datastore: str) -> None:
+        await self.faults.hit("vsphere.unmount_datastore")
+        mounts = self._host(host, "unmount_datastore")
+        if datastore not in mounts:
+            raise self._fault("unmount_datastore", f"datastore {datastore!r} not found", "NotFound")
+        users = [v.ref.name for v in self.vms.values() if v.datastore == datastore]
+        if users:
+            raise self._fault(
+                "unmount_datastore",
+                f"datastore {datastore!r} is in use by VMs {users}",
+                "ResourceInUse",
+            )
+        del mounts[datastore]
+
+    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+        await self.faults.hit("vsphere.register_vm")
+        mounts = self._host(host, "register_vm")
+        ds = _datastore_of(vmx_path)
+        if ds not in mounts and ds not in self.local_datastores:
+            raise self._fault("register_vm", f"datastore {ds!r} not mounted", "NotFound")
+        if any(v.ref.name == name for v in self.vms.values()):
+            raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
+        ref = VmRef(moref=f"vm-{self._next}", name=name, vmx_path=vmx_path)
+        self._next += 1
+        self.vms[ref.moref] = VmState(ref, host, ds)
+        return ref
+
+    def _vm(self, vm: VmRef, op: str) -> VmState:
+        state = self.vms.get(vm.moref)
+        if state is None:
+            raise self._fault(op, f"VM {vm.moref} not found", "ManagedObjectNotFound")
+        return state
+
+    async def unregister_vm(self, vm: VmRef) -> None:
+        await self.faults.hit("vsphere.unregister_vm")
+        state = self._vm(vm, "unregister_vm")
+        if state.powered_on:
+            raise self._fault("unregister_vm", f"VM {vm.name} is powered on", "InvalidPowerState")
+        del self.vms[vm.moref]
+
+    async def power_on(self, vm: VmRef) -> None:
+        await self.faults.hit("vsphere.power_on")
+        state = self._vm(vm, "power_on")
+        if state.powered_on:
+            raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
+        state.powered_on = True
+
+    async def power_off(self, vm: VmRef) -> None:
+        await self.faults.hit("vsphere.power_off")
+        state = self._vm(vm, "power_off")
+        if not state.powered_on:
+            raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
+        state.powered_on = False
+
+    async def relocate(
+        self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
+    ) -> VmRef:
+        await self.faults.hit("vsphere.relocate")
+        state = self._vm(vm, "relocate")
+        if datastore not in self.local_datastores and datastore not in self.datastores[state.host]:
+            raise self._fault("relocate", f"datastore {datastore!r} not found", "NotFound")
+        total = 100
+        for done in range(0, total + 1, 25):
+            if progress is not None:
+                progress(done, total)
+            await anyio.lowlevel.checkpoint()
+        folder = vm.vmx_path.split("] ", 1)[-1]
+        ref = VmRef(vm.moref, vm.name, f"[{datastore}] {folder}")
+        state.ref, state.datastore, state.migrated = ref, datastore, True
+        return ref
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+def memory_backends(
+    faults: FaultPlan | None = None,
+    *,
+    cache_capacity: int = 1024 * GiB,
+    hosts: Sequence[str] = ("esx01",),
+) -> tuple[Backends, FaultPlan]:
+    """Four in-memory backends sharing one ``FaultPlan`` (an empty catalog: add VMs to it)."""
+    faults = faults or FaultPlan()
+    backends = Backends(
+        exporter=MemoryExporter(faults),
+        catalog=MemoryCatalog(faults),
+        cache=MemoryBlockCache(faults, capacity=cache_capacity),
+        vsphere=MemoryVSphere(faults, hosts=hosts),
+    )
+    return backends, faults
