@@ -1,0 +1,33 @@
+"""Test support for liverecovery and for the products that embed it.
+
+In-memory backends that keep the real systems' rules, with fault injection at every call.
+"""
+
+from liverecovery.testing.faults import Fault, FaultKind, FaultPlan, Pause
+from liverecovery.testing.memory import (
+    MemoryBackup,
+    MemoryBlockCache,
+    MemoryCatalog,
+    MemoryDisk,
+    MemoryExporter,
+    MemoryVSphere,
+    VmState,
+    memory_backends,
+    sample_vmx,
+)
+
+__all__ = [
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "MemoryBackup",
+    "MemoryBlockCache",
+    "MemoryCatalog",
+    "MemoryDisk",
+    "MemoryExporter",
+    "MemoryVSphere",
+    "Pause",
+    "VmState",
+    "memory_backends",
+    "sample_vmx",
+]
