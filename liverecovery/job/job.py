@@ -477,10 +477,13 @@ class RecoveryJob:
 
     async def _cleanup(self) -> None:
         while self._compensations:
-            comp = self._compensations[-1]
-            error = await self._compensate(comp)
-            # Popped only once it ran: a cancel in the middle leaves it for the rollback.
-            self._compensations.pop()
+            comp = self._compensations.pop()
+            try:
+                error = await self._compensate(comp)
+            except BaseException:
+                # Cancelled in the middle: leave it for the rollback to run again.
+                self._compensations.append(comp)
+                raise
             if error is not None:
                 raise error
         if self._ctx.settings.keep_overlay:
