@@ -98,6 +98,7 @@ __all__ = [
     "RecoverySpec",
     "RestorePoint",
     "RollbackError",
+    "Settings",
     "SettingsError",
     "StagedVm",
     "StagingContext",

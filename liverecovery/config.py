@@ -199,7 +199,10 @@ class Settings:
                 except SettingsError as exc:
                     raise SettingsError(f"{source}: {exc}") from None
             elif key == "restore_passkey":
-                kwargs[key] = None if value is None else Passkey.from_string(str(value))
+                try:
+                    kwargs[key] = None if value is None else Passkey.from_string(str(value))
+                except SettingsError as exc:
+                    raise SettingsError(f"{source}: restore_passkey: {exc}") from None
             else:
                 kwargs[key] = value
         try:

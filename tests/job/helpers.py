@@ -7,7 +7,12 @@ from typing import Any
 from liverecovery import RecoverySpec, Settings, Timeouts
 from liverecovery.job.states import State
 from liverecovery.testing import FaultPlan, memory_backends
-from liverecovery.testing.memory import MemoryBlockCache, MemoryCatalog, MemoryExporter, MemoryVSphere
+from liverecovery.testing.memory import (
+    MemoryBlockCache,
+    MemoryCatalog,
+    MemoryExporter,
+    MemoryVSphere,
+)
 
 HOST = "esx01"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 
@@ -55,7 +57,7 @@ async def test_happy_path_visits_every_state_in_order() -> None:
     assert summary.state is State.COMPLETED
     assert summary.states_visited == HAPPY_PATH
     changes = [(e.previous, e.state) for e in seen if isinstance(e, StateChanged)]
-    assert changes == list(zip(HAPPY_PATH, HAPPY_PATH[1:], strict=False))
+    assert changes == list(itertools.pairwise(HAPPY_PATH))
     progress = [e for e in seen if isinstance(e, Progress)]
     assert progress and progress[-1].bytes_restored == progress[-1].bytes_total > 0
     # Cleanup undid everything except the migrated VM, which is on its destination and running.
@@ -132,7 +134,9 @@ async def test_cancel_from_every_state(cancel_in: State) -> None:
     world = World()
     world.catalog.add_vm("web01")
     pause = world.faults.pause(STEP_CALL[cancel_in]) if cancel_in in STEP_CALL else None
-    async with LiveRecovery(fast_settings(), world.backends, migration_policy=ManualMigration()) as lr:
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
         job = await lr.start(spec())
         if cancel_in in (State.MIGRATING, State.CLEANING_UP):
             await _wait_for_state(job, State.SERVING)
@@ -227,7 +231,9 @@ async def test_cancel_with_failing_compensation_raises_rollback_error() -> None:
     world = World()
     world.catalog.add_vm("web01")
     world.faults.fail("vsphere.unmount_datastore", times=99)
-    async with LiveRecovery(fast_settings(), world.backends, migration_policy=ManualMigration()) as lr:
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
         job = await lr.start(spec())
         await _wait_for_state(job, State.SERVING)
         await job.cancel()
@@ -240,7 +246,9 @@ async def test_cancel_with_failing_compensation_raises_rollback_error() -> None:
 async def test_leaving_the_context_rolls_back_running_jobs() -> None:
     world = World()
     world.catalog.add_vm("web01")
-    async with LiveRecovery(fast_settings(), world.backends, migration_policy=ManualMigration()) as lr:
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
         job = await lr.start(spec())
         await _wait_for_state(job, State.SERVING)
     assert job.state is State.CANCELLED

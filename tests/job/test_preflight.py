@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import anyio
-
 import pytest
 
 from liverecovery import (
@@ -64,9 +63,7 @@ async def test_several_vms_in_one_job_are_refused() -> None:
     assert "names 3" in str(err) and "db01" in str(err)
 
 
-@pytest.mark.parametrize(
-    ("given", "reason"), [(None, "gave none"), ("wrong-key", "wrong")]
-)
+@pytest.mark.parametrize(("given", "reason"), [(None, "gave none"), ("wrong-key", "wrong")])
 async def test_missing_or_wrong_passkey_is_refused(
     given: str | None, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -139,7 +136,7 @@ async def test_cache_space_counts_other_jobs_reservations() -> None:
         ja = await lr.start(spec(vm="a"))
         jb = await lr.start(spec(vm="b"))
         jc = await lr.start(spec(vm="c"))
-        with anyio.fail_after(5), pytest.raises(CacheSpaceError, match="40.00 GiB reserved by"):
+        with anyio.fail_after(5), pytest.raises(CacheSpaceError, match=r"40\.00 GiB reserved by"):
             await jc.wait()
         await ja.cancel()
         await jb.cancel()
@@ -160,7 +157,9 @@ async def test_thresholds_are_settings() -> None:
 async def test_live_browse_blocks_live_recovery_and_the_reverse() -> None:
     world = World()
     world.catalog.add_vm("web01")
-    async with LiveRecovery(fast_settings(), world.backends, migration_policy=ManualMigration()) as lr:
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
         async with lr.browse_session("web01", owner="browse-1"):
             job = await lr.start(spec())
             with pytest.raises(ConcurrentSessionError, match="live browse of it is running"):

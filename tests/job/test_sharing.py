@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from liverecovery import LiveRecovery, ManualMigration, State
+from liverecovery import LiveRecovery, ManualMigration, State, StateChanged
 from liverecovery.job.job import RecoveryJob
 
 from .helpers import HOST, World, fast_settings, spec
@@ -15,8 +15,9 @@ pytestmark = pytest.mark.anyio
 
 async def _serving(job: RecoveryJob) -> None:
     with anyio.fail_after(5):
-        while job.state is not State.SERVING:
-            await anyio.sleep(0.001)
+        async for event in job.events():
+            if isinstance(event, StateChanged) and event.state is State.SERVING:
+                return
 
 
 async def test_two_jobs_share_one_export_until_the_second_finishes() -> None:
@@ -24,7 +25,9 @@ async def test_two_jobs_share_one_export_until_the_second_finishes() -> None:
     world.catalog.add_vm("a")
     world.catalog.add_vm("b")
     world.catalog.add_vm("c")
-    async with LiveRecovery(fast_settings(), world.backends, migration_policy=ManualMigration()) as lr:
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
         ja, jb = await lr.start(spec(vm="a")), await lr.start(spec(vm="b"))
         jc = await lr.start(spec(vm="c", esx_host="esx02"))
         for j in (ja, jb, jc):
@@ -61,7 +64,7 @@ async def test_a_failed_first_export_is_retried_by_the_next_job() -> None:
     world.faults.fail("exporter.export")
     async with LiveRecovery(fast_settings(), world.backends) as lr:
         ja = await lr.start(spec(vm="a"))
-        with pytest.raises(Exception, match="exporter.export"):
+        with pytest.raises(Exception, match=r"exporter\.export"):
             await ja.wait()
         jb = await lr.start(spec(vm="b"))
         assert (await jb.wait()).state is State.COMPLETED

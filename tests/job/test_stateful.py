@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -149,7 +150,7 @@ class JobInterleavings(RuleBasedStateMachine):
                         for j in self.started:
                             if j.state is State.SERVING:
                                 await j.migrate_now()
-                        await anyio.sleep(0)
+                        await anyio.lowlevel.checkpoint()
 
             self._run(finish())
             for job in self.started:
