@@ -1,0 +1,244 @@
+"""One disk presented as a flat ``-flat.vmdk``: reads merge overlay ▶ cache ▶ backup.
+
+Reads go through the circular cache block by block; a block that lies entirely in a hole of the
+backup (unallocated or zero runs of the allocation map) is never fetched and reads as zeros, so
+the bytes fetched before power-on do not depend on the disk's size. Writes go to the job's
+overlay, never to the backup. Foreground reads register with a ``ForegroundGate`` so background
+restore can step aside while the VM waits.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from liverecovery.backends import BlockCache, BlockKey, DiskReader, Extent, ExtentKind
+from liverecovery.nfs.filesystem import Stability
+
+__all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
+
+ReadBase = Callable[[int, int], Awaitable[bytes]]
+
+
+@runtime_checkable
+class DiskOverlay(Protocol):
+    """**Protocol:** the copy-on-write layer that receives the VM's writes to one disk."""
+
+    async def read(self, offset: int, length: int, read_base: ReadBase) -> bytes:
+        """``length`` bytes at ``offset``: overlay blocks over ``read_base``'s bytes."""
+        ...
+
+    async def write(
+        self, offset: int, data: bytes, stability: Stability, read_base: ReadBase
+    ) -> Stability:
+        """Store ``data``; durable before returning unless UNSTABLE."""
+        ...
+
+    async def commit(self) -> None:
+        """Make every UNSTABLE write durable."""
+        ...
+
+    @property
+    def written_bytes(self) -> int: ...
+
+
+@attrs.define
+class DiskStats:
+    """What one disk's reads cost: the per-job statistics are sums of these."""
+
+    bytes_served: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_fetched: int = 0
+    bytes_restored: int = 0
+    holes_skipped: int = 0
+
+
+class ForegroundGate:
+    """Counts foreground reads in flight; background work waits until there are none."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def enter(self) -> None:
+        self._active += 1
+        if self._active == 1:
+            self._idle = anyio.Event()
+
+    def leave(self) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no foreground read is in flight."""
+        while self._active:
+            await self._idle.wait()
+
+
+class HoleMap:
+    """Answers "does this byte range hold any data?" from an allocation map, in O(log n)."""
+
+    def __init__(self, extents: Sequence[Extent]) -> None:
+        runs = sorted((e.offset, e.offset + e.length) for e in extents if e.kind is ExtentKind.DATA)
+        merged: list[tuple[int, int]] = []
+        for start, end in runs:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            elif end > start:
+                merged.append((start, end))
+        self._starts = [s for s, _ in merged]
+        self._runs = merged
+
+    @property
+    def data_runs(self) -> list[tuple[int, int]]:
+        """(start, end) of every run holding data, sorted and merged."""
+        return list(self._runs)
+
+    def has_data(self, start: int, end: int) -> bool:
+        i = bisect.bisect_right(self._starts, start) - 1
+        if i >= 0 and self._runs[i][1] > start:
+            return True
+        return i + 1 < len(self._runs) and self._runs[i + 1][0] < end
+
+
+class FlatDisk:
+    """The bytes of one disk as the ESX host sees them."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        reader: DiskReader,
+        holes: HoleMap,
+        cache: BlockCache,
+        overlay: DiskOverlay | None = None,
+        gate: ForegroundGate | None = None,
+    ) -> None:
+        self.source = source
+        self.size = reader.size
+        self._reader = reader
+        self._holes = holes
+        self._cache = cache
+        self._block = cache.block_size
+        self._overlay = overlay
+        self.gate = gate or ForegroundGate()
+        self.stats = DiskStats()
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        source: str,
+        reader: DiskReader,
+        cache: BlockCache,
+        overlay: DiskOverlay | None = None,
+        gate: ForegroundGate | None = None,
+    ) -> FlatDisk:
+        """Read the allocation map (metadata only) and build the disk."""
+        holes = HoleMap(await reader.allocation())
+        return cls(
+            source=source, reader=reader, holes=holes, cache=cache, overlay=overlay, gate=gate
+        )
+
+    @property
+    def holes(self) -> HoleMap:
+        return self._holes
+
+    @property
+    def block_size(self) -> int:
+        return self._block
+
+    async def _block_bytes(self, index: int, *, background: bool = False) -> bytes:
+        start = index * self._block
+        end = min(self.size, start + self._block)
+        if not self._holes.has_data(start, end):
+            self.stats.holes_skipped += 1
+            return bytes(end - start)
+        fetched = False
+
+        async def fetch() -> bytes:
+            nonlocal fetched
+            fetched = True
+            data = await self._reader.read(start, end - start)
+            self.stats.bytes_fetched += len(data)
+            if background:
+                self.stats.bytes_restored += len(data)
+            return data
+
+        data = await self._cache.get_or_fetch(BlockKey(self.source, index), fetch)
+        if fetched:
+            self.stats.cache_misses += 1
+        else:
+            self.stats.cache_hits += 1
+        return data
+
+    async def read_base(self, offset: int, length: int) -> bytes:
+        """The backup's bytes (through the cache) at ``offset``, ignoring the overlay."""
+        end = min(self.size, offset + length)
+        if end <= offset:
+            return b""
+        first, last = offset // self._block, (end - 1) // self._block
+        if first == last:
+            data = await self._block_bytes(first)
+            base = first * self._block
+            return data[offset - base : end - base]
+        parts: list[bytes] = [b""] * (last - first + 1)
+
+        async def one(i: int) -> None:
+            parts[i - first] = await self._block_bytes(i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(first, last + 1):
+                tg.start_soon(one, i)
+        joined = b"".join(parts)
+        skip = offset - first * self._block
+        return joined[skip : skip + (end - offset)]
+
+    async def read(self, offset: int, count: int) -> tuple[bytes, bool]:
+        """A foreground read: exactly ``count`` bytes unless the end of the disk is reached."""
+        if offset >= self.size or count <= 0:
+            await anyio.lowlevel.checkpoint()
+            return b"", offset + max(count, 0) >= self.size
+        length = min(count, self.size - offset)
+        self.gate.enter()
+        try:
+            if self._overlay is not None:
+                data = await self._overlay.read(offset, length, self.read_base)
+            else:
+                data = await self.read_base(offset, length)
+        finally:
+            self.gate.leave()
+        self.stats.bytes_served += len(data)
+        return data, offset + len(data) >= self.size
+
+    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
+        """Write into the overlay (the backup is never written).
+
+        :raises PermissionError: the disk has no overlay (a read-only presentation).
+        """
+        if self._overlay is None:
+            raise PermissionError(f"{self.source} is read-only")
+        return await self._overlay.write(offset, data, stability, self.read_base)
+
+    async def commit(self) -> None:
+        if self._overlay is not None:
+            await self._overlay.commit()
+
+    async def restore_block(self, index: int) -> None:
+        """Bring one block into the cache for the background restore."""
+        await self._block_bytes(index, background=True)
+
+    async def aclose(self) -> None:
+        await self._reader.aclose()
