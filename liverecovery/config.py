@@ -160,7 +160,14 @@ class Settings:
     nfs_address: str = ""
     export_root: str = "/liverecovery"
     restore_passkey: Passkey | None = None
+    migration_trigger: str = attrs.field(
+        default="read-rate", validator=attrs.validators.in_(("read-rate", "delay", "manual"))
+    )
     serve_before_migrate_s: float = attrs.field(default=0.0, validator=_non_negative_float())
+    restore_bandwidth_bps: float = attrs.field(default=0.0, validator=_non_negative_float())
+    progress_interval_s: float = attrs.field(
+        default=1.0, validator=_positive("progress_interval_s")
+    )
     keep_overlay: bool = False
     compensation_attempts: int = attrs.field(
         default=3, validator=_positive("compensation_attempts")

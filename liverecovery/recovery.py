@@ -23,13 +23,27 @@ from liverecovery.backends import Backends
 from liverecovery.config import Settings
 from liverecovery.errors import JobStateError
 from liverecovery.job.job import JobContext, RecoveryJob
-from liverecovery.job.migration import DelayedMigration, MigrationPolicy
+from liverecovery.job.migration import (
+    DelayedMigration,
+    ManualMigration,
+    MigrationPolicy,
+    ReadRateMigration,
+)
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import CopyingBuilder, DatastoreBuilder
 
 __all__ = ["LiveRecovery"]
+
+
+def default_policy(settings: Settings) -> MigrationPolicy:
+    """The migration trigger the settings name."""
+    if settings.migration_trigger == "manual":
+        return ManualMigration()
+    if settings.migration_trigger == "delay":
+        return DelayedMigration(settings.serve_before_migrate_s)
+    return ReadRateMigration()
 
 
 class LiveRecovery:
@@ -58,8 +72,7 @@ class LiveRecovery:
             shares=self.shares,
             sessions=self.sessions,
             builder=builder or CopyingBuilder(),
-            migration_policy=migration_policy
-            or DelayedMigration(self.settings.serve_before_migrate_s),
+            migration_policy=migration_policy or default_policy(self.settings),
             space_lock=anyio.Lock(),
         )
         self._jobs: dict[str, RecoveryJob] = {}

@@ -153,6 +153,11 @@ class FlatDisk:
         )
 
     @property
+    def overlay_bytes(self) -> int:
+        """Bytes the VM has written to this disk's overlay."""
+        return self._overlay.written_bytes if self._overlay is not None else 0
+
+    @property
     def holes(self) -> HoleMap:
         return self._holes
 

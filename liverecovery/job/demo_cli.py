@@ -52,7 +52,9 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     power_on_s: float | None = None
     with tempfile.TemporaryDirectory(prefix="liverecovery-demo-") as results:
-        settings = Settings(job_results_dir=results, nfs_address="127.0.0.1")
+        settings = Settings(
+            job_results_dir=results, nfs_address="127.0.0.1", migration_trigger="delay"
+        )
         async with LiveRecovery(settings, backends) as lr:
             job = await lr.start(
                 RecoverySpec(vm=args.vm, esx_host="esx-demo", datastore="datastore1")

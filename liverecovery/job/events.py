@@ -29,13 +29,15 @@ class StateChanged:
 
 @attrs.frozen
 class Progress:
-    """Bytes the ESX host read through NFS, bytes restored to their destination, and the total."""
+    """How far the job is: bytes the ESX host read through NFS, bytes restored (background
+    restore into the cache) out of ``bytes_total``, and bytes the storage vMotion has moved."""
 
     job_id: str
     state: State
     bytes_served: int
     bytes_restored: int
     bytes_total: int
+    bytes_migrated: int = 0
 
 
 @attrs.frozen

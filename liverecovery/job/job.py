@@ -16,10 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import Backends, RestorePoint, VmRef
 from liverecovery.config import Settings
+from liverecovery.datastore.restore import BackgroundRestore
 from liverecovery.errors import (
     BackendTimeoutError,
     JobCancelledError,
@@ -59,13 +62,22 @@ class JobContext:
     space_lock: anyio.Lock
 
 
-@attrs.define
+@attrs.frozen
 class JobStats:
-    """Running totals reported in progress events."""
+    """The job's statistics at one moment; they feed its progress events.
+
+    ``bytes_to_restore`` is what background restore must bring in (the allocated bytes of the
+    served disks; the VM's total disk size when no disk is served through the cache).
+    """
 
     bytes_served: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_fetched: int = 0
     bytes_restored: int = 0
-    bytes_total: int = 0
+    bytes_to_restore: int = 0
+    bytes_migrated: int = 0
+    overlay_bytes: int = 0
 
 
 @attrs.frozen
@@ -126,7 +138,10 @@ class RecoveryJob:
         self._scope: anyio.CancelScope | None = None
         self._migrate_now = anyio.Event()
         self._session_held = False
-        self.stats = JobStats()
+        self._bg_scope = anyio.CancelScope()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._restore: BackgroundRestore | None = None
+        self._migrated_fraction = 0.0
         self.point: RestorePoint | None = None
         self.export_path: str | None = None
         self.datastore: str | None = None
@@ -174,6 +189,26 @@ class RecoveryJob:
     def pending_compensations(self) -> tuple[str, ...]:
         """Names of the compensations a rollback would run now, in the order it would."""
         return tuple(c.name for c in reversed(self._compensations))
+
+    @property
+    def stats(self) -> JobStats:
+        """Live statistics summed over the job's served disks."""
+        disks = list(self.staged.disks.values()) if self.staged else []
+        total = self.point.total_disk_bytes if self.point else 0
+        to_restore = self._restore.total_bytes if self._restore else total
+        restored = self._restore.done_bytes if self._restore else 0
+        if self.migrated:
+            restored = to_restore
+        return JobStats(
+            bytes_served=sum(d.stats.bytes_served for d in disks),
+            cache_hits=sum(d.stats.cache_hits for d in disks),
+            cache_misses=sum(d.stats.cache_misses for d in disks),
+            bytes_fetched=sum(d.stats.bytes_fetched for d in disks),
+            bytes_restored=restored,
+            bytes_to_restore=to_restore,
+            bytes_migrated=int(self._migrated_fraction * total),
+            overlay_bytes=sum(d.overlay_bytes for d in disks),
+        )
 
     def events(self) -> AsyncIterator[Event]:
         """Every event from the job's start, then live ones until the job ends."""
@@ -233,6 +268,15 @@ class RecoveryJob:
 
     async def run(self) -> None:
         """Drive the job to a terminal state. Run by ``LiveRecovery`` in its task group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await self._drive()
+            finally:
+                self._bg_scope.cancel()
+                self._tg = None
+
+    async def _drive(self) -> None:
         try:
             await self._fire("cancel" if self._cancel_requested else "advance")
             while self.state in STEP_STATES:
@@ -249,11 +293,13 @@ class RecoveryJob:
                 else:
                     await self._fire("advance")
             if self.state is State.ROLLING_BACK:
+                self._bg_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await self._rollback()
                     await self._fire("rolled_back")
         except anyio.get_cancelled_exc_class():
             # The whole LiveRecovery is being torn down: still undo what was done.
+            self._bg_scope.cancel()
             with anyio.CancelScope(shield=True):
                 self._cancel_requested = True
                 if self.state not in TERMINAL_STATES:
@@ -312,8 +358,26 @@ class RecoveryJob:
     def _progress(self) -> None:
         s = self.stats
         self._events.append(
-            Progress(self.id, self.state, s.bytes_served, s.bytes_restored, s.bytes_total)
+            Progress(
+                self.id,
+                self.state,
+                s.bytes_served,
+                s.bytes_restored,
+                s.bytes_to_restore,
+                s.bytes_migrated,
+            )
         )
+
+    async def _report_progress(self) -> None:
+        with self._bg_scope:
+            while True:
+                await anyio.sleep(self._ctx.settings.progress_interval_s)
+                self._progress()
+
+    async def _background_restore(self, restore: BackgroundRestore) -> None:
+        with self._bg_scope:
+            await restore.run()
+            self._progress()
 
     def _failure(self) -> BaseException:
         if self._step_error is not None:
@@ -373,7 +437,6 @@ class RecoveryJob:
         preflight.check_passkey(ctx.settings, point, spec.passkey)
         async with ctx.space_lock:
             await preflight.check_cache_space(ctx.settings, ctx.backends.cache, point, self.id)
-        self.stats.bytes_total = point.total_disk_bytes
         self._push("release_cache_reservation", lambda: ctx.backends.cache.release(self.id))
 
     async def _export(self) -> None:
@@ -449,10 +512,18 @@ class RecoveryJob:
 
         self._push("power_off", power_off, vm_bound=True)
         self._progress()
+        assert self._tg is not None and self.staged is not None
+        if self.staged.disks:
+            self._restore = BackgroundRestore(
+                list(self.staged.disks.values()),
+                bandwidth_bps=self._ctx.settings.restore_bandwidth_bps or None,
+            )
+            self._tg.start_soon(self._background_restore, self._restore)
+        self._tg.start_soon(self._report_progress)
 
     async def _serve(self) -> None:
         async def policy() -> None:
-            await self._ctx.migration_policy.wait_until_ready()
+            await self._ctx.migration_policy.wait_until_ready(lambda: self.stats.bytes_served)
             self._migrate_now.set()
 
         async with anyio.create_task_group() as tg:
@@ -464,18 +535,19 @@ class RecoveryJob:
         assert self.vm is not None
 
         def progress(done: int, total: int) -> None:
-            if total > 0 and self.stats.bytes_total:
-                self.stats.bytes_restored = self.stats.bytes_total * done // total
+            if total > 0:
+                self._migrated_fraction = min(1.0, done / total)
             self._progress()
 
         self.vm = await self._ctx.backends.vsphere.relocate(self.vm, self.spec.datastore, progress)
         self.migrated = True
+        self._migrated_fraction = 1.0
         # The VM now lives on its destination datastore: never take it down from here on.
         self._compensations = [c for c in self._compensations if not c.vm_bound]
-        self.stats.bytes_restored = self.stats.bytes_total
         self._progress()
 
     async def _cleanup(self) -> None:
+        self._bg_scope.cancel()
         while self._compensations:
             comp = self._compensations.pop()
             try:

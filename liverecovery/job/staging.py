@@ -7,12 +7,14 @@ into memory (the in-memory path), the File Recovery Enabler's builder serves the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from liverecovery.backends import CatalogReader, RestorePoint
 from liverecovery.config import Settings
+from liverecovery.datastore.flatdisk import FlatDisk
 from liverecovery.datastore.memfs import MemoryFilesystem
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.filesystem import Filesystem
@@ -35,10 +37,11 @@ class StagingContext:
 
 @attrs.frozen
 class StagedVm:
-    """The built VM folder and the name of its .vmx inside it."""
+    """The built VM folder, the name of its .vmx inside it, and its served disks (if any)."""
 
     filesystem: Filesystem
     vmx_name: str
+    disks: Mapping[str, FlatDisk] = attrs.field(factory=dict)
 
 
 @runtime_checkable

@@ -46,6 +46,7 @@ def expected_rollback(failed_in: State) -> list[str]:
 
 
 def fast_settings(**kw: Any) -> Settings:
+    kw.setdefault("migration_trigger", "delay")
     return Settings(compensation_retry_delay_s=0, **kw)
 
 

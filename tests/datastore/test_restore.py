@@ -1,0 +1,117 @@
+"""Background restore: order, only allocated blocks, yields to foreground reads, bandwidth cap."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+from liverecovery.backends import BlockKey
+from liverecovery.config import MiB
+from liverecovery.datastore.flatdisk import FlatDisk
+from liverecovery.datastore.restore import BackgroundRestore, allocated_blocks
+from liverecovery.job.migration import ReadRateMigration
+from liverecovery.testing import MemoryBlockCache, MemoryDisk
+
+pytestmark = pytest.mark.anyio
+
+
+class RecordingCache(MemoryBlockCache):
+    def __init__(self) -> None:
+        super().__init__(block_size=1 * MiB)
+        self.order: list[BlockKey] = []
+
+    async def get_or_fetch(self, key, fetch):  # type: ignore[no-untyped-def]
+        self.order.append(key)
+        return await super().get_or_fetch(key, fetch)
+
+
+async def two_disks(cache: MemoryBlockCache) -> list[FlatDisk]:
+    d0 = MemoryDisk(64 * MiB, {0: b"a" * (2 * MiB + 1), 40 * MiB: b"b" * 10})
+    d1 = MemoryDisk(8 * MiB, {7 * MiB: b"c" * MiB})
+    return [
+        await FlatDisk.open(source="d0", reader=d0, cache=cache),
+        await FlatDisk.open(source="d1", reader=d1, cache=cache),
+    ]
+
+
+async def test_restores_allocated_blocks_disk_by_disk_in_ascending_order() -> None:
+    cache = RecordingCache()
+    disks = await two_disks(cache)
+    assert list(allocated_blocks(disks[0])) == [0, 1, 2, 40]
+    restore = BackgroundRestore(disks)
+    assert restore.total_bytes == 5 * MiB
+    await restore.run()
+    assert [(k.source, k.index) for k in cache.order] == [
+        ("d0", 0),
+        ("d0", 1),
+        ("d0", 2),
+        ("d0", 40),
+        ("d1", 7),
+    ]
+    assert restore.done_bytes == restore.total_bytes
+    assert disks[0].stats.bytes_restored == 4 * MiB
+    # Afterwards every read is a cache hit: nothing more comes from the backup.
+    fetched = cache.fetches
+    await disks[0].read(0, 3 * MiB)
+    assert cache.fetches == fetched
+
+
+async def test_background_restore_waits_while_a_foreground_read_is_in_flight() -> None:
+    cache = MemoryBlockCache()
+    disks = await two_disks(cache)
+    restore = BackgroundRestore(disks)
+    disks[0].gate.enter()  # a foreground read is waiting on the backup
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restore.run)
+        await anyio.sleep(0.05)
+        assert restore.done_bytes == 0 and restore.yields == 1
+        disks[0].gate.leave()
+    assert restore.done_bytes == restore.total_bytes
+
+
+async def test_bandwidth_limit_caps_the_rate() -> None:
+    cache = MemoryBlockCache()
+    disks = await two_disks(cache)
+    restore = BackgroundRestore(disks, bandwidth_bps=25 * MiB)
+    started = time.monotonic()
+    await restore.run()
+    # 5 MiB at 25 MiB/s takes at least 0.2 s (minus the first block, which goes at once).
+    assert time.monotonic() - started >= 0.15
+
+
+async def test_read_rate_trigger_waits_for_reads_to_settle() -> None:
+    served = 0
+    policy = ReadRateMigration(rate_bps=1 * MiB, window_s=0.2, min_wait_s=0.2, sample_s=0.02)
+
+    async def boot() -> None:
+        nonlocal served
+        for _ in range(20):  # 20 x 1 MiB every 20 ms: 50 MiB/s for 0.4 s
+            served += MiB
+            await anyio.sleep(0.02)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(boot)
+        with anyio.fail_after(5):
+            await policy.wait_until_ready(lambda: served)
+        finished_booting = served == 20 * MiB
+    assert finished_booting, "migration started while the boot was still reading"
+    assert time.monotonic() - started >= 0.4
+
+
+async def test_read_rate_trigger_gives_up_waiting_at_max_wait() -> None:
+    served = 0
+
+    def busy() -> int:
+        nonlocal served
+        served += 100 * MiB
+        return served
+
+    policy = ReadRateMigration(
+        rate_bps=1, window_s=0.05, min_wait_s=0, max_wait_s=0.2, sample_s=0.01
+    )
+    started = time.monotonic()
+    await policy.wait_until_ready(busy)
+    assert 0.2 <= time.monotonic() - started < 2
