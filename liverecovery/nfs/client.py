@@ -212,11 +212,17 @@ class NfsClient:
         gid: int = 0,
         call_timeout: float = 30.0,
     ) -> NfsClient:
-        """Connect to the NFS (and MOUNT) service; ports not given are asked of the portmapper.
+        """Connect to the NFS (and MOUNT) service.
+
+        With ``port`` given, MOUNT is expected on the same port unless ``mount_port`` says
+        otherwise (our server serves every program on one port); with no ``port``, both are asked
+        of the portmapper at ``portmap_port``.
 
         :raises NfsClientError: a connection or portmap lookup failed.
         """
         cred = AuthSys(uid=uid, gid=gid, machine_name="liverecovery").encode()
+        if port is not None and mount_port is None:
+            mount_port = port
         if port is None or mount_port is None:
             pmap = await RpcConnection.connect(host, portmap_port, call_timeout=call_timeout)
             try:

@@ -301,6 +301,18 @@ class NfsServer:
         log.info("exported %s to %s", path, ", ".join(clients) or "nobody")
         return exp.info
 
+    async def set_clients(self, path: str, clients: Sequence[str]) -> ExportInfo:
+        """Replace the addresses allowed to use an export; refused ones get ACCES at once.
+
+        :raises BackendError: ``path`` is not exported or a client does not resolve.
+        """
+        exp = self._exports.get(_normalize_path(path))
+        if exp is None:
+            raise BackendError(f"{path} is not exported", operation="nfs.set_clients")
+        exp.networks = await _resolve_clients(clients)
+        exp.clients = tuple(clients)
+        return exp.info
+
     async def unexport(self, path: str) -> None:
         """Remove an export; every handle it gave out becomes STALE, also after a restart."""
         path = _normalize_path(path)

@@ -99,7 +99,9 @@ def rpcbind() -> Iterator[None]:
     deadline = time.monotonic() + 10
     while not _rpcbind_running():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"rpcbind did not start: {proc.stderr.read() if proc.stderr else ''!r}")
+            raise RuntimeError(
+                f"rpcbind did not start: {proc.stderr.read() if proc.stderr else ''!r}"
+            )
         time.sleep(0.05)
     yield
     proc.terminate()
@@ -158,7 +160,9 @@ def run_tool(*argv: str, timeout: float = 60, input: bytes | None = None) -> byt
     """Run a real NFS client tool; raise with its stderr when it fails."""
     res = subprocess.run(argv, capture_output=True, timeout=timeout, input=input, check=False)
     if res.returncode != 0:
-        raise AssertionError(f"{argv} exited {res.returncode}: {res.stderr.decode(errors='replace')}")
+        raise AssertionError(
+            f"{argv} exited {res.returncode}: {res.stderr.decode(errors='replace')}"
+        )
     return res.stdout
 
 
