@@ -22,6 +22,7 @@ __all__ = [
     "JobStateError",
     "LiveRecoveryError",
     "MultipleVmsError",
+    "NfsClientError",
     "NfsError",
     "NfsStatus",
     "PasskeyError",
@@ -172,3 +173,7 @@ class NfsError(LiveRecoveryError):
             f"NFS3ERR_{status.name}: {message}" if message else f"NFS3ERR_{status.name}"
         )
         self.status = status
+
+
+class NfsClientError(BackendError):
+    """An NFS/MOUNT/PORTMAP call could not complete: connection lost, RPC rejected, bad reply."""

@@ -1,0 +1,342 @@
+"""ONC RPC v2 (RFC 5531) messages and TCP record marking: pure codecs, no sockets.
+
+``decode_call``/``encode_reply`` serve the server, ``encode_call``/``decode_reply`` the client.
+``RecordReader`` turns a byte stream into records (multi-fragment, bounded by a maximum record
+size) and ``record_header`` frames a reply as one fragment.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final
+
+import attrs
+
+from liverecovery.nfs.xdr import Buffer, Packer, Unpacker, XdrError
+
+__all__ = [
+    "AcceptStat",
+    "AuthFlavor",
+    "AuthStat",
+    "AuthSys",
+    "Call",
+    "CallRejected",
+    "OpaqueAuth",
+    "RecordReader",
+    "RecordTooLarge",
+    "RejectStat",
+    "Reply",
+    "RpcError",
+    "decode_call",
+    "decode_reply",
+    "encode_accepted",
+    "encode_call",
+    "encode_rejected",
+    "record_header",
+]
+
+RPC_VERSION: Final = 2
+MAX_AUTH_BYTES: Final = 400
+LAST_FRAGMENT: Final = 0x80000000
+_HDR: Final = struct.Struct(">I")
+_CALL_HEAD: Final = struct.Struct(">IIIIII")  # xid, CALL, rpcvers, prog, vers, proc
+_REPLY_OK_HEAD: Final = struct.Struct(">IIIIII")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat
+
+
+class AuthFlavor(enum.IntEnum):
+    NONE = 0
+    SYS = 1
+    SHORT = 2
+    DH = 3
+    RPCSEC_GSS = 6
+
+
+class AcceptStat(enum.IntEnum):
+    SUCCESS = 0
+    PROG_UNAVAIL = 1
+    PROG_MISMATCH = 2
+    PROC_UNAVAIL = 3
+    GARBAGE_ARGS = 4
+    SYSTEM_ERR = 5
+
+
+class RejectStat(enum.IntEnum):
+    RPC_MISMATCH = 0
+    AUTH_ERROR = 1
+
+
+class AuthStat(enum.IntEnum):
+    OK = 0
+    BADCRED = 1
+    REJECTEDCRED = 2
+    BADVERF = 3
+    REJECTEDVERF = 4
+    TOOWEAK = 5
+
+
+class RpcError(Exception):
+    """A malformed RPC message (the peer's fault)."""
+
+
+class RecordTooLarge(RpcError):
+    """A record exceeds the maximum record size; the connection must be closed."""
+
+
+@attrs.frozen
+class OpaqueAuth:
+    flavor: int
+    body: bytes = b""
+
+
+AUTH_NONE: Final = OpaqueAuth(AuthFlavor.NONE)
+
+
+@attrs.frozen
+class AuthSys:
+    """AUTH_SYS credentials (RFC 5531 appendix A)."""
+
+    uid: int = 0
+    gid: int = 0
+    gids: tuple[int, ...] = ()
+    machine_name: str = ""
+    stamp: int = 0
+
+    def encode(self) -> OpaqueAuth:
+        p = Packer()
+        p.u32(self.stamp)
+        p.string(self.machine_name)
+        p.u32(self.uid)
+        p.u32(self.gid)
+        p.u32(len(self.gids))
+        for g in self.gids:
+            p.u32(g)
+        return OpaqueAuth(AuthFlavor.SYS, p.getvalue())
+
+    @classmethod
+    def decode(cls, body: bytes) -> AuthSys:
+        u = Unpacker(body)
+        stamp = u.u32()
+        name = u.string(255)
+        uid, gid = u.u32(), u.u32()
+        gids = tuple(u.u32() for _ in range(u.array_length(16)))
+        return cls(uid=uid, gid=gid, gids=gids, machine_name=name, stamp=stamp)
+
+
+@attrs.frozen
+class Call:
+    """A call header; ``args`` is positioned at the procedure's arguments."""
+
+    xid: int
+    prog: int
+    vers: int
+    proc: int
+    cred: OpaqueAuth
+    verf: OpaqueAuth
+    args: Unpacker = attrs.field(eq=False, repr=False)
+
+
+class CallRejected(RpcError):
+    """A call to refuse at the RPC level; ``reply`` is the encoded rejection to send."""
+
+    def __init__(self, message: str, xid: int, reply: bytes) -> None:
+        super().__init__(message)
+        self.xid = xid
+        self.reply = reply
+
+
+def _auth(u: Unpacker) -> OpaqueAuth:
+    flavor = u.u32()
+    return OpaqueAuth(flavor, u.opaque(MAX_AUTH_BYTES))
+
+
+def decode_call(record: Buffer) -> Call:
+    """Parse a call header.
+
+    :raises CallRejected: wrong RPC version (RPC_MISMATCH) or bad credentials (AUTH_ERROR).
+    :raises RpcError: not a call, or too short to hold a header (nothing can be answered).
+    """
+    u = Unpacker(record)
+    try:
+        xid, mtype, rpcvers, prog, vers, proc = u.unpack_struct(_CALL_HEAD)
+    except XdrError as exc:
+        raise RpcError(f"call header: {exc}") from None
+    if mtype != 0:
+        raise RpcError(f"xid {xid:#x}: message type {mtype} is not CALL")
+    if rpcvers != RPC_VERSION:
+        raise CallRejected(f"xid {xid:#x}: RPC version {rpcvers}", xid, encode_rpc_mismatch(xid))
+    try:
+        cred = _auth(u)
+        verf = _auth(u)
+    except XdrError as exc:
+        raise CallRejected(
+            f"xid {xid:#x}: credentials: {exc}", xid, encode_auth_error(xid, AuthStat.BADCRED)
+        ) from None
+    if cred.flavor not in (AuthFlavor.NONE, AuthFlavor.SYS):
+        stat = AuthStat.TOOWEAK if cred.flavor == AuthFlavor.RPCSEC_GSS else AuthStat.BADCRED
+        raise CallRejected(
+            f"xid {xid:#x}: auth flavor {cred.flavor}", xid, encode_auth_error(xid, stat)
+        )
+    if cred.flavor == AuthFlavor.SYS:
+        try:
+            AuthSys.decode(cred.body)
+        except XdrError as exc:
+            raise CallRejected(
+                f"xid {xid:#x}: AUTH_SYS: {exc}", xid, encode_auth_error(xid, AuthStat.BADCRED)
+            ) from None
+    return Call(xid, prog, vers, proc, cred, verf, u)
+
+
+def encode_accepted(
+    xid: int, stat: AcceptStat = AcceptStat.SUCCESS, mismatch: tuple[int, int] | None = None
+) -> Packer:
+    """The accepted-reply header (AUTH_NONE verifier); append SUCCESS results to the packer."""
+    p = Packer()
+    p.pack_struct(_REPLY_OK_HEAD, xid, 1, 0, 0, 0, stat)
+    if stat == AcceptStat.PROG_MISMATCH:
+        low, high = mismatch or (0, 0)
+        p.u32(low)
+        p.u32(high)
+    return p
+
+
+def encode_rejected(xid: int, stat: RejectStat, detail: int, high: int = 0) -> bytes:
+    p = Packer()
+    p.u32(xid)
+    p.u32(1)
+    p.u32(1)
+    p.u32(stat)
+    if stat == RejectStat.RPC_MISMATCH:
+        p.u32(detail)
+        p.u32(high)
+    else:
+        p.u32(detail)
+    return p.getvalue()
+
+
+def encode_rpc_mismatch(xid: int) -> bytes:
+    return encode_rejected(xid, RejectStat.RPC_MISMATCH, RPC_VERSION, RPC_VERSION)
+
+
+def encode_auth_error(xid: int, stat: AuthStat) -> bytes:
+    return encode_rejected(xid, RejectStat.AUTH_ERROR, stat)
+
+
+def encode_call(
+    xid: int,
+    prog: int,
+    vers: int,
+    proc: int,
+    cred: OpaqueAuth = AUTH_NONE,
+    verf: OpaqueAuth = AUTH_NONE,
+) -> Packer:
+    """A call header; append the procedure's arguments to the returned packer."""
+    p = Packer()
+    p.pack_struct(_CALL_HEAD, xid, 0, RPC_VERSION, prog, vers, proc)
+    for auth in (cred, verf):
+        p.u32(auth.flavor)
+        p.opaque(auth.body)
+    return p
+
+
+@attrs.frozen
+class Reply:
+    """A decoded reply; ``results`` is positioned at the results when ``accept_stat`` is SUCCESS."""
+
+    xid: int
+    accepted: bool
+    accept_stat: AcceptStat | None = None
+    reject_stat: RejectStat | None = None
+    auth_stat: AuthStat | None = None
+    mismatch: tuple[int, int] | None = None
+    results: Unpacker | None = attrs.field(default=None, eq=False, repr=False)
+
+
+def reply_xid(record: Buffer) -> int:
+    """The xid of a record (for routing before full decoding). :raises RpcError:"""
+    if len(record) < 4:
+        raise RpcError("record shorter than an xid")
+    return int(_HDR.unpack_from(record, 0)[0])
+
+
+def decode_reply(record: Buffer) -> Reply:
+    """:raises RpcError: not a well-formed reply."""
+    u = Unpacker(record)
+    try:
+        xid, mtype = u.u32(), u.u32()
+        if mtype != 1:
+            raise RpcError(f"xid {xid:#x}: message type {mtype} is not REPLY")
+        if u.u32() == 0:
+            _auth(u)
+            stat = AcceptStat(u.u32())
+            mismatch = (u.u32(), u.u32()) if stat == AcceptStat.PROG_MISMATCH else None
+            return Reply(xid, True, accept_stat=stat, mismatch=mismatch, results=u)
+        rstat = RejectStat(u.u32())
+        if rstat == RejectStat.RPC_MISMATCH:
+            return Reply(xid, False, reject_stat=rstat, mismatch=(u.u32(), u.u32()))
+        return Reply(xid, False, reject_stat=rstat, auth_stat=AuthStat(u.u32()))
+    except (XdrError, ValueError) as exc:
+        if isinstance(exc, RpcError):
+            raise
+        raise RpcError(f"malformed reply: {exc}") from None
+
+
+def record_header(length: int) -> bytes:
+    """The record mark of a single-fragment record of ``length`` bytes."""
+    return _HDR.pack(LAST_FRAGMENT | length)
+
+
+class RecordReader:
+    """Reassembles records from stream bytes (RFC 5531 section 11).
+
+    Feed it what the socket gives; ``next_record`` returns complete records. Buffering is bounded:
+    a record whose fragments add up to more than ``max_record`` raises ``RecordTooLarge`` as soon
+    as its header says so, before its body is read.
+    """
+
+    __slots__ = ("_buf", "_fragments", "_fragments_size", "max_record")
+
+    def __init__(self, max_record: int) -> None:
+        self.max_record = max_record
+        self._buf = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragments_size = 0
+
+    def feed(self, data: Buffer) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) + self._fragments_size
+
+    def next_record(self) -> bytes | bytearray | None:
+        """The next complete record, or None until more bytes are fed. :raises RecordTooLarge:"""
+        while True:
+            buf = self._buf
+            if len(buf) < 4:
+                return None
+            (mark,) = _HDR.unpack_from(buf, 0)
+            length = mark & 0x7FFFFFFF
+            if self._fragments_size + length > self.max_record:
+                raise RecordTooLarge(
+                    f"record of at least {self._fragments_size + length} bytes exceeds "
+                    f"the maximum of {self.max_record}"
+                )
+            if len(buf) < 4 + length:
+                return None
+            if mark & LAST_FRAGMENT and not self._fragments:
+                if len(buf) == 4 + length:
+                    self._buf = bytearray()
+                    del buf[:4]
+                    return buf
+                record = bytes(memoryview(buf)[4 : 4 + length])
+                del buf[: 4 + length]
+                return record
+            self._fragments.append(bytes(memoryview(buf)[4 : 4 + length]))
+            self._fragments_size += length
+            del buf[: 4 + length]
+            if mark & LAST_FRAGMENT:
+                record = b"".join(self._fragments)
+                self._fragments.clear()
+                self._fragments_size = 0
+                return record
