@@ -1,0 +1,578 @@
+"""A simulated ESX host: the embedded default ``VSphereClient``.
+
+It does to the NFS server what ESXi does: mounts the export over TCP (portmap GETPORT, MNT,
+FSINFO, FSSTAT, GETATTR), heartbeats with GETATTR and marks the datastore inaccessible after
+missed heartbeats, registers a VM by reading its .vmx and descriptors over NFS and checking
+them as ESXi does (flat extents only, ``-flat.vmdk`` at least as large as declared), creates and
+refreshes ``.lck-<fileid>`` files, appends to ``vmware.log``, creates the swap file, reads a boot
+working set at power-on, runs a guest that keeps writing, and performs the storage vMotion by
+copying every disk through NFS into a local datastore directory while mirroring the guest's
+writes, then switches over and deletes the source files. It remembers every guest write so a
+test or the demo can verify the destination disks byte for byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import anyio.abc
+import attrs
+
+from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.config import MiB
+from liverecovery.errors import LiveRecoveryError, NfsError, NfsStatus, VSphereError
+from liverecovery.nfs.client import NfsClient
+from liverecovery.nfs.filesystem import SetAttributes, Stability
+
+__all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
+
+_CHUNK = 1 * MiB
+_EXTENT = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)\s+"([^"]+)"(?:\s+(\d+))?\s*$')
+_DISK_KEY = re.compile(r"^((?:scsi|ide|sata|nvme)\d+:\d+)\.filename$", re.IGNORECASE)
+
+
+def _vmx_values(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" not in line or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip().lower()] = value.strip().strip('"')
+    return values
+
+
+def _guest_data(seq: int, length: int) -> bytes:
+    seed = hashlib.blake2b(seq.to_bytes(8, "big"), digest_size=32).digest()
+    return (seed * (length // 32 + 1))[:length]
+
+
+@attrs.frozen
+class GuestWrite:
+    """One write the guest made, in order: disk index, offset, bytes."""
+
+    disk: int
+    offset: int
+    data: bytes
+
+
+@attrs.define(eq=False)
+class _Disk:
+    key: str
+    descriptor: str
+    flat_name: str
+    size: int
+    fh: bytes = b""
+    lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+    mirror: Path | None = None
+    local: Path | None = None
+
+
+@attrs.define(eq=False)
+class _Mount:
+    datastore: str
+    remote_host: str
+    remote_path: str
+    client: NfsClient
+    root: bytes
+    scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
+    accessible: bool = True
+    missed: int = 0
+    heartbeats: int = 0
+
+
+@attrs.define(eq=False)
+class SimulatedVm:
+    """A registered VM as the simulated host sees it."""
+
+    ref: VmRef
+    datastore: str
+    folder: str
+    vmx_name: str
+    vmx: dict[str, str]
+    disks: list[_Disk]
+    powered_on: bool = False
+    migrated: bool = False
+    boot_bytes_read: int = 0
+    writes: list[GuestWrite] = attrs.field(factory=list)
+    locks: dict[str, bytes] = attrs.field(factory=dict)
+    workload: anyio.CancelScope | None = None
+    log_fh: bytes = b""
+    log_offset: int = 0
+
+
+class SimulatedEsxHost:
+    """An ESX host living in this process; use ``async with`` to run its background tasks."""
+
+    def __init__(
+        self,
+        datastore_root: str | os.PathLike[str],
+        *,
+        name: str = "esx-sim",
+        local_datastores: Sequence[str] = ("datastore1",),
+        portmap_port: int = 111,
+        max_nfs_volumes: int = 8,
+        heartbeat_s: float = 2.0,
+        heartbeat_misses: int = 3,
+        boot_read_bytes: int = 4 * MiB,
+        boot_scatter_reads: int = 32,
+        write_interval_s: float = 0.02,
+        write_size: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        self.name = name
+        self.root = Path(datastore_root)
+        self.local_datastores = tuple(local_datastores)
+        for ds in self.local_datastores:
+            (self.root / ds).mkdir(parents=True, exist_ok=True)
+        self.portmap_port = portmap_port
+        self.max_nfs_volumes = max_nfs_volumes
+        self.heartbeat_s = heartbeat_s
+        self.heartbeat_misses = heartbeat_misses
+        self.boot_read_bytes = boot_read_bytes
+        self.boot_scatter_reads = boot_scatter_reads
+        self.write_interval_s = write_interval_s
+        self.write_size = write_size
+        self._random = random.Random(seed)
+        self.mounts: dict[str, _Mount] = {}
+        self.vms: dict[str, SimulatedVm] = {}
+        self._next_vm = 1
+        self._seq = 0
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> SimulatedEsxHost:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    async def aclose(self) -> None:
+        """Stop every workload and heartbeat and close the NFS connections."""
+        for vm in self.vms.values():
+            if vm.workload is not None:
+                vm.workload.cancel()
+        for mount in list(self.mounts.values()):
+            mount.scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await mount.client.aclose()
+        self.mounts.clear()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _fault(self, op: str, message: str, fault: str) -> VSphereError:
+        return VSphereError(message, operation=f"vsphere.{op}", fault=fault)
+
+    def _check_host(self, host: str, op: str) -> None:
+        if host != self.name:
+            raise self._fault(op, f"host {host!r} not found (this is {self.name!r})", "NotFound")
+
+    def _mount(self, datastore: str, op: str) -> _Mount:
+        mount = self.mounts.get(datastore)
+        if mount is None:
+            raise self._fault(op, f"datastore {datastore!r} is not mounted", "NotFound")
+        if not mount.accessible:
+            raise self._fault(
+                op, f"datastore {datastore!r} is inaccessible", "InaccessibleDatastore"
+            )
+        return mount
+
+    def _vm(self, vm: VmRef, op: str) -> SimulatedVm:
+        state = self.vms.get(vm.moref)
+        if state is None:
+            raise self._fault(op, f"VM {vm.moref} not found", "ManagedObjectNotFound")
+        return state
+
+    def _spawn(self, func: object, *args: object) -> None:
+        if self._tg is None:
+            raise LiveRecoveryError("use 'async with SimulatedEsxHost(...)' to run it")
+        self._tg.start_soon(func, *args)  # type: ignore[arg-type]
+
+    @staticmethod
+    async def _read_all(client: NfsClient, fh: bytes, limit: int = 16 * MiB) -> bytes:
+        out = bytearray()
+        while True:
+            data, eof = await client.read(fh, len(out), 64 * 1024)
+            out += data
+            if eof or not data:
+                return bytes(out)
+            if len(out) > limit:
+                raise NfsError(NfsStatus.FBIG, f"file over {limit} bytes")
+
+    async def _read_exact(self, client: NfsClient, fh: bytes, offset: int, length: int) -> bytes:
+        """A READ loop that insists on the full count, as ESXi does for disk I/O."""
+        out = bytearray()
+        while len(out) < length:
+            data, eof = await client.read(fh, offset + len(out), length - len(out))
+            out += data
+            if eof and len(out) < length:
+                raise self._fault("read", f"short read at {offset}: {len(out)}/{length}", "IOError")
+        return bytes(out)
+
+    # -- datastores ------------------------------------------------------------------------------
+
+    async def mount_nfs_datastore(
+        self, host: str, remote_host: str, remote_path: str, datastore: str
+    ) -> str:
+        self._check_host(host, "mount_nfs_datastore")
+        if datastore in self.mounts or datastore in self.local_datastores:
+            raise self._fault(
+                "mount_nfs_datastore", f"datastore {datastore!r} exists", "DuplicateName"
+            )
+        if len(self.mounts) >= self.max_nfs_volumes:
+            raise self._fault(
+                "mount_nfs_datastore",
+                f"host has {len(self.mounts)} NFS datastores (NFS.MaxVolumes "
+                f"{self.max_nfs_volumes})",
+                "PlatformConfigFault",
+            )
+        try:
+            client = await NfsClient.connect(remote_host, portmap_port=self.portmap_port)
+        except LiveRecoveryError as exc:
+            raise self._fault(
+                "mount_nfs_datastore", f"cannot reach {remote_host}: {exc}", "HostConfigFault"
+            ) from exc
+        try:
+            root = await client.mount(remote_path)
+            await client.fsinfo(root)
+            await client.fsstat(root)
+            await client.getattr(root)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+            if isinstance(exc, NfsError):
+                raise self._fault(
+                    "mount_nfs_datastore",
+                    f"NFS mount {remote_host}:{remote_path} failed: {exc}",
+                    "PlatformConfigFault",
+                ) from exc
+            raise
+        mount = _Mount(datastore, remote_host, remote_path, client, root)
+        self.mounts[datastore] = mount
+        self._spawn(self._heartbeat, mount)
+        return datastore
+
+    async def _heartbeat(self, mount: _Mount) -> None:
+        with mount.scope:
+            while True:
+                await anyio.sleep(self.heartbeat_s)
+                try:
+                    with anyio.fail_after(self.heartbeat_s):
+                        await mount.client.getattr(mount.root)
+                    mount.missed = 0
+                    mount.heartbeats += 1
+                    mount.accessible = True
+                except (LiveRecoveryError, TimeoutError, OSError):
+                    mount.missed += 1
+                    if mount.missed >= self.heartbeat_misses:
+                        mount.accessible = False
+                    continue
+                for vm in self.vms.values():
+                    if vm.powered_on and not vm.migrated and vm.datastore == mount.datastore:
+                        await self._refresh_locks(vm, mount)
+
+    async def unmount_datastore(self, host: str, datastore: str) -> None:
+        self._check_host(host, "unmount_datastore")
+        mount = self.mounts.get(datastore)
+        if mount is None:
+            raise self._fault("unmount_datastore", f"datastore {datastore!r} not found", "NotFound")
+        users = [v.ref.name for v in self.vms.values() if v.datastore == datastore]
+        if users:
+            raise self._fault(
+                "unmount_datastore",
+                f"datastore {datastore!r} is in use by {users}",
+                "ResourceInUse",
+            )
+        mount.scope.cancel()
+        del self.mounts[datastore]
+        try:
+            await mount.client.umount(mount.remote_path)
+        finally:
+            await mount.client.aclose()
+
+    # -- registration ----------------------------------------------------------------------------
+
+    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+        self._check_host(host, "register_vm")
+        m = re.match(r"^\[([^\]]+)\] (.+)/([^/]+\.vmx)$", vmx_path)
+        if not m:
+            raise self._fault(
+                "register_vm", f"not a datastore path: {vmx_path!r}", "InvalidArgument"
+            )
+        datastore, folder, vmx_name = m.groups()
+        if any(v.ref.name == name for v in self.vms.values()):
+            raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
+        mount = self._mount(datastore, "register_vm")
+        client = mount.client
+        try:
+            folder_fh = await client.lookup_path(mount.root, folder)
+            vmx_fh, _ = await client.lookup(folder_fh, vmx_name)
+            vmx = _vmx_values((await self._read_all(client, vmx_fh)).decode("utf-8", "replace"))
+            disks = await self._check_disks(client, folder_fh, vmx, vmx_path)
+        except NfsError as exc:
+            raise self._fault("register_vm", f"{vmx_path}: {exc}", "NotFound") from exc
+        ref = VmRef(moref=f"vm-{self._next_vm}", name=name, vmx_path=vmx_path)
+        self._next_vm += 1
+        self.vms[ref.moref] = SimulatedVm(ref, datastore, folder, vmx_name, vmx, disks)
+        return ref
+
+    async def _check_disks(
+        self, client: NfsClient, folder_fh: bytes, vmx: dict[str, str], vmx_path: str
+    ) -> list[_Disk]:
+        disks: list[_Disk] = []
+        for key, value in vmx.items():
+            match = _DISK_KEY.match(key)
+            if not match or vmx.get(f"{match.group(1)}.present", "true").lower() != "true":
+                continue
+            if "cdrom" in vmx.get(f"{match.group(1)}.devicetype", ""):
+                continue
+            desc_fh, _ = await client.lookup(folder_fh, value)
+            text = (await self._read_all(client, desc_fh, 1 * MiB)).decode("utf-8", "replace")
+            extents = [_EXTENT.match(line) for line in text.splitlines()]
+            found = [e for e in extents if e]
+            if not found or any(e.group(3).upper() not in ("VMFS", "FLAT") for e in found):
+                kinds = sorted({e.group(3) for e in found}) or ["none"]
+                raise self._fault(
+                    "register_vm",
+                    f"{vmx_path}: disk {value} has {'/'.join(kinds)} extents; ESXi needs flat "
+                    "(VMFS) extents",
+                    "InvalidDiskFormat",
+                )
+            if len(found) != 1:
+                raise self._fault(
+                    "register_vm", f"{value}: {len(found)} extents, expected 1", "InvalidDiskFormat"
+                )
+            sectors, flat_name = int(found[0].group(2)), found[0].group(4)
+            flat_fh, attrs_ = await client.lookup(folder_fh, flat_name)
+            size = (attrs_ or await client.getattr(flat_fh)).size
+            if size < sectors * 512:
+                raise self._fault(
+                    "register_vm",
+                    f"{flat_name} is {size} bytes; its descriptor declares {sectors * 512}",
+                    "FileTooSmall",
+                )
+            disks.append(_Disk(match.group(1), value, flat_name, sectors * 512, flat_fh))
+        return sorted(disks, key=lambda d: d.key)
+
+    async def unregister_vm(self, vm: VmRef) -> None:
+        state = self._vm(vm, "unregister_vm")
+        if state.powered_on:
+            raise self._fault("unregister_vm", f"VM {vm.name} is powered on", "InvalidPowerState")
+        del self.vms[vm.moref]
+
+    # -- power -----------------------------------------------------------------------------------
+
+    async def _log(self, vm: SimulatedVm, message: str) -> None:
+        if vm.migrated or not vm.log_fh:
+            return
+        mount = self.mounts[vm.datastore]
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')}| vmx| {message}\n".encode()
+        await mount.client.write(vm.log_fh, vm.log_offset, line, Stability.FILE_SYNC)
+        vm.log_offset += len(line)
+
+    async def _refresh_locks(self, vm: SimulatedVm, mount: _Mount) -> None:
+        folder_fh = await mount.client.lookup_path(mount.root, vm.folder)
+        targets = [vm.vmx_name] + [d.flat_name for d in vm.disks]
+        for target in targets:
+            fh, attrs_ = await mount.client.lookup(folder_fh, target)
+            fileid = (attrs_ or await mount.client.getattr(fh)).fileid
+            lck = f".lck-{fileid & 0xFFFFFFFFFFFFFFFF:016x}"
+            if lck not in vm.locks:
+                vm.locks[lck], _ = await mount.client.create(
+                    folder_fh, lck, SetAttributes(mode=0o600)
+                )
+            body = f"host={self.name} vm={vm.ref.moref} t={time.time():.3f}\n".encode()
+            await mount.client.write(vm.locks[lck], 0, body.ljust(128), Stability.FILE_SYNC)
+
+    async def power_on(self, vm: VmRef) -> None:
+        state = self._vm(vm, "power_on")
+        if state.powered_on:
+            raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
+        mount = self._mount(state.datastore, "power_on")
+        client = mount.client
+        try:
+            folder_fh = await client.lookup_path(mount.root, state.folder)
+            await self._refresh_locks(state, mount)
+            state.log_fh, _ = await client.create(
+                folder_fh, "vmware.log", SetAttributes(mode=0o644)
+            )
+            state.log_offset = 0
+            await self._log(state, f"Powering on {vm.name} on {self.name}")
+            if "sched.swap.dir" not in state.vmx and "workingdir" not in state.vmx:
+                memory = int(state.vmx.get("memsize", "0") or 0) * MiB
+                swap = f"{Path(state.vmx_name).stem}.vswp"
+                await client.create(folder_fh, swap, SetAttributes(mode=0o600, size=memory))
+            for disk in state.disks:
+                state.boot_bytes_read += await self._boot_reads(client, disk)
+        except NfsError as exc:
+            raise self._fault("power_on", f"{vm.name}: {exc}", "FileFault") from exc
+        state.powered_on = True
+        await self._log(state, f"Guest booted, {state.boot_bytes_read} bytes read")
+        state.workload = anyio.CancelScope()
+        self._spawn(self._guest, state, state.workload)
+
+    async def _boot_reads(self, client: NfsClient, disk: _Disk) -> int:
+        chunk = 64 * 1024
+        offsets = list(range(0, min(self.boot_read_bytes, disk.size), chunk))
+        span = max(1, disk.size // chunk)
+        offsets += [self._random.randrange(span) * chunk for _ in range(self.boot_scatter_reads)]
+        total = 0
+        for off in offsets:
+            total += len(await self._read_exact(client, disk.fh, off, min(chunk, disk.size - off)))
+        return total
+
+    async def _guest(self, vm: SimulatedVm, scope: anyio.CancelScope) -> None:
+        """The guest OS: keeps writing, alternating FILE_SYNC with UNSTABLE + COMMIT."""
+        with scope:
+            while vm.powered_on:
+                await anyio.sleep(self.write_interval_s)
+                if not vm.disks:
+                    continue
+                index = self._random.randrange(len(vm.disks))
+                disk = vm.disks[index]
+                slots = max(1, disk.size // self.write_size)
+                offset = self._random.randrange(slots) * self.write_size
+                self._seq += 1
+                data = _guest_data(self._seq, min(self.write_size, disk.size - offset))
+                await self._guest_write(vm, disk, index, offset, data)
+
+    async def _guest_write(
+        self, vm: SimulatedVm, disk: _Disk, index: int, offset: int, data: bytes
+    ) -> None:
+        async with disk.lock:
+            if disk.local is not None:
+                await anyio.to_thread.run_sync(_pwrite, disk.local, offset, data)
+            else:
+                mount = self._mount(vm.datastore, "guest_write")
+                if self._seq % 2:
+                    await mount.client.write(disk.fh, offset, data, Stability.FILE_SYNC)
+                else:
+                    await mount.client.write(disk.fh, offset, data, Stability.UNSTABLE)
+                    await mount.client.commit(disk.fh)
+                if disk.mirror is not None:
+                    await anyio.to_thread.run_sync(_pwrite, disk.mirror, offset, data)
+            vm.writes.append(GuestWrite(index, offset, data))
+
+    async def power_off(self, vm: VmRef) -> None:
+        state = self._vm(vm, "power_off")
+        if not state.powered_on:
+            raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
+        state.powered_on = False
+        if state.workload is not None:
+            state.workload.cancel()
+        for disk in state.disks:  # let an in-flight guest write finish
+            async with disk.lock:
+                pass
+        if not state.migrated and state.datastore in self.mounts:
+            mount = self.mounts[state.datastore]
+            await self._log(state, "Powering off")
+            folder_fh = await mount.client.lookup_path(mount.root, state.folder)
+            for lck in list(state.locks):
+                with contextlib.suppress(NfsError):
+                    await mount.client.remove(folder_fh, lck)
+                del state.locks[lck]
+
+    # -- storage vMotion -------------------------------------------------------------------------
+
+    async def relocate(
+        self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
+    ) -> VmRef:
+        state = self._vm(vm, "relocate")
+        if datastore not in self.local_datastores:
+            raise self._fault("relocate", f"datastore {datastore!r} not found", "NotFound")
+        if state.migrated:
+            raise self._fault("relocate", f"VM {vm.name} was already relocated", "InvalidState")
+        mount = self._mount(state.datastore, "relocate")
+        client = mount.client
+        dest = self.root / datastore / vm.name
+        dest.mkdir(parents=True, exist_ok=True)
+        total = sum(d.size for d in state.disks) or 1
+        done = 0
+        try:
+            folder_fh = await client.lookup_path(mount.root, state.folder)
+            for name in [state.vmx_name, *(d.descriptor for d in state.disks)]:
+                fh, _ = await client.lookup(folder_fh, name)
+                (dest / name).write_bytes(await self._read_all(client, fh))
+            for disk in state.disks:
+                target = dest / disk.flat_name
+                await anyio.to_thread.run_sync(_create_sparse, target, disk.size)
+                disk.mirror = target
+                for offset in range(0, disk.size, _CHUNK):
+                    length = min(_CHUNK, disk.size - offset)
+                    async with disk.lock:
+                        data = await self._read_exact(client, disk.fh, offset, length)
+                        if data.count(0) != len(data):
+                            await anyio.to_thread.run_sync(_pwrite, target, offset, data)
+                    done += length
+                    if progress is not None:
+                        progress(done, total)
+            # Switch over: the guest's disks are now the local copies.
+            for disk in state.disks:
+                async with disk.lock:
+                    disk.local, disk.mirror = disk.mirror, None
+        except NfsError as exc:
+            for disk in state.disks:
+                disk.mirror = None
+            raise self._fault("relocate", f"{vm.name}: {exc}", "FileFault") from exc
+        await self._log(state, f"Storage vMotion to {datastore} complete")
+        await self._delete_source(state, mount, folder_fh)
+        state.migrated = True
+        state.datastore = datastore
+        state.ref = VmRef(vm.moref, vm.name, f"[{datastore}] {vm.name}/{state.vmx_name}")
+        return state.ref
+
+    async def _delete_source(self, vm: SimulatedVm, mount: _Mount, folder_fh: bytes) -> None:
+        """ESXi deletes the source files once a storage vMotion has switched over."""
+        names = [
+            *vm.locks,
+            vm.vmx_name,
+            *(d.descriptor for d in vm.disks),
+            *(d.flat_name for d in vm.disks),
+        ]
+        vm.locks.clear()
+        for name in names:
+            with contextlib.suppress(NfsError):
+                await mount.client.remove(folder_fh, name)
+
+    # -- for verification ------------------------------------------------------------------------
+
+    def disk_path(self, vm: VmRef, index: int) -> Path | None:
+        """The local file holding a migrated VM's disk ``index``."""
+        return self._vm(vm, "disk_path").disks[index].local
+
+    def guest_writes(self, vm: VmRef) -> list[GuestWrite]:
+        """Every write the guest made, in order."""
+        return list(self._vm(vm, "guest_writes").writes)
+
+
+def _create_sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
+def _pwrite(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)

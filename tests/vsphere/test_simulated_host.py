@@ -1,0 +1,171 @@
+"""The simulated ESX host against our real NFS server and a virtual datastore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from liverecovery import VSphereError
+from liverecovery.config import MiB
+from liverecovery.datastore.flatdisk import FlatDisk
+from liverecovery.datastore.virtual import VirtualDatastore
+from liverecovery.nfs.localfs import LocalFilesystem
+from liverecovery.nfs.server import NfsServer
+from liverecovery.testing import MemoryBlockCache, MemoryDisk
+from liverecovery.vsphere.simulated import SimulatedEsxHost
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+SIZE = 8 * MiB
+DESCRIPTOR = """# Disk DescriptorFile
+version=1
+CID=fffffffe
+parentCID=ffffffff
+createType="vmfs"
+
+# Extent description
+RW {sectors} VMFS "vm-flat.vmdk"
+
+ddb.adapterType = "lsilogic"
+"""
+VMX = """.encoding = "UTF-8"
+displayName = "vm"
+memSize = "64"
+scsi0.present = "TRUE"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "vm.vmdk"
+"""
+
+
+class _Overlay:
+    """A minimal in-memory overlay for this test (the real one is in datastore/overlay.py)."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, bytes] = {}
+        self.written_bytes = 0
+
+    async def read(self, offset, length, read_base):  # type: ignore[no-untyped-def]
+        data = bytearray(await read_base(offset, length))
+        for off, chunk in self.blocks.items():
+            lo, hi = max(off, offset), min(off + len(chunk), offset + length)
+            if lo < hi:
+                data[lo - offset : hi - offset] = chunk[lo - off : hi - off]
+        return bytes(data)
+
+    async def write(self, offset, data, stability, read_base):  # type: ignore[no-untyped-def]
+        self.blocks[offset] = bytes(data)
+        self.written_bytes += len(data)
+        return stability
+
+    async def commit(self) -> None:
+        pass
+
+
+async def publish_vm(
+    server: NfsServer, tmp: Path, disk: MemoryDisk, *, sparse: bool = False
+) -> None:
+    inner_dir = tmp / "overlay"
+    inner_dir.mkdir()
+    (inner_dir / "vm.vmx").write_text(VMX)
+    desc = DESCRIPTOR.format(sectors=SIZE // 512)
+    if sparse:
+        desc = desc.replace("VMFS", "SPARSE")
+    (inner_dir / "vm.vmdk").write_text(desc)
+    flat = await FlatDisk.open(
+        source="vm/0",
+        reader=disk,
+        cache=MemoryBlockCache(),
+        overlay=_Overlay(),  # type: ignore[arg-type]
+    )
+    await server.export("/lr/esx-sim", ["127.0.0.1"])
+    await server.publish(
+        "/lr/esx-sim",
+        "vm-job1",
+        VirtualDatastore(LocalFilesystem(inner_dir), {"vm-flat.vmdk": flat}),
+    )
+
+
+async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path) -> None:
+    disk = MemoryDisk(SIZE, {0: b"\x11" * MiB, 5 * MiB: b"\x22" * 4096})
+    async with (
+        NfsServer(tmp_path / "state") as server,
+        SimulatedEsxHost(
+            tmp_path / "esx",
+            portmap_port=server.portmap_port,
+            heartbeat_s=0.05,
+            write_interval_s=0.005,
+        ) as esx,
+    ):
+        await publish_vm(server, tmp_path, disk)
+        ds = await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr-esx-sim")
+        vm = await esx.register_vm("esx-sim", f"[{ds}] vm-job1/vm.vmx", "vm")
+        await esx.power_on(vm)
+        state = esx.vms[vm.moref]
+        assert state.boot_bytes_read >= MiB
+        overlay = tmp_path / "overlay"
+        assert any(p.name.startswith(".lck-") for p in overlay.iterdir())
+        assert b"Powering on" in (overlay / "vmware.log").read_bytes()
+        assert (overlay / "vm.vswp").stat().st_size == 64 * MiB
+        await anyio.sleep(0.3)
+        assert esx.mounts[ds].heartbeats > 0
+        seen: list[tuple[int, int]] = []
+        moved = await esx.relocate(vm, "datastore1", lambda d, t: seen.append((d, t)))
+        assert moved.vmx_path == "[datastore1] vm/vm.vmx" and seen[-1] == (SIZE, SIZE)
+        await anyio.sleep(0.05)  # the guest keeps writing, now to the local copy
+        with pytest.raises(VSphereError, match="powered on") as caught:
+            await esx.unregister_vm(moved)
+        assert caught.value.fault == "InvalidPowerState"
+        await esx.power_off(moved)
+        # The destination disk equals the backup with every guest write applied, in order.
+        expected = bytearray(disk.content(0, SIZE))
+        for w in esx.guest_writes(moved):
+            expected[w.offset : w.offset + len(w.data)] = w.data
+        assert len(esx.guest_writes(moved)) > 5
+        path = esx.disk_path(moved, 0)
+        assert path is not None and path.read_bytes() == bytes(expected)
+        # Source files were deleted on the NFS datastore; the unmount goes through.
+        assert not any(p.name.startswith(".lck-") for p in overlay.iterdir())
+        await esx.unregister_vm(moved)
+        await esx.unmount_datastore("esx-sim", ds)
+        assert not esx.mounts
+
+
+async def test_register_refuses_a_sparse_extent(tmp_path: Path) -> None:
+    disk = MemoryDisk(SIZE, {})
+    async with (
+        NfsServer(tmp_path / "state") as server,
+        SimulatedEsxHost(tmp_path / "esx", portmap_port=server.portmap_port) as esx,
+    ):
+        await publish_vm(server, tmp_path, disk, sparse=True)
+        ds = await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
+        with pytest.raises(VSphereError, match="SPARSE extents; ESXi needs flat") as caught:
+            await esx.register_vm("esx-sim", f"[{ds}] vm-job1/vm.vmx", "vm")
+        assert caught.value.fault == "InvalidDiskFormat"
+
+
+async def test_mount_refused_for_a_disallowed_client(tmp_path: Path) -> None:
+    async with (
+        NfsServer(tmp_path / "state") as server,
+        SimulatedEsxHost(tmp_path / "esx", portmap_port=server.portmap_port) as esx,
+    ):
+        await server.export("/lr/esx-sim", ["10.9.9.9"])
+        with pytest.raises(VSphereError, match="NFS mount") as caught:
+            await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
+        assert caught.value.fault == "PlatformConfigFault" and not esx.mounts
+
+
+async def test_heartbeats_mark_a_dead_server_inaccessible(tmp_path: Path) -> None:
+    async with SimulatedEsxHost(tmp_path / "esx", heartbeat_s=0.05, heartbeat_misses=2) as esx:
+        async with NfsServer(tmp_path / "state") as server:
+            esx.portmap_port = server.portmap_port
+            await server.export("/lr/esx-sim", ["127.0.0.1"])
+            ds = await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
+            await anyio.sleep(0.2)
+            assert esx.mounts[ds].accessible
+        with anyio.fail_after(5):
+            while esx.mounts[ds].accessible:  # noqa: ASYNC110 - polling the host's view
+                await anyio.sleep(0.05)
+        with pytest.raises(VSphereError, match="inaccessible"):
+            await esx.register_vm("esx-sim", f"[{ds}] x/vm.vmx", "vm")
