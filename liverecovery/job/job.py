@@ -461,29 +461,36 @@ class RecoveryJob:
     async def _stage(self) -> None:
         assert self.point is not None and self.datastore and self.export_path
         ctx = self._ctx
-        staged = await ctx.builder.build(
-            StagingContext(
-                job_id=self.id,
-                spec=self.spec,
-                point=self.point,
-                settings=ctx.settings,
-                catalog=ctx.backends.catalog,
-                datastore=self.datastore,
-                folder=self.folder,
-            )
+        staging = StagingContext(
+            job_id=self.id,
+            spec=self.spec,
+            point=self.point,
+            settings=ctx.settings,
+            catalog=ctx.backends.catalog,
+            datastore=self.datastore,
+            folder=self.folder,
         )
+        try:
+            staged = await ctx.builder.build(staging)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await ctx.builder.discard(staging)
+            raise
         path, exporter = self.export_path, ctx.backends.exporter
         try:
             await exporter.publish(path, self.folder, staged.filesystem)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await staged.filesystem.aclose()
+                await ctx.builder.discard(staging)
             raise
         self.staged = staged
 
         async def unpublish() -> None:
             await exporter.unpublish(path, self.folder)
             await staged.filesystem.aclose()
+            if not ctx.settings.keep_overlay:
+                await ctx.builder.discard(staging)
 
         self._push("unpublish", unpublish)
 

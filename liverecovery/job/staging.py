@@ -50,6 +50,10 @@ class DatastoreBuilder(Protocol):
 
     async def build(self, ctx: StagingContext) -> StagedVm: ...
 
+    async def discard(self, ctx: StagingContext) -> None:
+        """Remove what ``build`` left on disk (the overlay), after the folder is unpublished."""
+        ...
+
 
 def _vmx_set(text: str, key: str, value: str) -> str:
     lines = text.splitlines()
@@ -75,3 +79,6 @@ class CopyingBuilder:
         if point.nvram_name:
             fs.add_file(point.nvram_name, await ctx.catalog.read_file(point, point.nvram_name))
         return StagedVm(fs, point.vmx_name)
+
+    async def discard(self, ctx: StagingContext) -> None:
+        """Nothing is kept outside memory."""

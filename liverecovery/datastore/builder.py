@@ -1,0 +1,117 @@
+"""The File Recovery Enabler's staging: build a job's VM folder as a virtual datastore.
+
+The job's overlay directory (``<job_results_dir>/jobs/<job id>/``) holds the rewritten .vmx, one
+flat descriptor per disk, the .nvram, every file the ESX host creates, and each disk's write
+overlay. The ``-flat.vmdk`` files are virtual: backup ▶ cache ▶ overlay through ``FlatDisk``.
+Whatever the backup's disk format, the ESX host sees flat disks (it cannot power on hosted
+sparse disks).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+
+import anyio
+import attrs
+
+from liverecovery.backends import BlockCache, DiskInfo
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ForegroundGate
+from liverecovery.datastore.virtual import VirtualDatastore
+from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
+from liverecovery.job.staging import StagedVm, StagingContext
+from liverecovery.nfs.localfs import LocalFilesystem
+
+__all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
+
+OverlayFactory = Callable[[Path, int], Awaitable[DiskOverlay]]
+"""Opens (or reopens after a restart) the overlay of one disk: (path, disk size) -> overlay."""
+
+
+def flat_names(disk: DiskInfo) -> tuple[str, str]:
+    """The presented descriptor and flat file names of a disk (``x.vmdk``, ``x-flat.vmdk``)."""
+    name = PurePosixPath(disk.file_name).name
+    stem = name[:-5] if name.lower().endswith(".vmdk") else name
+    return f"{stem}.vmdk", f"{stem}-flat.vmdk"
+
+
+@attrs.define
+class FreBuilder:
+    """Builds the virtual datastore of one job; every part it opens is closed by ``aclose``."""
+
+    cache: BlockCache
+    overlay_factory: OverlayFactory | None = None
+    options: VmxOptions = attrs.field(factory=VmxOptions)
+
+    def job_dir(self, ctx: StagingContext) -> Path:
+        return Path(ctx.settings.job_results_dir) / "jobs" / ctx.job_id
+
+    async def build(self, ctx: StagingContext) -> StagedVm:
+        point, catalog = ctx.point, ctx.catalog
+        root = self.job_dir(ctx)
+        folder = root / "folder"
+        overlays = root / "overlays"
+        await anyio.to_thread.run_sync(_make_private_dirs, folder, overlays)
+        vmx_text = await catalog.read_file(point, point.vmx_name)
+        names = {d.key: flat_names(d) for d in point.disks}
+        options = attrs.evolve(
+            self.options,
+            name_suffix=ctx.spec.name_suffix,
+            redirect_to=ctx.spec.redirect_writes_to,
+            folder=ctx.folder,
+        )
+        vmx = rewrite_vmx(vmx_text, {k: v[0] for k, v in names.items()}, options)
+        files: dict[str, bytes] = {point.vmx_name: vmx}
+        for disk in point.disks:
+            descriptor, flat = names[disk.key]
+            files[descriptor] = flat_descriptor(disk, flat, seed=f"{ctx.job_id}/{disk.key}")
+        if point.nvram_name:
+            files[point.nvram_name] = await catalog.read_file(point, point.nvram_name)
+        for name, data in files.items():
+            if not (folder / name).exists():  # a restart keeps what the ESX host changed
+                await anyio.to_thread.run_sync(_write_private, folder / name, data)
+        gate = ForegroundGate()
+        disks: dict[str, FlatDisk] = {}
+        try:
+            for disk in point.disks:
+                reader = await catalog.open_disk(point, disk)
+                overlay = None
+                if self.overlay_factory is not None:
+                    overlay = await self.overlay_factory(
+                        overlays / f"{disk.key.replace(':', '_')}.overlay", reader.size
+                    )
+                disks[names[disk.key][1]] = await FlatDisk.open(
+                    source=f"{point.vm_name}/{point.point_id}/{disk.file_name}",
+                    reader=reader,
+                    cache=self.cache,
+                    overlay=overlay,
+                    gate=gate,
+                )
+            inner = LocalFilesystem(folder)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for fd in disks.values():
+                    await fd.aclose()
+            raise
+        return StagedVm(VirtualDatastore(inner, disks), point.vmx_name, disks)
+
+    async def discard(self, ctx: StagingContext) -> None:
+        """Remove the job's overlay directory (after the job, unless ``keep_overlay``)."""
+        await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(ctx), True)
+
+
+def _make_private_dirs(*dirs: Path) -> None:
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(d, 0o700)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
