@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the govmomi simulator launcher (tests/vcsim/main.go) into tests/vcsim/vcsim, in GOPATH mode
+# against Debian's golang-github-vmware-govmomi-dev. Skips the build when the binary is newer than
+# its source. Needs the apt packages golang-go and golang-github-vmware-govmomi-dev.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+src="$root/tests/vcsim"
+bin="$src/vcsim"
+if [[ -x "$bin" ]] && [[ -z $(find "$src" -maxdepth 1 -name '*.go' -newer "$bin") ]]; then
+  exit 0
+fi
+cache=${GOCACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/go-build}
+cd "$src"
+GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE="$cache" go build -o "$bin.tmp" .
+mv "$bin.tmp" "$bin"
+echo "built $bin"
