@@ -30,6 +30,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -178,15 +179,68 @@ func removeEntity(ctx *simulator.Context, ds *simulator.Datastore) {
 	simulator.Map.Remove(ref)
 }
 
-// wrapDatastoreSystems replaces every host's datastore system with the extended one.
-func wrapDatastoreSystems() {
-	for _, e := range simulator.Map.All("HostSystem") {
-		host, ok := e.(*simulator.HostSystem)
-		if !ok || host.ConfigManager.DatastoreSystem == nil {
+// disableMethodsPrefix starts the keys of a test hook on hosts' advanced options:
+// UpdateOptions with key "vcsim.disableMethods.VirtualMachine:vm-42" and value
+// "PowerOnVM_Task,RelocateVM_Task" makes those methods of that object fail with MethodDisabled, as
+// vCenter does for methods a solution disabled; an empty value enables them again. It lets tests
+// make a step fail inside vSphere. (Entity.disabledMethod then lists the simulator's Go names.)
+const disableMethodsPrefix = "vcsim.disableMethods."
+
+// hostOptionManager wraps a host's advanced option manager (embedded by value) for the hook.
+type hostOptionManager struct {
+	simulator.OptionManager
+}
+
+func (m *hostOptionManager) UpdateOptions(ctx *simulator.Context, req *types.UpdateOptions) soap.HasFault {
+	var rest []types.BaseOptionValue
+	for _, change := range req.ChangedValue {
+		opt := change.GetOptionValue()
+		if !strings.HasPrefix(opt.Key, disableMethodsPrefix) {
+			rest = append(rest, change)
 			continue
 		}
-		if dss, ok := simulator.Map.Get(*host.ConfigManager.DatastoreSystem).(*simulator.HostDatastoreSystem); ok {
-			simulator.Map.Put(&hostDatastoreSystem{*dss})
+		var ref types.ManagedObjectReference
+		var entity mo.Entity
+		ok := false
+		if ref.FromString(strings.TrimPrefix(opt.Key, disableMethodsPrefix)) {
+			entity, ok = simulator.Map.Get(ref).(mo.Entity)
+		}
+		if !ok {
+			body := new(methods.UpdateOptionsBody)
+			body.Fault_ = simulator.Fault("no such entity: "+opt.Key, &types.InvalidName{Name: opt.Key})
+			return body
+		}
+		var names []string
+		value, _ := opt.Value.(string)
+		for _, name := range strings.Split(value, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				// The simulator dispatches "Foo_Task" to its Go method "FooTask".
+				names = append(names, strings.Replace(name, "_Task", "Task", 1))
+			}
+		}
+		ctx.WithLock(entity, func() { entity.Entity().DisabledMethod = names })
+	}
+	req.ChangedValue = rest
+	return m.OptionManager.UpdateOptions(req)
+}
+
+// wrapHostManagers replaces every host's datastore system and advanced option manager with the
+// extended ones.
+func wrapHostManagers() {
+	for _, e := range simulator.Map.All("HostSystem") {
+		host, ok := e.(*simulator.HostSystem)
+		if !ok {
+			continue
+		}
+		if ref := host.ConfigManager.DatastoreSystem; ref != nil {
+			if dss, ok := simulator.Map.Get(*ref).(*simulator.HostDatastoreSystem); ok {
+				simulator.Map.Put(&hostDatastoreSystem{*dss})
+			}
+		}
+		if ref := host.ConfigManager.AdvancedOption; ref != nil {
+			if om, ok := simulator.Map.Get(*ref).(*simulator.OptionManager); ok {
+				simulator.Map.Put(&hostOptionManager{*om})
+			}
 		}
 	}
 }
@@ -256,7 +310,7 @@ func main() {
 		log.Fatalf("create model: %s", err)
 	}
 	defer model.Remove()
-	wrapDatastoreSystems()
+	wrapHostManagers()
 
 	host, _, err := net.SplitHostPort(*listen)
 	if err != nil {

@@ -1,0 +1,632 @@
+"""The ``VSphereClient`` for real vCenter Server or standalone ESXi, through pyVmomi.
+
+pyVmomi is blocking, so every SOAP call runs in a worker thread (``anyio.to_thread``), a few at a
+time. Long operations are vSphere tasks: they are polled until done, with a timeout, and their
+progress is passed to the caller's ``ProgressCallback``. Whatever vSphere or the network raises
+leaves as ``VSphereError`` (keeping the fault's type name) or ``BackendError``.
+
+Certificate verification is on unless the caller opts out with ``insecure=True``: pyVim itself
+silently skips verification for ``localhost``, so this module always hands it an explicit context.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import anyio
+from pyVim import connect as pyvim_connect
+from pyVmomi import vim, vmodl
+
+from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.errors import (
+    BackendError,
+    BackendTimeoutError,
+    NfsVolumeLimitError,
+    SettingsError,
+    VSphereError,
+)
+from liverecovery.vsphere.faults import translate
+from liverecovery.vsphere.relocation import answer_for_question, new, relocate_spec
+
+__all__ = ["DEFAULT_NFS_MAX_VOLUMES", "PyvmomiVSphereClient"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_NFS_MAX_VOLUMES = 8
+"""ESXi's default for the ``NFS.MaxVolumes`` advanced option (NFSv3 mounts per host).
+
+Used when the host does not report the option at all: the govmomi simulator, for one, has no
+``NFS.*`` options, and an ESXi host that lists none runs with its default.
+"""
+
+_VMX_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\] ?(?P<path>.+)$")
+
+
+def _ssl_context(insecure: bool, ca_file: str | Path | None) -> ssl.SSLContext:
+    if insecure and ca_file is not None:
+        raise SettingsError("vsphere: insecure=True and ca_file exclude each other")
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"vsphere: cannot load ca_file {ca_file}: {exc}") from None
+
+
+def _parse_server(server: str, port: int | None) -> tuple[str, int, str]:
+    """(host, port, path) of ``host``, ``host:port`` or ``https://host[:port][/sdk]``."""
+    text = server.strip()
+    if not text:
+        raise SettingsError("vsphere: server must not be empty")
+    parsed = urllib.parse.urlsplit(text if "://" in text else f"https://{text}")
+    if parsed.scheme != "https":
+        raise SettingsError(f"vsphere: server {server!r} must use https")
+    try:
+        url_port = parsed.port
+    except ValueError:
+        raise SettingsError(f"vsphere: server {server!r} has an invalid port") from None
+    host = parsed.hostname
+    if not host:
+        raise SettingsError(f"vsphere: server {server!r} names no host")
+    path = parsed.path.rstrip("/") or "/sdk"
+    return host, port or url_port or 443, path
+
+
+class PyvmomiVSphereClient:
+    """**VSphereClient** for vCenter Server or a standalone ESXi host.
+
+    Build it with :meth:`connect`. Hosts, datastores, resource pools and folders are found by
+    name. VMs are registered into ``vm_folder`` (default: the host's datacenter VM folder) and
+    ``resource_pool`` (default: the root pool of the host's cluster or standalone host).
+    """
+
+    def __init__(
+        self,
+        service_instance: vim.ServiceInstance,
+        *,
+        server: str,
+        vm_folder: str | None = None,
+        resource_pool: str | None = None,
+        task_timeout: float = 600.0,
+        relocate_timeout: float = 7 * 24 * 3600.0,
+        poll_interval: float = 0.5,
+        max_concurrent_calls: int = 4,
+    ) -> None:
+        self._si = service_instance
+        self._content = service_instance.RetrieveContent()
+        self._server = server
+        self._vm_folder = vm_folder
+        self._resource_pool = resource_pool
+        self._task_timeout = task_timeout
+        self._relocate_timeout = relocate_timeout
+        self._poll_interval = poll_interval
+        self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        self._closed = False
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        server: str,
+        user: str,
+        password: str,
+        *,
+        port: int | None = None,
+        insecure: bool = False,
+        ca_file: str | Path | None = None,
+        http_timeout: float = 120.0,
+        vm_folder: str | None = None,
+        resource_pool: str | None = None,
+        task_timeout: float = 600.0,
+        relocate_timeout: float = 7 * 24 * 3600.0,
+        poll_interval: float = 0.5,
+    ) -> PyvmomiVSphereClient:
+        """Log in to ``server`` (``host``, ``host:port`` or ``https://host:port/sdk``).
+
+        The server's certificate must verify against the system CAs or ``ca_file``;
+        ``insecure=True`` skips verification (and logs a warning).
+
+        :raises SettingsError: malformed ``server`` or unreadable ``ca_file``.
+        :raises VSphereError: the server refused the login (fault ``InvalidLogin``...).
+        :raises BackendError: the server cannot be reached or its certificate is not trusted.
+        """
+        host, real_port, path = _parse_server(server, port)
+        context = _ssl_context(insecure, ca_file)
+        where = f"{host}:{real_port}"
+        if insecure:
+            logger.warning("TLS certificate verification is disabled for vSphere server %s", where)
+
+        def login() -> vim.ServiceInstance:
+            smart_connect = cast(Callable[..., vim.ServiceInstance], pyvim_connect.SmartConnect)
+            return smart_connect(
+                protocol="https",
+                host=host,
+                port=real_port,
+                path=path,
+                user=user,
+                pwd=password,
+                sslContext=context,
+                httpConnectionTimeout=http_timeout,
+            )
+
+        try:
+            si = await anyio.to_thread.run_sync(login)
+        except Exception as exc:
+            error = translate(exc, "vsphere.connect", where)
+            if error is None:
+                raise
+            raise error from exc
+        client = cls(
+            si,
+            server=where,
+            vm_folder=vm_folder,
+            resource_pool=resource_pool,
+            task_timeout=task_timeout,
+            relocate_timeout=relocate_timeout,
+            poll_interval=poll_interval,
+        )
+        logger.info("connected to %s (%s)", where, client._content.about.fullName)
+        return client
+
+    async def aclose(self) -> None:
+        """Log out and drop the connections; closing twice is a no-op."""
+        if self._closed:
+            return
+        self._closed = True
+        si = self._si
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(pyvim_connect.Disconnect, si)
+
+    async def __aenter__(self) -> PyvmomiVSphereClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def service_instance(self) -> vim.ServiceInstance:
+        """The pyVmomi service instance, for calls this client does not wrap."""
+        return self._si
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run blocking pyVmomi code in a worker thread; translate what it raises."""
+        if self._closed:
+            raise BackendError(f"{operation}: the vSphere client is closed", operation=operation)
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        except Exception as exc:
+            error = translate(exc, operation, self._server)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _wait_task(
+        self,
+        operation: str,
+        task: vim.Task,
+        *,
+        time_limit: float,
+        progress: ProgressCallback | None = None,
+        vm: vim.VirtualMachine | None = None,
+    ) -> Any:
+        """Poll ``task`` until it ends; its result, or its fault as ``VSphereError``.
+
+        With ``vm``, a pending VM question is answered when it is the "moved or copied?" one
+        and reported as an error otherwise (the task would never finish on its own). On timeout
+        or cancellation the task is cancelled in vSphere, best effort.
+        """
+        last_progress: int | None = None
+        try:
+            with anyio.fail_after(time_limit):
+                while True:
+                    info = await self._call(operation, lambda: task.info)
+                    if info.state == vim.TaskInfo.State.success:
+                        if progress is not None:
+                            progress(100, 100)
+                        return info.result
+                    if info.state == vim.TaskInfo.State.error:
+                        fault = info.error or new(vmodl.MethodFault)
+                        error = translate(fault, operation, self._server)
+                        raise (
+                            error
+                            if error is not None
+                            else BackendError(f"{operation}: task failed", operation=operation)
+                        )
+                    done = info.progress
+                    if progress is not None and done is not None and done != last_progress:
+                        last_progress = done
+                        progress(done, 100)
+                    if vm is not None:
+                        await self._answer_question(operation, vm)
+                    await anyio.sleep(self._poll_interval)
+        except TimeoutError:
+            await self._cancel_task(task)
+            raise BackendTimeoutError(
+                f"{operation} on {self._server} did not finish within {time_limit:g} s",
+                operation=operation,
+            ) from None
+        except anyio.get_cancelled_exc_class():
+            await self._cancel_task(task)
+            raise
+
+    async def _cancel_task(self, task: vim.Task) -> None:
+        def cancel() -> None:
+            try:
+                if task.info.cancelable:
+                    task.Cancel()
+            except (vmodl.MethodFault, OSError) as exc:
+                logger.warning("could not cancel vSphere task %s: %s", task._moId, exc)
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            await anyio.to_thread.run_sync(cancel, limiter=self._limiter)
+
+    async def _answer_question(self, operation: str, vm: vim.VirtualMachine) -> None:
+        def answer() -> vim.vm.QuestionInfo | None:
+            question = vm.runtime.question
+            if question is None:
+                return None
+            choice = answer_for_question(question)
+            if choice is None:
+                return question
+            logger.info("answering VM question %r with choice %s", question.text, choice)
+            vm.Answer(question.id, choice)
+            return None
+
+        unanswered = await self._call(operation, answer)
+        if unanswered is not None:
+            raise VSphereError(
+                f"{operation}: VM {vm._moId} waits for an answer to: {unanswered.text}",
+                operation=operation,
+                fault="VirtualMachineQuestion",
+            )
+
+    # -- lookups (blocking: call from a worker thread) --------------------------------------------
+
+    def _entities_named(self, vimtype: type[vim.ManagedEntity], name: str) -> list[Any]:
+        """Every inventory object of ``vimtype`` called ``name``, in one property collection."""
+        content = self._content
+        if content.viewManager is None:
+            raise VSphereError(f"{self._server} has no view manager", fault="NotSupported")
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vimtype], True)
+        try:
+            pc = vmodl.query.PropertyCollector
+            traversal = new(pc.TraversalSpec)
+            traversal.name = "view"
+            traversal.path = "view"
+            traversal.skip = False
+            traversal.type = vim.view.ContainerView
+            obj_spec = new(pc.ObjectSpec)
+            obj_spec.obj = view
+            obj_spec.skip = True
+            obj_spec.selectSet = [traversal]
+            prop_spec = new(pc.PropertySpec)
+            prop_spec.type = vimtype
+            prop_spec.pathSet = ["name"]
+            filter_spec = new(pc.FilterSpec)
+            filter_spec.objectSet = [obj_spec]
+            filter_spec.propSet = [prop_spec]
+            contents = content.propertyCollector.RetrieveContents([filter_spec])
+        finally:
+            view.Destroy()
+        return [
+            oc.obj for oc in contents if any(p.name == "name" and p.val == name for p in oc.propSet)
+        ]
+
+    def _find_one(self, vimtype: type[vim.ManagedEntity], name: str, kind: str) -> Any:
+        found = self._entities_named(vimtype, name)
+        if not found:
+            raise VSphereError(
+                f"no {kind} named {name!r} on {self._server}",
+                operation=f"vsphere.find_{kind.replace(' ', '_')}",
+                fault="NotFound",
+            )
+        if len(found) > 1:
+            raise VSphereError(
+                f"{len(found)} {kind}s are named {name!r} on {self._server}; names must be unique",
+                operation=f"vsphere.find_{kind.replace(' ', '_')}",
+                fault="DuplicateName",
+            )
+        return found[0]
+
+    def _host(self, name: str) -> vim.HostSystem:
+        host: vim.HostSystem = self._find_one(vim.HostSystem, name, "host")
+        return host
+
+    def _host_datastore(self, host: vim.HostSystem, name: str) -> vim.Datastore:
+        for datastore in host.datastore:
+            if datastore.name == name:
+                return datastore
+        raise VSphereError(
+            f"host {host.name} has no datastore named {name!r}",
+            operation="vsphere.find_datastore",
+            fault="NotFound",
+        )
+
+    def _datacenter(self, entity: vim.ManagedEntity) -> vim.Datacenter:
+        current: vim.ManagedEntity | None = entity
+        while current is not None:
+            if isinstance(current, vim.Datacenter):
+                return current
+            current = current.parent
+        raise VSphereError(
+            f"{entity._moId} is in no datacenter", operation="vsphere.find_datacenter"
+        )
+
+    def _pool_for(self, host: vim.HostSystem) -> vim.ResourcePool:
+        if self._resource_pool is not None:
+            pool: vim.ResourcePool = self._find_one(
+                vim.ResourcePool, self._resource_pool, "resource pool"
+            )
+            return pool
+        parent = host.parent
+        if not isinstance(parent, vim.ComputeResource):
+            raise VSphereError(
+                f"host {host.name} belongs to no cluster or compute resource",
+                operation="vsphere.find_resource_pool",
+                fault="NotFound",
+            )
+        if parent.resourcePool is None:
+            raise VSphereError(
+                f"compute resource {parent.name} of host {host.name} has no resource pool",
+                operation="vsphere.find_resource_pool",
+                fault="NotFound",
+            )
+        return parent.resourcePool
+
+    def _folder_for(self, host: vim.HostSystem) -> vim.Folder:
+        if self._vm_folder is not None:
+            folder: vim.Folder = self._find_one(vim.Folder, self._vm_folder, "folder")
+            return folder
+        return self._datacenter(host).vmFolder
+
+    def _vm(self, vm: VmRef) -> vim.VirtualMachine:
+        make = cast(Callable[[str, object], vim.VirtualMachine], vim.VirtualMachine)
+        return make(vm.moref, self._si._stub)
+
+    def _vm_ref(self, vm: vim.VirtualMachine) -> VmRef:
+        return VmRef(moref=vm._moId, name=vm.name, vmx_path=vm.summary.config.vmPathName)
+
+    # -- lookups (async) --------------------------------------------------------------------------
+
+    async def find_host(self, name: str) -> vim.HostSystem:
+        """The host called ``name``. :raises VSphereError: none (``NotFound``) or several."""
+        return await self._call("vsphere.find_host", lambda: self._host(name))
+
+    async def find_datastore(self, host: str, name: str) -> vim.Datastore:
+        """The datastore ``name`` as mounted on ``host``. :raises VSphereError: ``NotFound``."""
+        return await self._call(
+            "vsphere.find_datastore", lambda: self._host_datastore(self._host(host), name)
+        )
+
+    async def find_resource_pool(self, host: str) -> vim.ResourcePool:
+        """The pool VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
+        return await self._call(
+            "vsphere.find_resource_pool", lambda: self._pool_for(self._host(host))
+        )
+
+    async def find_folder(self, host: str) -> vim.Folder:
+        """The folder VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
+        return await self._call("vsphere.find_folder", lambda: self._folder_for(self._host(host)))
+
+    # -- NFS datastores ---------------------------------------------------------------------------
+
+    def _nfs_max_volumes(self, host: vim.HostSystem) -> int:
+        options = host.configManager.advancedOption
+        if options is None:
+            return DEFAULT_NFS_MAX_VOLUMES
+        try:
+            values = options.QueryView("NFS.MaxVolumes")
+        except vim.fault.InvalidName:
+            # Not reported (the govmomi simulator has no NFS.* options): ESXi's default applies.
+            return DEFAULT_NFS_MAX_VOLUMES
+        for value in values:
+            if value.key == "NFS.MaxVolumes" and isinstance(value.value, int | str):
+                try:
+                    return int(value.value)
+                except ValueError:
+                    break
+        return DEFAULT_NFS_MAX_VOLUMES
+
+    def _mounted_nfs(self, host: vim.HostSystem) -> list[str]:
+        return [ds.name for ds in host.datastore if ds.summary.type == "NFS"]
+
+    async def nfs_volumes(self, host: str) -> tuple[int, int]:
+        """(NFSv3 datastores mounted on ``host``, its ``NFS.MaxVolumes``)."""
+
+        def count() -> tuple[int, int]:
+            system = self._host(host)
+            return len(self._mounted_nfs(system)), self._nfs_max_volumes(system)
+
+        return await self._call("vsphere.nfs_volumes", count)
+
+    async def mount_nfs_datastore(
+        self, host: str, remote_host: str, remote_path: str, datastore: str
+    ) -> str:
+        """Mount the NFSv3 export ``remote_host:remote_path`` on ``host`` as ``datastore``.
+
+        First checks that the host may mount one more NFS volume.
+
+        :raises NfsVolumeLimitError: the host already mounts ``NFS.MaxVolumes`` NFS datastores.
+        :raises VSphereError: the mount failed (``DuplicateName``, ``HostConfigFault``...).
+        """
+
+        def mount() -> str:
+            system = self._host(host)
+            mounted = self._mounted_nfs(system)
+            limit = self._nfs_max_volumes(system)
+            if len(mounted) >= limit:
+                raise NfsVolumeLimitError(
+                    f"host {host} already mounts {len(mounted)} NFS datastores and its "
+                    f"NFS.MaxVolumes is {limit}: unmount one ({', '.join(sorted(mounted))}) "
+                    "or raise NFS.MaxVolumes before mounting datastore "
+                    f"{datastore!r}",
+                    host=host,
+                    mounted=len(mounted),
+                    limit=limit,
+                )
+            spec = new(vim.host.NasVolume.Specification)
+            spec.remoteHost = remote_host
+            spec.remotePath = remote_path
+            spec.localPath = datastore
+            spec.accessMode = vim.host.MountInfo.AccessMode.readWrite
+            spec.type = vim.host.FileSystemVolume.FileSystemType.NFS
+            system_dss = system.configManager.datastoreSystem
+            if system_dss is None:
+                raise VSphereError(
+                    f"host {host} has no datastore system",
+                    operation="vsphere.mount_nfs_datastore",
+                    fault="NotSupported",
+                )
+            created = system_dss.CreateNasDatastore(spec)
+            name: str = created.name
+            return name
+
+        name = await self._call("vsphere.mount_nfs_datastore", mount)
+        logger.info("mounted %s:%s on %s as datastore %s", remote_host, remote_path, host, name)
+        return name
+
+    async def unmount_datastore(self, host: str, datastore: str) -> None:
+        """Unmount ``datastore`` from ``host`` (``HostDatastoreSystem.RemoveDatastore``).
+
+        :raises VSphereError: not mounted there (``NotFound``), or a VM still lives on it
+            (``ResourceInUse``).
+        """
+
+        def unmount() -> None:
+            system = self._host(host)
+            target = self._host_datastore(system, datastore)
+            system_dss = system.configManager.datastoreSystem
+            if system_dss is None:
+                raise VSphereError(
+                    f"host {host} has no datastore system",
+                    operation="vsphere.unmount_datastore",
+                    fault="NotSupported",
+                )
+            system_dss.RemoveDatastore(target)
+
+        await self._call("vsphere.unmount_datastore", unmount)
+        logger.info("unmounted datastore %s from %s", datastore, host)
+
+    # -- VMs --------------------------------------------------------------------------------------
+
+    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+        """Register the .vmx at ``vmx_path`` (``[datastore] folder/vm.vmx``) on ``host``.
+
+        :raises VSphereError: malformed path or unknown datastore (``InvalidDatastorePath``,
+            ``NotFound``), missing files (``NotFound``), name taken (``AlreadyExists``)...
+        """
+        match = _VMX_PATH.match(vmx_path)
+        if match is None or not match["path"].endswith(".vmx"):
+            raise VSphereError(
+                f"{vmx_path!r} is not a datastore path to a .vmx ('[datastore] folder/vm.vmx')",
+                operation="vsphere.register_vm",
+                fault="InvalidDatastorePath",
+            )
+
+        def start() -> vim.Task:
+            system = self._host(host)
+            # vCenter would fault on an unknown datastore too; checking first gives a clear error.
+            self._host_datastore(system, match["datastore"])
+            folder = self._folder_for(system)
+            pool = self._pool_for(system)
+            return folder.RegisterVm(vmx_path, name, False, pool, system)
+
+        task = await self._call("vsphere.register_vm", start)
+        created = await self._wait_task("vsphere.register_vm", task, time_limit=self._task_timeout)
+        if not isinstance(created, vim.VirtualMachine):
+            raise VSphereError(
+                f"vsphere.register_vm: the task returned {created!r}, not a VM",
+                operation="vsphere.register_vm",
+            )
+        ref = await self._call("vsphere.register_vm", lambda: self._vm_ref(created))
+        logger.info("registered %s as %s (%s)", vmx_path, ref.name, ref.moref)
+        return ref
+
+    async def unregister_vm(self, vm: VmRef) -> None:
+        """Remove the VM from the inventory; its files stay. :raises VSphereError:"""
+        await self._call("vsphere.unregister_vm", lambda: self._vm(vm).Unregister())
+        logger.info("unregistered %s (%s)", vm.name, vm.moref)
+
+    async def power_on(self, vm: VmRef) -> None:
+        """Power the VM on; answers ESXi's "moved or copied?" question with "moved".
+
+        :raises VSphereError: e.g. ``InvalidPowerState`` when it is already on.
+        """
+        target = self._vm(vm)
+        task = await self._call("vsphere.power_on", lambda: target.PowerOn(None))
+        await self._wait_task("vsphere.power_on", task, time_limit=self._task_timeout, vm=target)
+
+    async def power_off(self, vm: VmRef) -> None:
+        """Power the VM off (hard). :raises VSphereError: e.g. ``InvalidPowerState``."""
+        target = self._vm(vm)
+        task = await self._call("vsphere.power_off", lambda: target.PowerOff())
+        await self._wait_task("vsphere.power_off", task, time_limit=self._task_timeout)
+
+    async def power_state(self, vm: VmRef) -> str:
+        """``poweredOn``, ``poweredOff`` or ``suspended``."""
+        return await self._call("vsphere.power_state", lambda: str(self._vm(vm).runtime.powerState))
+
+    async def reconfigure(self, vm: VmRef, spec: vim.vm.ConfigSpec) -> None:
+        """Apply a ``ReconfigVM_Task`` spec to the VM. :raises VSphereError:"""
+        target = self._vm(vm)
+        task = await self._call("vsphere.reconfigure", lambda: target.Reconfigure(spec))
+        await self._wait_task("vsphere.reconfigure", task, time_limit=self._task_timeout)
+
+    async def relocate(
+        self,
+        vm: VmRef,
+        datastore: str,
+        progress: ProgressCallback | None = None,
+        disk_datastores: Mapping[str, str] | None = None,
+    ) -> VmRef:
+        """Storage vMotion the running VM's files to ``datastore``.
+
+        ``disk_datastores`` optionally sends disks elsewhere: .vmx disk key (``scsi0:1``) to
+        datastore name; each disk then gets its own locator. ``progress`` receives the task's
+        percentage as ``(done, 100)``.
+
+        :raises VSphereError: unknown datastore or disk key, or the migration failed.
+        :raises BackendTimeoutError: not done within ``relocate_timeout`` (the task is cancelled).
+        """
+        target = self._vm(vm)
+
+        def start() -> vim.Task:
+            host = target.runtime.host
+            if host is None:
+                raise VSphereError(
+                    f"VM {vm.name} runs on no host",
+                    operation="vsphere.relocate",
+                    fault="InvalidState",
+                )
+            destination = self._host_datastore(host, datastore)
+            per_disk = {
+                key: self._host_datastore(host, name)
+                for key, name in (disk_datastores or {}).items()
+            }
+            devices: Sequence[vim.vm.device.VirtualDevice] = (
+                target.config.hardware.device if target.config is not None else []
+            )
+            spec = relocate_spec(vm.name, devices, destination, per_disk)
+            return target.Relocate(spec, None)
+
+        task = await self._call("vsphere.relocate", start)
+        await self._wait_task(
+            "vsphere.relocate", task, time_limit=self._relocate_timeout, progress=progress
+        )
+        ref = await self._call("vsphere.relocate", lambda: self._vm_ref(target))
+        logger.info("relocated %s to datastore %s", vm.name, datastore)
+        return ref
