@@ -17,7 +17,7 @@ from pyVmomi import vmodl
 
 from liverecovery.errors import BackendError, VSphereError
 
-__all__ = ["describe_fault", "fault_name", "translate"]
+__all__ = ["describe_fault", "fault_error", "fault_name", "translate"]
 
 # Properties every MethodFault has; the rest are the fault's own details.
 _BASE_PROPERTIES = frozenset(
@@ -67,35 +67,46 @@ def describe_fault(fault: vmodl.MethodFault) -> str:
     return "; ".join(parts) if parts else "no detail given"
 
 
-def translate(exc: BaseException, operation: str, where: str) -> BackendError | None:
-    """The library error for ``exc`` raised by ``operation`` against ``where``, or None.
+def fault_error(
+    fault: vmodl.MethodFault, operation: str, where: str, subject: str = ""
+) -> VSphereError:
+    """``VSphereError`` for a vSphere fault, with its type name and details in the message."""
+    what = f"{operation} of {subject}" if subject else operation
+    name = fault_name(fault)
+    return VSphereError(
+        f"{what} on {where} failed: {name}: {describe_fault(fault)}",
+        operation=operation,
+        fault=name,
+    )
+
+
+def translate(
+    exc: BaseException, operation: str, where: str, subject: str = ""
+) -> BackendError | None:
+    """The library error for ``exc`` raised by ``operation`` (on ``subject``) against ``where``.
 
     None means ``exc`` is not a failure of the outside system (a programming error, a
     cancellation) and must propagate unchanged.
     """
+    what = f"{operation} of {subject}" if subject else operation
     if isinstance(exc, vmodl.MethodFault):
-        name = fault_name(exc)
-        return VSphereError(
-            f"{operation} on {where} failed: {name}: {describe_fault(exc)}",
-            operation=operation,
-            fault=name,
-        )
+        return fault_error(exc, operation, where, subject)
     if isinstance(exc, ssl.SSLCertVerificationError):
         return BackendError(
-            f"{operation}: the TLS certificate of {where} is not trusted "
+            f"{what}: the TLS certificate of {where} is not trusted "
             f"({exc.verify_message or exc.reason}); pass ca_file= with its CA certificate, "
             "or insecure=True to skip verification",
             operation=operation,
         )
     if isinstance(exc, ssl.SSLError):
-        return BackendError(f"{operation}: TLS error with {where}: {exc}", operation=operation)
+        return BackendError(f"{what}: TLS error with {where}: {exc}", operation=operation)
     if isinstance(exc, TimeoutError):
-        return BackendError(f"{operation}: {where} did not answer in time", operation=operation)
+        return BackendError(f"{what}: {where} did not answer in time", operation=operation)
     if isinstance(exc, OSError | http.client.HTTPException):
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
-        return BackendError(f"{operation}: cannot talk to {where}: {detail}", operation=operation)
+        return BackendError(f"{what}: cannot talk to {where}: {detail}", operation=operation)
     if isinstance(exc, ExpatError):
         return BackendError(
-            f"{operation}: {where} sent a malformed SOAP response: {exc}", operation=operation
+            f"{what}: {where} sent a malformed SOAP response: {exc}", operation=operation
         )
     return None

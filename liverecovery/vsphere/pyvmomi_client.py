@@ -31,7 +31,7 @@ from liverecovery.errors import (
     SettingsError,
     VSphereError,
 )
-from liverecovery.vsphere.faults import translate
+from liverecovery.vsphere.faults import fault_error, translate
 from liverecovery.vsphere.relocation import answer_for_question, new, relocate_spec
 
 __all__ = ["DEFAULT_NFS_MAX_VOLUMES", "PyvmomiVSphereClient"]
@@ -81,6 +81,10 @@ def _parse_server(server: str, port: int | None) -> tuple[str, int, str]:
         raise SettingsError(f"vsphere: server {server!r} names no host")
     path = parsed.path.rstrip("/") or "/sdk"
     return host, port or url_port or 443, path
+
+
+def _subject(vm: VmRef) -> str:
+    return f"VM {vm.name} ({vm.moref})"
 
 
 class PyvmomiVSphereClient:
@@ -202,14 +206,14 @@ class PyvmomiVSphereClient:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+    async def _call(self, operation: str, fn: Callable[[], T], subject: str = "") -> T:
         """Run blocking pyVmomi code in a worker thread; translate what it raises."""
         if self._closed:
             raise BackendError(f"{operation}: the vSphere client is closed", operation=operation)
         try:
             return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
         except Exception as exc:
-            error = translate(exc, operation, self._server)
+            error = translate(exc, operation, self._server, subject)
             if error is None:
                 raise
             raise error from exc
@@ -222,6 +226,7 @@ class PyvmomiVSphereClient:
         time_limit: float,
         progress: ProgressCallback | None = None,
         vm: vim.VirtualMachine | None = None,
+        subject: str = "",
     ) -> Any:
         """Poll ``task`` until it ends; its result, or its fault as ``VSphereError``.
 
@@ -233,30 +238,26 @@ class PyvmomiVSphereClient:
         try:
             with anyio.fail_after(time_limit):
                 while True:
-                    info = await self._call(operation, lambda: task.info)
+                    info = await self._call(operation, lambda: task.info, subject)
                     if info.state == vim.TaskInfo.State.success:
                         if progress is not None:
                             progress(100, 100)
                         return info.result
                     if info.state == vim.TaskInfo.State.error:
                         fault = info.error or new(vmodl.MethodFault)
-                        error = translate(fault, operation, self._server)
-                        raise (
-                            error
-                            if error is not None
-                            else BackendError(f"{operation}: task failed", operation=operation)
-                        )
+                        raise fault_error(fault, operation, self._server, subject)
                     done = info.progress
                     if progress is not None and done is not None and done != last_progress:
                         last_progress = done
                         progress(done, 100)
                     if vm is not None:
-                        await self._answer_question(operation, vm)
+                        await self._answer_question(operation, vm, subject)
                     await anyio.sleep(self._poll_interval)
         except TimeoutError:
             await self._cancel_task(task)
+            what = f"{operation} of {subject}" if subject else operation
             raise BackendTimeoutError(
-                f"{operation} on {self._server} did not finish within {time_limit:g} s",
+                f"{what} on {self._server} did not finish within {time_limit:g} s",
                 operation=operation,
             ) from None
         except anyio.get_cancelled_exc_class():
@@ -274,7 +275,7 @@ class PyvmomiVSphereClient:
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             await anyio.to_thread.run_sync(cancel, limiter=self._limiter)
 
-    async def _answer_question(self, operation: str, vm: vim.VirtualMachine) -> None:
+    async def _answer_question(self, operation: str, vm: vim.VirtualMachine, subject: str) -> None:
         def answer() -> vim.vm.QuestionInfo | None:
             question = vm.runtime.question
             if question is None:
@@ -286,10 +287,11 @@ class PyvmomiVSphereClient:
             vm.Answer(question.id, choice)
             return None
 
-        unanswered = await self._call(operation, answer)
+        unanswered = await self._call(operation, answer, subject)
         if unanswered is not None:
             raise VSphereError(
-                f"{operation}: VM {vm._moId} waits for an answer to: {unanswered.text}",
+                f"{operation} of {subject or vm._moId}: the VM waits for an answer to: "
+                f"{unanswered.text}",
                 operation=operation,
                 fault="VirtualMachineQuestion",
             )
@@ -495,7 +497,8 @@ class PyvmomiVSphereClient:
             name: str = created.name
             return name
 
-        name = await self._call("vsphere.mount_nfs_datastore", mount)
+        subject = f"datastore {datastore!r} ({remote_host}:{remote_path}) on host {host}"
+        name = await self._call("vsphere.mount_nfs_datastore", mount, subject)
         logger.info("mounted %s:%s on %s as datastore %s", remote_host, remote_path, host, name)
         return name
 
@@ -518,7 +521,7 @@ class PyvmomiVSphereClient:
                 )
             system_dss.RemoveDatastore(target)
 
-        await self._call("vsphere.unmount_datastore", unmount)
+        await self._call("vsphere.unmount_datastore", unmount, f"{datastore!r} on host {host}")
         logger.info("unmounted datastore %s from %s", datastore, host)
 
     # -- VMs --------------------------------------------------------------------------------------
@@ -545,8 +548,11 @@ class PyvmomiVSphereClient:
             pool = self._pool_for(system)
             return folder.RegisterVm(vmx_path, name, False, pool, system)
 
-        task = await self._call("vsphere.register_vm", start)
-        created = await self._wait_task("vsphere.register_vm", task, time_limit=self._task_timeout)
+        subject = f"{vmx_path} on host {host}"
+        task = await self._call("vsphere.register_vm", start, subject)
+        created = await self._wait_task(
+            "vsphere.register_vm", task, time_limit=self._task_timeout, subject=subject
+        )
         if not isinstance(created, vim.VirtualMachine):
             raise VSphereError(
                 f"vsphere.register_vm: the task returned {created!r}, not a VM",
@@ -558,7 +564,7 @@ class PyvmomiVSphereClient:
 
     async def unregister_vm(self, vm: VmRef) -> None:
         """Remove the VM from the inventory; its files stay. :raises VSphereError:"""
-        await self._call("vsphere.unregister_vm", lambda: self._vm(vm).Unregister())
+        await self._call("vsphere.unregister_vm", lambda: self._vm(vm).Unregister(), _subject(vm))
         logger.info("unregistered %s (%s)", vm.name, vm.moref)
 
     async def power_on(self, vm: VmRef) -> None:
@@ -567,14 +573,20 @@ class PyvmomiVSphereClient:
         :raises VSphereError: e.g. ``InvalidPowerState`` when it is already on.
         """
         target = self._vm(vm)
-        task = await self._call("vsphere.power_on", lambda: target.PowerOn(None))
-        await self._wait_task("vsphere.power_on", task, time_limit=self._task_timeout, vm=target)
+        subject = _subject(vm)
+        task = await self._call("vsphere.power_on", lambda: target.PowerOn(None), subject)
+        await self._wait_task(
+            "vsphere.power_on", task, time_limit=self._task_timeout, vm=target, subject=subject
+        )
 
     async def power_off(self, vm: VmRef) -> None:
         """Power the VM off (hard). :raises VSphereError: e.g. ``InvalidPowerState``."""
         target = self._vm(vm)
-        task = await self._call("vsphere.power_off", lambda: target.PowerOff())
-        await self._wait_task("vsphere.power_off", task, time_limit=self._task_timeout)
+        subject = _subject(vm)
+        task = await self._call("vsphere.power_off", lambda: target.PowerOff(), subject)
+        await self._wait_task(
+            "vsphere.power_off", task, time_limit=self._task_timeout, subject=subject
+        )
 
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn``, ``poweredOff`` or ``suspended``."""
@@ -583,8 +595,11 @@ class PyvmomiVSphereClient:
     async def reconfigure(self, vm: VmRef, spec: vim.vm.ConfigSpec) -> None:
         """Apply a ``ReconfigVM_Task`` spec to the VM. :raises VSphereError:"""
         target = self._vm(vm)
-        task = await self._call("vsphere.reconfigure", lambda: target.Reconfigure(spec))
-        await self._wait_task("vsphere.reconfigure", task, time_limit=self._task_timeout)
+        subject = _subject(vm)
+        task = await self._call("vsphere.reconfigure", lambda: target.Reconfigure(spec), subject)
+        await self._wait_task(
+            "vsphere.reconfigure", task, time_limit=self._task_timeout, subject=subject
+        )
 
     async def relocate(
         self,
@@ -623,9 +638,14 @@ class PyvmomiVSphereClient:
             spec = relocate_spec(vm.name, devices, destination, per_disk)
             return target.Relocate(spec, None)
 
-        task = await self._call("vsphere.relocate", start)
+        subject = f"{_subject(vm)} to {datastore}"
+        task = await self._call("vsphere.relocate", start, subject)
         await self._wait_task(
-            "vsphere.relocate", task, time_limit=self._relocate_timeout, progress=progress
+            "vsphere.relocate",
+            task,
+            time_limit=self._relocate_timeout,
+            progress=progress,
+            subject=subject,
         )
         ref = await self._call("vsphere.relocate", lambda: self._vm_ref(target))
         logger.info("relocated %s to datastore %s", vm.name, datastore)
