@@ -3,7 +3,13 @@
 // Debian ships the simulator library (golang-github-vmware-govmomi-dev, 0.24.2) but no vcsim
 // command, so this small launcher builds one in GOPATH mode (scripts/build-vcsim.sh). It adds what
 // 0.24.2 lacks and liverecovery calls: HostDatastoreSystem.RemoveDatastore, and the host mount entry
-// of a NAS datastore (CreateNasDatastore leaves Datastore.host empty).
+// of a NAS datastore (CreateNasDatastore leaves Datastore.host empty). For tests that need a step
+// to fail inside vSphere, a host advanced option "vcsim.disableMethods.<moref>" disables methods
+// of an object (see hostOptionManager).
+//
+// Flags choose the inventory: a vCenter with one standalone host and two local datastores by
+// default (-standalone-host, -cluster, -host, -ds, -vm), or a standalone ESX host (-esx). Login
+// accepts only -username / -password (default user / pass).
 //
 // It serves https on -l (default 127.0.0.1:0, a port the OS picks) with a fresh self-signed
 // certificate, writes that certificate as PEM to -cert when given, then prints one line on stdout:

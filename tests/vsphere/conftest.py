@@ -87,8 +87,14 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    """Start the simulator (building it if needed) and stop it, by process group, at the end."""
+def simulator(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Simulator]:
+    """Start the simulator (building it if needed) and stop it, by process group, at the end.
+
+    A test module may set ``VCSIM_ARGS`` (e.g. ``["-esx"]`` for a standalone ESX host).
+    """
+    extra_args: list[str] = list(getattr(request.module, "VCSIM_ARGS", []))
     subprocess.run(["bash", str(REPO / "scripts" / "build-vcsim.sh")], check=True, timeout=300)
     base = tmp_path_factory.mktemp("vcsim")
     nfs_root = base / "nfs"
@@ -98,7 +104,18 @@ def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     ca_file = base / "ca.pem"
     log = (base / "vcsim.log").open("wb")
     proc = subprocess.Popen(
-        [str(VCSIM), "-l", "127.0.0.1:0", "-cert", str(ca_file), "-ds", "2", "-vm", "0"],
+        [
+            str(VCSIM),
+            "-l",
+            "127.0.0.1:0",
+            "-cert",
+            str(ca_file),
+            "-ds",
+            "2",
+            "-vm",
+            "0",
+            *extra_args,
+        ],
         cwd=nfs_root,
         env={**os.environ, "TMPDIR": str(local)},
         stdout=subprocess.PIPE,
@@ -133,7 +150,7 @@ class Snapshot:
 
     vms: frozenset[tuple[str, str, tuple[str, ...]]]
     host_datastores: frozenset[tuple[str, str]]
-    datacenter_datastores: frozenset[str]
+    datacenter_datastores: frozenset[str]  # managed object ids
 
 
 class Inventory:
@@ -175,7 +192,9 @@ class Inventory:
         host_ds = frozenset(
             (h.name, d.name) for h in self._all(vim.HostSystem) for d in h.datastore
         )
-        dc_ds = frozenset(d.name for dc in self._all(vim.Datacenter) for d in dc.datastore)
+        # Managed object ids, not names: the ESX model's datacenter lists a datastore that
+        # does not exist, whose name cannot be read.
+        dc_ds = frozenset(d._moId for dc in self._all(vim.Datacenter) for d in dc.datastore)
         return Snapshot(vms=vms, host_datastores=host_ds, datacenter_datastores=dc_ds)
 
     def close(self) -> None:
