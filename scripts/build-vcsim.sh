@@ -9,7 +9,7 @@ bin="$src/vcsim"
 if [[ -x "$bin" ]] && [[ -z $(find "$src" -maxdepth 1 -name '*.go' -newer "$bin") ]]; then
   exit 0
 fi
-cache=${GOCACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/go-build}
+cache=${GOCACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/go-build}
 cd "$src"
 GO111MODULE=off GOPATH=/usr/share/gocode GOFLAGS= GOCACHE="$cache" go build -o "$bin.tmp" .
 mv "$bin.tmp" "$bin"

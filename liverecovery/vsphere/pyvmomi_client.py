@@ -90,14 +90,17 @@ def _subject(vm: VmRef) -> str:
 class PyvmomiVSphereClient:
     """**VSphereClient** for vCenter Server or a standalone ESXi host.
 
-    Build it with :meth:`connect`. Hosts, datastores, resource pools and folders are found by
-    name. VMs are registered into ``vm_folder`` (default: the host's datacenter VM folder) and
-    ``resource_pool`` (default: the root pool of the host's cluster or standalone host).
+    Build it with :meth:`connect` (or from an existing pyVmomi session and its content).
+    Hosts, datastores, resource pools and folders are found by name. VMs are registered into
+    ``vm_folder`` (default: the host's datacenter VM folder) and ``resource_pool`` (default: the
+    root pool of the host's cluster or standalone host). The ``find_*`` methods return pyVmomi
+    managed objects: reading their properties is a blocking SOAP call.
     """
 
     def __init__(
         self,
         service_instance: vim.ServiceInstance,
+        content: vim.ServiceInstanceContent,
         *,
         server: str,
         vm_folder: str | None = None,
@@ -108,7 +111,7 @@ class PyvmomiVSphereClient:
         max_concurrent_calls: int = 4,
     ) -> None:
         self._si = service_instance
-        self._content = service_instance.RetrieveContent()
+        self._content = content
         self._server = server
         self._vm_folder = vm_folder
         self._resource_pool = resource_pool
@@ -152,9 +155,9 @@ class PyvmomiVSphereClient:
         if insecure:
             logger.warning("TLS certificate verification is disabled for vSphere server %s", where)
 
-        def login() -> vim.ServiceInstance:
+        def login() -> tuple[vim.ServiceInstance, vim.ServiceInstanceContent]:
             smart_connect = cast(Callable[..., vim.ServiceInstance], pyvim_connect.SmartConnect)
-            return smart_connect(
+            si = smart_connect(
                 protocol="https",
                 host=host,
                 port=real_port,
@@ -164,9 +167,10 @@ class PyvmomiVSphereClient:
                 sslContext=context,
                 httpConnectionTimeout=http_timeout,
             )
+            return si, si.RetrieveContent()
 
         try:
-            si = await anyio.to_thread.run_sync(login)
+            si, content = await anyio.to_thread.run_sync(login)
         except Exception as exc:
             error = translate(exc, "vsphere.connect", where)
             if error is None:
@@ -174,6 +178,7 @@ class PyvmomiVSphereClient:
             raise error from exc
         client = cls(
             si,
+            content,
             server=where,
             vm_folder=vm_folder,
             resource_pool=resource_pool,

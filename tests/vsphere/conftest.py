@@ -95,7 +95,17 @@ def simulator(
     A test module may set ``VCSIM_ARGS`` (e.g. ``["-esx"]`` for a standalone ESX host).
     """
     extra_args: list[str] = list(getattr(request.module, "VCSIM_ARGS", []))
-    subprocess.run(["bash", str(REPO / "scripts" / "build-vcsim.sh")], check=True, timeout=300)
+    build = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-vcsim.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if build.returncode != 0:
+        pytest.fail(
+            "cannot build the govmomi simulator (tests/vcsim); install the peers with "
+            f"scripts/install-peers.sh:\n{build.stderr}"
+        )
     base = tmp_path_factory.mktemp("vcsim")
     nfs_root = base / "nfs"
     local = base / "local"
