@@ -119,6 +119,8 @@ class PyvmomiVSphereClient:
         self._relocate_timeout = relocate_timeout
         self._poll_interval = poll_interval
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        # Check-then-mount must be atomic per host, or concurrent jobs overshoot NFS.MaxVolumes.
+        self._mount_locks: dict[str, anyio.Lock] = {}
         self._closed = False
 
     # -- connection ------------------------------------------------------------------------------
@@ -353,9 +355,38 @@ class PyvmomiVSphereClient:
         host: vim.HostSystem = self._find_one(vim.HostSystem, name, "host")
         return host
 
+    def _datastores_of(self, host: vim.HostSystem) -> list[tuple[vim.Datastore, str, str]]:
+        """(datastore, name, type) of each datastore ``host`` mounts, read in one call.
+
+        One property collection rather than a read per datastore: another job may unmount a
+        datastore meanwhile, and reading a vanished datastore's name would fail.
+        """
+        pc = vmodl.query.PropertyCollector
+        traversal = new(pc.TraversalSpec)
+        traversal.name = "datastores"
+        traversal.path = "datastore"
+        traversal.skip = False
+        traversal.type = vim.HostSystem
+        obj_spec = new(pc.ObjectSpec)
+        obj_spec.obj = host
+        obj_spec.skip = True
+        obj_spec.selectSet = [traversal]
+        prop_spec = new(pc.PropertySpec)
+        prop_spec.type = vim.Datastore
+        prop_spec.pathSet = ["name", "summary.type"]
+        filter_spec = new(pc.FilterSpec)
+        filter_spec.objectSet = [obj_spec]
+        filter_spec.propSet = [prop_spec]
+        found = []
+        for content in self._content.propertyCollector.RetrieveContents([filter_spec]):
+            props = {p.name: p.val for p in content.propSet}
+            if isinstance(content.obj, vim.Datastore) and isinstance(props.get("name"), str):
+                found.append((content.obj, str(props["name"]), str(props.get("summary.type", ""))))
+        return found
+
     def _host_datastore(self, host: vim.HostSystem, name: str) -> vim.Datastore:
-        for datastore in host.datastore:
-            if datastore.name == name:
+        for datastore, ds_name, _type in self._datastores_of(host):
+            if ds_name == name:
                 return datastore
         raise VSphereError(
             f"host {host.name} has no datastore named {name!r}",
@@ -449,7 +480,8 @@ class PyvmomiVSphereClient:
         return DEFAULT_NFS_MAX_VOLUMES
 
     def _mounted_nfs(self, host: vim.HostSystem) -> list[str]:
-        return [ds.name for ds in host.datastore if ds.summary.type == "NFS"]
+        # "NFS" is NFSv3, which NFS.MaxVolumes limits ("NFS41" has a limit of its own).
+        return [name for _ds, name, kind in self._datastores_of(host) if kind == "NFS"]
 
     async def nfs_volumes(self, host: str) -> tuple[int, int]:
         """(NFSv3 datastores mounted on ``host``, its ``NFS.MaxVolumes``)."""
@@ -465,7 +497,8 @@ class PyvmomiVSphereClient:
     ) -> str:
         """Mount the NFSv3 export ``remote_host:remote_path`` on ``host`` as ``datastore``.
 
-        First checks that the host may mount one more NFS volume.
+        First checks that the host may mount one more NFS volume; mounts on one host through
+        this client are serialized so concurrent jobs cannot overshoot the limit together.
 
         :raises NfsVolumeLimitError: the host already mounts ``NFS.MaxVolumes`` NFS datastores.
         :raises VSphereError: the mount failed (``DuplicateName``, ``HostConfigFault``...).
@@ -503,7 +536,9 @@ class PyvmomiVSphereClient:
             return name
 
         subject = f"datastore {datastore!r} ({remote_host}:{remote_path}) on host {host}"
-        name = await self._call("vsphere.mount_nfs_datastore", mount, subject)
+        lock = self._mount_locks.setdefault(host, anyio.Lock())
+        async with lock:
+            name = await self._call("vsphere.mount_nfs_datastore", mount, subject)
         logger.info("mounted %s:%s on %s as datastore %s", remote_host, remote_path, host, name)
         return name
 

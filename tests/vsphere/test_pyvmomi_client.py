@@ -533,3 +533,137 @@ async def test_closed_client_refuses_calls(simulator: Simulator) -> None:
     await client.aclose()
     with pytest.raises(BackendError, match="closed"):
         await client.find_host(HOST)
+
+
+# -- concurrency ---------------------------------------------------------------------------------
+
+
+async def test_concurrent_mounts_respect_nfs_max_volumes(
+    client: PyvmomiVSphereClient, inventory: Inventory, datastore_name: Callable[[], str]
+) -> None:
+    baseline = inventory.snapshot()
+    options = inventory.host().configManager.advancedOption
+    options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=2)])
+    names = [datastore_name() for _ in range(5)]
+    mounted: list[str] = []
+    refused: list[NfsVolumeLimitError] = []
+
+    async def mount(name: str) -> None:
+        try:
+            mounted.append(await client.mount_nfs_datastore(HOST, NFS_SERVER, f"/e/{name}", name))
+        except NfsVolumeLimitError as exc:
+            refused.append(exc)
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for name in names:
+                    tg.start_soon(mount, name)
+        assert len(mounted) == 2 and len(refused) == 3
+        assert all(e.mounted == 2 and e.limit == 2 for e in refused)
+        host_ds = {ds for host, ds in inventory.snapshot().host_datastores if host == HOST}
+        assert host_ds & set(names) == set(mounted)
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for name in mounted:
+                    tg.start_soon(client.unmount_datastore, HOST, name)
+    finally:
+        options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=8)])
+    assert inventory.snapshot() == baseline
+
+
+async def test_concurrent_jobs_share_one_client(
+    client: PyvmomiVSphereClient,
+    inventory: Inventory,
+    datastore_name: Callable[[], str],
+    make_vm_files: Callable[..., VmFiles],
+) -> None:
+    baseline = inventory.snapshot()
+
+    async def job() -> None:
+        ds = datastore_name()
+        files = make_vm_files(ds)
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, f"/export/{ds}", ds)
+        vm = await client.register_vm(HOST, files.vmx_path, files.name)
+        await client.power_on(vm)
+        moved = await client.relocate(vm, LOCAL_DS)
+        await client.power_off(moved)
+        await client.unregister_vm(moved)
+        await client.unmount_datastore(HOST, ds)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(job)
+    assert inventory.snapshot() == baseline
+
+
+# -- VM questions during power-on ----------------------------------------------------------------
+
+
+class _QuestionVm:
+    """A VM whose power-on waits on a question, as ESXi does for a VM whose files moved."""
+
+    def __init__(self, question: Any) -> None:
+        self._moId = "vm-question"
+        self.runtime = vim.vm.RuntimeInfo(question=question)
+        self.answers: list[tuple[str, str]] = []
+
+    def Answer(self, question_id: str, choice: str) -> None:
+        self.answers.append((question_id, choice))
+        self.runtime = vim.vm.RuntimeInfo(question=None)
+
+
+class _PowerOnTask:
+    """Runs until the VM's question is answered."""
+
+    def __init__(self, vm: _QuestionVm) -> None:
+        self._moId = "task-power-on"
+        self.vm = vm
+
+    @property
+    def info(self) -> Any:
+        state = "success" if self.vm.answers else "running"
+        return vim.TaskInfo(state=state, progress=None, cancelable=False)
+
+
+async def test_power_on_answers_the_moved_or_copied_question(
+    client: PyvmomiVSphereClient,
+) -> None:
+    question = vim.vm.QuestionInfo(
+        id="q-7",
+        text="This virtual machine might have been moved or copied.",
+        choice=vim.option.ChoiceOption(
+            choiceInfo=[
+                vim.ElementDescription(key="0", label="button.uuid.cancel", summary="Cancel"),
+                vim.ElementDescription(key="1", label="button.uuid.moveTheVM", summary="Moved"),
+                vim.ElementDescription(key="2", label="button.uuid.copyTheVM", summary="Copied"),
+            ]
+        ),
+        message=[vim.vm.Message(id="msg.uuid.altered", text="")],
+    )
+    vm = _QuestionVm(question)
+    with anyio.fail_after(10):
+        await client._wait_task("vsphere.power_on", _PowerOnTask(vm), time_limit=10, vm=vm)
+    assert vm.answers == [("q-7", "1")]
+
+
+async def test_power_on_reports_a_question_it_cannot_answer(
+    client: PyvmomiVSphereClient,
+) -> None:
+    question = vim.vm.QuestionInfo(
+        id="q-8",
+        text="Insufficient disk space on datastore 'lr-1'.",
+        choice=vim.option.ChoiceOption(
+            choiceInfo=[vim.ElementDescription(key="0", label="Retry", summary="Retry")]
+        ),
+        message=[vim.vm.Message(id="msg.hbacommon.outofspace", text="")],
+    )
+    vm = _QuestionVm(question)
+    with anyio.fail_after(10), pytest.raises(VSphereError) as caught:
+        await client._wait_task(
+            "vsphere.power_on", _PowerOnTask(vm), time_limit=10, vm=vm, subject="VM web"
+        )
+    assert caught.value.fault == "VirtualMachineQuestion"
+    assert "Insufficient disk space" in str(caught.value)
+    assert vm.answers == []
