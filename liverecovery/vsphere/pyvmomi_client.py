@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import ssl
-import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -28,11 +26,13 @@ from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
     NfsVolumeLimitError,
-    SettingsError,
     VSphereError,
 )
+from liverecovery.vsphere.connection import parse_server, ssl_context
 from liverecovery.vsphere.faults import fault_error, translate
-from liverecovery.vsphere.relocation import answer_for_question, new, relocate_spec
+from liverecovery.vsphere.inventory import DEFAULT_NFS_MAX_VOLUMES, VSphereInventory
+from liverecovery.vsphere.relocation import answer_for_question, relocate_spec
+from liverecovery.vsphere.vmomi import managed_object, new
 
 __all__ = ["DEFAULT_NFS_MAX_VOLUMES", "PyvmomiVSphereClient"]
 
@@ -40,47 +40,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_NFS_MAX_VOLUMES = 8
-"""ESXi's default for the ``NFS.MaxVolumes`` advanced option (NFSv3 mounts per host).
-
-Used when the host does not report the option at all: the govmomi simulator, for one, has no
-``NFS.*`` options, and an ESXi host that lists none runs with its default.
-"""
-
 _VMX_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\] ?(?P<path>.+)$")
-
-
-def _ssl_context(insecure: bool, ca_file: str | Path | None) -> ssl.SSLContext:
-    if insecure and ca_file is not None:
-        raise SettingsError("vsphere: insecure=True and ca_file exclude each other")
-    if insecure:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    try:
-        return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise SettingsError(f"vsphere: cannot load ca_file {ca_file}: {exc}") from None
-
-
-def _parse_server(server: str, port: int | None) -> tuple[str, int, str]:
-    """(host, port, path) of ``host``, ``host:port`` or ``https://host[:port][/sdk]``."""
-    text = server.strip()
-    if not text:
-        raise SettingsError("vsphere: server must not be empty")
-    parsed = urllib.parse.urlsplit(text if "://" in text else f"https://{text}")
-    if parsed.scheme != "https":
-        raise SettingsError(f"vsphere: server {server!r} must use https")
-    try:
-        url_port = parsed.port
-    except ValueError:
-        raise SettingsError(f"vsphere: server {server!r} has an invalid port") from None
-    host = parsed.hostname
-    if not host:
-        raise SettingsError(f"vsphere: server {server!r} names no host")
-    path = parsed.path.rstrip("/") or "/sdk"
-    return host, port or url_port or 443, path
 
 
 def _subject(vm: VmRef) -> str:
@@ -112,6 +72,7 @@ class PyvmomiVSphereClient:
     ) -> None:
         self._si = service_instance
         self._content = content
+        self._inventory = VSphereInventory(content, server)
         self._server = server
         self._vm_folder = vm_folder
         self._resource_pool = resource_pool
@@ -151,8 +112,8 @@ class PyvmomiVSphereClient:
         :raises VSphereError: the server refused the login (fault ``InvalidLogin``...).
         :raises BackendError: the server cannot be reached or its certificate is not trusted.
         """
-        host, real_port, path = _parse_server(server, port)
-        context = _ssl_context(insecure, ca_file)
+        host, real_port, path = parse_server(server, port)
+        context = ssl_context(insecure, ca_file)
         where = f"{host}:{real_port}"
         if insecure:
             logger.warning("TLS certificate verification is disabled for vSphere server %s", where)
@@ -303,192 +264,47 @@ class PyvmomiVSphereClient:
                 fault="VirtualMachineQuestion",
             )
 
-    # -- lookups (blocking: call from a worker thread) --------------------------------------------
-
-    def _entities_named(self, vimtype: type[vim.ManagedEntity], name: str) -> list[Any]:
-        """Every inventory object of ``vimtype`` called ``name``, in one property collection."""
-        content = self._content
-        if content.viewManager is None:
-            raise VSphereError(f"{self._server} has no view manager", fault="NotSupported")
-        view = content.viewManager.CreateContainerView(content.rootFolder, [vimtype], True)
-        try:
-            pc = vmodl.query.PropertyCollector
-            traversal = new(pc.TraversalSpec)
-            traversal.name = "view"
-            traversal.path = "view"
-            traversal.skip = False
-            traversal.type = vim.view.ContainerView
-            obj_spec = new(pc.ObjectSpec)
-            obj_spec.obj = view
-            obj_spec.skip = True
-            obj_spec.selectSet = [traversal]
-            prop_spec = new(pc.PropertySpec)
-            prop_spec.type = vimtype
-            prop_spec.pathSet = ["name"]
-            filter_spec = new(pc.FilterSpec)
-            filter_spec.objectSet = [obj_spec]
-            filter_spec.propSet = [prop_spec]
-            contents = content.propertyCollector.RetrieveContents([filter_spec])
-        finally:
-            view.Destroy()
-        return [
-            oc.obj for oc in contents if any(p.name == "name" and p.val == name for p in oc.propSet)
-        ]
-
-    def _find_one(self, vimtype: type[vim.ManagedEntity], name: str, kind: str) -> Any:
-        found = self._entities_named(vimtype, name)
-        if not found:
-            raise VSphereError(
-                f"no {kind} named {name!r} on {self._server}",
-                operation=f"vsphere.find_{kind.replace(' ', '_')}",
-                fault="NotFound",
-            )
-        if len(found) > 1:
-            raise VSphereError(
-                f"{len(found)} {kind}s are named {name!r} on {self._server}; names must be unique",
-                operation=f"vsphere.find_{kind.replace(' ', '_')}",
-                fault="DuplicateName",
-            )
-        return found[0]
-
-    def _host(self, name: str) -> vim.HostSystem:
-        host: vim.HostSystem = self._find_one(vim.HostSystem, name, "host")
-        return host
-
-    def _datastores_of(self, host: vim.HostSystem) -> list[tuple[vim.Datastore, str, str]]:
-        """(datastore, name, type) of each datastore ``host`` mounts, read in one call.
-
-        One property collection rather than a read per datastore: another job may unmount a
-        datastore meanwhile, and reading a vanished datastore's name would fail.
-        """
-        pc = vmodl.query.PropertyCollector
-        traversal = new(pc.TraversalSpec)
-        traversal.name = "datastores"
-        traversal.path = "datastore"
-        traversal.skip = False
-        traversal.type = vim.HostSystem
-        obj_spec = new(pc.ObjectSpec)
-        obj_spec.obj = host
-        obj_spec.skip = True
-        obj_spec.selectSet = [traversal]
-        prop_spec = new(pc.PropertySpec)
-        prop_spec.type = vim.Datastore
-        prop_spec.pathSet = ["name", "summary.type"]
-        filter_spec = new(pc.FilterSpec)
-        filter_spec.objectSet = [obj_spec]
-        filter_spec.propSet = [prop_spec]
-        found = []
-        for content in self._content.propertyCollector.RetrieveContents([filter_spec]):
-            props = {p.name: p.val for p in content.propSet}
-            if isinstance(content.obj, vim.Datastore) and isinstance(props.get("name"), str):
-                found.append((content.obj, str(props["name"]), str(props.get("summary.type", ""))))
-        return found
-
-    def _host_datastore(self, host: vim.HostSystem, name: str) -> vim.Datastore:
-        for datastore, ds_name, _type in self._datastores_of(host):
-            if ds_name == name:
-                return datastore
-        raise VSphereError(
-            f"host {host.name} has no datastore named {name!r}",
-            operation="vsphere.find_datastore",
-            fault="NotFound",
-        )
-
-    def _datacenter(self, entity: vim.ManagedEntity) -> vim.Datacenter:
-        current: vim.ManagedEntity | None = entity
-        while current is not None:
-            if isinstance(current, vim.Datacenter):
-                return current
-            current = current.parent
-        raise VSphereError(
-            f"{entity._moId} is in no datacenter", operation="vsphere.find_datacenter"
-        )
-
-    def _pool_for(self, host: vim.HostSystem) -> vim.ResourcePool:
-        if self._resource_pool is not None:
-            pool: vim.ResourcePool = self._find_one(
-                vim.ResourcePool, self._resource_pool, "resource pool"
-            )
-            return pool
-        parent = host.parent
-        if not isinstance(parent, vim.ComputeResource):
-            raise VSphereError(
-                f"host {host.name} belongs to no cluster or compute resource",
-                operation="vsphere.find_resource_pool",
-                fault="NotFound",
-            )
-        if parent.resourcePool is None:
-            raise VSphereError(
-                f"compute resource {parent.name} of host {host.name} has no resource pool",
-                operation="vsphere.find_resource_pool",
-                fault="NotFound",
-            )
-        return parent.resourcePool
-
-    def _folder_for(self, host: vim.HostSystem) -> vim.Folder:
-        if self._vm_folder is not None:
-            folder: vim.Folder = self._find_one(vim.Folder, self._vm_folder, "folder")
-            return folder
-        return self._datacenter(host).vmFolder
-
     def _vm(self, vm: VmRef) -> vim.VirtualMachine:
-        make = cast(Callable[[str, object], vim.VirtualMachine], vim.VirtualMachine)
-        return make(vm.moref, self._si._stub)
+        return managed_object(vim.VirtualMachine, vm.moref, self._si._stub)
 
     def _vm_ref(self, vm: vim.VirtualMachine) -> VmRef:
         return VmRef(moref=vm._moId, name=vm.name, vmx_path=vm.summary.config.vmPathName)
 
-    # -- lookups (async) --------------------------------------------------------------------------
+    # -- lookups --------------------------------------------------------------------------
 
     async def find_host(self, name: str) -> vim.HostSystem:
         """The host called ``name``. :raises VSphereError: none (``NotFound``) or several."""
-        return await self._call("vsphere.find_host", lambda: self._host(name))
+        return await self._call("vsphere.find_host", lambda: self._inventory.host(name))
 
     async def find_datastore(self, host: str, name: str) -> vim.Datastore:
         """The datastore ``name`` as mounted on ``host``. :raises VSphereError: ``NotFound``."""
         return await self._call(
-            "vsphere.find_datastore", lambda: self._host_datastore(self._host(host), name)
+            "vsphere.find_datastore",
+            lambda: self._inventory.host_datastore(self._inventory.host(host), name),
         )
 
     async def find_resource_pool(self, host: str) -> vim.ResourcePool:
         """The pool VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
         return await self._call(
-            "vsphere.find_resource_pool", lambda: self._pool_for(self._host(host))
+            "vsphere.find_resource_pool",
+            lambda: self._inventory.pool_for(self._inventory.host(host), self._resource_pool),
         )
 
     async def find_folder(self, host: str) -> vim.Folder:
         """The folder VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
-        return await self._call("vsphere.find_folder", lambda: self._folder_for(self._host(host)))
+        return await self._call(
+            "vsphere.find_folder",
+            lambda: self._inventory.folder_for(self._inventory.host(host), self._vm_folder),
+        )
 
     # -- NFS datastores ---------------------------------------------------------------------------
-
-    def _nfs_max_volumes(self, host: vim.HostSystem) -> int:
-        options = host.configManager.advancedOption
-        if options is None:
-            return DEFAULT_NFS_MAX_VOLUMES
-        try:
-            values = options.QueryView("NFS.MaxVolumes")
-        except vim.fault.InvalidName:
-            # Not reported (the govmomi simulator has no NFS.* options): ESXi's default applies.
-            return DEFAULT_NFS_MAX_VOLUMES
-        for value in values:
-            if value.key == "NFS.MaxVolumes" and isinstance(value.value, int | str):
-                try:
-                    return int(value.value)
-                except ValueError:
-                    break
-        return DEFAULT_NFS_MAX_VOLUMES
-
-    def _mounted_nfs(self, host: vim.HostSystem) -> list[str]:
-        # "NFS" is NFSv3, which NFS.MaxVolumes limits ("NFS41" has a limit of its own).
-        return [name for _ds, name, kind in self._datastores_of(host) if kind == "NFS"]
 
     async def nfs_volumes(self, host: str) -> tuple[int, int]:
         """(NFSv3 datastores mounted on ``host``, its ``NFS.MaxVolumes``)."""
 
         def count() -> tuple[int, int]:
-            system = self._host(host)
-            return len(self._mounted_nfs(system)), self._nfs_max_volumes(system)
+            system = self._inventory.host(host)
+            return len(self._inventory.mounted_nfs(system)), self._inventory.nfs_max_volumes(system)
 
         return await self._call("vsphere.nfs_volumes", count)
 
@@ -505,9 +321,9 @@ class PyvmomiVSphereClient:
         """
 
         def mount() -> str:
-            system = self._host(host)
-            mounted = self._mounted_nfs(system)
-            limit = self._nfs_max_volumes(system)
+            system = self._inventory.host(host)
+            mounted = self._inventory.mounted_nfs(system)
+            limit = self._inventory.nfs_max_volumes(system)
             if len(mounted) >= limit:
                 raise NfsVolumeLimitError(
                     f"host {host} already mounts {len(mounted)} NFS datastores and its "
@@ -550,8 +366,8 @@ class PyvmomiVSphereClient:
         """
 
         def unmount() -> None:
-            system = self._host(host)
-            target = self._host_datastore(system, datastore)
+            system = self._inventory.host(host)
+            target = self._inventory.host_datastore(system, datastore)
             system_dss = system.configManager.datastoreSystem
             if system_dss is None:
                 raise VSphereError(
@@ -581,11 +397,11 @@ class PyvmomiVSphereClient:
             )
 
         def start() -> vim.Task:
-            system = self._host(host)
+            system = self._inventory.host(host)
             # vCenter would fault on an unknown datastore too; checking first gives a clear error.
-            self._host_datastore(system, match["datastore"])
-            folder = self._folder_for(system)
-            pool = self._pool_for(system)
+            self._inventory.host_datastore(system, match["datastore"])
+            folder = self._inventory.folder_for(system, self._vm_folder)
+            pool = self._inventory.pool_for(system, self._resource_pool)
             return folder.RegisterVm(vmx_path, name, False, pool, system)
 
         subject = f"{vmx_path} on host {host}"
@@ -667,9 +483,9 @@ class PyvmomiVSphereClient:
                     operation="vsphere.relocate",
                     fault="InvalidState",
                 )
-            destination = self._host_datastore(host, datastore)
+            destination = self._inventory.host_datastore(host, datastore)
             per_disk = {
-                key: self._host_datastore(host, name)
+                key: self._inventory.host_datastore(host, name)
                 for key, name in (disk_datastores or {}).items()
             }
             devices: Sequence[vim.vm.device.VirtualDevice] = (

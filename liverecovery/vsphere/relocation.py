@@ -7,20 +7,13 @@ ignores disk locators), is tested on its own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TypeVar
 
 from pyVmomi import vim
 
 from liverecovery.errors import VSphereError
+from liverecovery.vsphere.vmomi import new
 
-__all__ = ["answer_for_question", "disk_keys", "new", "relocate_spec"]
-
-D = TypeVar("D")
-
-
-def new(cls: type[D]) -> D:
-    """An empty pyVmomi data object of ``cls`` (its generated ``__init__`` is untyped)."""
-    return cls()
+__all__ = ["answer_for_question", "disk_keys", "relocate_spec"]
 
 
 def _controller_prefix(controller: vim.vm.device.VirtualDevice) -> str | None:

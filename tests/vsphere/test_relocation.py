@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from pyVmomi import vim, vmodl
 
 from liverecovery.errors import BackendError, SettingsError, VSphereError
+from liverecovery.vsphere.connection import parse_server
 from liverecovery.vsphere.faults import describe_fault, fault_name, translate
-from liverecovery.vsphere.pyvmomi_client import _parse_server
 from liverecovery.vsphere.relocation import answer_for_question, disk_keys, relocate_spec
 
 CONTROLLERS = {
@@ -214,15 +214,15 @@ hosts = st.one_of(
 )
 def test_server_addresses_parse(host: str, port: int | None, scheme: bool, path: str) -> None:
     text = ("https://" if scheme else "") + host + (f":{port}" if port else "") + path
-    assert _parse_server(text, None) == (host, port or 443, "/sdk")
+    assert parse_server(text, None) == (host, port or 443, "/sdk")
 
 
 def test_explicit_port_wins_and_ipv6_works() -> None:
-    assert _parse_server("https://[::1]:8443/sdk", None) == ("::1", 8443, "/sdk")
-    assert _parse_server("vc.example", 9443) == ("vc.example", 9443, "/sdk")
+    assert parse_server("https://[::1]:8443/sdk", None) == ("::1", 8443, "/sdk")
+    assert parse_server("vc.example", 9443) == ("vc.example", 9443, "/sdk")
 
 
 @pytest.mark.parametrize("bad", ["", "  ", "http://vc", "https://:443", "vc:99999", "vc:x"])
 def test_bad_server_addresses_are_settings_errors(bad: str) -> None:
     with pytest.raises(SettingsError):
-        _parse_server(bad, None)
+        parse_server(bad, None)
