@@ -5,8 +5,17 @@ time. Long operations are vSphere tasks: they are polled until done, with a time
 progress is passed to the caller's ``ProgressCallback``. Whatever vSphere or the network raises
 leaves as ``VSphereError`` (keeping the fault's type name) or ``BackendError``.
 
-Certificate verification is on unless the caller opts out with ``insecure=True``: pyVim itself
-silently skips verification for ``localhost``, so this module always hands it an explicit context.
+Certificate verification is on unless the caller opts out with ``insecure=True``.
+
+Example::
+
+    async with await PyvmomiVSphereClient.connect(
+        "vcenter.example", "administrator@vsphere.local", password, ca_file="vc-ca.pem"
+    ) as vsphere:
+        name = await vsphere.mount_nfs_datastore("esx01", "10.0.0.5", "/liverecovery", "lr-web01")
+        vm = await vsphere.register_vm("esx01", f"[{name}] web01/web01.vmx", "web01")
+        await vsphere.power_on(vm)
+        vm = await vsphere.relocate(vm, "ssd-01", progress=lambda done, total: ...)
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ __all__ = ["DEFAULT_NFS_MAX_VOLUMES", "PyvmomiVSphereClient"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Bound on best-effort calls made while giving up (logout, cancelling a task).
+_CLOSE_WAIT_S = 10.0
 
 _VMX_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\] ?(?P<path>.+)$")
 
@@ -153,13 +165,16 @@ class PyvmomiVSphereClient:
         return client
 
     async def aclose(self) -> None:
-        """Log out and drop the connections; closing twice is a no-op."""
+        """Log out and drop the connections; closing twice is a no-op.
+
+        Waits at most ``_CLOSE_WAIT_S`` for the logout: a dead server must not hold up shutdown.
+        """
         if self._closed:
             return
         self._closed = True
         si = self._si
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(pyvim_connect.Disconnect, si)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
+            await anyio.to_thread.run_sync(pyvim_connect.Disconnect, si, abandon_on_cancel=True)
 
     async def __aenter__(self) -> PyvmomiVSphereClient:
         return self
@@ -240,8 +255,8 @@ class PyvmomiVSphereClient:
             except (vmodl.MethodFault, OSError) as exc:
                 logger.warning("could not cancel vSphere task %s: %s", task._moId, exc)
 
-        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
-            await anyio.to_thread.run_sync(cancel, limiter=self._limiter)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
+            await anyio.to_thread.run_sync(cancel, abandon_on_cancel=True)
 
     async def _answer_question(self, operation: str, vm: vim.VirtualMachine, subject: str) -> None:
         def answer() -> vim.vm.QuestionInfo | None:
