@@ -24,13 +24,13 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
-from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.backends import ProgressCallback, VmRef, VSphereClient
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
@@ -521,3 +521,10 @@ class PyvmomiVSphereClient:
         ref = await self._call("vsphere.relocate", lambda: self._vm_ref(target))
         logger.info("relocated %s to datastore %s", vm.name, datastore)
         return ref
+
+
+if TYPE_CHECKING:
+
+    def _implements_protocol(client: PyvmomiVSphereClient) -> VSphereClient:
+        """mypy checks here that the client still satisfies the ``VSphereClient`` protocol."""
+        return client
