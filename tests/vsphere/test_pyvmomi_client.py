@@ -213,20 +213,21 @@ async def test_nfs_max_volumes_missing_option_means_esxi_default(
 async def test_nfs_max_volumes_option_is_respected(
     client: PyvmomiVSphereClient, inventory: Inventory, datastore_name: Callable[[], str]
 ) -> None:
-    baseline = inventory.snapshot()
-    options = inventory.host().configManager.advancedOption
-    options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=1)])
-    first, second = datastore_name(), datastore_name()
-    try:
-        assert await client.nfs_volumes(HOST) == (0, 1)
-        await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/a", first)
-        with pytest.raises(NfsVolumeLimitError, match=r"already mounts 1 NFS datastores.*is 1"):
-            await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/b", second)
-        assert (HOST, second) not in inventory.snapshot().host_datastores
-        await client.unmount_datastore(HOST, first)
-    finally:
-        options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=8)])
-    assert inventory.snapshot() == baseline
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        options = inventory.host().configManager.advancedOption
+        options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=1)])
+        first, second = datastore_name(), datastore_name()
+        try:
+            assert await client.nfs_volumes(HOST) == (0, 1)
+            await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/a", first)
+            with pytest.raises(NfsVolumeLimitError, match=r"already mounts 1 NFS datastores.*is 1"):
+                await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/b", second)
+            assert (HOST, second) not in inventory.snapshot().host_datastores
+            await client.unmount_datastore(HOST, first)
+        finally:
+            options.UpdateValues([vim.option.OptionValue(key="NFS.MaxVolumes", value=8)])
+        assert inventory.snapshot() == baseline
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -238,35 +239,36 @@ async def test_power_on_twice_is_invalid_power_state(
     datastore_name: Callable[[], str],
     make_vm_files: Callable[..., VmFiles],
 ) -> None:
-    baseline = inventory.snapshot()
-    ds = datastore_name()
-    files = make_vm_files(ds)
-    await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
-    vm = await client.register_vm(HOST, files.vmx_path, files.name)
-    await client.power_on(vm)
-    with pytest.raises(VSphereError) as caught:
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        ds = datastore_name()
+        files = make_vm_files(ds)
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
+        vm = await client.register_vm(HOST, files.vmx_path, files.name)
         await client.power_on(vm)
-    error = caught.value
-    assert (error.fault, error.operation) == ("InvalidPowerState", "vsphere.power_on")
-    assert "existingState=poweredOn" in str(error)
+        with pytest.raises(VSphereError) as caught:
+            await client.power_on(vm)
+        error = caught.value
+        assert (error.fault, error.operation) == ("InvalidPowerState", "vsphere.power_on")
+        assert "existingState=poweredOn" in str(error)
 
-    with pytest.raises(VSphereError) as in_use:
-        await client.unmount_datastore(HOST, ds)
-    assert in_use.value.fault == "ResourceInUse"
-    with pytest.raises(VSphereError) as powered_on:
+        with pytest.raises(VSphereError) as in_use:
+            await client.unmount_datastore(HOST, ds)
+        assert in_use.value.fault == "ResourceInUse"
+        with pytest.raises(VSphereError) as powered_on:
+            await client.unregister_vm(vm)
+        assert powered_on.value.fault == "InvalidPowerState"
+
+        await client.power_off(vm)
         await client.unregister_vm(vm)
-    assert powered_on.value.fault == "InvalidPowerState"
-
-    await client.power_off(vm)
-    await client.unregister_vm(vm)
-    with pytest.raises(VSphereError) as gone:
-        await client.power_on(vm)
-    assert gone.value.fault == "ManagedObjectNotFound"
-    await client.unmount_datastore(HOST, ds)
-    with pytest.raises(VSphereError) as not_mounted:
+        with pytest.raises(VSphereError) as gone:
+            await client.power_on(vm)
+        assert gone.value.fault == "ManagedObjectNotFound"
         await client.unmount_datastore(HOST, ds)
-    assert not_mounted.value.fault == "NotFound"
-    assert inventory.snapshot() == baseline
+        with pytest.raises(VSphereError) as not_mounted:
+            await client.unmount_datastore(HOST, ds)
+        assert not_mounted.value.fault == "NotFound"
+        assert inventory.snapshot() == baseline
 
 
 async def test_register_missing_vmx_is_a_fault_and_leaves_no_vm(
@@ -275,18 +277,22 @@ async def test_register_missing_vmx_is_a_fault_and_leaves_no_vm(
     datastore_name: Callable[[], str],
     make_vm_files: Callable[..., VmFiles],
 ) -> None:
-    baseline = inventory.snapshot()
-    ds = datastore_name()
-    files = make_vm_files(ds, vmx=False)
-    await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
-    try:
-        with pytest.raises(VSphereError) as caught:
-            await client.register_vm(HOST, files.vmx_path, files.name)
-        assert (caught.value.fault, caught.value.operation) == ("NotFound", "vsphere.register_vm")
-        assert files.name not in inventory.vm_names()
-    finally:
-        await client.unmount_datastore(HOST, ds)
-    assert inventory.snapshot() == baseline
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        ds = datastore_name()
+        files = make_vm_files(ds, vmx=False)
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
+        try:
+            with pytest.raises(VSphereError) as caught:
+                await client.register_vm(HOST, files.vmx_path, files.name)
+            assert (caught.value.fault, caught.value.operation) == (
+                "NotFound",
+                "vsphere.register_vm",
+            )
+            assert files.name not in inventory.vm_names()
+        finally:
+            await client.unmount_datastore(HOST, ds)
+        assert inventory.snapshot() == baseline
 
 
 @pytest.mark.parametrize(
@@ -300,44 +306,48 @@ async def test_register_missing_vmx_is_a_fault_and_leaves_no_vm(
 async def test_register_rejects_bad_paths(
     client: PyvmomiVSphereClient, inventory: Inventory, path: str, fault: str
 ) -> None:
-    baseline = inventory.snapshot()
-    with pytest.raises(VSphereError) as caught:
-        await client.register_vm(HOST, path, "bad")
-    assert caught.value.fault == fault
-    assert inventory.snapshot() == baseline
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        with pytest.raises(VSphereError) as caught:
+            await client.register_vm(HOST, path, "bad")
+        assert caught.value.fault == fault
+        assert inventory.snapshot() == baseline
 
 
 async def test_mount_duplicate_name_is_a_fault(
     client: PyvmomiVSphereClient, inventory: Inventory, datastore_name: Callable[[], str]
 ) -> None:
-    baseline = inventory.snapshot()
-    ds = datastore_name()
-    await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/one", ds)
-    try:
-        with pytest.raises(VSphereError) as caught:
-            await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/two", ds)
-        assert caught.value.fault == "DuplicateName"
-        assert ds in str(caught.value)
-    finally:
-        await client.unmount_datastore(HOST, ds)
-    assert inventory.snapshot() == baseline
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        ds = datastore_name()
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/one", ds)
+        try:
+            with pytest.raises(VSphereError) as caught:
+                await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export/two", ds)
+            assert caught.value.fault == "DuplicateName"
+            assert ds in str(caught.value)
+        finally:
+            await client.unmount_datastore(HOST, ds)
+        assert inventory.snapshot() == baseline
 
 
 async def test_unknown_host_is_not_found(client: PyvmomiVSphereClient) -> None:
-    with pytest.raises(VSphereError) as caught:
-        await client.mount_nfs_datastore("esx-nowhere", NFS_SERVER, "/export", "x")
-    assert caught.value.fault == "NotFound"
-    assert "esx-nowhere" in str(caught.value)
+    with anyio.fail_after(30):
+        with pytest.raises(VSphereError) as caught:
+            await client.mount_nfs_datastore("esx-nowhere", NFS_SERVER, "/export", "x")
+        assert caught.value.fault == "NotFound"
+        assert "esx-nowhere" in str(caught.value)
 
 
 async def test_lookups_by_name(client: PyvmomiVSphereClient) -> None:
-    host = await client.find_host(HOST)
-    assert host.name == HOST
-    assert (await client.find_datastore(HOST, LOCAL_DS)).name == LOCAL_DS
-    pool = await client.find_resource_pool(HOST)
-    assert pool == host.parent.resourcePool
-    folder = await client.find_folder(HOST)
-    assert folder.name == "vm"
+    with anyio.fail_after(30):
+        host = await client.find_host(HOST)
+        assert host.name == HOST
+        assert (await client.find_datastore(HOST, LOCAL_DS)).name == LOCAL_DS
+        pool = await client.find_resource_pool(HOST)
+        assert pool == host.parent.resourcePool
+        folder = await client.find_folder(HOST)
+        assert folder.name == "vm"
 
 
 async def test_named_resource_pool_and_folder(
@@ -346,50 +356,51 @@ async def test_named_resource_pool_and_folder(
     datastore_name: Callable[[], str],
     make_vm_files: Callable[..., VmFiles],
 ) -> None:
-    baseline = inventory.snapshot()
-    root_pool = inventory.host().parent.resourcePool
-    datacenter = inventory.host().parent.parent.parent
-    pool = root_pool.CreateResourcePool(
-        "lr-pool",
-        vim.ResourceConfigSpec(
-            cpuAllocation=vim.ResourceAllocationInfo(
-                limit=-1,
-                reservation=0,
-                expandableReservation=True,
-                shares=vim.SharesInfo(level="normal"),
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        root_pool = inventory.host().parent.resourcePool
+        datacenter = inventory.host().parent.parent.parent
+        pool = root_pool.CreateResourcePool(
+            "lr-pool",
+            vim.ResourceConfigSpec(
+                cpuAllocation=vim.ResourceAllocationInfo(
+                    limit=-1,
+                    reservation=0,
+                    expandableReservation=True,
+                    shares=vim.SharesInfo(level="normal"),
+                ),
+                memoryAllocation=vim.ResourceAllocationInfo(
+                    limit=-1,
+                    reservation=0,
+                    expandableReservation=True,
+                    shares=vim.SharesInfo(level="normal"),
+                ),
             ),
-            memoryAllocation=vim.ResourceAllocationInfo(
-                limit=-1,
-                reservation=0,
-                expandableReservation=True,
-                shares=vim.SharesInfo(level="normal"),
-            ),
-        ),
-    )
-    folder = datacenter.vmFolder.CreateFolder("lr-folder")
-    try:
-        async with await PyvmomiVSphereClient.connect(
-            simulator.server,
-            simulator.user,
-            simulator.password,
-            ca_file=simulator.ca_file,
-            resource_pool="lr-pool",
-            vm_folder="lr-folder",
-            poll_interval=0.01,
-        ) as client:
-            ds = datastore_name()
-            files = make_vm_files(ds)
-            await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
-            vm = await client.register_vm(HOST, files.vmx_path, files.name)
-            registered = inventory.vm(files.name)
-            assert registered.resourcePool == pool
-            assert registered.parent == folder
-            await client.unregister_vm(vm)
-            await client.unmount_datastore(HOST, ds)
-    finally:
-        folder.Destroy()
-        pool.Destroy()
-    assert inventory.snapshot() == baseline
+        )
+        folder = datacenter.vmFolder.CreateFolder("lr-folder")
+        try:
+            async with await PyvmomiVSphereClient.connect(
+                simulator.server,
+                simulator.user,
+                simulator.password,
+                ca_file=simulator.ca_file,
+                resource_pool="lr-pool",
+                vm_folder="lr-folder",
+                poll_interval=0.01,
+            ) as client:
+                ds = datastore_name()
+                files = make_vm_files(ds)
+                await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
+                vm = await client.register_vm(HOST, files.vmx_path, files.name)
+                registered = inventory.vm(files.name)
+                assert registered.resourcePool == pool
+                assert registered.parent == folder
+                await client.unregister_vm(vm)
+                await client.unmount_datastore(HOST, ds)
+        finally:
+            folder.Destroy()
+            pool.Destroy()
+        assert inventory.snapshot() == baseline
 
 
 async def test_relocate_with_per_disk_datastores(
@@ -399,44 +410,45 @@ async def test_relocate_with_per_disk_datastores(
     datastore_name: Callable[[], str],
     make_vm_files: Callable[..., VmFiles],
 ) -> None:
-    baseline = inventory.snapshot()
-    ds = datastore_name()
-    files = make_vm_files(ds)
-    await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
-    vm = await client.register_vm(HOST, files.vmx_path, files.name)
-    changes = []
-    for bus, controller_key in ((0, 200), (1, 201)):
-        disk_file = f"{files.name}_{bus}.vmdk"
-        folder = simulator.nfs_root / ds / files.folder
-        (folder / disk_file).write_bytes(b"")
-        (folder / disk_file.replace(".vmdk", "-flat.vmdk")).write_bytes(b"")
-        backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-            fileName=f"[{ds}] {files.folder}/{disk_file}", diskMode="persistent"
-        )
-        disk = vim.vm.device.VirtualDisk(
-            key=-(bus + 1),
-            controllerKey=controller_key,
-            unitNumber=0,
-            capacityInKB=1024,
-            backing=backing,
-        )
-        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=disk))
-    await client.reconfigure(vm, vim.vm.ConfigSpec(deviceChange=changes))
-    await client.power_on(vm)
+    with anyio.fail_after(30):
+        baseline = inventory.snapshot()
+        ds = datastore_name()
+        files = make_vm_files(ds)
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, "/export", ds)
+        vm = await client.register_vm(HOST, files.vmx_path, files.name)
+        changes = []
+        for bus, controller_key in ((0, 200), (1, 201)):
+            disk_file = f"{files.name}_{bus}.vmdk"
+            folder = simulator.nfs_root / ds / files.folder
+            (folder / disk_file).write_bytes(b"")
+            (folder / disk_file.replace(".vmdk", "-flat.vmdk")).write_bytes(b"")
+            backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{ds}] {files.folder}/{disk_file}", diskMode="persistent"
+            )
+            disk = vim.vm.device.VirtualDisk(
+                key=-(bus + 1),
+                controllerKey=controller_key,
+                unitNumber=0,
+                capacityInKB=1024,
+                backing=backing,
+            )
+            changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=disk))
+        await client.reconfigure(vm, vim.vm.ConfigSpec(deviceChange=changes))
+        await client.power_on(vm)
 
-    with pytest.raises(VSphereError) as caught:
-        await client.relocate(vm, LOCAL_DS, disk_datastores={"scsi0:0": OTHER_LOCAL_DS})
-    assert caught.value.fault == "InvalidArgument"
-    assert "ide0:0, ide1:0" in str(caught.value)
+        with pytest.raises(VSphereError) as caught:
+            await client.relocate(vm, LOCAL_DS, disk_datastores={"scsi0:0": OTHER_LOCAL_DS})
+        assert caught.value.fault == "InvalidArgument"
+        assert "ide0:0, ide1:0" in str(caught.value)
 
-    moved = await client.relocate(
-        vm, LOCAL_DS, disk_datastores={"ide0:0": LOCAL_DS, "ide1:0": OTHER_LOCAL_DS}
-    )
-    assert [d.name for d in inventory.vm(files.name).datastore] == [LOCAL_DS]
-    await client.power_off(moved)
-    await client.unregister_vm(moved)
-    await client.unmount_datastore(HOST, ds)
-    assert inventory.snapshot() == baseline
+        moved = await client.relocate(
+            vm, LOCAL_DS, disk_datastores={"ide0:0": LOCAL_DS, "ide1:0": OTHER_LOCAL_DS}
+        )
+        assert [d.name for d in inventory.vm(files.name).datastore] == [LOCAL_DS]
+        await client.power_off(moved)
+        await client.unregister_vm(moved)
+        await client.unmount_datastore(HOST, ds)
+        assert inventory.snapshot() == baseline
 
 
 # -- task polling --------------------------------------------------------------------------------
@@ -460,16 +472,17 @@ class _StuckTask:
 async def test_task_timeout_cancels_the_task_and_reports_progress(
     client: PyvmomiVSphereClient,
 ) -> None:
-    task = _StuckTask()
-    seen: list[tuple[int, int]] = []
-    with pytest.raises(BackendError) as caught:
-        await client._wait_task(
-            "vsphere.relocate", task, time_limit=0.2, progress=lambda d, t: seen.append((d, t))
-        )
-    assert caught.value.operation == "vsphere.relocate"
-    assert isinstance(caught.value, TimeoutError)
-    assert task.cancelled
-    assert seen == [(42, 100)]
+    with anyio.fail_after(30):
+        task = _StuckTask()
+        seen: list[tuple[int, int]] = []
+        with pytest.raises(BackendError) as caught:
+            await client._wait_task(
+                "vsphere.relocate", task, time_limit=0.2, progress=lambda d, t: seen.append((d, t))
+            )
+        assert caught.value.operation == "vsphere.relocate"
+        assert isinstance(caught.value, TimeoutError)
+        assert task.cancelled
+        assert seen == [(42, 100)]
 
 
 async def test_cancelling_the_caller_cancels_the_task(client: PyvmomiVSphereClient) -> None:
@@ -526,13 +539,14 @@ async def test_unreachable_server_is_backend_error() -> None:
 
 
 async def test_closed_client_refuses_calls(simulator: Simulator) -> None:
-    client = await PyvmomiVSphereClient.connect(
-        simulator.server, simulator.user, simulator.password, ca_file=simulator.ca_file
-    )
-    await client.aclose()
-    await client.aclose()
-    with pytest.raises(BackendError, match="closed"):
-        await client.find_host(HOST)
+    with anyio.fail_after(30):
+        client = await PyvmomiVSphereClient.connect(
+            simulator.server, simulator.user, simulator.password, ca_file=simulator.ca_file
+        )
+        await client.aclose()
+        await client.aclose()
+        with pytest.raises(BackendError, match="closed"):
+            await client.find_host(HOST)
 
 
 # -- concurrency ---------------------------------------------------------------------------------
