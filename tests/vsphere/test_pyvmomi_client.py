@@ -84,6 +84,33 @@ async def test_full_sequence_leaves_nothing_behind(
     assert inventory.snapshot() == baseline
 
 
+async def test_job_success_path_unmounts_under_the_running_migrated_vm(
+    client: PyvmomiVSphereClient,
+    inventory: Inventory,
+    datastore_name: Callable[[], str],
+    make_vm_files: Callable[..., VmFiles],
+) -> None:
+    """A completed job: the VM keeps running on its destination while the NFS datastore goes."""
+    baseline = inventory.snapshot()
+    ds = datastore_name()
+    files = make_vm_files(ds)
+    with anyio.fail_after(30):
+        await client.mount_nfs_datastore(HOST, NFS_SERVER, f"/export/{ds}", ds)
+        vm = await client.register_vm(HOST, files.vmx_path, files.name)
+        await client.power_on(vm)
+        moved = await client.relocate(vm, LOCAL_DS)
+        await client.unmount_datastore(HOST, ds)
+
+        after = inventory.snapshot()
+        assert (HOST, ds) not in after.host_datastores
+        assert after.host_datastores == baseline.host_datastores
+        assert after.vms == baseline.vms | {(files.name, "poweredOn", (LOCAL_DS,))}
+
+        await client.power_off(moved)
+        await client.unregister_vm(moved)
+    assert inventory.snapshot() == baseline
+
+
 # -- rollback ------------------------------------------------------------------------------------
 
 
