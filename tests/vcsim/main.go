@@ -14,7 +14,8 @@
 // It serves https on -l (default 127.0.0.1:0, a port the OS picks) with a fresh self-signed
 // certificate, writes that certificate as PEM to -cert when given, then prints one line on stdout:
 // the service URL, e.g. https://user:pass@127.0.0.1:41234/sdk. It runs until SIGINT or SIGTERM,
-// then removes the temporary directories of the model's local datastores.
+// then removes the temporary directories of the model's local datastores; with -exit-on-stdin-eof
+// it also stops when its stdin closes, so a test runner that dies leaves no simulator behind.
 //
 // The simulator keeps a NAS datastore's files in the directory named by its localPath, relative
 // to this process's working directory.
@@ -30,6 +31,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/big"
 	"net"
@@ -297,6 +299,7 @@ func main() {
 	vms := flag.Int("vm", 0, "VMs per resource pool")
 	username := flag.String("username", "user", "the only user name Login accepts")
 	password := flag.String("password", "pass", "the only password Login accepts")
+	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "also stop when stdin reaches EOF (the parent died)")
 	flag.Parse()
 	log.SetPrefix("vcsim: ")
 
@@ -336,6 +339,12 @@ func main() {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	if *stdinEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop <- syscall.SIGTERM
+		}()
+	}
 
 	server := model.Service.NewServer()
 	fmt.Println(server.URL.String())

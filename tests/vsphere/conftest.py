@@ -82,8 +82,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +125,12 @@ def simulator(
             "2",
             "-vm",
             "0",
+            "-exit-on-stdin-eof",
             *extra_args,
         ],
         cwd=nfs_root,
         env={**os.environ, "TMPDIR": str(local)},
+        stdin=subprocess.PIPE,  # closed when this process dies: the simulator then exits too
         stdout=subprocess.PIPE,
         stderr=log,
         start_new_session=True,
