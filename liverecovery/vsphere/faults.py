@@ -44,6 +44,7 @@ def describe_fault(fault: vmodl.MethodFault) -> str:
     """``msg`` plus the fault's own simple properties (``requestedState=poweredOn``...)."""
     parts: list[str] = []
     msg = getattr(fault, "msg", None)
+    # "*types.X" is no message: the govmomi simulator's placeholder (its Go type name).
     if isinstance(msg, str) and msg and not msg.startswith("*types."):
         parts.append(msg)
     for message in getattr(fault, "faultMessage", None) or ():
