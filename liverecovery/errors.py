@@ -25,6 +25,7 @@ __all__ = [
     "NfsClientError",
     "NfsError",
     "NfsStatus",
+    "NfsVolumeLimitError",
     "PasskeyError",
     "PreflightError",
     "RollbackError",
@@ -87,6 +88,16 @@ class PasskeyError(PreflightError):
 
 class CacheSpaceError(PreflightError):
     """The cache filesystem has less free space than the job needs."""
+
+
+class NfsVolumeLimitError(PreflightError):
+    """The ESX host already mounts as many NFS datastores as its ``NFS.MaxVolumes`` allows."""
+
+    def __init__(self, message: str, *, host: str = "", mounted: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.host = host
+        self.mounted = mounted
+        self.limit = limit
 
 
 # -- outside systems -----------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""vSphere backends: ``pyvmomi_client`` talks to real vCenter Server or ESXi."""

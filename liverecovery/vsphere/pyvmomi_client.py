@@ -1,0 +1,530 @@
+"""The ``VSphereClient`` for real vCenter Server or standalone ESXi, through pyVmomi.
+
+pyVmomi is blocking, so every SOAP call runs in a worker thread (``anyio.to_thread``), a few at a
+time. Long operations are vSphere tasks: they are polled until done, with a timeout, and their
+progress is passed to the caller's ``ProgressCallback``. Whatever vSphere or the network raises
+leaves as ``VSphereError`` (keeping the fault's type name) or ``BackendError``.
+
+Certificate verification is on unless the caller opts out with ``insecure=True``.
+
+Example::
+
+    async with await PyvmomiVSphereClient.connect(
+        "vcenter.example", "administrator@vsphere.local", password, ca_file="vc-ca.pem"
+    ) as vsphere:
+        name = await vsphere.mount_nfs_datastore("esx01", "10.0.0.5", "/liverecovery", "lr-web01")
+        vm = await vsphere.register_vm("esx01", f"[{name}] web01/web01.vmx", "web01")
+        await vsphere.power_on(vm)
+        vm = await vsphere.relocate(vm, "ssd-01", progress=lambda done, total: ...)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import anyio
+from pyVim import connect as pyvim_connect
+from pyVmomi import vim, vmodl
+
+from liverecovery.backends import ProgressCallback, VmRef, VSphereClient
+from liverecovery.errors import (
+    BackendError,
+    BackendTimeoutError,
+    NfsVolumeLimitError,
+    VSphereError,
+)
+from liverecovery.vsphere.connection import parse_server, ssl_context
+from liverecovery.vsphere.faults import fault_error, translate
+from liverecovery.vsphere.inventory import DEFAULT_NFS_MAX_VOLUMES, VSphereInventory
+from liverecovery.vsphere.relocation import answer_for_question, relocate_spec
+from liverecovery.vsphere.vmomi import managed_object, new
+
+__all__ = ["DEFAULT_NFS_MAX_VOLUMES", "PyvmomiVSphereClient"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Bound on best-effort calls made while giving up (logout, cancelling a task).
+_CLOSE_WAIT_S = 10.0
+
+_VMX_PATH = re.compile(r"^\[(?P<datastore>[^\]]+)\] ?(?P<path>.+)$")
+
+
+def _subject(vm: VmRef) -> str:
+    return f"VM {vm.name} ({vm.moref})"
+
+
+class PyvmomiVSphereClient:
+    """**VSphereClient** for vCenter Server or a standalone ESXi host.
+
+    Build it with :meth:`connect` (or from an existing pyVmomi session and its content).
+    Hosts, datastores, resource pools and folders are found by name. VMs are registered into
+    ``vm_folder`` (default: the host's datacenter VM folder) and ``resource_pool`` (default: the
+    root pool of the host's cluster or standalone host). The ``find_*`` methods return pyVmomi
+    managed objects: reading their properties is a blocking SOAP call.
+    """
+
+    def __init__(
+        self,
+        service_instance: vim.ServiceInstance,
+        content: vim.ServiceInstanceContent,
+        *,
+        server: str,
+        vm_folder: str | None = None,
+        resource_pool: str | None = None,
+        task_timeout: float = 600.0,
+        relocate_timeout: float = 7 * 24 * 3600.0,
+        poll_interval: float = 0.5,
+        max_concurrent_calls: int = 4,
+    ) -> None:
+        self._si = service_instance
+        self._content = content
+        self._inventory = VSphereInventory(content, server)
+        self._server = server
+        self._vm_folder = vm_folder
+        self._resource_pool = resource_pool
+        self._task_timeout = task_timeout
+        self._relocate_timeout = relocate_timeout
+        self._poll_interval = poll_interval
+        self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
+        # Check-then-mount must be atomic per host, or concurrent jobs overshoot NFS.MaxVolumes.
+        self._mount_locks: dict[str, anyio.Lock] = {}
+        self._closed = False
+
+    # -- connection ------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        server: str,
+        user: str,
+        password: str,
+        *,
+        port: int | None = None,
+        insecure: bool = False,
+        ca_file: str | Path | None = None,
+        http_timeout: float = 120.0,
+        vm_folder: str | None = None,
+        resource_pool: str | None = None,
+        task_timeout: float = 600.0,
+        relocate_timeout: float = 7 * 24 * 3600.0,
+        poll_interval: float = 0.5,
+    ) -> PyvmomiVSphereClient:
+        """Log in to ``server`` (``host``, ``host:port`` or ``https://host:port/sdk``).
+
+        The server's certificate must verify against the system CAs or ``ca_file``;
+        ``insecure=True`` skips verification (and logs a warning).
+
+        :raises SettingsError: malformed ``server`` or unreadable ``ca_file``.
+        :raises VSphereError: the server refused the login (fault ``InvalidLogin``...).
+        :raises BackendError: the server cannot be reached or its certificate is not trusted.
+        """
+        host, real_port, path = parse_server(server, port)
+        context = ssl_context(insecure, ca_file)
+        where = f"{host}:{real_port}"
+        if insecure:
+            logger.warning("TLS certificate verification is disabled for vSphere server %s", where)
+
+        def login() -> tuple[vim.ServiceInstance, vim.ServiceInstanceContent]:
+            smart_connect = cast(Callable[..., vim.ServiceInstance], pyvim_connect.SmartConnect)
+            si = smart_connect(
+                protocol="https",
+                host=host,
+                port=real_port,
+                path=path,
+                user=user,
+                pwd=password,
+                sslContext=context,
+                httpConnectionTimeout=http_timeout,
+            )
+            return si, si.RetrieveContent()
+
+        try:
+            si, content = await anyio.to_thread.run_sync(login)
+        except Exception as exc:
+            error = translate(exc, "vsphere.connect", where)
+            if error is None:
+                raise
+            raise error from exc
+        client = cls(
+            si,
+            content,
+            server=where,
+            vm_folder=vm_folder,
+            resource_pool=resource_pool,
+            task_timeout=task_timeout,
+            relocate_timeout=relocate_timeout,
+            poll_interval=poll_interval,
+        )
+        logger.info("connected to %s (%s)", where, client._content.about.fullName)
+        return client
+
+    async def aclose(self) -> None:
+        """Log out and drop the connections; closing twice is a no-op.
+
+        Waits at most ``_CLOSE_WAIT_S`` for the logout: a dead server must not hold up shutdown.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        si = self._si
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
+            await anyio.to_thread.run_sync(pyvim_connect.Disconnect, si, abandon_on_cancel=True)
+
+    async def __aenter__(self) -> PyvmomiVSphereClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def service_instance(self) -> vim.ServiceInstance:
+        """The pyVmomi service instance, for calls this client does not wrap."""
+        return self._si
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    async def _call(self, operation: str, fn: Callable[[], T], subject: str = "") -> T:
+        """Run blocking pyVmomi code in a worker thread; translate what it raises."""
+        if self._closed:
+            raise BackendError(f"{operation}: the vSphere client is closed", operation=operation)
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+        except Exception as exc:
+            error = translate(exc, operation, self._server, subject)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _wait_task(
+        self,
+        operation: str,
+        task: vim.Task,
+        *,
+        time_limit: float,
+        progress: ProgressCallback | None = None,
+        vm: vim.VirtualMachine | None = None,
+        subject: str = "",
+    ) -> Any:
+        """Poll ``task`` until it ends; its result, or its fault as ``VSphereError``.
+
+        With ``vm``, a pending VM question is answered when it is the "moved or copied?" one
+        and reported as an error otherwise (the task would never finish on its own). On timeout
+        or cancellation the task is cancelled in vSphere, best effort.
+        """
+        last_progress: int | None = None
+        try:
+            with anyio.fail_after(time_limit):
+                while True:
+                    info = await self._call(operation, lambda: task.info, subject)
+                    if info.state == vim.TaskInfo.State.success:
+                        if progress is not None:
+                            progress(100, 100)
+                        return info.result
+                    if info.state == vim.TaskInfo.State.error:
+                        fault = info.error or new(vmodl.MethodFault)
+                        raise fault_error(fault, operation, self._server, subject)
+                    done = info.progress
+                    if progress is not None and done is not None and done != last_progress:
+                        last_progress = done
+                        progress(done, 100)
+                    if vm is not None:
+                        await self._answer_question(operation, vm, subject)
+                    await anyio.sleep(self._poll_interval)
+        except TimeoutError:
+            await self._cancel_task(task)
+            what = f"{operation} of {subject}" if subject else operation
+            raise BackendTimeoutError(
+                f"{what} on {self._server} did not finish within {time_limit:g} s",
+                operation=operation,
+            ) from None
+        except anyio.get_cancelled_exc_class():
+            await self._cancel_task(task)
+            raise
+
+    async def _cancel_task(self, task: vim.Task) -> None:
+        def cancel() -> None:
+            try:
+                if task.info.cancelable:
+                    task.Cancel()
+            except (vmodl.MethodFault, OSError) as exc:
+                logger.warning("could not cancel vSphere task %s: %s", task._moId, exc)
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
+            await anyio.to_thread.run_sync(cancel, abandon_on_cancel=True)
+
+    async def _answer_question(self, operation: str, vm: vim.VirtualMachine, subject: str) -> None:
+        def answer() -> vim.vm.QuestionInfo | None:
+            question = vm.runtime.question
+            if question is None:
+                return None
+            choice = answer_for_question(question)
+            if choice is None:
+                return question
+            logger.info("answering VM question %r with choice %s", question.text, choice)
+            vm.Answer(question.id, choice)
+            return None
+
+        unanswered = await self._call(operation, answer, subject)
+        if unanswered is not None:
+            raise VSphereError(
+                f"{operation} of {subject or vm._moId}: the VM waits for an answer to: "
+                f"{unanswered.text}",
+                operation=operation,
+                fault="VirtualMachineQuestion",
+            )
+
+    def _vm(self, vm: VmRef) -> vim.VirtualMachine:
+        return managed_object(vim.VirtualMachine, vm.moref, self._si._stub)
+
+    def _vm_ref(self, vm: vim.VirtualMachine) -> VmRef:
+        return VmRef(moref=vm._moId, name=vm.name, vmx_path=vm.summary.config.vmPathName)
+
+    # -- lookups --------------------------------------------------------------------------
+
+    async def find_host(self, name: str) -> vim.HostSystem:
+        """The host called ``name``. :raises VSphereError: none (``NotFound``) or several."""
+        return await self._call("vsphere.find_host", lambda: self._inventory.host(name))
+
+    async def find_datastore(self, host: str, name: str) -> vim.Datastore:
+        """The datastore ``name`` as mounted on ``host``. :raises VSphereError: ``NotFound``."""
+        return await self._call(
+            "vsphere.find_datastore",
+            lambda: self._inventory.host_datastore(self._inventory.host(host), name),
+        )
+
+    async def find_resource_pool(self, host: str) -> vim.ResourcePool:
+        """The pool VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
+        return await self._call(
+            "vsphere.find_resource_pool",
+            lambda: self._inventory.pool_for(self._inventory.host(host), self._resource_pool),
+        )
+
+    async def find_folder(self, host: str) -> vim.Folder:
+        """The folder VMs registered on ``host`` go to. :raises VSphereError: ``NotFound``."""
+        return await self._call(
+            "vsphere.find_folder",
+            lambda: self._inventory.folder_for(self._inventory.host(host), self._vm_folder),
+        )
+
+    # -- NFS datastores ---------------------------------------------------------------------------
+
+    async def nfs_volumes(self, host: str) -> tuple[int, int]:
+        """(NFSv3 datastores mounted on ``host``, its ``NFS.MaxVolumes``)."""
+
+        def count() -> tuple[int, int]:
+            system = self._inventory.host(host)
+            return len(self._inventory.mounted_nfs(system)), self._inventory.nfs_max_volumes(system)
+
+        return await self._call("vsphere.nfs_volumes", count)
+
+    async def mount_nfs_datastore(
+        self, host: str, remote_host: str, remote_path: str, datastore: str
+    ) -> str:
+        """Mount the NFSv3 export ``remote_host:remote_path`` on ``host`` as ``datastore``.
+
+        First checks that the host may mount one more NFS volume; mounts on one host through
+        this client are serialized so concurrent jobs cannot overshoot the limit together.
+
+        :raises NfsVolumeLimitError: the host already mounts ``NFS.MaxVolumes`` NFS datastores.
+        :raises VSphereError: the mount failed (``DuplicateName``, ``HostConfigFault``...).
+        """
+
+        def mount() -> str:
+            system = self._inventory.host(host)
+            mounted = self._inventory.mounted_nfs(system)
+            limit = self._inventory.nfs_max_volumes(system)
+            if len(mounted) >= limit:
+                raise NfsVolumeLimitError(
+                    f"host {host} already mounts {len(mounted)} NFS datastores and its "
+                    f"NFS.MaxVolumes is {limit}: unmount one ({', '.join(sorted(mounted))}) "
+                    "or raise NFS.MaxVolumes before mounting datastore "
+                    f"{datastore!r}",
+                    host=host,
+                    mounted=len(mounted),
+                    limit=limit,
+                )
+            spec = new(vim.host.NasVolume.Specification)
+            spec.remoteHost = remote_host
+            spec.remotePath = remote_path
+            spec.localPath = datastore
+            spec.accessMode = vim.host.MountInfo.AccessMode.readWrite
+            spec.type = vim.host.FileSystemVolume.FileSystemType.NFS
+            system_dss = system.configManager.datastoreSystem
+            if system_dss is None:
+                raise VSphereError(
+                    f"host {host} has no datastore system",
+                    operation="vsphere.mount_nfs_datastore",
+                    fault="NotSupported",
+                )
+            created = system_dss.CreateNasDatastore(spec)
+            name: str = created.name
+            return name
+
+        subject = f"datastore {datastore!r} ({remote_host}:{remote_path}) on host {host}"
+        lock = self._mount_locks.setdefault(host, anyio.Lock())
+        async with lock:
+            name = await self._call("vsphere.mount_nfs_datastore", mount, subject)
+        logger.info("mounted %s:%s on %s as datastore %s", remote_host, remote_path, host, name)
+        return name
+
+    async def unmount_datastore(self, host: str, datastore: str) -> None:
+        """Unmount ``datastore`` from ``host`` (``HostDatastoreSystem.RemoveDatastore``).
+
+        :raises VSphereError: not mounted there (``NotFound``), or a VM still lives on it
+            (``ResourceInUse``).
+        """
+
+        def unmount() -> None:
+            system = self._inventory.host(host)
+            target = self._inventory.host_datastore(system, datastore)
+            system_dss = system.configManager.datastoreSystem
+            if system_dss is None:
+                raise VSphereError(
+                    f"host {host} has no datastore system",
+                    operation="vsphere.unmount_datastore",
+                    fault="NotSupported",
+                )
+            system_dss.RemoveDatastore(target)
+
+        await self._call("vsphere.unmount_datastore", unmount, f"{datastore!r} on host {host}")
+        logger.info("unmounted datastore %s from %s", datastore, host)
+
+    # -- VMs --------------------------------------------------------------------------------------
+
+    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+        """Register the .vmx at ``vmx_path`` (``[datastore] folder/vm.vmx``) on ``host``.
+
+        :raises VSphereError: malformed path or unknown datastore (``InvalidDatastorePath``,
+            ``NotFound``), missing files (``NotFound``), name taken (``AlreadyExists``)...
+        """
+        match = _VMX_PATH.match(vmx_path)
+        if match is None or not match["path"].endswith(".vmx"):
+            raise VSphereError(
+                f"{vmx_path!r} is not a datastore path to a .vmx ('[datastore] folder/vm.vmx')",
+                operation="vsphere.register_vm",
+                fault="InvalidDatastorePath",
+            )
+
+        def start() -> vim.Task:
+            system = self._inventory.host(host)
+            # vCenter would fault on an unknown datastore too; checking first gives a clear error.
+            self._inventory.host_datastore(system, match["datastore"])
+            folder = self._inventory.folder_for(system, self._vm_folder)
+            pool = self._inventory.pool_for(system, self._resource_pool)
+            return folder.RegisterVm(vmx_path, name, False, pool, system)
+
+        subject = f"{vmx_path} on host {host}"
+        task = await self._call("vsphere.register_vm", start, subject)
+        created = await self._wait_task(
+            "vsphere.register_vm", task, time_limit=self._task_timeout, subject=subject
+        )
+        if not isinstance(created, vim.VirtualMachine):
+            raise VSphereError(
+                f"vsphere.register_vm: the task returned {created!r}, not a VM",
+                operation="vsphere.register_vm",
+            )
+        ref = await self._call("vsphere.register_vm", lambda: self._vm_ref(created))
+        logger.info("registered %s as %s (%s)", vmx_path, ref.name, ref.moref)
+        return ref
+
+    async def unregister_vm(self, vm: VmRef) -> None:
+        """Remove the VM from the inventory; its files stay. :raises VSphereError:"""
+        await self._call("vsphere.unregister_vm", lambda: self._vm(vm).Unregister(), _subject(vm))
+        logger.info("unregistered %s (%s)", vm.name, vm.moref)
+
+    async def power_on(self, vm: VmRef) -> None:
+        """Power the VM on; answers ESXi's "moved or copied?" question with "moved".
+
+        :raises VSphereError: e.g. ``InvalidPowerState`` when it is already on.
+        """
+        target = self._vm(vm)
+        subject = _subject(vm)
+        task = await self._call("vsphere.power_on", lambda: target.PowerOn(None), subject)
+        await self._wait_task(
+            "vsphere.power_on", task, time_limit=self._task_timeout, vm=target, subject=subject
+        )
+
+    async def power_off(self, vm: VmRef) -> None:
+        """Power the VM off (hard). :raises VSphereError: e.g. ``InvalidPowerState``."""
+        target = self._vm(vm)
+        subject = _subject(vm)
+        task = await self._call("vsphere.power_off", lambda: target.PowerOff(), subject)
+        await self._wait_task(
+            "vsphere.power_off", task, time_limit=self._task_timeout, subject=subject
+        )
+
+    async def power_state(self, vm: VmRef) -> str:
+        """``poweredOn``, ``poweredOff`` or ``suspended``."""
+        return await self._call("vsphere.power_state", lambda: str(self._vm(vm).runtime.powerState))
+
+    async def reconfigure(self, vm: VmRef, spec: vim.vm.ConfigSpec) -> None:
+        """Apply a ``ReconfigVM_Task`` spec to the VM. :raises VSphereError:"""
+        target = self._vm(vm)
+        subject = _subject(vm)
+        task = await self._call("vsphere.reconfigure", lambda: target.Reconfigure(spec), subject)
+        await self._wait_task(
+            "vsphere.reconfigure", task, time_limit=self._task_timeout, subject=subject
+        )
+
+    async def relocate(
+        self,
+        vm: VmRef,
+        datastore: str,
+        progress: ProgressCallback | None = None,
+        disk_datastores: Mapping[str, str] | None = None,
+    ) -> VmRef:
+        """Storage vMotion the running VM's files to ``datastore``.
+
+        ``disk_datastores`` optionally sends disks elsewhere: .vmx disk key (``scsi0:1``) to
+        datastore name; each disk then gets its own locator. ``progress`` receives the task's
+        percentage as ``(done, 100)``.
+
+        :raises VSphereError: unknown datastore or disk key, or the migration failed.
+        :raises BackendTimeoutError: not done within ``relocate_timeout`` (the task is cancelled).
+        """
+        target = self._vm(vm)
+
+        def start() -> vim.Task:
+            host = target.runtime.host
+            if host is None:
+                raise VSphereError(
+                    f"VM {vm.name} runs on no host",
+                    operation="vsphere.relocate",
+                    fault="InvalidState",
+                )
+            destination = self._inventory.host_datastore(host, datastore)
+            per_disk = {
+                key: self._inventory.host_datastore(host, name)
+                for key, name in (disk_datastores or {}).items()
+            }
+            devices: Sequence[vim.vm.device.VirtualDevice] = (
+                target.config.hardware.device if target.config is not None else []
+            )
+            spec = relocate_spec(vm.name, devices, destination, per_disk)
+            return target.Relocate(spec, None)
+
+        subject = f"{_subject(vm)} to {datastore}"
+        task = await self._call("vsphere.relocate", start, subject)
+        await self._wait_task(
+            "vsphere.relocate",
+            task,
+            time_limit=self._relocate_timeout,
+            progress=progress,
+            subject=subject,
+        )
+        ref = await self._call("vsphere.relocate", lambda: self._vm_ref(target))
+        logger.info("relocated %s to datastore %s", vm.name, datastore)
+        return ref
+
+
+if TYPE_CHECKING:
+
+    def _implements_protocol(client: PyvmomiVSphereClient) -> VSphereClient:
+        """mypy checks here that the client still satisfies the ``VSphereClient`` protocol."""
+        return client
