@@ -138,7 +138,8 @@ class RecoveryJob:
         self._scope: anyio.CancelScope | None = None
         self._migrate_now = anyio.Event()
         self._session_held = False
-        self._bg_scope = anyio.CancelScope()
+        self._bg_scopes: list[anyio.CancelScope] = []
+        self._bg_stopped = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._restore: BackgroundRestore | None = None
         self._migrated_fraction = 0.0
@@ -273,7 +274,7 @@ class RecoveryJob:
             try:
                 await self._drive()
             finally:
-                self._bg_scope.cancel()
+                self._stop_background()
                 self._tg = None
 
     async def _drive(self) -> None:
@@ -293,13 +294,13 @@ class RecoveryJob:
                 else:
                     await self._fire("advance")
             if self.state is State.ROLLING_BACK:
-                self._bg_scope.cancel()
+                self._stop_background()
                 with anyio.CancelScope(shield=True):
                     await self._rollback()
                     await self._fire("rolled_back")
         except anyio.get_cancelled_exc_class():
             # The whole LiveRecovery is being torn down: still undo what was done.
-            self._bg_scope.cancel()
+            self._stop_background()
             with anyio.CancelScope(shield=True):
                 self._cancel_requested = True
                 if self.state not in TERMINAL_STATES:
@@ -368,14 +369,27 @@ class RecoveryJob:
             )
         )
 
+    def _background_scope(self) -> anyio.CancelScope:
+        scope = anyio.CancelScope()
+        if self._bg_stopped:
+            scope.cancel()
+        self._bg_scopes.append(scope)
+        return scope
+
+    def _stop_background(self) -> None:
+        """Stop background restore and progress reports (before cleanup or rollback)."""
+        self._bg_stopped = True
+        for scope in self._bg_scopes:
+            scope.cancel()
+
     async def _report_progress(self) -> None:
-        with self._bg_scope:
+        with self._background_scope():
             while True:
                 await anyio.sleep(self._ctx.settings.progress_interval_s)
                 self._progress()
 
     async def _background_restore(self, restore: BackgroundRestore) -> None:
-        with self._bg_scope:
+        with self._background_scope():
             await restore.run()
             self._progress()
 
@@ -554,7 +568,7 @@ class RecoveryJob:
         self._progress()
 
     async def _cleanup(self) -> None:
-        self._bg_scope.cancel()
+        self._stop_background()
         while self._compensations:
             comp = self._compensations.pop()
             try:

@@ -32,7 +32,7 @@ from liverecovery.backends import (
 )
 from liverecovery.config import GiB, MiB
 from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
-from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.nfs.filesystem import Filesystem, Stability
 from liverecovery.testing.faults import FaultPlan
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "MemoryCatalog",
     "MemoryDisk",
     "MemoryExporter",
+    "MemoryOverlay",
     "MemoryVSphere",
     "VmState",
     "memory_backends",
@@ -354,6 +355,66 @@ class MemoryBlockCache:
             done.set()
 
     async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+# -- overlay -------------------------------------------------------------------------------------
+
+
+class MemoryOverlay:
+    """A block-granular copy-on-write overlay held in memory (a ``DiskOverlay``).
+
+    A partially written block is first filled from the base, as the durable overlay does.
+    """
+
+    def __init__(self, block_size: int = 64 * 1024) -> None:
+        self.block_size = block_size
+        self.blocks: dict[int, bytearray] = {}
+        self._written = 0
+
+    @property
+    def written_bytes(self) -> int:
+        return self._written
+
+    async def read(
+        self, offset: int, length: int, read_base: Callable[[int, int], Awaitable[bytes]]
+    ) -> bytes:
+        bs = self.block_size
+        first, last = offset // bs, (offset + length - 1) // bs
+        if length <= 0 or not any(i in self.blocks for i in range(first, last + 1)):
+            return await read_base(offset, length)
+        out = bytearray()
+        for i in range(first, last + 1):
+            lo, hi = max(offset, i * bs), min(offset + length, (i + 1) * bs)
+            block = self.blocks.get(i)
+            if block is None:
+                out += await read_base(lo, hi - lo)
+            else:
+                out += block[lo - i * bs : hi - i * bs]
+        return bytes(out)
+
+    async def write(
+        self,
+        offset: int,
+        data: bytes,
+        stability: Stability,
+        read_base: Callable[[int, int], Awaitable[bytes]],
+    ) -> Stability:
+        bs, pos = self.block_size, 0
+        while pos < len(data):
+            i = (offset + pos) // bs
+            within = (offset + pos) - i * bs
+            n = min(bs - within, len(data) - pos)
+            block = self.blocks.get(i)
+            if block is None:
+                base = await read_base(i * bs, bs)
+                block = self.blocks[i] = bytearray(base.ljust(bs, b"\0"))
+            block[within : within + n] = data[pos : pos + n]
+            pos += n
+        self._written += len(data)
+        return Stability.FILE_SYNC
+
+    async def commit(self) -> None:
         await anyio.lowlevel.checkpoint()
 
 

@@ -1,0 +1,115 @@
+"""A local control socket so ``liverecovery jobs`` and ``liverecovery cancel`` reach a running
+``liverecovery recover`` process.
+
+A Unix socket at ``<job_results_dir>/control.sock``, owner-only (0600), one JSON request and one
+JSON reply per line: ``{"op": "jobs"}`` lists the jobs, ``{"op": "cancel", "job": ID}`` cancels
+one and answers once it has rolled back. Only the process's owner can connect, so there is no
+authentication beyond the file's permissions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from liverecovery.errors import BackendError, JobStateError
+from liverecovery.recovery import LiveRecovery
+
+__all__ = ["ControlServer", "request", "socket_path"]
+
+_MAX_LINE = 64 * 1024
+
+
+def socket_path(job_results_dir: str | os.PathLike[str]) -> Path:
+    """Where a running process listens."""
+    return Path(job_results_dir) / "control.sock"
+
+
+class ControlServer:
+    """Answers control requests for one ``LiveRecovery``."""
+
+    def __init__(self, lr: LiveRecovery, path: Path) -> None:
+        self._lr = lr
+        self._path = path
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled; the socket file is removed afterwards."""
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._path.is_socket():
+            self._path.unlink()
+        old_umask = os.umask(0o077)
+        try:
+            listener = await anyio.create_unix_listener(self._path)
+        finally:
+            os.umask(old_umask)
+        try:
+            async with listener:
+                task_status.started()
+                await listener.serve(self._handle)
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._path.unlink(missing_ok=True)
+
+    async def _handle(self, stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            reader = BufferedByteReceiveStream(stream)
+            try:
+                line = await reader.receive_until(b"\n", _MAX_LINE)
+                reply = await self.answer(json.loads(line))
+            except (ValueError, anyio.IncompleteRead, anyio.DelimiterNotFound) as exc:
+                reply = {"error": f"bad request: {exc}"}
+            except anyio.EndOfStream:
+                return
+            await stream.send(json.dumps(reply).encode() + b"\n")
+
+    async def answer(self, req: Any) -> dict[str, Any]:
+        """The reply to one decoded request."""
+        if not isinstance(req, dict):
+            return {"error": "a request is a JSON object"}
+        op = req.get("op")
+        if op == "jobs":
+            return {
+                "jobs": [
+                    {"job_id": j.id, "vm": j.spec.vm, "state": j.state.value}
+                    for j in self._lr.jobs()
+                ]
+            }
+        if op == "cancel":
+            try:
+                job = self._lr.job(str(req.get("job")))
+            except JobStateError as exc:
+                return {"error": str(exc)}
+            return {"job_id": job.id, "state": (await job.cancel()).value}
+        return {"error": f"unknown op {op!r}"}
+
+
+async def request(path: Path, req: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
+    """Send one request to a running process and return its reply.
+
+    :raises BackendError: no process listens at ``path``, or it answered nonsense.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            async with await anyio.connect_unix(path) as stream:
+                await stream.send(json.dumps(req).encode() + b"\n")
+                reader = BufferedByteReceiveStream(stream)
+                line = await reader.receive_until(b"\n", _MAX_LINE)
+    except (OSError, anyio.EndOfStream, anyio.IncompleteRead) as exc:
+        raise BackendError(
+            f"no liverecovery process answers at {path}: {exc}", operation="control"
+        ) from None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        raise BackendError(f"bad reply from {path}", operation="control") from None
+    if not isinstance(reply, dict):
+        raise BackendError(f"bad reply from {path}", operation="control")
+    return reply
