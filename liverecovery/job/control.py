@@ -55,8 +55,7 @@ class ControlServer:
                 task_status.started()
                 await listener.serve(self._handle)
         finally:
-            with anyio.CancelScope(shield=True):
-                self._path.unlink(missing_ok=True)
+            self._path.unlink(missing_ok=True)
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:
@@ -91,17 +90,16 @@ class ControlServer:
         return {"error": f"unknown op {op!r}"}
 
 
-async def request(path: Path, req: dict[str, Any], *, timeout: float = 600.0) -> dict[str, Any]:
-    """Send one request to a running process and return its reply.
+async def request(path: Path, req: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to a running process and return its reply (bound it with fail_after).
 
     :raises BackendError: no process listens at ``path``, or it answered nonsense.
     """
     try:
-        with anyio.fail_after(timeout):
-            async with await anyio.connect_unix(path) as stream:
-                await stream.send(json.dumps(req).encode() + b"\n")
-                reader = BufferedByteReceiveStream(stream)
-                line = await reader.receive_until(b"\n", _MAX_LINE)
+        async with await anyio.connect_unix(path) as stream:
+            await stream.send(json.dumps(req).encode() + b"\n")
+            reader = BufferedByteReceiveStream(stream)
+            line = await reader.receive_until(b"\n", _MAX_LINE)
     except (OSError, anyio.EndOfStream, anyio.IncompleteRead) as exc:
         raise BackendError(
             f"no liverecovery process answers at {path}: {exc}", operation="control"
