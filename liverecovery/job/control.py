@@ -50,6 +50,7 @@ class ControlServer:
             listener = await anyio.create_unix_listener(self._path)
         finally:
             os.umask(old_umask)
+        os.chmod(self._path, 0o600)
         try:
             async with listener:
                 task_status.started()
