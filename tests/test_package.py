@@ -30,7 +30,7 @@ def test_every_error_comes_from_one_tree() -> None:
 
 def test_demo_json_runs_a_complete_job() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "liverecovery.cli", "demo", "--json"],
+        [sys.executable, "-m", "liverecovery.cli", "demo", "--json", "--serve-seconds", "0.2"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -40,8 +40,12 @@ def test_demo_json_runs_a_complete_job() -> None:
     assert summary["state"] == "completed"
     assert summary["states_visited"][0] == "created"
     assert summary["states_visited"][-1] == "completed"
-    assert summary["backup_unchanged"] is True
-    assert summary["time_to_power_on_s"] > 0
+    assert summary["verified"] is True and summary["backup_unchanged"] is True
+    assert summary["guest_bytes_written"] > 0
+    assert summary["bytes_migrated"] == summary["disk_size"] == 1 << 30
+    # Power-on reads a boot working set, not the disk: a few MiB of a 1 GiB disk.
+    assert 0 < summary["backup_bytes_read_before_power_on"] <= 16 << 20
+    assert 0 < summary["time_to_power_on_s"] < summary["elapsed_s"]
 
 
 def test_cli_reports_errors_without_a_traceback() -> None:

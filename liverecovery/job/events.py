@@ -30,7 +30,8 @@ class StateChanged:
 @attrs.frozen
 class Progress:
     """How far the job is: bytes the ESX host read through NFS, bytes restored (background
-    restore into the cache) out of ``bytes_total``, and bytes the storage vMotion has moved."""
+    restore into the cache) out of ``bytes_total``, and bytes the storage vMotion has moved out
+    of ``disk_bytes`` (the VM's total disk size)."""
 
     job_id: str
     state: State
@@ -38,6 +39,7 @@ class Progress:
     bytes_restored: int
     bytes_total: int
     bytes_migrated: int = 0
+    disk_bytes: int = 0
 
 
 @attrs.frozen

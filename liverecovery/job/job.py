@@ -366,6 +366,7 @@ class RecoveryJob:
                 s.bytes_restored,
                 s.bytes_to_restore,
                 s.bytes_migrated,
+                self.point.total_disk_bytes if self.point else 0,
             )
         )
 
