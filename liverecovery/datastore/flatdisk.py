@@ -10,6 +10,7 @@ restore can step aside while the VM waits.
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -66,6 +67,7 @@ class ForegroundGate:
         self._active = 0
         self._idle = anyio.Event()
         self._idle.set()
+        self._last_left = 0.0
 
     @property
     def active(self) -> int:
@@ -78,6 +80,7 @@ class ForegroundGate:
 
     def leave(self) -> None:
         self._active -= 1
+        self._last_left = time.monotonic()
         if self._active == 0:
             self._idle.set()
 
@@ -85,6 +88,23 @@ class ForegroundGate:
         """Return once no foreground read is in flight."""
         while self._active:
             await self._idle.wait()
+
+    async def wait_quiet(self, grace_s: float) -> bool:
+        """Return once no foreground read has been in flight for ``grace_s``; True if it waited.
+
+        A VM issues reads back to back with short gaps; background work that starts in such a
+        gap makes the VM's next read queue behind it.
+        """
+        waited = False
+        while True:
+            if self._active:
+                waited = True
+                await self.wait_idle()
+            remaining = grace_s - (time.monotonic() - self._last_left)
+            if remaining <= 0:
+                return waited
+            waited = True
+            await anyio.sleep(remaining)
 
 
 class HoleMap:

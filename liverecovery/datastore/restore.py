@@ -1,9 +1,9 @@
 """Background restore: fill the cache with every allocated block "as resources allow".
 
 It walks the disks in the order a storage vMotion reads them (disk by disk, ascending offsets),
-only over blocks that hold data, and steps aside whenever the VM is waiting on a foreground read:
-before each block it waits until no foreground read is in flight. An optional bandwidth limit
-caps its rate with a simple token bucket.
+only over blocks that hold data, and steps aside for the VM: before each block it waits until no
+foreground read has been in flight for a short quiet period (10 ms), so it never starts a backup
+read in the gap between two of the VM's reads. An optional bandwidth limit caps its rate.
 """
 
 from __future__ import annotations
@@ -37,9 +37,16 @@ def _block_len(disk: FlatDisk, index: int) -> int:
 class BackgroundRestore:
     """Restores the allocated blocks of ``disks`` into the cache, foreground reads first."""
 
-    def __init__(self, disks: Sequence[FlatDisk], *, bandwidth_bps: float | None = None) -> None:
+    def __init__(
+        self,
+        disks: Sequence[FlatDisk],
+        *,
+        bandwidth_bps: float | None = None,
+        quiet_s: float = 0.01,
+    ) -> None:
         self._disks = list(disks)
         self._bandwidth = bandwidth_bps
+        self._quiet_s = quiet_s
         self.total_bytes = sum(_block_len(d, i) for d in self._disks for i in allocated_blocks(d))
         self.done_bytes = 0
         self.yields = 0
@@ -49,9 +56,8 @@ class BackgroundRestore:
         started = time.monotonic()
         for disk in self._disks:
             for index in allocated_blocks(disk):
-                if disk.gate.active:
+                if await disk.gate.wait_quiet(self._quiet_s):
                     self.yields += 1
-                    await disk.gate.wait_idle()
                 await disk.restore_block(index)
                 self.done_bytes += _block_len(disk, index)
                 if self._bandwidth:

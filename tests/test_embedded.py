@@ -1,0 +1,132 @@
+"""Live recovery on the embedded default (real NFS, simulated ESX host): the 4/6 and 5/6 promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from liverecovery import JobCancelledError, LiveRecovery, Settings, State, StateChanged
+from liverecovery.config import GiB, MiB
+from liverecovery.embedded import embedded_environment, verify_disk
+from liverecovery.job.job import RecoveryJob
+from liverecovery.testing import MemoryCatalog
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+
+def settings(tmp: Path, **kw: object) -> Settings:
+    kw.setdefault("migration_trigger", "delay")
+    kw.setdefault("serve_before_migrate_s", 0.2)
+    return Settings(
+        job_results_dir=tmp / "results",
+        compensation_retry_delay_s=0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _until(job: RecoveryJob, state: State) -> None:
+    with anyio.fail_after(30):
+        async for event in job.events():
+            if isinstance(event, StateChanged) and event.state is state:
+                return
+    raise AssertionError(f"{job.id} ended {job.state} before {state}")
+
+
+async def _power_on_cost(tmp: Path, size: int) -> int:
+    catalog = MemoryCatalog()
+    backup = catalog.add_vm("vm", disk_sizes=(size,), data_per_disk=8 * MiB)
+    async with embedded_environment(
+        tmp, catalog, settings=settings(tmp, migration_trigger="manual")
+    ) as env:
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            job = await lr.start(env.spec("vm"))
+            await _until(job, State.SERVING)
+            fetched = job.stats.bytes_fetched
+            read = sum(d.bytes_read for d in backup.disks.values())
+            assert fetched == read  # everything read from the backup went through the cache
+            await job.cancel()
+    return read
+
+
+async def test_power_on_cost_does_not_depend_on_disk_size(tmp_path: Path) -> None:
+    small = await _power_on_cost(tmp_path / "a", 1 * GiB)
+    huge = await _power_on_cost(tmp_path / "b", 1024 * GiB)
+    assert 0 < small <= 16 * MiB
+    assert abs(huge - small) <= 0.1 * small, (small, huge)
+
+
+async def test_cancel_while_serving_leaves_nothing_behind(tmp_path: Path) -> None:
+    catalog = MemoryCatalog()
+    catalog.add_vm("vm", disk_sizes=(256 * MiB,))
+    async with embedded_environment(
+        tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
+    ) as env:
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            job = await lr.start(env.spec("vm"))
+            await _until(job, State.SERVING)
+            await anyio.sleep(0.2)  # the guest writes for a while
+            assert await job.cancel() is State.CANCELLED
+            with pytest.raises(JobCancelledError):
+                await job.wait()
+        assert list(job.compensations_run) == [
+            "power_off",
+            "unregister",
+            "unpublish",
+            "unmount",
+            "unexport",
+            "release_cache_reservation",
+        ]
+        assert not env.server.exports() and not env.esx.mounts and not env.esx.vms
+        assert not (tmp_path / "results" / "jobs" / job.id).exists()
+
+
+async def test_two_jobs_share_one_export_until_the_second_finishes(tmp_path: Path) -> None:
+    catalog = MemoryCatalog()
+    a = catalog.add_vm("a", disk_sizes=(64 * MiB,))
+    b = catalog.add_vm("b", disk_sizes=(32 * MiB,))
+    async with embedded_environment(
+        tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
+    ) as env:
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            ja, jb = await lr.start(env.spec("a")), await lr.start(env.spec("b"))
+            await _until(ja, State.SERVING)
+            await _until(jb, State.SERVING)
+            assert (
+                list(env.server.exports()) == [ja.export_path] and ja.export_path == jb.export_path
+            )
+            assert list(env.esx.mounts) == [ja.datastore]
+            await ja.migrate_now()
+            assert (await ja.wait()).state is State.COMPLETED
+            assert list(env.server.exports()) == [jb.export_path] and list(env.esx.mounts)
+            await jb.migrate_now()
+            sb = await jb.wait()
+            assert not env.server.exports() and not env.esx.mounts
+            sa = ja.summary()
+            for summary, backup in ((sa, a), (sb, b)):
+                assert summary.vm_ref is not None
+                await env.esx.power_off(summary.vm_ref)
+                writes = env.esx.guest_writes(summary.vm_ref)
+                disk = backup.disks[backup.point.disks[0].file_name]
+                assert await verify_disk(env.esx, summary.vm_ref, 0, disk, writes)
+
+
+async def test_redirected_writes_keep_swap_off_the_nfs_datastore(tmp_path: Path) -> None:
+    catalog = MemoryCatalog()
+    catalog.add_vm("vm", disk_sizes=(64 * MiB,))
+    async with embedded_environment(
+        tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
+    ) as env:
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            job = await lr.start(env.spec("vm", redirect_writes_to="datastore1", name_suffix="-lr"))
+            await _until(job, State.SERVING)
+            folder = tmp_path / "results" / "jobs" / job.id / "folder"
+            vmx = (folder / "vm.vmx").read_text()
+            assert f'workingDir = "[datastore1] {job.folder}/"' in vmx
+            assert f'sched.swap.dir = "[datastore1] {job.folder}/"' in vmx
+            assert 'displayName = "vm-lr"' in vmx and 'scsi0:0.fileName = "vm_0.vmdk"' in vmx
+            assert not list(folder.glob("*.vswp"))
+            assert (folder / "vm_0.vmdk").read_text().count('createType="vmfs"') == 1
+            await job.migrate_now()
+            assert (await job.wait()).state is State.COMPLETED
