@@ -64,13 +64,16 @@ async def embedded_environment(
     settings = settings or Settings(job_results_dir=work_dir / "results")
     settings = attrs.evolve(settings, nfs_address="127.0.0.1")
     cache = cache or MemoryBlockCache(block_size=settings.cache_block_size)
-    async with NfsServer(work_dir / "nfs-state", host="127.0.0.1") as server, SimulatedEsxHost(
-        work_dir / "esx",
-        name=ESX_HOST,
-        local_datastores=(DESTINATION,),
-        portmap_port=server.portmap_port,
-        write_interval_s=write_interval_s,
-    ) as esx:
+    async with (
+        NfsServer(work_dir / "nfs-state", host="127.0.0.1") as server,
+        SimulatedEsxHost(
+            work_dir / "esx",
+            name=ESX_HOST,
+            local_datastores=(DESTINATION,),
+            portmap_port=server.portmap_port,
+            write_interval_s=write_interval_s,
+        ) as esx,
+    ):
         backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
         builder = FreBuilder(cache, overlay_factory=overlay_factory or _memory_overlay)
         yield Embedded(settings, backends, builder, server, esx)

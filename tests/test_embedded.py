@@ -37,16 +37,18 @@ async def _until(job: RecoveryJob, state: State) -> None:
 async def _power_on_cost(tmp: Path, size: int) -> int:
     catalog = MemoryCatalog()
     backup = catalog.add_vm("vm", disk_sizes=(size,), data_per_disk=8 * MiB)
-    async with embedded_environment(
-        tmp, catalog, settings=settings(tmp, migration_trigger="manual")
-    ) as env:
-        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
-            job = await lr.start(env.spec("vm"))
-            await _until(job, State.SERVING)
-            fetched = job.stats.bytes_fetched
-            read = sum(d.bytes_read for d in backup.disks.values())
-            assert fetched == read  # everything read from the backup went through the cache
-            await job.cancel()
+    async with (
+        embedded_environment(
+            tmp, catalog, settings=settings(tmp, migration_trigger="manual")
+        ) as env,
+        LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
+    ):
+        job = await lr.start(env.spec("vm"))
+        await _until(job, State.SERVING)
+        fetched = job.stats.bytes_fetched
+        read = sum(d.bytes_read for d in backup.disks.values())
+        assert fetched == read  # everything read from the backup went through the cache
+        await job.cancel()
     return read
 
 
@@ -86,47 +88,49 @@ async def test_two_jobs_share_one_export_until_the_second_finishes(tmp_path: Pat
     catalog = MemoryCatalog()
     a = catalog.add_vm("a", disk_sizes=(64 * MiB,))
     b = catalog.add_vm("b", disk_sizes=(32 * MiB,))
-    async with embedded_environment(
-        tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
-    ) as env:
-        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
-            ja, jb = await lr.start(env.spec("a")), await lr.start(env.spec("b"))
-            await _until(ja, State.SERVING)
-            await _until(jb, State.SERVING)
-            assert (
-                list(env.server.exports()) == [ja.export_path] and ja.export_path == jb.export_path
-            )
-            assert list(env.esx.mounts) == [ja.datastore]
-            await ja.migrate_now()
-            assert (await ja.wait()).state is State.COMPLETED
-            assert list(env.server.exports()) == [jb.export_path] and list(env.esx.mounts)
-            await jb.migrate_now()
-            sb = await jb.wait()
-            assert not env.server.exports() and not env.esx.mounts
-            sa = ja.summary()
-            for summary, backup in ((sa, a), (sb, b)):
-                assert summary.vm_ref is not None
-                await env.esx.power_off(summary.vm_ref)
-                writes = env.esx.guest_writes(summary.vm_ref)
-                disk = backup.disks[backup.point.disks[0].file_name]
-                assert await verify_disk(env.esx, summary.vm_ref, 0, disk, writes)
+    async with (
+        embedded_environment(
+            tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
+        ) as env,
+        LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
+    ):
+        ja, jb = await lr.start(env.spec("a")), await lr.start(env.spec("b"))
+        await _until(ja, State.SERVING)
+        await _until(jb, State.SERVING)
+        assert list(env.server.exports()) == [ja.export_path] and ja.export_path == jb.export_path
+        assert list(env.esx.mounts) == [ja.datastore]
+        await ja.migrate_now()
+        assert (await ja.wait()).state is State.COMPLETED
+        assert list(env.server.exports()) == [jb.export_path] and list(env.esx.mounts)
+        await jb.migrate_now()
+        sb = await jb.wait()
+        assert not env.server.exports() and not env.esx.mounts
+        sa = ja.summary()
+        for summary, backup in ((sa, a), (sb, b)):
+            assert summary.vm_ref is not None
+            await env.esx.power_off(summary.vm_ref)
+            writes = env.esx.guest_writes(summary.vm_ref)
+            disk = backup.disks[backup.point.disks[0].file_name]
+            assert await verify_disk(env.esx, summary.vm_ref, 0, disk, writes)
 
 
 async def test_redirected_writes_keep_swap_off_the_nfs_datastore(tmp_path: Path) -> None:
     catalog = MemoryCatalog()
     catalog.add_vm("vm", disk_sizes=(64 * MiB,))
-    async with embedded_environment(
-        tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
-    ) as env:
-        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
-            job = await lr.start(env.spec("vm", redirect_writes_to="datastore1", name_suffix="-lr"))
-            await _until(job, State.SERVING)
-            folder = tmp_path / "results" / "jobs" / job.id / "folder"
-            vmx = (folder / "vm.vmx").read_text()
-            assert f'workingDir = "[datastore1] {job.folder}/"' in vmx
-            assert f'sched.swap.dir = "[datastore1] {job.folder}/"' in vmx
-            assert 'displayName = "vm-lr"' in vmx and 'scsi0:0.fileName = "vm_0.vmdk"' in vmx
-            assert not list(folder.glob("*.vswp"))
-            assert (folder / "vm_0.vmdk").read_text().count('createType="vmfs"') == 1
-            await job.migrate_now()
-            assert (await job.wait()).state is State.COMPLETED
+    async with (
+        embedded_environment(
+            tmp_path, catalog, settings=settings(tmp_path, migration_trigger="manual")
+        ) as env,
+        LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
+    ):
+        job = await lr.start(env.spec("vm", redirect_writes_to="datastore1", name_suffix="-lr"))
+        await _until(job, State.SERVING)
+        folder = tmp_path / "results" / "jobs" / job.id / "folder"
+        vmx = (folder / "vm.vmx").read_text()
+        assert f'workingDir = "[datastore1] {job.folder}/"' in vmx
+        assert f'sched.swap.dir = "[datastore1] {job.folder}/"' in vmx
+        assert 'displayName = "vm-lr"' in vmx and 'scsi0:0.fileName = "vm_0.vmdk"' in vmx
+        assert not list(folder.glob("*.vswp"))
+        assert (folder / "vm_0.vmdk").read_text().count('createType="vmfs"') == 1
+        await job.migrate_now()
+        assert (await job.wait()).state is State.COMPLETED
