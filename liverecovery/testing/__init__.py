@@ -4,6 +4,7 @@ In-memory backends that keep the real systems' rules, with fault injection at ev
 """
 
 from liverecovery.testing.faults import Fault, FaultKind, FaultPlan, Pause
+from liverecovery.testing.faulty import faulty
 from liverecovery.testing.memory import (
     MemoryBackup,
     MemoryBlockCache,
@@ -30,6 +31,7 @@ __all__ = [
     "MemoryVSphere",
     "Pause",
     "VmState",
+    "faulty",
     "memory_backends",
     "sample_vmx",
 ]
