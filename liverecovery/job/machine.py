@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 from transitions.core import MachineError
 from transitions.extensions.asyncio import AsyncMachine
 
@@ -77,9 +79,13 @@ class JobMachine:
         """
         before = self.state
         try:
-            moved: Any = await getattr(self._model, trigger)()
+            # Triggers do no I/O; shielded, a cancellation cannot land inside transitions,
+            # which would swallow it (0.9.3) and leave the trigger half-processed.
+            with anyio.CancelScope(shield=True):
+                moved: Any = await getattr(self._model, trigger)()
         except (MachineError, AttributeError):
             raise JobStateError(f"cannot {trigger!r} from state {before.value!r}") from None
+        await anyio.lowlevel.checkpoint()
         if not moved:
             raise JobStateError(f"no transition for {trigger!r} from {before.value!r} applied")
         return self.state

@@ -287,9 +287,13 @@ class SimulatedEsxHost:
                     if mount.missed >= self.heartbeat_misses:
                         mount.accessible = False
                     continue
-                for vm in self.vms.values():
+                for vm in list(self.vms.values()):
                     if vm.powered_on and not vm.migrated and vm.datastore == mount.datastore:
-                        await self._refresh_locks(vm, mount)
+                        try:
+                            await self._refresh_locks(vm, mount)
+                        except NfsError:
+                            # A storage vMotion may be deleting the source files right now.
+                            continue
 
     async def unmount_datastore(self, host: str, datastore: str) -> None:
         self._check_host(host, "unmount_datastore")
