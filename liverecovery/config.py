@@ -169,6 +169,7 @@ class Settings:
         default=1.0, validator=_positive("progress_interval_s")
     )
     keep_overlay: bool = False
+    journal: bool = True
     compensation_attempts: int = attrs.field(
         default=3, validator=_positive("compensation_attempts")
     )

@@ -23,6 +23,7 @@ from liverecovery.backends import Backends
 from liverecovery.config import Settings
 from liverecovery.errors import JobStateError
 from liverecovery.job.job import JobContext, RecoveryJob
+from liverecovery.job.journal import journal_dir
 from liverecovery.job.migration import (
     DelayedMigration,
     ManualMigration,
@@ -74,6 +75,9 @@ class LiveRecovery:
             builder=builder or CopyingBuilder(),
             migration_policy=migration_policy or default_policy(self.settings),
             space_lock=anyio.Lock(),
+            journal_dir=journal_dir(self.settings.job_results_dir)
+            if self.settings.journal
+            else None,
         )
         self._jobs: dict[str, RecoveryJob] = {}
         self._tg: anyio.abc.TaskGroup | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,6 +25,7 @@ from liverecovery.backends import Backends, RestorePoint, VmRef
 from liverecovery.config import Settings
 from liverecovery.datastore.restore import BackgroundRestore
 from liverecovery.errors import (
+    BackendError,
     BackendTimeoutError,
     JobCancelledError,
     JobStateError,
@@ -38,6 +40,7 @@ from liverecovery.job.events import (
     Progress,
     StateChanged,
 )
+from liverecovery.job.journal import Journal, spec_record
 from liverecovery.job.machine import JobMachine
 from liverecovery.job.migration import MigrationPolicy
 from liverecovery.job.sessions import SessionKind, SessionRegistry
@@ -60,6 +63,7 @@ class JobContext:
     builder: DatastoreBuilder
     migration_policy: MigrationPolicy
     space_lock: anyio.Lock
+    journal_dir: Path | None = None
 
 
 @attrs.frozen
@@ -112,6 +116,7 @@ class _Compensation:
     name: str
     undo: Callable[[], Awaitable[None]]
     vm_bound: bool = False
+    effect: str = ""
 
 
 _CANCELLED = object()
@@ -138,6 +143,7 @@ class RecoveryJob:
         self._scope: anyio.CancelScope | None = None
         self._migrate_now = anyio.Event()
         self._session_held = False
+        self._journal: Journal | None = None
         self._bg_scopes: list[anyio.CancelScope] = []
         self._bg_stopped = False
         self._tg: anyio.abc.TaskGroup | None = None
@@ -272,14 +278,58 @@ class RecoveryJob:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
+                await self._open_journal()
                 await self._drive()
             finally:
                 self._stop_background()
                 self._tg = None
+                with anyio.CancelScope(shield=True):
+                    await self._close_journal()
+
+    async def _open_journal(self) -> None:
+        if self._ctx.journal_dir is None:
+            return
+        try:
+            self._journal = await Journal.open(self._ctx.journal_dir / f"{self.id}.journal")
+            await self._journal.append("job", job_id=self.id, spec=spec_record(self.spec))
+        except OSError as exc:
+            # Without a journal the job cannot promise crash recovery: it does not start.
+            self._journal = None
+            self._step_error = BackendError(
+                f"cannot write the job journal in {self._ctx.journal_dir}: {exc.strerror}",
+                operation="journal",
+            )
+            self._errors.append(self._step_error)
+
+    async def _close_journal(self) -> None:
+        if self._journal is None:
+            return
+        try:
+            if self.state in TERMINAL_STATES:
+                await self._journal.append("end", state=self.state.value)
+        except OSError:
+            pass
+        finally:
+            await self._journal.aclose()
+            self._journal = None
+
+    async def _record(self, kind: str, *, strict: bool = True, **data: Any) -> None:
+        """Append to the journal, fsynced. Inside a step a failure fails the step (the crash
+        guarantee cannot be kept); elsewhere it becomes a warning."""
+        if self._journal is None:
+            return
+        try:
+            await self._journal.append(kind, **data)
+        except OSError as exc:
+            message = f"cannot write the job journal: {exc.strerror}"
+            if strict:
+                raise BackendError(message, operation="journal") from exc
+            self._events.append(JobWarning(self.id, message))
 
     async def _drive(self) -> None:
         try:
-            await self._fire("cancel" if self._cancel_requested else "advance")
+            first = "cancel" if self._cancel_requested or self._step_error else "advance"
+            await self._fire(first)
             while self.state in STEP_STATES:
                 state = self.state
                 outcome = await self._run_step(state)
@@ -340,7 +390,8 @@ class RecoveryJob:
         return None
 
     async def _fire(self, trigger: str) -> None:
-        await self._machine.fire(trigger)
+        state = await self._machine.fire(trigger)
+        await self._record("state", strict=False, state=state.value)
 
     def _changed(self, previous: State, state: State) -> None:
         now = time.monotonic()
@@ -351,10 +402,18 @@ class RecoveryJob:
         self._states.append(state)
         self._events.append(StateChanged(self.id, previous, state, self._events.elapsed()))
 
-    def _push(
-        self, name: str, undo: Callable[[], Awaitable[None]], *, vm_bound: bool = False
+    async def _did(
+        self,
+        effect: str,
+        undo_name: str,
+        undo: Callable[[], Awaitable[None]],
+        *,
+        vm_bound: bool = False,
+        **data: Any,
     ) -> None:
-        self._compensations.append(_Compensation(name, undo, vm_bound))
+        """A side effect completed: remember how to undo it, and journal it."""
+        self._compensations.append(_Compensation(undo_name, undo, vm_bound, effect))
+        await self._record("effect", effect=effect, **data)
 
     def _progress(self) -> None:
         s = self.stats
@@ -428,6 +487,8 @@ class RecoveryJob:
                 break
         self._compensations_run.append(comp.name)
         self._events.append(CompensationRan(self.id, comp.name, str(error) if error else ""))
+        if error is None:
+            await self._record("undone", strict=False, effect=comp.effect, name=comp.name)
         return error
 
     async def _rollback(self) -> None:
@@ -452,7 +513,14 @@ class RecoveryJob:
         preflight.check_passkey(ctx.settings, point, spec.passkey)
         async with ctx.space_lock:
             await preflight.check_cache_space(ctx.settings, ctx.backends.cache, point, self.id)
-        self._push("release_cache_reservation", lambda: ctx.backends.cache.release(self.id))
+        reserved = ctx.backends.cache.reservations().get(self.id, 0)
+        await self._did(
+            "cache_reserved",
+            "release_cache_reservation",
+            lambda: ctx.backends.cache.release(self.id),
+            bytes=reserved,
+            point_id=point.point_id,
+        )
 
     async def _export(self) -> None:
         host, shares = self.spec.esx_host, self._ctx.shares
@@ -461,7 +529,7 @@ class RecoveryJob:
         async def unexport() -> None:
             await shares.release_export(host, self.id)
 
-        self._push("unexport", unexport)
+        await self._did("exported", "unexport", unexport, host=host, path=self.export_path)
 
     async def _mount(self) -> None:
         host, shares = self.spec.esx_host, self._ctx.shares
@@ -471,7 +539,7 @@ class RecoveryJob:
         async def unmount() -> None:
             await shares.release_mount(host, self.id)
 
-        self._push("unmount", unmount)
+        await self._did("mounted", "unmount", unmount, host=host, datastore=self.datastore)
 
     async def _stage(self) -> None:
         assert self.point is not None and self.datastore and self.export_path
@@ -507,7 +575,7 @@ class RecoveryJob:
             if not ctx.settings.keep_overlay:
                 await ctx.builder.discard(staging)
 
-        self._push("unpublish", unpublish)
+        await self._did("published", "unpublish", unpublish, path=path, folder=self.folder)
 
     async def _register(self) -> None:
         assert self.staged is not None
@@ -521,7 +589,15 @@ class RecoveryJob:
             assert self.vm is not None
             await vsphere.unregister_vm(self.vm)
 
-        self._push("unregister", unregister, vm_bound=True)
+        await self._did(
+            "registered",
+            "unregister",
+            unregister,
+            vm_bound=True,
+            moref=self.vm.moref,
+            name=self.vm.name,
+            vmx_path=self.vm.vmx_path,
+        )
 
     async def _power_on(self) -> None:
         assert self.vm is not None
@@ -532,7 +608,7 @@ class RecoveryJob:
             assert self.vm is not None
             await vsphere.power_off(self.vm)
 
-        self._push("power_off", power_off, vm_bound=True)
+        await self._did("powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref)
         self._progress()
         assert self._tg is not None and self.staged is not None
         if self.staged.disks:
@@ -561,8 +637,10 @@ class RecoveryJob:
                 self._migrated_fraction = min(1.0, done / total)
             self._progress()
 
+        await self._record("migration_started", moref=self.vm.moref, datastore=self.spec.datastore)
         self.vm = await self._ctx.backends.vsphere.relocate(self.vm, self.spec.datastore, progress)
         self.migrated = True
+        await self._record("migrated", strict=False, moref=self.vm.moref, vmx_path=self.vm.vmx_path)
         self._migrated_fraction = 1.0
         # The VM now lives on its destination datastore: never take it down from here on.
         self._compensations = [c for c in self._compensations if not c.vm_bound]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
 from liverecovery import RecoverySpec, Settings, Timeouts
@@ -47,6 +48,7 @@ def expected_rollback(failed_in: State) -> list[str]:
 
 def fast_settings(**kw: Any) -> Settings:
     kw.setdefault("migration_trigger", "delay")
+    kw.setdefault("job_results_dir", tempfile.mkdtemp(prefix="lr-test-"))
     return Settings(compensation_retry_delay_s=0, **kw)
 
 
