@@ -324,7 +324,9 @@ def write_monolithic_flat(
     a FLAT extent at offset 0). Returns the descriptor's path.
     """
     if create_type not in ("vmfs", "monolithicFlat"):
-        raise ValueError(f"flat create type must be 'vmfs' or 'monolithicFlat', not {create_type!r}")
+        raise ValueError(
+            f"flat create type must be 'vmfs' or 'monolithicFlat', not {create_type!r}"
+        )
     _check_size(size)
     folder = Path(directory)
     flat = folder / f"{name}-flat.vmdk"
