@@ -35,6 +35,7 @@ __all__ = [
     "Media",
     "SamplePoint",
     "SampleVm",
+    "ScsiController",
     "disk_file_names",
     "expected_read",
     "known_pattern",
