@@ -99,7 +99,8 @@ def sample_runs(size: int, seed: int) -> dict[int, bytes]:
         length = rng.choice((512, 4 * KiB, 16 * KiB, 64 * KiB, 200 * KiB))
         length = min(length, size)
         if i % 2 == 0 and grains > 1:
-            boundary = rng.randrange(1, grains) * GRAIN_SIZE
+            first = head // GRAIN_SIZE + 1 if grains > head // GRAIN_SIZE + 1 else 1
+            boundary = rng.randrange(first, grains) * GRAIN_SIZE  # past the head when there is room
             offset = boundary - min(rng.randrange(1, length), boundary)  # straddles the boundary
         else:
             offset = rng.randrange(0, size - length + 1)
