@@ -33,6 +33,7 @@ __all__ = [
     "NVRAM_SIZE",
     "DiskFormat",
     "Media",
+    "PatternData",
     "SamplePoint",
     "SampleVm",
     "ScsiController",
@@ -41,8 +42,10 @@ __all__ = [
     "known_pattern",
     "make_backup_root",
     "make_vm_folder",
+    "pattern_runs",
     "point_folder_name",
     "sample_runs",
+    "sample_spans",
     "sample_vmx_text",
 ]
 
@@ -82,22 +85,45 @@ def known_pattern(seed: int, offset: int, length: int) -> bytes:
     return blocks[start : start + length]
 
 
-def sample_runs(size: int, seed: int) -> dict[int, bytes]:
-    """A boot-like layout of :func:`known_pattern` data for a disk of ``size`` bytes.
+@attrs.frozen
+class PatternData:
+    """``length`` bytes of :func:`known_pattern` at disk ``offset``, made only when sliced.
 
-    The first MiBs (boot sector, partition table, kernel), a few scattered runs of which some straddle a
-    64 KiB grain boundary, and the last 4 KiB (a backup GPT). All runs come from the same pattern, so
-    where they overlap they agree.
+    A run value for the VMDK writer that costs no memory: GiBs of known data stream grain by grain.
+    """
+
+    seed: int
+    offset: int
+    length: int
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: slice, /) -> bytes:
+        start, stop, step = index.indices(self.length)
+        if step != 1:
+            raise ValueError("pattern data slices must be contiguous")
+        return known_pattern(self.seed, self.offset + start, max(0, stop - start))
+
+
+def sample_spans(size: int, seed: int, *, head: int = 2 * MiB) -> list[tuple[int, int]]:
+    """``(offset, length)`` of a boot-like layout for a disk of ``size`` bytes, sorted.
+
+    The first ``head`` bytes (boot sector, partition table, kernel), a few scattered spans of which
+    some straddle a 64 KiB grain boundary, and the last 4 KiB (a backup GPT).
     """
     if size < PATTERN_BLOCK or size % SECTOR:
         raise ValueError(f"disk size {size} must be a multiple of {SECTOR} and at least 4 KiB")
+    if head < 0:
+        raise ValueError(f"head of {head} bytes must not be negative")
     rng = random.Random(seed)
-    head = min(size, 2 * MiB)
-    spans: list[tuple[int, int]] = [(0, head), (size - PATTERN_BLOCK, PATTERN_BLOCK)]
+    head = min(size, head)
+    spans: list[tuple[int, int]] = [(size - PATTERN_BLOCK, PATTERN_BLOCK)]
+    if head:
+        spans.append((0, head))
     grains = size // GRAIN_SIZE
     for i in range(6):
-        length = rng.choice((512, 4 * KiB, 16 * KiB, 64 * KiB, 200 * KiB))
-        length = min(length, size)
+        length = min(rng.choice((512, 4 * KiB, 16 * KiB, 64 * KiB, 200 * KiB)), size)
         if i % 2 == 0 and grains > 1:
             first = head // GRAIN_SIZE + 1 if grains > head // GRAIN_SIZE + 1 else 1
             boundary = rng.randrange(first, grains) * GRAIN_SIZE  # past the head when there is room
@@ -105,9 +131,21 @@ def sample_runs(size: int, seed: int) -> dict[int, bytes]:
         else:
             offset = rng.randrange(0, size - length + 1)
             offset -= offset % SECTOR
-        offset = min(offset, size - length)
-        spans.append((offset, length))
-    return {offset: known_pattern(seed, offset, length) for offset, length in sorted(spans)}
+        spans.append((min(offset, size - length), length))
+    return sorted(spans)
+
+
+def sample_runs(size: int, seed: int, *, head: int = 2 * MiB) -> dict[int, bytes]:
+    """:func:`known_pattern` data (as bytes) over the :func:`sample_spans` of a disk.
+
+    All runs come from the same pattern, so where they overlap they agree.
+    """
+    return {o: known_pattern(seed, o, n) for o, n in sample_spans(size, seed, head=head)}
+
+
+def pattern_runs(spans: Iterable[tuple[int, int]], seed: int) -> dict[int, PatternData]:
+    """Lazy runs (:class:`PatternData`) over ``spans``: for disks with more data than memory."""
+    return {o: PatternData(seed, o, n) for o, n in spans}
 
 
 def expected_read(size: int, runs: Runs, offset: int, length: int) -> bytes:

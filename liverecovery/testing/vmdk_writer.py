@@ -5,8 +5,10 @@ extents (deflate-compressed grains with markers, grain directory and footer at t
 (a descriptor plus a ``-flat.vmdk`` written with seek/truncate). Only grains that hold non-zero data are
 written, grain by grain, so a 1 TiB disk with a few MiB of data costs a few MiB of memory and disk.
 
-Disk contents are given as *runs*: a mapping ``offset -> bytes`` or an iterable of ``(offset, bytes)``
-pairs. Runs may overlap; a later run wins where they do. Everything else reads as zeros.
+Disk contents are given as *runs*: a mapping ``offset -> data`` or an iterable of ``(offset, data)``
+pairs, where data is ``bytes`` or anything with ``len()`` and slicing to bytes (:class:`RunData`, e.g.
+:class:`~liverecovery.testing.samples.PatternData`, which makes GiBs of data without holding them).
+Runs may overlap; a later run wins where they do. Everything else reads as zeros.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 __all__ = [
     "GRAIN_SIZE",
     "SECTOR",
+    "RunData",
     "Runs",
     "allocated_grains",
     "normalize_runs",
@@ -55,20 +58,30 @@ MARKER_FOOTER: Final = 3
 # rgdOffset, gdOffset, overHead, uncleanShutdown, four newline-test chars, compressAlgorithm.
 _HEADER = struct.Struct("<IIIQQQQIQQQB4sH")
 
-Runs: TypeAlias = Mapping[int, bytes] | Iterable[tuple[int, bytes]]
+
+class RunData(Protocol):
+    """The data of a run: a length and slices of bytes (``bytes`` is one; lazy patterns are others)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
 
 
-def normalize_runs(size: int, runs: Runs) -> list[tuple[int, bytes]]:
-    """Runs as a list of ``(offset, bytes)`` in the caller's order, checked against the disk size."""
+Runs: TypeAlias = Mapping[int, RunData] | Iterable[tuple[int, RunData]]
+_CHUNK: Final = 1024 * 1024
+
+
+def normalize_runs(size: int, runs: Runs) -> list[tuple[int, RunData]]:
+    """Runs as a list of ``(offset, data)`` in the caller's order, checked against the disk size."""
     pairs = list(runs.items()) if isinstance(runs, Mapping) else list(runs)
-    out: list[tuple[int, bytes]] = []
+    out: list[tuple[int, RunData]] = []
     for offset, data in pairs:
         if offset < 0 or offset + len(data) > size:
             raise ValueError(
                 f"run at offset {offset} of {len(data)} bytes lies outside the disk of {size} bytes"
             )
         if data:
-            out.append((offset, bytes(data)))
+            out.append((offset, data))
     return out
 
 
@@ -353,6 +366,7 @@ def write_raw(path: str | os.PathLike[str], size: int, runs: Runs) -> Path:
     with out.open("wb") as f:
         for offset, data in pairs:
             f.seek(offset)
-            f.write(data)
+            for start in range(0, len(data), _CHUNK):
+                f.write(data[start : start + _CHUNK])
         f.truncate(size)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,15 +16,18 @@ from liverecovery.testing.samples import (
     DISK_FORMATS,
     NVRAM_SIZE,
     DiskFormat,
+    PatternData,
     SamplePoint,
     SampleVm,
     expected_read,
     known_pattern,
     make_backup_root,
     make_vm_folder,
+    pattern_runs,
     sample_runs,
+    sample_spans,
 )
-from liverecovery.testing.vmdk_writer import GRAIN_SIZE, write_raw
+from liverecovery.testing.vmdk_writer import GRAIN_SIZE, write_monolithic_sparse, write_raw
 from tests.testing import qemu
 
 KiB = 1024
@@ -206,3 +210,38 @@ def test_sample_runs_disk_reads_back_through_qemu(
     runs = sample_runs(size, seed)
     vm = make_vm_folder(folder, "vm", disks=[(size, runs)], format="streamOptimized")
     assert qemu.to_raw(vm / "vm.vmdk", folder / "out.raw") == expected_read(size, runs, 0, size)
+
+
+@given(
+    seed=st.integers(0, 2**20),
+    offset=st.integers(0, 2**30),
+    length=st.integers(0, 3 * 4096),
+    start=st.integers(0, 3 * 4096),
+    stop=st.integers(0, 3 * 4096),
+)
+def test_pattern_data_slices_are_the_pattern(
+    seed: int, offset: int, length: int, start: int, stop: int
+) -> None:
+    data = PatternData(seed, offset, length)
+    whole = known_pattern(seed, offset, length)
+    assert len(data) == length
+    assert data[start:stop] == whole[start:stop]
+    assert data[:] == whole
+
+
+def test_lazy_pattern_runs_stream_without_holding_the_data(tmp_path: Path) -> None:
+    size = 128 * MiB
+    spans = sample_spans(size, 5, head=40 * MiB)
+    runs = pattern_runs(spans, 5)
+    assert sum(len(d) for d in runs.values()) > 40 * MiB
+    tracemalloc.start()
+    try:
+        image = write_monolithic_sparse(tmp_path / "big.vmdk", size, runs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, f"peak {peak} bytes while writing 40 MiB of data"
+    raw = qemu.to_raw(image, tmp_path / "out.raw")
+    for offset, length in spans:
+        assert raw[offset : offset + length] == known_pattern(5, offset, length), offset
+    assert raw == expected_read(size, sample_runs(size, 5, head=40 * MiB), 0, size)
