@@ -19,7 +19,9 @@ import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Final, Protocol, TypeAlias
+from typing import BinaryIO, Final, Protocol, TypeAlias
+
+import attrs
 
 __all__ = [
     "GRAIN_SIZE",
@@ -224,25 +226,19 @@ def write_monolithic_sparse(path: str | os.PathLike[str], size: int, runs: Runs)
     """
     _check_size(size)
     out = Path(path)
-    capacity, gt_count, gd_sectors = _geometry(size)
-    rgd_offset = 1 + DESCRIPTOR_SECTORS
-    rgt_offset = rgd_offset + gd_sectors
-    gd_offset = rgt_offset + gt_count * GT_SECTORS
-    gt_offset = gd_offset + gd_sectors
-    overhead = -(-(gt_offset + gt_count * GT_SECTORS) // GRAIN_SECTORS) * GRAIN_SECTORS
-
+    meta = _Metadata.for_size(size)
     tables: dict[int, list[int]] = {}
-    next_sector = overhead
+    next_sector = meta.overhead
     with out.open("wb") as f:
         f.write(
             _header(
                 version=1,
                 flags=FLAG_NL_DETECT | FLAG_RGD,
-                capacity=capacity,
+                capacity=meta.capacity,
                 descriptor_sectors=DESCRIPTOR_SECTORS,
-                rgd_offset=rgd_offset,
-                gd_offset=gd_offset,
-                overhead=overhead,
+                rgd_offset=meta.rgd_offset,
+                gd_offset=meta.gd_offset,
+                overhead=meta.overhead,
                 compress=0,
             )
         )
@@ -253,41 +249,90 @@ def write_monolithic_sparse(path: str | os.PathLike[str], size: int, runs: Runs)
             table[grain % GTES_PER_GT] = next_sector
             f.write(data)
             next_sector += GRAIN_SECTORS
-        for directory, tables_at in ((rgd_offset, rgt_offset), (gd_offset, gt_offset)):
-            entries = [tables_at + i * GT_SECTORS for i in range(gt_count)]
+        meta.write_tables(f, tables)
+        f.truncate(next_sector * SECTOR)
+    return out
+
+
+@attrs.frozen
+class _Metadata:
+    """Where a hosted sparse extent keeps its directories and (preallocated) grain tables, in sectors.
+
+    Header, descriptor, redundant directory and its tables, directory and its tables, then grains.
+    """
+
+    capacity: int
+    gt_count: int
+    gd_sectors: int
+    rgd_offset: int
+    rgt_offset: int
+    gd_offset: int
+    gt_offset: int
+    overhead: int
+
+    @classmethod
+    def for_size(cls, size: int) -> _Metadata:
+        capacity, gt_count, gd_sectors = _geometry(size)
+        rgd_offset = 1 + DESCRIPTOR_SECTORS
+        rgt_offset = rgd_offset + gd_sectors
+        gd_offset = rgt_offset + gt_count * GT_SECTORS
+        gt_offset = gd_offset + gd_sectors
+        overhead = -(-(gt_offset + gt_count * GT_SECTORS) // GRAIN_SECTORS) * GRAIN_SECTORS
+        return cls(
+            capacity, gt_count, gd_sectors, rgd_offset, rgt_offset, gd_offset, gt_offset, overhead
+        )
+
+    def write_tables(self, f: BinaryIO, tables: Mapping[int, list[int]]) -> None:
+        """Both directories in full; only the grain tables that map a grain (the rest stay holes)."""
+        for directory, tables_at in (
+            (self.rgd_offset, self.rgt_offset),
+            (self.gd_offset, self.gt_offset),
+        ):
+            entries = [tables_at + i * GT_SECTORS for i in range(self.gt_count)]
             f.seek(directory * SECTOR)
-            f.write(struct.pack(f"<{gt_count}I", *entries))
+            f.write(struct.pack(f"<{self.gt_count}I", *entries))
             for index, table in tables.items():
                 f.seek((tables_at + index * GT_SECTORS) * SECTOR)
                 f.write(struct.pack(f"<{GTES_PER_GT}I", *table))
-        f.truncate(next_sector * SECTOR)
-    return out
 
 
 def _marker(num_sectors: int, kind: int) -> bytes:
     return struct.pack("<QII", num_sectors, 0, kind).ljust(SECTOR, b"\0")
 
 
-def write_stream_optimized(path: str | os.PathLike[str], size: int, runs: Runs) -> Path:
+def _compressed_grain(grain: int, data: bytes) -> bytes:
+    """A grain marker (LBA, compressed size), the zlib stream, zero padding to a whole sector."""
+    packed = zlib.compress(data)
+    record = struct.pack("<QI", grain * GRAIN_SECTORS, len(packed)) + packed
+    return record + bytes(-len(record) % SECTOR)
+
+
+def write_stream_optimized(
+    path: str | os.PathLike[str], size: int, runs: Runs, *, directory_at_end: bool = True
+) -> Path:
     """Write a stream-optimized extent (createType streamOptimized, the OVF/backup format).
 
-    The header says the grain directory is at the end; grains follow as deflate (zlib) streams, each
-    behind a grain marker (LBA, compressed size) and padded to a sector; then a marker and the grain
-    tables that map something, a marker and the grain directory, a footer (the header with the real
-    directory offset) behind its marker, and the end-of-stream marker.
+    With ``directory_at_end`` (VMware's streaming layout, the default) the header says the grain
+    directory is at the end; grains follow as deflate (zlib) streams, each behind a grain marker
+    (LBA, compressed size) and padded to a sector; then a marker and the grain tables that map
+    something, a marker and the grain directory, a footer (the header with the real directory offset)
+    behind its marker, and the end-of-stream marker. Without it, the layout qemu-img writes: the
+    directories and tables sit in the header area as in a hosted sparse extent, the compressed grains
+    follow, then the end-of-stream marker.
     """
     _check_size(size)
     out = Path(path)
-    capacity, gt_count, gd_sectors = _geometry(size)
-    overhead = GRAIN_SECTORS  # header + descriptor, rounded up to one grain
+    meta = _Metadata.for_size(size)
+    overhead = GRAIN_SECTORS if directory_at_end else meta.overhead
 
     def header(gd_offset: int) -> bytes:
+        flags = FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS
         return _header(
             version=3,
-            flags=FLAG_NL_DETECT | FLAG_COMPRESSED | FLAG_MARKERS,
-            capacity=capacity,
+            flags=flags if directory_at_end else flags | FLAG_RGD,
+            capacity=meta.capacity,
             descriptor_sectors=DESCRIPTOR_SECTORS,
-            rgd_offset=0,
+            rgd_offset=0 if directory_at_end else meta.rgd_offset,
             gd_offset=gd_offset,
             overhead=overhead,
             compress=COMPRESS_DEFLATE,
@@ -295,27 +340,32 @@ def write_stream_optimized(path: str | os.PathLike[str], size: int, runs: Runs) 
 
     tables: dict[int, list[int]] = {}
     with out.open("wb") as f:
-        f.write(header(GD_AT_END))
+        f.write(header(GD_AT_END if directory_at_end else meta.gd_offset))
         f.write(_embedded_descriptor(out, size, "streamOptimized"))
-        f.write(bytes((overhead - 1 - DESCRIPTOR_SECTORS) * SECTOR))
         sector = overhead
+        f.seek(sector * SECTOR)
         for grain, data in _grains(size, runs):
-            packed = zlib.compress(data)
-            record = struct.pack("<QI", grain * GRAIN_SECTORS, len(packed)) + packed
-            record += bytes(-len(record) % SECTOR)
+            record = _compressed_grain(grain, data)
             table = tables.setdefault(grain // GTES_PER_GT, [0] * GTES_PER_GT)
             table[grain % GTES_PER_GT] = sector
             f.write(record)
             sector += len(record) // SECTOR
-        directory = [0] * gt_count
+        if not directory_at_end:
+            meta.write_tables(f, tables)
+            f.seek(sector * SECTOR)
+            f.write(_marker(0, MARKER_EOS))
+            return out
+        directory = [0] * meta.gt_count
         for index in sorted(tables):
             f.write(_marker(GT_SECTORS, MARKER_GT))
             directory[index] = sector + 1
             f.write(struct.pack(f"<{GTES_PER_GT}I", *tables[index]))
             sector += 1 + GT_SECTORS
-        f.write(_marker(gd_sectors, MARKER_GD))
+        f.write(_marker(meta.gd_sectors, MARKER_GD))
         gd_offset = sector + 1
-        f.write(struct.pack(f"<{gt_count}I", *directory).ljust(gd_sectors * SECTOR, b"\0"))
+        f.write(
+            struct.pack(f"<{meta.gt_count}I", *directory).ljust(meta.gd_sectors * SECTOR, b"\0")
+        )
         f.write(_marker(1, MARKER_FOOTER))
         f.write(header(gd_offset))
         f.write(_marker(0, MARKER_EOS))

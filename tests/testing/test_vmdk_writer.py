@@ -28,7 +28,8 @@ from tests.testing import qemu
 KiB = 1024
 MiB = 1024 * KiB
 TiB = 1024**4
-FORMATS = ("monolithicSparse", "streamOptimized", "vmfs", "monolithicFlat")
+FORMATS = ("monolithicSparse", "streamOptimized", "streamOptimized-qemu", "vmfs", "monolithicFlat")
+SPARSE = ("monolithicSparse", "streamOptimized", "streamOptimized-qemu")
 
 
 def write(fmt: str, folder: Path, size: int, runs: Runs) -> Path:
@@ -36,6 +37,8 @@ def write(fmt: str, folder: Path, size: int, runs: Runs) -> Path:
         return write_monolithic_sparse(folder / "disk.vmdk", size, runs)
     if fmt == "streamOptimized":
         return write_stream_optimized(folder / "disk.vmdk", size, runs)
+    if fmt == "streamOptimized-qemu":
+        return write_stream_optimized(folder / "disk.vmdk", size, runs, directory_at_end=False)
     return write_monolithic_flat(folder, "disk", size, runs, create_type=fmt)
 
 
@@ -83,7 +86,7 @@ def test_qemu_reads_exactly_the_runs(tmp_path: Path, fmt: str, layout: str) -> N
     qemu.check(image)
     raw = expected_raw(size, runs, tmp_path)
     assert qemu.to_raw(image, tmp_path / "out.raw") == raw
-    if fmt in ("monolithicSparse", "streamOptimized"):
+    if fmt in SPARSE:
         grains = nonzero_grains(raw)
         assert allocated_grains(size, runs) == grains
         assert qemu.data_ranges(image) == qemu.grain_ranges(grains, GRAIN_SIZE, size)
@@ -100,7 +103,7 @@ def test_any_layout_round_trips_through_qemu(layout: DiskLayout) -> None:
         folder = Path(tmp)
         raw = layout.raw()
         assert write_raw(folder / "x.raw", layout.size, layout.runs).read_bytes() == raw
-        for fmt in ("monolithicSparse", "streamOptimized", "vmfs"):
+        for fmt in (*SPARSE, "vmfs"):
             sub = folder / fmt
             sub.mkdir()
             image = write(fmt, sub, layout.size, layout.runs)
@@ -112,7 +115,7 @@ def test_any_layout_round_trips_through_qemu(layout: DiskLayout) -> None:
                 assert qemu.data_ranges(image) == expected, fmt
 
 
-@pytest.mark.parametrize("fmt", ["monolithicSparse", "streamOptimized", "vmfs"])
+@pytest.mark.parametrize("fmt", [*SPARSE, "vmfs"])
 def test_one_tib_disk_is_written_fast_and_small(tmp_path: Path, fmt: str) -> None:
     runs = sample_runs(TiB, seed=11)
     data = sum(len(d) for d in runs.values())
@@ -140,7 +143,7 @@ def test_one_tib_disk_is_written_fast_and_small(tmp_path: Path, fmt: str) -> Non
             if lo < hi:
                 expected[lo - offset : hi - offset] = run[lo - run_offset : hi - run_offset]
         assert window == bytes(expected), (fmt, offset)
-    if fmt == "monolithicSparse":
+    if fmt in ("monolithicSparse", "streamOptimized-qemu"):
         qemu.check(image)
 
 
@@ -203,3 +206,21 @@ def test_flat_disk_is_sparse_and_descriptor_is_esxi_style(tmp_path: Path) -> Non
     flat = tmp_path / "vm-flat.vmdk"
     assert flat.stat().st_size == 10 * 1024 * MiB
     assert flat.stat().st_blocks * 512 < 1 * MiB
+
+
+HEADER_FIELDS = struct.Struct("<4sIIQQQQIQQQB4sH")
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+@pytest.mark.parametrize("size", [8 * MiB, 100 * MiB + 512, 3 * 1024 * MiB])
+def test_header_matches_what_qemu_creates(tmp_path: Path, subformat: str, size: int) -> None:
+    theirs = tmp_path / "theirs.vmdk"
+    made = qemu.qemu_img("create", "-f", "vmdk", "-o", f"subformat={subformat}", theirs, str(size))
+    assert made.returncode == 0, made.stderr
+    fmt = "streamOptimized-qemu" if subformat == "streamOptimized" else subformat
+    ours = write(fmt, tmp_path, size, {})
+    mine = HEADER_FIELDS.unpack_from(ours.read_bytes())
+    qemus = HEADER_FIELDS.unpack_from(theirs.read_bytes())
+    # Every field but uncleanShutdown-adjacent padding: magic, version, flags, capacity, grain size,
+    # descriptor place and size, GTEs per GT, both directory offsets, overhead, newline test, algorithm.
+    assert mine == qemus
