@@ -42,6 +42,7 @@ __all__ = [
     "apply_workload",
     "disk_layouts",
     "io_workloads",
+    "must_survive_crash",
     "restore_points",
     "vm_backups",
 ]
@@ -229,3 +230,48 @@ def apply_workload(base: bytes, ops: Sequence[IoOp]) -> bytes:
             end = min(op.offset + len(op.data), len(content))
             content[op.offset : end] = op.data[: end - op.offset]
     return bytes(content)
+
+
+def _subtract(spans: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[int, int]]:
+    """``spans`` (half-open ``(start, end)``) with ``cut`` removed."""
+    lo, hi = cut
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if hi <= start or end <= lo:
+            out.append((start, end))
+            continue
+        if start < lo:
+            out.append((start, lo))
+        if hi < end:
+            out.append((hi, end))
+    return out
+
+
+def must_survive_crash(ops: Sequence[IoOp]) -> list[tuple[int, bytes]]:
+    """The ``(offset, bytes)`` a server must still return after a crash at the end of ``ops``.
+
+    A written byte is durable once its WRITE was FILE_SYNC/DATA_SYNC or a later COMMIT covered it
+    (count 0 commits the whole file); it must read back unless a later WRITE, durable or not, covered
+    it (an UNSTABLE write after it may or may not have reached the disk).
+    """
+    survivors: list[tuple[int, bytes]] = []
+    for i, op in enumerate(ops):
+        if op.kind != "write":
+            continue
+        end = op.offset + len(op.data)
+        if op.stability in (Stability.FILE_SYNC, Stability.DATA_SYNC):
+            durable = [(op.offset, end)]
+        else:
+            durable = []
+            for later in ops[i + 1 :]:
+                if later.kind != "commit":
+                    continue
+                lo = op.offset if later.length == 0 else max(op.offset, later.offset)
+                hi = end if later.length == 0 else min(end, later.offset + later.length)
+                if lo < hi:
+                    durable = [*_subtract(durable, (lo, hi)), (lo, hi)]
+        for later in ops[i + 1 :]:
+            if later.kind == "write":
+                durable = _subtract(durable, (later.offset, later.offset + len(later.data)))
+        survivors += [(lo, op.data[lo - op.offset : hi - op.offset]) for lo, hi in sorted(durable)]
+    return sorted(survivors)

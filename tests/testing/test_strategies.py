@@ -16,6 +16,7 @@ from liverecovery.testing.strategies import (
     apply_workload,
     disk_layouts,
     io_workloads,
+    must_survive_crash,
     vm_backups,
 )
 from liverecovery.testing.vmdk_writer import SECTOR
@@ -87,3 +88,39 @@ def test_io_workloads_stay_in_the_file(case: tuple[int, list[IoOp]]) -> None:
         assert after[last.offset : last.offset + last.length] == last.data
     else:
         assert after == base
+
+
+def durable_bytes_model(size: int, ops: list[IoOp]) -> dict[int, int]:
+    """Byte by byte: position -> value that must survive a crash (the slow, obvious model)."""
+    must: dict[int, int] = {}
+    for p in range(size):
+        last = max(
+            (
+                i
+                for i, op in enumerate(ops)
+                if op.kind == "write" and op.offset <= p < op.offset + op.length
+            ),
+            default=None,
+        )
+        if last is None:
+            continue
+        op = ops[last]
+        committed = any(
+            c.kind == "commit" and (c.length == 0 or c.offset <= p < c.offset + c.length)
+            for c in ops[last + 1 :]
+        )
+        if op.stability != Stability.UNSTABLE or committed:
+            must[p] = op.data[p - op.offset]
+    return must
+
+
+@settings(max_examples=150)
+@given(io_workloads(2048, max_ops=12, max_io=700))
+def test_must_survive_crash_matches_the_byte_model(ops: list[IoOp]) -> None:
+    got: dict[int, int] = {}
+    previous_end = -1
+    for offset, data in must_survive_crash(ops):
+        assert offset >= previous_end, "segments overlap"
+        previous_end = offset + len(data)
+        got.update((offset + k, b) for k, b in enumerate(data))
+    assert got == durable_bytes_model(2048, ops)
