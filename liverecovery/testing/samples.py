@@ -46,6 +46,7 @@ __all__ = [
     "point_folder_name",
     "sample_runs",
     "sample_spans",
+    "sample_vm",
     "sample_vmx_text",
 ]
 
@@ -388,6 +389,29 @@ class SampleVm:
             scsi_controller=self.scsi_controller,
             nvram=self.nvram,
         )
+
+
+def sample_vm(
+    name: str,
+    *,
+    disk_sizes: Sequence[int] = (1024 * MiB,),
+    seed: int = 0,
+    format: DiskFormat = "monolithicSparse",
+    head: int = 2 * MiB,
+    points: Sequence[SamplePoint] | None = None,
+) -> SampleVm:
+    """A VM whose disks hold boot-like :func:`known_pattern` data (disk ``i`` uses ``seed + i``).
+
+    The runs are lazy (:class:`PatternData`), so a VM with TiB disks costs nothing until written;
+    the demo and the benchmarks start from this.
+    """
+    disks = tuple(
+        (size, pattern_runs(sample_spans(size, seed + i, head=head), seed + i))
+        for i, size in enumerate(disk_sizes)
+    )
+    if points is None:
+        return SampleVm(name, disks=disks, format=format)
+    return SampleVm(name, disks=disks, format=format, points=tuple(points))
 
 
 def point_folder_name(vm_name: str, created: datetime) -> str:

@@ -26,6 +26,7 @@ from liverecovery.testing.samples import (
     pattern_runs,
     sample_runs,
     sample_spans,
+    sample_vm,
 )
 from liverecovery.testing.vmdk_writer import GRAIN_SIZE, write_monolithic_sparse, write_raw
 from tests.testing import qemu
@@ -245,3 +246,16 @@ def test_lazy_pattern_runs_stream_without_holding_the_data(tmp_path: Path) -> No
     for offset, length in spans:
         assert raw[offset : offset + length] == known_pattern(5, offset, length), offset
     assert raw == expected_read(size, sample_runs(size, 5, head=40 * MiB), 0, size)
+
+
+def test_sample_vm_is_lazy_and_reads_back(tmp_path: Path) -> None:
+    vm = sample_vm("demo", disk_sizes=(1024**4, 8 * MiB), seed=3, format="streamOptimized")
+    (big, big_runs), (small, small_runs) = vm.disks
+    assert (big, small) == (1024**4, 8 * MiB)
+    assert all(isinstance(d, PatternData) for d in [*big_runs.values(), *small_runs.values()])
+    assert dict(small_runs) == pattern_runs(sample_spans(small, 4), 4)  # disk i uses seed + i
+    (point,) = make_backup_root(tmp_path / "backups", [vm])
+    raw = qemu.to_raw(point / "demo_1.vmdk", tmp_path / "out.raw")
+    assert raw == expected_read(small, sample_runs(small, 4), 0, small)
+    window = qemu.to_raw(point / "demo.vmdk", tmp_path / "w.raw", offset=1024**4 - 4096, size=4096)
+    assert window == known_pattern(3, 1024**4 - 4096, 4096)
