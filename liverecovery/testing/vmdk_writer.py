@@ -29,6 +29,7 @@ __all__ = [
     "RunData",
     "Runs",
     "allocated_grains",
+    "descriptor",
     "normalize_runs",
     "write_monolithic_flat",
     "write_monolithic_sparse",
