@@ -69,27 +69,29 @@ async def full_restore(size: int, jobs: int = 1) -> dict[str, float]:
         catalog.add_vm(f"vm{i}", disk_sizes=(size,), data_per_disk=size // 4)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        async with embedded_environment(
-            work, catalog, settings=_settings(work, trigger="delay"), write_interval_s=0.05
-        ) as env:
-            async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
-                started = [await lr.start(env.spec(f"vm{i}")) for i in range(jobs)]
-                spans: list[tuple[float, float]] = []
+        async with (
+            embedded_environment(
+                work, catalog, settings=_settings(work, trigger="delay"), write_interval_s=0.05
+            ) as env,
+            LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
+        ):
+            started = [await lr.start(env.spec(f"vm{i}")) for i in range(jobs)]
+            spans: list[tuple[float, float]] = []
 
-                async def watch(job: Any) -> None:
-                    begin = end = 0.0
-                    async for event in job.events():
-                        if isinstance(event, StateChanged):
-                            if event.state is State.MIGRATING:
-                                begin = time.perf_counter()
-                            if event.state is State.CLEANING_UP:
-                                end = time.perf_counter()
-                    spans.append((begin, end))
+            async def watch(job: Any) -> None:
+                begin = end = 0.0
+                async for event in job.events():
+                    if isinstance(event, StateChanged):
+                        if event.state is State.MIGRATING:
+                            begin = time.perf_counter()
+                        if event.state is State.CLEANING_UP:
+                            end = time.perf_counter()
+                spans.append((begin, end))
 
-                async with anyio.create_task_group() as tg:
-                    for job in started:
-                        tg.start_soon(watch, job)
-                states = [j.state for j in started]
+            async with anyio.create_task_group() as tg:
+                for job in started:
+                    tg.start_soon(watch, job)
+            states = [j.state for j in started]
     assert all(s is State.COMPLETED for s in states), states
     first, last = min(b for b, _ in spans), max(e for _, e in spans)
     return {"seconds": last - first, "bytes": size * jobs, "bps": size * jobs / (last - first)}

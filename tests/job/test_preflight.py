@@ -136,7 +136,7 @@ async def test_cache_space_counts_other_jobs_reservations() -> None:
         ja = await lr.start(spec(vm="a"))
         jb = await lr.start(spec(vm="b"))
         with anyio.fail_after(5):
-            while len(world.cache.reservations()) < 2:  # noqa: ASYNC110 - polling a test double
+            while len(world.cache.reservations()) < 2:
                 await anyio.sleep(0.001)
         jc = await lr.start(spec(vm="c"))
         with anyio.fail_after(5), pytest.raises(CacheSpaceError, match=r"40\.00 GiB reserved by"):

@@ -165,7 +165,7 @@ async def test_heartbeats_mark_a_dead_server_inaccessible(tmp_path: Path) -> Non
             await anyio.sleep(0.2)
             assert esx.mounts[ds].accessible
         with anyio.fail_after(5):
-            while esx.mounts[ds].accessible:  # noqa: ASYNC110 - polling the host's view
+            while esx.mounts[ds].accessible:
                 await anyio.sleep(0.05)
         with pytest.raises(VSphereError, match="inaccessible"):
             await esx.register_vm("esx-sim", f"[{ds}] x/vm.vmx", "vm")
