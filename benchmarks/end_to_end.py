@@ -50,7 +50,8 @@ async def power_on(size: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         async with embedded_environment(work, catalog, settings=_settings(work)) as env:
-            async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            lr = LiveRecovery(env.settings, env.backends, builder=env.builder)
+            async with lr:
                 start = time.perf_counter()
                 job = await lr.start(env.spec("vm"))
                 async for event in job.events():
