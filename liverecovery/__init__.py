@@ -20,6 +20,7 @@ from liverecovery.backends import (
     RestorePoint,
     VmRef,
     VSphereClient,
+    VSphereInventory,
 )
 from liverecovery.config import Passkey, Settings, Timeouts
 from liverecovery.errors import (
@@ -31,11 +32,13 @@ from liverecovery.errors import (
     CatalogError,
     ConcurrentSessionError,
     JobCancelledError,
+    JobInterruptedError,
     JobStateError,
     LiveRecoveryError,
     MultipleVmsError,
     NfsError,
     NfsStatus,
+    NfsVolumeLimitError,
     PasskeyError,
     PreflightError,
     RollbackError,
@@ -78,6 +81,7 @@ __all__ = [
     "ExtentKind",
     "Filesystem",
     "JobCancelledError",
+    "JobInterruptedError",
     "JobStateError",
     "JobSummary",
     "JobWarning",
@@ -90,6 +94,7 @@ __all__ = [
     "NfsError",
     "NfsExporter",
     "NfsStatus",
+    "NfsVolumeLimitError",
     "Passkey",
     "PasskeyError",
     "PreflightError",
@@ -108,6 +113,7 @@ __all__ = [
     "Timeouts",
     "VSphereClient",
     "VSphereError",
+    "VSphereInventory",
     "VmRef",
     "__version__",
 ]

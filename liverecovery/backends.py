@@ -33,6 +33,7 @@ __all__ = [
     "ProgressCallback",
     "RestorePoint",
     "VSphereClient",
+    "VSphereInventory",
     "VmRef",
 ]
 
@@ -285,6 +286,23 @@ class VSphereClient(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class VSphereInventory(Protocol):
+    """**Protocol:** what a ``VSphereClient`` can also report; resume uses it to reconcile a
+    journal with reality. Optional: without it, the journal is taken as the truth."""
+
+    async def power_state(self, vm: VmRef) -> str:
+        """``poweredOn``, ``poweredOff`` or ``suspended``.
+
+        :raises VSphereError: fault ``ManagedObjectNotFound`` when the VM is not registered.
+        """
+        ...
+
+    async def nfs_datastores(self, host: str) -> Sequence[str]:
+        """Names of the NFS datastores ``host`` mounts."""
+        ...
 
 
 @attrs.frozen

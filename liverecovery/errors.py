@@ -19,6 +19,7 @@ __all__ = [
     "CatalogError",
     "ConcurrentSessionError",
     "JobCancelledError",
+    "JobInterruptedError",
     "JobStateError",
     "LiveRecoveryError",
     "MultipleVmsError",
@@ -45,6 +46,10 @@ class SettingsError(LiveRecoveryError, ValueError):
 
 class JobStateError(LiveRecoveryError):
     """An operation was asked of a job in a state that does not allow it (local misuse)."""
+
+
+class JobInterruptedError(LiveRecoveryError):
+    """The process running a job stopped; on resume the job was rolled back."""
 
 
 class JobCancelledError(LiveRecoveryError):

@@ -21,9 +21,9 @@ import anyio.abc
 
 from liverecovery.backends import Backends
 from liverecovery.config import Settings
-from liverecovery.errors import JobStateError
+from liverecovery.errors import JobStateError, LiveRecoveryError
 from liverecovery.job.job import JobContext, RecoveryJob
-from liverecovery.job.journal import journal_dir
+from liverecovery.job.journal import journal_dir, unfinished_journals
 from liverecovery.job.migration import (
     DelayedMigration,
     ManualMigration,
@@ -80,6 +80,7 @@ class LiveRecovery:
             else None,
         )
         self._jobs: dict[str, RecoveryJob] = {}
+        self.resume_errors: list[str] = []
         self._tg: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> LiveRecovery:
@@ -117,6 +118,34 @@ class LiveRecovery:
         self._tg.start_soon(job.run, name=f"liverecovery job {job.id}")
         await anyio.lowlevel.checkpoint()
         return job
+
+    async def resume(self) -> list[RecoveryJob]:
+        """Pick up every job whose journal has no end, after a restart of the process.
+
+        Each is reconciled with what the backends report, then continues (a VM running from
+        the backup is served again under the same export path and file handles) or rolls back
+        what is left. Journals that cannot be read are skipped and listed in ``resume_errors``.
+
+        :raises JobStateError: not inside ``async with``.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before resuming jobs")
+        if not self.settings.journal:
+            return []
+        resumed: list[RecoveryJob] = []
+        for contents in unfinished_journals(self.settings.job_results_dir):
+            if contents.job_id in self._jobs:
+                continue
+            try:
+                job = RecoveryJob.from_journal(contents, self._ctx)
+            except (LiveRecoveryError, KeyError, TypeError, ValueError) as exc:
+                self.resume_errors.append(f"{contents.path}: {exc}")
+                continue
+            self._jobs[job.id] = job
+            self._tg.start_soon(job.run, name=f"liverecovery job {job.id} (resumed)")
+            resumed.append(job)
+        await anyio.lowlevel.checkpoint()
+        return resumed
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""

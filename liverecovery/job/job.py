@@ -10,9 +10,10 @@ the rollback goes on with the rest; the job then ends ``failed`` with every erro
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,17 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from liverecovery.backends import Backends, RestorePoint, VmRef
+from liverecovery.backends import Backends, RestorePoint, VmRef, VSphereInventory
 from liverecovery.config import Settings
 from liverecovery.datastore.restore import BackgroundRestore
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
     JobCancelledError,
+    JobInterruptedError,
     JobStateError,
     RollbackError,
+    VSphereError,
 )
 from liverecovery.job import preflight
 from liverecovery.job.events import (
@@ -40,9 +43,10 @@ from liverecovery.job.events import (
     Progress,
     StateChanged,
 )
-from liverecovery.job.journal import Journal, spec_record
+from liverecovery.job.journal import Journal, JournalContents, spec_record
 from liverecovery.job.machine import JobMachine
 from liverecovery.job.migration import MigrationPolicy
+from liverecovery.job.resume import plan_resume
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
 from liverecovery.job.spec import RecoverySpec
@@ -125,18 +129,24 @@ _CANCELLED = object()
 class RecoveryJob:
     """A live recovery of one VM; created and run by ``LiveRecovery.start``."""
 
-    def __init__(self, spec: RecoverySpec, ctx: JobContext) -> None:
+    def __init__(
+        self, spec: RecoverySpec, ctx: JobContext, *, resumed: JournalContents | None = None
+    ) -> None:
         self.id = spec.job_id or uuid.uuid4().hex[:12]
         self.spec = spec
         self._ctx = ctx
+        self._resumed = resumed
+        initial = State(resumed.last_state) if resumed is not None else State.CREATED
         self._events = EventLog()
-        self._machine = JobMachine(has_errors=lambda: bool(self._errors), on_change=self._changed)
+        self._machine = JobMachine(
+            has_errors=lambda: bool(self._errors), on_change=self._changed, initial=initial
+        )
         self._errors: list[BaseException] = []
         self._step_error: BaseException | None = None
         self._compensations: list[_Compensation] = []
         self._compensations_run: list[str] = []
-        self._states: list[State] = [State.CREATED]
-        self._entered: dict[State, float] = {State.CREATED: time.monotonic()}
+        self._states: list[State] = [initial]
+        self._entered: dict[State, float] = {initial: time.monotonic()}
         self._timings: dict[str, float] = {}
         self._done = anyio.Event()
         self._cancel_requested = False
@@ -286,12 +296,31 @@ class RecoveryJob:
                 with anyio.CancelScope(shield=True):
                     await self._close_journal()
 
+    @classmethod
+    def from_journal(cls, contents: JournalContents, ctx: JobContext) -> RecoveryJob:
+        """A job rebuilt from an unfinished journal (the passkey is not needed again: its
+        preflight passed before the restart).
+
+        :raises JobStateError: the journal does not start with a job record.
+        """
+        if not contents.records or contents.records[0].kind != "job":
+            raise JobStateError(f"{contents.path}: not a job journal ({contents.tail_error})")
+        data = dict(contents.records[0].data["spec"])
+        data.pop("has_passkey", None)
+        data.pop("passkey", None)
+        vms = data.pop("vms")
+        data["job_id"] = contents.job_id
+        return cls(RecoverySpec(vm=vms, **data), ctx, resumed=contents)
+
     async def _open_journal(self) -> None:
         if self._ctx.journal_dir is None:
             return
         try:
             self._journal = await Journal.open(self._ctx.journal_dir / f"{self.id}.journal")
-            await self._journal.append("job", job_id=self.id, spec=spec_record(self.spec))
+            if self._resumed is not None:
+                await self._journal.append("resumed", from_state=self.state.value)
+            else:
+                await self._journal.append("job", job_id=self.id, spec=spec_record(self.spec))
         except OSError as exc:
             # Without a journal the job cannot promise crash recovery: it does not start.
             self._journal = None
@@ -328,8 +357,17 @@ class RecoveryJob:
 
     async def _drive(self) -> None:
         try:
-            first = "cancel" if self._cancel_requested or self._step_error else "advance"
-            await self._fire(first)
+            if self._resumed is not None and not self._step_error:
+                try:
+                    await self._reconcile(self._resumed)
+                except Exception as exc:
+                    self._step_error = exc
+                    self._errors.append(exc)
+                    if self.state not in (State.ROLLING_BACK, *TERMINAL_STATES):
+                        await self._fire("fail")
+            else:
+                first = "cancel" if self._cancel_requested or self._step_error else "advance"
+                await self._fire(first)
             while self.state in STEP_STATES:
                 state = self.state
                 outcome = await self._run_step(state)
@@ -542,6 +580,10 @@ class RecoveryJob:
         await self._did("mounted", "unmount", unmount, host=host, datastore=self.datastore)
 
     async def _stage(self) -> None:
+        await self._build_and_publish()
+
+    async def _build_and_publish(self, *, replace: bool = False) -> None:
+        """Build the VM folder and publish it (``replace``: unpublish a stale one first)."""
         assert self.point is not None and self.datastore and self.export_path
         ctx = self._ctx
         staging = StagingContext(
@@ -561,6 +603,9 @@ class RecoveryJob:
             raise
         path, exporter = self.export_path, ctx.backends.exporter
         try:
+            if replace:
+                with contextlib.suppress(BackendError):
+                    await exporter.unpublish(path, self.folder)
             await exporter.publish(path, self.folder, staged.filesystem)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -576,6 +621,160 @@ class RecoveryJob:
                 await ctx.builder.discard(staging)
 
         await self._did("published", "unpublish", unpublish, path=path, folder=self.folder)
+
+    # -- resuming after a restart ------------------------------------------------------------------
+
+    async def _reconcile(self, contents: JournalContents) -> None:
+        """Compare the journal with reality, re-establish what a continuing job holds (export
+        with the same path and handles, the datastore mount, the VM folder), rebuild the undo
+        list for what is in place, and move the machine to where the job goes on."""
+        ctx, spec = self._ctx, self.spec
+        backends, host = ctx.backends, spec.esx_host
+        inventory = backends.vsphere if isinstance(backends.vsphere, VSphereInventory) else None
+        ctx.sessions.acquire(spec.vm, SessionKind.RECOVERY, self.id)
+        self._session_held = True
+        facts = plan_resume(contents, vm_running=None).effects
+        if "registered" in facts:
+            r = facts["registered"]
+            self.vm = VmRef(str(r["moref"]), str(r["name"]), str(r["vmx_path"]))
+        vm_running: bool | None = None
+        if inventory is not None and self.vm is not None and "powered_on" in facts:
+            try:
+                vm_running = await inventory.power_state(self.vm) == "poweredOn"
+            except VSphereError:
+                vm_running = False
+        plan = plan_resume(contents, vm_running=vm_running)
+        await self._record("reconciled", target=plan.target.value, reason=plan.reason)
+        self._events.append(JobWarning(self.id, f"resumed: {plan.reason}"))
+        if plan.last_state in TERMINAL_STATES:
+            return
+        effects, continuing = plan.effects, plan.target is not State.ROLLING_BACK
+        if "cache_reserved" in effects:
+            c = effects["cache_reserved"]
+            self.point = await backends.catalog.restore_point(spec.vm, c.get("point_id"))
+            if continuing:
+                await backends.cache.reserve(self.id, int(c.get("bytes", 0)))
+            await self._did(
+                "cache_reserved",
+                "release_cache_reservation",
+                lambda: backends.cache.release(self.id),
+                bytes=int(c.get("bytes", 0)),
+                point_id=c.get("point_id"),
+            )
+        if "exported" in effects:
+            path = str(effects["exported"]["path"])
+            if continuing or path in backends.exporter.exports():
+                await ctx.shares.adopt_export(host, spec.client_address, self.id, path)
+                self.export_path = path
+
+                async def unexport() -> None:
+                    await ctx.shares.release_export(host, self.id)
+
+                await self._did("exported", "unexport", unexport, host=host, path=path)
+        if "mounted" in effects and self.export_path:
+            datastore = str(effects["mounted"]["datastore"])
+            mounted = True
+            if inventory is not None:
+                mounted = datastore in await inventory.nfs_datastores(host)
+            if continuing or mounted:
+                remote = ctx.settings.nfs_address or "127.0.0.1"
+                await ctx.shares.adopt_mount(host, remote, self.id, datastore, mounted)
+                self.datastore = datastore
+
+                async def unmount() -> None:
+                    await ctx.shares.release_mount(host, self.id)
+
+                await self._did("mounted", "unmount", unmount, host=host, datastore=datastore)
+        if "published" in effects and self.point and self.datastore and self.export_path:
+            if continuing and plan.migrated is None:
+                await self._build_and_publish(replace=True)
+            else:
+                await self._adopt_folder()
+        if plan.migrated is not None:
+            m = plan.migrated
+            name = self.vm.name if self.vm else spec.vm
+            self.vm = VmRef(str(m["moref"]), name, str(m["vmx_path"]))
+            self.migrated = True
+        elif self.vm is not None:
+            await self._adopt_vm(effects, inventory, running=vm_running is not False)
+        # Move the machine along the table to where the job goes on.
+        if plan.target is State.ROLLING_BACK:
+            self._step_error = JobInterruptedError(
+                f"job {self.id} was interrupted ({plan.reason}); rolled back what it had done"
+            )
+            self._errors.append(self._step_error)
+            if self.state is not State.ROLLING_BACK:
+                await self._fire("fail")
+            return
+        while self.state is not plan.target:
+            await self._fire("advance")
+        if plan.target in (State.SERVING, State.MIGRATING):
+            self._start_background()
+
+    async def _adopt_folder(self) -> None:
+        """Undo for a folder published before the restart: unpublish if still there, then
+        remove the overlay directory."""
+        assert self.point is not None and self.datastore and self.export_path
+        ctx, path = self._ctx, self.export_path
+        staging = StagingContext(
+            job_id=self.id,
+            spec=self.spec,
+            point=self.point,
+            settings=ctx.settings,
+            catalog=ctx.backends.catalog,
+            datastore=self.datastore,
+            folder=self.folder,
+        )
+
+        async def unpublish() -> None:
+            with contextlib.suppress(BackendError):
+                await ctx.backends.exporter.unpublish(path, self.folder)
+            if not ctx.settings.keep_overlay:
+                await ctx.builder.discard(staging)
+
+        await self._did("published", "unpublish", unpublish, path=path, folder=self.folder)
+
+    async def _adopt_vm(
+        self,
+        effects: Mapping[str, Mapping[str, Any]],
+        inventory: VSphereInventory | None,
+        *,
+        running: bool,
+    ) -> None:
+        """Undo for the VM registered (and powered on) before the restart, skipping whatever
+        vSphere says is already undone."""
+        vsphere = self._ctx.backends.vsphere
+
+        async def state() -> str | None:
+            if inventory is None or self.vm is None:
+                return "unknown"
+            try:
+                return await inventory.power_state(self.vm)
+            except VSphereError:
+                return None
+
+        async def unregister() -> None:
+            if self.vm is not None and await state() is not None:
+                await vsphere.unregister_vm(self.vm)
+
+        async def power_off() -> None:
+            if self.vm is not None and await state() in ("poweredOn", "unknown"):
+                await vsphere.power_off(self.vm)
+
+        assert self.vm is not None
+        await self._did(
+            "registered",
+            "unregister",
+            unregister,
+            vm_bound=True,
+            moref=self.vm.moref,
+            name=self.vm.name,
+            vmx_path=self.vm.vmx_path,
+        )
+        if "powered_on" in effects and running:
+            await self._did(
+                "powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref
+            )
 
     async def _register(self) -> None:
         assert self.staged is not None
@@ -610,8 +809,12 @@ class RecoveryJob:
 
         await self._did("powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref)
         self._progress()
-        assert self._tg is not None and self.staged is not None
-        if self.staged.disks:
+        self._start_background()
+
+    def _start_background(self) -> None:
+        """Background restore and progress reports, from power-on until cleanup."""
+        assert self._tg is not None
+        if self.staged is not None and self.staged.disks:
             self._restore = BackgroundRestore(
                 list(self.staged.disks.values()),
                 bandwidth_bps=self._ctx.settings.restore_bandwidth_bps or None,

@@ -41,6 +41,7 @@ class JobMachine:
         *,
         has_errors: Callable[[], bool],
         on_change: Callable[[State, State], None],
+        initial: State = State.CREATED,
     ) -> None:
         self._model = _Model(has_errors)
         self._on_change = on_change
@@ -57,7 +58,7 @@ class JobMachine:
                 }
                 for t in TRANSITIONS
             ],
-            initial=State.CREATED.value,
+            initial=initial.value,
             auto_transitions=False,
             send_event=True,
             after_state_change=self._after_change,

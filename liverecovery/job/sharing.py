@@ -105,6 +105,36 @@ class HostShares:
             share.datastore = None
             return True
 
+    async def adopt_export(self, host: str, client: str, job_id: str, path: str) -> bool:
+        """After a restart: take the job's share of the host's export at ``path``, creating the
+        export again if the exporter no longer has it (same path, so the same file handles).
+        True if it had to be created."""
+        share = self._share(host)
+        async with share.lock:
+            created = False
+            if path not in self._exporter.exports():
+                await self._exporter.export(path, (client,))
+                created = True
+            share.export_path = path
+            share.export_users.add(job_id)
+            return created
+
+    async def adopt_mount(
+        self, host: str, remote_host: str, job_id: str, datastore: str, mounted: bool
+    ) -> None:
+        """After a restart: take the job's share of ``datastore``, mounting it only if the host
+        no longer has it (``mounted`` is what the host reports)."""
+        share = self._share(host)
+        async with share.lock:
+            if not mounted and share.datastore is None:
+                if share.export_path is None:
+                    raise JobStateError(f"no export for host {host!r} to mount")
+                await self._vsphere.mount_nfs_datastore(
+                    host, remote_host, share.export_path, datastore
+                )
+            share.datastore = datastore
+            share.mount_users.add(job_id)
+
     def users(self, host: str) -> tuple[frozenset[str], frozenset[str]]:
         """Job ids using the host's export and mount."""
         share = self._hosts.get(host) or _HostShare()

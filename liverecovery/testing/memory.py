@@ -554,6 +554,14 @@ class MemoryVSphere:
         state.ref, state.datastore, state.migrated = ref, datastore, True
         return ref
 
+    async def power_state(self, vm: VmRef) -> str:
+        await self.faults.hit("vsphere.power_state")
+        return "poweredOn" if self._vm(vm, "power_state").powered_on else "poweredOff"
+
+    async def nfs_datastores(self, host: str) -> Sequence[str]:
+        await self.faults.hit("vsphere.nfs_datastores")
+        return sorted(self._host(host, "nfs_datastores"))
+
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 

@@ -459,6 +459,13 @@ class PyvmomiVSphereClient:
             "vsphere.power_off", task, time_limit=self._task_timeout, subject=subject
         )
 
+    async def nfs_datastores(self, host: str) -> list[str]:
+        """Names of the NFSv3 datastores ``host`` mounts."""
+        return await self._call(
+            "vsphere.nfs_datastores",
+            lambda: self._inventory.mounted_nfs(self._inventory.host(host)),
+        )
+
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn``, ``poweredOff`` or ``suspended``."""
         return await self._call("vsphere.power_state", lambda: str(self._vm(vm).runtime.powerState))

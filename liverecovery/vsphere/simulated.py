@@ -25,6 +25,7 @@ from types import TracebackType
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import ProgressCallback, VmRef
@@ -557,6 +558,18 @@ class SimulatedEsxHost:
         for name in names:
             with contextlib.suppress(NfsError):
                 await mount.client.remove(folder_fh, name)
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    async def power_state(self, vm: VmRef) -> str:
+        """``poweredOn`` or ``poweredOff``. :raises VSphereError: the VM is not registered."""
+        await anyio.lowlevel.checkpoint()
+        return "poweredOn" if self._vm(vm, "power_state").powered_on else "poweredOff"
+
+    async def nfs_datastores(self, host: str) -> list[str]:
+        self._check_host(host, "nfs_datastores")
+        await anyio.lowlevel.checkpoint()
+        return sorted(self.mounts)
 
     # -- for verification ------------------------------------------------------------------------
 
