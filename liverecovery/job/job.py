@@ -582,11 +582,10 @@ class RecoveryJob:
     async def _stage(self) -> None:
         await self._build_and_publish()
 
-    async def _build_and_publish(self, *, replace: bool = False) -> None:
-        """Build the VM folder and publish it (``replace``: unpublish a stale one first)."""
-        assert self.point is not None and self.datastore and self.export_path
+    def _staging_context(self) -> StagingContext:
+        assert self.point is not None and self.datastore is not None
         ctx = self._ctx
-        staging = StagingContext(
+        return StagingContext(
             job_id=self.id,
             spec=self.spec,
             point=self.point,
@@ -595,6 +594,12 @@ class RecoveryJob:
             datastore=self.datastore,
             folder=self.folder,
         )
+
+    async def _build_and_publish(self, *, replace: bool = False) -> None:
+        """Build the VM folder and publish it (``replace``: unpublish a stale one first)."""
+        assert self.point is not None and self.datastore and self.export_path
+        ctx = self._ctx
+        staging = self._staging_context()
         try:
             staged = await ctx.builder.build(staging)
         except BaseException:
@@ -716,15 +721,7 @@ class RecoveryJob:
         remove the overlay directory."""
         assert self.point is not None and self.datastore and self.export_path
         ctx, path = self._ctx, self.export_path
-        staging = StagingContext(
-            job_id=self.id,
-            spec=self.spec,
-            point=self.point,
-            settings=ctx.settings,
-            catalog=ctx.backends.catalog,
-            datastore=self.datastore,
-            folder=self.folder,
-        )
+        staging = self._staging_context()
 
         async def unpublish() -> None:
             with contextlib.suppress(BackendError):
