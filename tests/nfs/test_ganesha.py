@@ -51,7 +51,7 @@ async def test_file_lifecycle_on_ganesha(
     assert names == {"b.txt"}
     plus = {e.name: e for e in await c.readdirplus(d)}
     assert plus["sub"].attributes is not None and plus["sub"].attributes.type == FileType.DIR
-    e1, _ = await c.create(d, "x", mode=CreateMode.EXCLUSIVE, verifier=b"12345678")
+    await c.create(d, "x", mode=CreateMode.EXCLUSIVE, verifier=b"12345678")
     with pytest.raises(NfsError) as exc:
         await c.create(d, "x", mode=CreateMode.GUARDED)
     assert exc.value.status == NfsStatus.EXIST
