@@ -13,6 +13,7 @@ one ``Filesystem`` directly (``liverecovery serve``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -162,7 +163,7 @@ class NfsServer:
         self._exports: dict[str, _Export] = {}
         self._by_id: dict[int, _Export] = {}
         self._mounts: set[tuple[str, str]] = set()
-        self._stack = contextlib.AsyncExitStack()
+        self._runner: asyncio.Task[None] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._bound_port = 0
         self._bound_portmap_port = 0
@@ -183,28 +184,49 @@ class NfsServer:
         await self.aclose()
 
     async def start(self) -> None:
-        """Bind the listener(s) and start serving. :raises OSError: the port is taken."""
+        """Bind the listener(s) and start serving in a task of its own, so ``aclose`` may be
+        called from any task. :raises OSError: a port is taken."""
+        if self._runner is not None:
+            raise RuntimeError("server already started")
         listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
-        self._stack.push_async_callback(listener.aclose)
+        listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = [listener]
         self._bound_port = listener.extra(SocketAttribute.local_port)
-        listeners = [listener]
+        self._bound_portmap_port = self._bound_port
         if self._portmap_port is not None:
-            pml = await anyio.create_tcp_listener(
-                local_host=self._host, local_port=self._portmap_port
-            )
-            self._stack.push_async_callback(pml.aclose)
+            try:
+                pml = await anyio.create_tcp_listener(
+                    local_host=self._host, local_port=self._portmap_port
+                )
+            except BaseException:
+                await listener.aclose()
+                raise
             self._bound_portmap_port = pml.extra(SocketAttribute.local_port)
             listeners.append(pml)
-        else:
-            self._bound_portmap_port = self._bound_port
-        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
-        self._stack.callback(self._tg.cancel_scope.cancel)
-        for lst in listeners:
-            self._tg.start_soon(lst.serve, self._serve_connection)
+        self._runner = asyncio.get_running_loop().create_task(self._run(listeners))
+
+    async def _run(self, listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]]) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for lst in listeners:
+                    tg.start_soon(lst.serve, self._serve_connection)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for lst in listeners:
+                    await lst.aclose()
 
     async def aclose(self) -> None:
         """Stop listening and drop every connection (exports are not unexported)."""
-        await self._stack.aclose()
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        else:
+            runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        self._tg = None
 
     @property
     def host(self) -> str:
@@ -361,9 +383,11 @@ class NfsServer:
         async def answer(record: bytes | bytearray) -> None:
             try:
                 reply = await self._dispatch(record, peer)
-                if reply:
-                    async with send_lock:
-                        await stream.send(b"".join((record_header(len(reply)), reply)))
+                if reply is None:  # not ONC RPC: drop the peer rather than guess
+                    await stream.aclose()
+                    return
+                async with send_lock:
+                    await stream.send(b"".join((record_header(len(reply)), reply)))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
             finally:
@@ -378,24 +402,26 @@ class NfsServer:
                         while (record := reader.next_record()) is not None:
                             await slots.acquire()
                             tg.start_soon(answer, record)
+                except anyio.EndOfStream:
+                    return  # the client is done sending: calls in flight still get answers
                 except RecordTooLarge as exc:
                     log.warning("closing connection from %s: %s", peer, exc)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
                 tg.cancel_scope.cancel()
         except Exception:  # a bug must cost one connection, never the server
             log.exception("connection from %s failed", peer)
 
-    async def _dispatch(self, record: Buffer, peer: str) -> bytes:
-        """Answer one record; b"" when it cannot be answered (not a call)."""
+    async def _dispatch(self, record: Buffer, peer: str) -> bytes | None:
+        """The reply to one record; None when it is not an RPC call (the connection closes)."""
         try:
             call = decode_call(record)
         except CallRejected as exc:
             log.debug("rejected call: %s", exc)
             return exc.reply
         except RpcError as exc:
-            log.debug("dropped record from %s: %s", peer, exc)
-            return b""
+            log.info("closing connection from %s: %s", peer, exc)
+            return None
         try:
             if call.prog == n3.NFS_PROGRAM:
                 if call.vers != n3.NFS_VERSION:

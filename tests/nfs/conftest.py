@@ -81,6 +81,7 @@ class Ganesha:
     nfs_port: int
     mount_port: int
     path: str
+    restricted_path: str
 
 
 def _rpcbind_running() -> bool:
@@ -110,6 +111,8 @@ def rpcbind() -> Iterator[None]:
 
 def start_ganesha(tmp: Path, data: Path) -> tuple[subprocess.Popen[bytes], Ganesha, Path]:
     nfs_port, mount_port = _free_port(), _free_port()
+    restricted = tmp / "restricted"
+    restricted.mkdir(exist_ok=True)
     conf = tmp / "ganesha.conf"
     log = tmp / "ganesha.log"
     conf.write_text(
@@ -119,6 +122,9 @@ NFS_CORE_PARAM {{ NFS_Port = {nfs_port}; MNT_Port = {mount_port}; Bind_addr = 12
 NFSV4 {{ Graceless = true; }}
 EXPORT {{ Export_Id = 1; Path = {data}; Pseudo = /export; Protocols = 3; Transports = TCP;
   Access_Type = RW; Squash = No_Root_Squash; Sectype = sys; FSAL {{ Name = VFS; }} }}
+EXPORT {{ Export_Id = 2; Path = {restricted}; Pseudo = /restricted; Protocols = 3;
+  Transports = TCP; Access_Type = None; Squash = No_Root_Squash; Sectype = sys;
+  CLIENT {{ Clients = 192.0.2.1; Access_Type = RW; }} FSAL {{ Name = VFS; }} }}
 """
     )
     exe = shutil.which("ganesha.nfsd") or "/usr/bin/ganesha.nfsd"
@@ -134,12 +140,14 @@ EXPORT {{ Export_Id = 1; Path = {data}; Pseudo = /export; Protocols = 3; Transpo
         proc.kill()
         proc.wait()
         raise
-    return proc, Ganesha(data, nfs_port, mount_port, str(data)), log
+    return proc, Ganesha(data, nfs_port, mount_port, str(data), str(restricted)), log
 
 
-@pytest.fixture
-def ganesha(tmp_path: Path, rpcbind: None) -> Iterator[Ganesha]:
-    """NFS-Ganesha (VFS FSAL) exporting ``tmp_path/gdata`` on OS-chosen loopback ports."""
+@pytest.fixture(scope="module")
+def ganesha(tmp_path_factory: pytest.TempPathFactory, rpcbind: None) -> Iterator[Ganesha]:
+    """NFS-Ganesha (VFS FSAL) exporting a temporary directory on OS-chosen loopback ports, and
+    a second export (``restricted_path``) that only 192.0.2.1 may mount."""
+    tmp_path = tmp_path_factory.mktemp("ganesha")
     data = tmp_path / "gdata"
     data.mkdir()
     run = tmp_path / "ganesha"
