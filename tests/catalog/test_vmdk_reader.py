@@ -58,7 +58,7 @@ def test_big_disk_reads_around_every_boundary(images: dict[str, Image], name: st
 def _interesting_reads(image: Image) -> st.SearchStrategy[tuple[int, int]]:
     near = st.builds(
         lambda mark, delta: max(0, min(image.size - 1, mark + delta)),
-        st.sampled_from(image.boundaries + (image.size - 1,)),
+        st.sampled_from((*image.boundaries, image.size - 1)),
         st.integers(-70_000, 70_000),
     )
     offsets = st.one_of(st.integers(0, image.size - 1), near)
