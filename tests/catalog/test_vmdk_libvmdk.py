@@ -12,7 +12,20 @@ pyvmdk = pytest.importorskip("pyvmdk")
 
 @pytest.mark.parametrize(
     "name",
-    ["monolithicSparse", "monolithicFlat", "streamOptimized", "zeroed", "twoGbMaxExtentSparse"],
+    [
+        "monolithicSparse",
+        "monolithicFlat",
+        "streamOptimized",
+        "twoGbMaxExtentSparse",
+        pytest.param(
+            "zeroed",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="libvmdk reads a zero grain (GTE 1) as sector 1, i.e. the descriptor; "
+                "qemu-img and our reader return zeros",
+            ),
+        ),
+    ],
 )
 def test_same_bytes_as_libvmdk(images: dict[str, Image], name: str) -> None:
     image = images[name]
