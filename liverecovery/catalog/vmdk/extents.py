@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import struct
 import sys
+import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from liverecovery.backends import ExtentKind
@@ -60,7 +62,7 @@ Run = tuple[int, int, ExtentKind]
 _GTE_ZERO = 1
 _GRAIN_MARKER = struct.Struct("<QI")
 _LITTLE = sys.byteorder == "little"
-_FIRST_COMPRESSED_READ = 16384
+_FIRST_COMPRESSED_READ = 32768
 
 
 class ExtentReader(Protocol):
@@ -310,6 +312,7 @@ class SparseExtent:
         capacity = min(end, self._capacity_bytes)
         entry_of = self._entry
         pieces: list[Piece] = []
+        inflates: list[tuple[int, int, int, int, int]] = []
         pos = offset
         while pos < capacity:
             grain, within = divmod(pos, gbytes)
@@ -329,8 +332,10 @@ class SparseExtent:
                     stop = min(stop + gbytes, capacity)
                 pieces.extend(zeros(stop - pos))
             elif self._compressed:
-                data = self._inflate(grain, entry)
-                pieces.append(memoryview(data)[within : within + stop - pos])
+                # a read that needs only the head of a grain inflates only that much
+                want = within + stop - pos
+                inflates.append((len(pieces), grain, entry, within, want if want < gbytes else 0))
+                pieces.append(b"")  # filled in below
             else:
                 # coalesce grains stored back to back in the file into one read
                 expect = entry + gsectors
@@ -344,9 +349,31 @@ class SparseExtent:
             pos = stop
         if end > pos:
             pieces.extend(zeros(end - pos))  # beyond the header's capacity
+        if inflates:
+            self._inflate_all(inflates, pieces)
         return pieces
 
-    def _inflate(self, grain: int, sector: int) -> bytes:
+    def _inflate_all(self, jobs: list[tuple[int, int, int, int, int]], pieces: list[Piece]) -> None:
+        """Inflate the grains a read needs; several at once on several cores (zlib releases
+        the GIL), the first one in this thread."""
+        futures = []
+        if len(jobs) > 1:
+            pool = _inflate_pool()
+            futures = [pool.submit(self._inflate_piece, job) for job in jobs[1:]]
+        index, piece = self._inflate_piece(jobs[0])
+        pieces[index] = piece
+        for future in futures:
+            index, piece = future.result()
+            pieces[index] = piece
+
+    def _inflate_piece(self, job: tuple[int, int, int, int, int]) -> tuple[int, Piece]:
+        index, grain, entry, within, head_only = job
+        data = self._inflate(grain, entry, head_only)
+        stop = head_only or self._grain_bytes
+        return index, memoryview(data)[within:stop]
+
+    def _inflate(self, grain: int, sector: int, head_only: int = 0) -> bytes:
+        """The grain's inflated bytes; with ``head_only``, at least that many (not cached)."""
         cached = self._inflated.get(grain)
         if cached is not None:
             return cached
@@ -367,11 +394,18 @@ class SparseExtent:
         need = start + size
         if len(head) < need:
             head = self._pread(where, need, f"grain {grain}")
+        payload = memoryview(head)[start:need]
         try:
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(memoryview(head)[start:need], self._grain_bytes)
+            if head_only:
+                data = zlib.decompressobj().decompress(payload, head_only)
+            else:
+                data = zlib.decompress(payload, zlib.MAX_WBITS, self._grain_bytes)
         except zlib.error as exc:
             raise CatalogError(f"grain {grain} does not inflate: {exc}", path=self.path) from None
+        if head_only:
+            if len(data) < head_only:
+                data += bytes(head_only - len(data))
+            return data
         if len(data) < self._grain_bytes:
             data += bytes(self._grain_bytes - len(data))
         self._inflated.put(grain, data)
@@ -420,6 +454,21 @@ class SparseExtent:
     def close(self) -> None:
         self._file.close()
         self._inflated.clear()
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _inflate_pool() -> ThreadPoolExecutor:
+    """One process-wide pool, sized to the cores, for inflating the grains of one read."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vmdk-inflate"
+            )
+        return _POOL
 
 
 def _decode(raw: bytes) -> str:
