@@ -229,5 +229,5 @@ async def test_two_vmx_files_are_refused(tmp_path: Path, root: Path) -> None:
     vm = tmp_path / "web01"
     shutil.copytree(root / "web01", vm)
     shutil.copy(vm / "web01.vmx", vm / "other.vmx")
-    with pytest.raises(CatalogError, match="expected one .vmx, found 2"):
+    with pytest.raises(CatalogError, match=r"expected one \.vmx, found 2"):
         await DirectoryCatalog(tmp_path).restore_points("web01")
