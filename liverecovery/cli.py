@@ -24,6 +24,7 @@ Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
+    from liverecovery.catalog import inspect_cli
     from liverecovery.job import demo_cli
 
     parser = argparse.ArgumentParser(
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="VMware Live Recovery: power a VM on from its backup over NFS.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (demo_cli.register,):
+    for register in (demo_cli.register, inspect_cli.register):
         register(sub)
     return parser
 

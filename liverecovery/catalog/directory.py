@@ -6,7 +6,7 @@ Layouts understood, under a backup root::
     root/<vm>/<vm>-2024-05-01_22-00-00/<vm>.vmx     dated restore points (ghettoVCB style)
     root/<vm>/<name>.ova                            OVA exports: one restore point each
 
-The root itself may also be one VM folder. Each restore point folder may hold a
+The root itself may also be one VM folder, or one .ova file. Each restore point folder may hold a
 ``catalog.json`` (see ``point_meta``). Everything is read on demand, never written.
 """
 
@@ -80,7 +80,12 @@ class DirectoryCatalog:
     def _is_single_vm(self) -> bool:
         return _has_vmx(self.root)
 
+    def _is_single_ova(self) -> bool:
+        return self.root.suffix.lower() == ".ova" and self.root.is_file()
+
     def _vm_names(self) -> list[str]:
+        if self._is_single_ova():
+            return [self.root.stem]
         if not self.root.is_dir():
             raise CatalogError("backup root is not a folder", path=str(self.root))
         if self._is_single_vm():
@@ -117,6 +122,10 @@ class DirectoryCatalog:
         return found
 
     def _points(self, vm_name: str) -> list[_Point]:
+        if self._is_single_ova():
+            if vm_name != self.root.stem:
+                raise CatalogError(f"no VM {vm_name!r} in the OVA", path=str(self.root))
+            return [self._load(vm_name, self.root.parent, self.root)]
         folder = self._vm_folder(vm_name)
         points = [self._load(vm_name, f, ova) for f, ova in self._point_folders(folder)]
         if not points:

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import attrs
@@ -125,3 +126,58 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def qemu(*args: str, cwd: Path) -> None:
+    subprocess.run(list(args), check=True, cwd=cwd, capture_output=True)
+
+
+def make_disk(folder: Path, name: str, size: str, sub: str, pattern: int) -> None:
+    qemu("qemu-img", "create", "-f", "vmdk", "-o", f"subformat={sub}", name, size, cwd=folder)
+    qemu("qemu-io", "-f", "vmdk", "-c", f"write -P {pattern} 65000 100000", name, cwd=folder)
+
+
+@pytest.fixture(scope="session")
+def backup_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("backups")
+    web = root / "web01"
+    web.mkdir()
+    shutil.copy(DATA / "esxi7-linux.vmx", web / "web01.vmx")
+    make_disk(web, "web01.vmdk", "10M", "monolithicSparse", 1)
+    make_disk(web, "web01_1.vmdk", "6M", "monolithicFlat", 2)
+    (web / "web01.nvram").write_bytes(b"NVRAM" * 100)
+    for i, stamp in enumerate(("2024-05-02_22-00-00", "2024-05-01_22-00-00")):
+        point = root / "db" / f"db-{stamp}"
+        point.mkdir(parents=True)
+        shutil.copy(DATA / "hand-edited.vmx", point / "db.vmx")
+        make_disk(point, "legacy app.vmdk", "4M", "monolithicSparse", 3 + i)
+        make_disk(point, "data.vmdk", "2M", "twoGbMaxExtentSparse", 5)
+        make_disk(point, "fast.vmdk", "3M", "monolithicFlat", 6)
+    (root / "db" / "db-2024-05-02_22-00-00" / "catalog.json").write_text(
+        json.dumps({"media": "tape", "archived": True, "passkey_required": True})
+    )
+    app = root / "appliance"
+    app.mkdir()
+    raw1 = app / "one.raw"
+    text = b"".join(b"line %06d of the appliance disk\n" % i for i in range(24 * MiB // 34 + 1))
+    raw1.write_bytes(text[: 24 * MiB])
+    qemu("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "one.raw",
+         "appliance-disk1.vmdk", cwd=app)  # fmt: skip
+    raw2 = bytearray(8 * MiB)
+    raw2[65000:165000] = bytes(range(256)) * 390 + bytes(160)
+    (app / "two.raw").write_bytes(raw2)
+    qemu("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "two.raw",
+         "appliance-disk2.vmdk", cwd=app)  # fmt: skip
+    shutil.copy(DATA / "appliance.ovf", app / "appliance.ovf")
+    with tarfile.open(app / "appliance.ova", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in ("appliance.ovf", "appliance-disk1.vmdk", "appliance-disk2.vmdk"):
+            tar.add(app / name, arcname=name)
+    for name in ("appliance-disk1.vmdk", "appliance-disk2.vmdk"):
+        (app / name).rename(root / name)  # keep them for reference, outside the VM folder
+    for name in ("appliance.ovf", "one.raw", "two.raw"):
+        (app / name).unlink()
+    (root / "empty").mkdir()
+    return root

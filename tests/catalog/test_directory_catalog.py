@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,71 +20,24 @@ MiB = 1 << 20
 pytestmark = pytest.mark.anyio
 
 
-def qemu(*args: str, cwd: Path) -> None:
-    subprocess.run(list(args), check=True, cwd=cwd, capture_output=True)
-
-
 def raw_of(vmdk: Path) -> bytes:
     out = vmdk.with_suffix(".raw")
-    qemu("qemu-img", "convert", "-f", "vmdk", "-O", "raw", vmdk.name, out.name, cwd=vmdk.parent)
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vmdk", "-O", "raw", vmdk.name, out.name],
+        cwd=vmdk.parent,
+        check=True,
+        capture_output=True,
+    )
     return out.read_bytes()
 
 
-def make_disk(folder: Path, name: str, size: str, sub: str, pattern: int) -> None:
-    qemu("qemu-img", "create", "-f", "vmdk", "-o", f"subformat={sub}", name, size, cwd=folder)
-    qemu("qemu-io", "-f", "vmdk", "-c", f"write -P {pattern} 65000 100000", name, cwd=folder)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("backups")
-    web = root / "web01"
-    web.mkdir()
-    shutil.copy(DATA / "esxi7-linux.vmx", web / "web01.vmx")
-    make_disk(web, "web01.vmdk", "10M", "monolithicSparse", 1)
-    make_disk(web, "web01_1.vmdk", "6M", "monolithicFlat", 2)
-    (web / "web01.nvram").write_bytes(b"NVRAM" * 100)
-    for i, stamp in enumerate(("2024-05-02_22-00-00", "2024-05-01_22-00-00")):
-        point = root / "db" / f"db-{stamp}"
-        point.mkdir(parents=True)
-        shutil.copy(DATA / "hand-edited.vmx", point / "db.vmx")
-        make_disk(point, "legacy app.vmdk", "4M", "monolithicSparse", 3 + i)
-        make_disk(point, "data.vmdk", "2M", "twoGbMaxExtentSparse", 5)
-        make_disk(point, "fast.vmdk", "3M", "monolithicFlat", 6)
-    (root / "db" / "db-2024-05-02_22-00-00" / "catalog.json").write_text(
-        json.dumps({"media": "tape", "archived": True, "passkey_required": True})
-    )
-    app = root / "appliance"
-    app.mkdir()
-    raw1 = app / "one.raw"
-    text = b"".join(b"line %06d of the appliance disk\n" % i for i in range(24 * MiB // 34 + 1))
-    raw1.write_bytes(text[: 24 * MiB])
-    qemu("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "one.raw",
-         "appliance-disk1.vmdk", cwd=app)  # fmt: skip
-    raw2 = bytearray(8 * MiB)
-    raw2[65000:165000] = bytes(range(256)) * 390 + bytes(160)
-    (app / "two.raw").write_bytes(raw2)
-    qemu("qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", "two.raw",
-         "appliance-disk2.vmdk", cwd=app)  # fmt: skip
-    shutil.copy(DATA / "appliance.ovf", app / "appliance.ovf")
-    with tarfile.open(app / "appliance.ova", "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in ("appliance.ovf", "appliance-disk1.vmdk", "appliance-disk2.vmdk"):
-            tar.add(app / name, arcname=name)
-    for name in ("appliance-disk1.vmdk", "appliance-disk2.vmdk"):
-        (app / name).rename(root / name)  # keep them for reference, outside the VM folder
-    for name in ("appliance.ovf", "one.raw", "two.raw"):
-        (app / name).unlink()
-    (root / "empty").mkdir()
-    return root
-
-
-async def test_vm_names(root: Path) -> None:
-    catalog: CatalogReader = DirectoryCatalog(root)
+async def test_vm_names(backup_root: Path) -> None:
+    catalog: CatalogReader = DirectoryCatalog(backup_root)
     assert list(await catalog.vm_names()) == ["appliance", "db", "web01"]
 
 
-async def test_vm_folder_point(root: Path) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_vm_folder_point(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root)
     (point,) = await catalog.restore_points("web01")
     assert point.point_id == "web01"
     assert point.vmx_name == "web01.vmx"
@@ -102,20 +53,22 @@ async def test_vm_folder_point(root: Path) -> None:
     assert await catalog.read_file(point, "web01.nvram") == b"NVRAM" * 100
 
 
-async def test_disks_read_like_qemu(root: Path) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_disks_read_like_qemu(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root)
     point = await catalog.restore_point("web01")
     for disk in point.disks:
         reader = await catalog.open_disk(point, disk)
         try:
             assert reader.size == disk.capacity_bytes
-            assert await reader.read(0, reader.size) == raw_of(root / "web01" / disk.file_name)
+            assert await reader.read(0, reader.size) == raw_of(
+                backup_root / "web01" / disk.file_name
+            )
         finally:
             await reader.aclose()
 
 
-async def test_dated_points_oldest_first_with_catalog_json(root: Path) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_dated_points_oldest_first_with_catalog_json(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root)
     old, new = await catalog.restore_points("db")
     assert old.point_id == "db-2024-05-01_22-00-00"
     assert old.created == datetime(2024, 5, 1, 22, tzinfo=UTC)
@@ -140,8 +93,8 @@ async def test_dated_points_oldest_first_with_catalog_json(root: Path) -> None:
         await b.aclose()
 
 
-async def test_ova_point_reads_in_place(root: Path) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_ova_point_reads_in_place(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root)
     (point,) = await catalog.restore_points("appliance")
     assert point.point_id == "appliance"
     assert point.vmx_name == "appliance.ovf"
@@ -153,21 +106,21 @@ async def test_ova_point_reads_in_place(root: Path) -> None:
     for disk in point.disks:
         reader = await catalog.open_disk(point, disk)
         try:
-            assert await reader.read(0, reader.size) == raw_of(root / disk.file_name)
+            assert await reader.read(0, reader.size) == raw_of(backup_root / disk.file_name)
             assert (
                 await reader.read(reader.size - 5, 100)
-                == (root / disk.file_name).with_suffix(".raw").read_bytes()[-5:]
+                == (backup_root / disk.file_name).with_suffix(".raw").read_bytes()[-5:]
             )
         finally:
             await reader.aclose()
     assert b"VirtualSystem" in await catalog.read_file(point, "appliance.ovf")
-    config, declared, name = ova_config(root / "appliance" / "appliance.ova")
+    config, declared, name = ova_config(backup_root / "appliance" / "appliance.ova")
     assert declared == {"appliance-disk1.vmdk": 24 * MiB, "appliance-disk2.vmdk": 8 * MiB}
     assert config.display_name == "appliance" and name == "appliance.ovf"
 
 
-async def test_single_vm_folder_as_root(root: Path) -> None:
-    catalog = DirectoryCatalog(root / "web01")
+async def test_single_vm_folder_as_root(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root / "web01")
     assert list(await catalog.vm_names()) == ["web01"]
     assert len((await catalog.restore_point("web01")).disks) == 2
 
@@ -176,15 +129,15 @@ async def test_single_vm_folder_as_root(root: Path) -> None:
     ("name", "problem"),
     [("../web01/web01.vmx", "invalid file name"), ("nope.txt", "file is missing"), ("", "invalid")],
 )
-async def test_read_file_refuses_bad_names(root: Path, name: str, problem: str) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_read_file_refuses_bad_names(backup_root: Path, name: str, problem: str) -> None:
+    catalog = DirectoryCatalog(backup_root)
     point = await catalog.restore_point("web01")
     with pytest.raises(CatalogError, match=problem):
         await catalog.read_file(point, name)
 
 
-async def test_unknown_vm_and_point(root: Path) -> None:
-    catalog = DirectoryCatalog(root)
+async def test_unknown_vm_and_point(backup_root: Path) -> None:
+    catalog = DirectoryCatalog(backup_root)
     with pytest.raises(CatalogError, match="no VM 'ghost'"):
         await catalog.restore_points("ghost")
     with pytest.raises(CatalogError, match="has no restore points"):
@@ -206,9 +159,11 @@ async def test_unknown_vm_and_point(root: Path) -> None:
         ('{"archive": true}', "unknown key(s) archive"),
     ],
 )
-async def test_bad_catalog_json(tmp_path: Path, root: Path, content: str, problem: str) -> None:
+async def test_bad_catalog_json(
+    tmp_path: Path, backup_root: Path, content: str, problem: str
+) -> None:
     vm = tmp_path / "web01"
-    shutil.copytree(root / "web01", vm)
+    shutil.copytree(backup_root / "web01", vm)
     (vm / "catalog.json").write_text(content)
     with pytest.raises(CatalogError) as info:
         await DirectoryCatalog(tmp_path).restore_points("web01")
@@ -216,18 +171,18 @@ async def test_bad_catalog_json(tmp_path: Path, root: Path, content: str, proble
     assert info.value.path.endswith("catalog.json")
 
 
-async def test_missing_disk_is_named(tmp_path: Path, root: Path) -> None:
+async def test_missing_disk_is_named(tmp_path: Path, backup_root: Path) -> None:
     vm = tmp_path / "web01"
-    shutil.copytree(root / "web01", vm)
+    shutil.copytree(backup_root / "web01", vm)
     (vm / "web01_1-flat.vmdk").unlink()
     with pytest.raises(CatalogError, match="extent file is missing") as info:
         await DirectoryCatalog(tmp_path).restore_points("web01")
     assert info.value.path.endswith("web01_1-flat.vmdk")
 
 
-async def test_two_vmx_files_are_refused(tmp_path: Path, root: Path) -> None:
+async def test_two_vmx_files_are_refused(tmp_path: Path, backup_root: Path) -> None:
     vm = tmp_path / "web01"
-    shutil.copytree(root / "web01", vm)
+    shutil.copytree(backup_root / "web01", vm)
     shutil.copy(vm / "web01.vmx", vm / "other.vmx")
     with pytest.raises(CatalogError, match=r"expected one \.vmx, found 2"):
         await DirectoryCatalog(tmp_path).restore_points("web01")
