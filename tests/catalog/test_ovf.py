@@ -61,7 +61,7 @@ def test_ova_errors(tmp_path: Path) -> None:
     with tarfile.open(ova, "w") as tar:
         (tmp_path / "a.ovf").write_bytes(OVF)
         tar.add(tmp_path / "a.ovf", arcname="a.ovf")
-    with pytest.raises(CatalogError, match="no member 'disk.vmdk'"):
+    with pytest.raises(CatalogError, match=r"no member 'disk\.vmdk'"):
         open_ova_disk(ova, "disk.vmdk")
     with pytest.raises(CatalogError, match="larger than 10 bytes"):
         read_ova_member(ova, "a.ovf", limit=10)
