@@ -304,7 +304,7 @@ def _open_extent(line: ExtentLine, base: str, path: str, cache: int) -> ExtentRe
     file_path = os.path.join(base, line.file_name)
     if line.type in (ExtentType.FLAT, ExtentType.VMFS):
         return FlatExtent(FileWindow(file_path), size, line.offset_sectors * SECTOR)
-    if line.type is ExtentType.SPARSE:
+    if line.type in (ExtentType.SPARSE, ExtentType.VMFSSPARSE):
         return SparseExtent(FileWindow(file_path), size, grain_cache_bytes=cache)
     raise CatalogError(f"{line.type} extents are not supported", path=path)
 

@@ -19,6 +19,7 @@ __all__ = [
     "MARKER_GD",
     "MARKER_GT",
     "SPARSE_MAGIC",
+    "COWD_MAGIC",
     "SparseHeader",
     "parse_sparse_header",
 ]
@@ -64,6 +65,7 @@ class SparseHeader:
     rgd_offset: int
     gd_offset: int
     compression: int
+    gd_count: int | None = None  # COWD headers state it; KDMV derives it from the capacity
 
     @property
     def compressed(self) -> bool:
@@ -80,6 +82,8 @@ class SparseHeader:
     @property
     def gd_entries(self) -> int:
         """How many grain tables cover the capacity."""
+        if self.gd_count is not None:
+            return self.gd_count
         span = self.grain_size * self.gtes_per_gt
         return -(-self.capacity // span)
 
@@ -96,7 +100,7 @@ def parse_sparse_header(data: bytes, *, path: str = "", file_size: int) -> Spars
     magic, version, flags, capacity, grain, desc_off, desc_size, gtes, rgd, gd, _over = fields[:11]
     compression = fields[13]
     if magic == COWD_MAGIC:
-        raise CatalogError("VMFSSPARSE (COWD) extents are not supported", path=path)
+        return _parse_cowd(data, path)
     if magic != SPARSE_MAGIC:
         raise CatalogError(f"bad sparse extent magic {magic!r} (expected b'KDMV')", path=path)
     if version not in (1, 2, 3):
@@ -124,3 +128,35 @@ def parse_sparse_header(data: bytes, *, path: str = "", file_size: int) -> Spars
     if desc_off and (desc_off + desc_size) * SECTOR > file_size:
         raise CatalogError("embedded descriptor lies past the end of the file", path=path)
     return header
+
+
+# VMFSSPARSE (ESX redo log): magic, version, flags, numSectors, grainSize, gdOffset,
+# numGDEntries, freeSector, then geometry; 4096 entries per grain table, no compression.
+_COWD = struct.Struct("<4sIIIIIII")
+COWD_GTES_PER_GT = 4096
+
+
+def _parse_cowd(data: bytes, path: str) -> SparseHeader:
+    if len(data) < _COWD.size:
+        raise CatalogError("file too short for a COWD header", path=path)
+    _magic, version, flags, sectors, grain, gd_offset, gd_entries, _free = _COWD.unpack_from(data)
+    if not 1 <= grain <= MAX_GRAIN_SECTORS or grain & (grain - 1):
+        raise CatalogError(f"invalid grain size {grain} sectors", path=path)
+    needed = -(-sectors // (grain * COWD_GTES_PER_GT))
+    if gd_entries < needed:
+        raise CatalogError(
+            f"grain directory has {gd_entries} entries, the capacity needs {needed}", path=path
+        )
+    return SparseHeader(
+        version=version,
+        flags=flags,
+        capacity=sectors,
+        grain_size=grain,
+        descriptor_offset=0,
+        descriptor_size=0,
+        gtes_per_gt=COWD_GTES_PER_GT,
+        rgd_offset=0,
+        gd_offset=gd_offset,
+        compression=COMPRESSION_NONE,
+        gd_count=needed,
+    )
