@@ -218,3 +218,18 @@ def test_parent_loop(tmp_path: Path) -> None:
             f'version=1\nparentFileNameHint="{parent}"\nRW 1 FLAT "z.bin" 0\n'
         )
     expect(tmp_path / "a.vmdk", "loops")
+
+
+def test_parent_cid_mismatch(images: dict[str, Image], tmp_path: Path) -> None:
+    path = copy(images, "delta2", tmp_path)
+    for name in ("delta1.vmdk", "monolithicSparse.vmdk"):
+        shutil.copy(images["delta2"].vmdk.parent / name, tmp_path / name)
+    disk = open_vmdk(path)  # the intact chain opens
+    disk.close()
+    data = (tmp_path / "delta1.vmdk").read_bytes()
+    start = data.index(b"CID=") + 4
+    old = data[start : start + 8]
+    new = b"%08x" % (int(old, 16) ^ 1)
+    (tmp_path / "delta1.vmdk").write_bytes(data[:start] + new + data[start + 8 :])
+    err = expect(path, "does not match the CID")
+    assert "delta1.vmdk" in err.problem

@@ -227,3 +227,33 @@ def test_hand_written_descriptor_flat_offset_and_zero_extent(tmp_path: Path) -> 
         assert (MiB, 2 * MiB, ExtentKind.ZERO) in kinds
     finally:
         disk.close()
+
+
+def test_allocation_of_whole_grain_tables(tmp_path: Path) -> None:
+    """Grain tables that are entirely data or entirely zero grains take the fast path."""
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on", "full.vmdk", "100M"],
+        cwd=tmp_path,
+        check=True,
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "vmdk", "-c", "write -P 7 0 32M", "-c", "write -z 32M 32M",
+         "-c", "write -P 9 70M 1M", "full.vmdk"],
+        cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    disk = open_vmdk(tmp_path / "full.vmdk")
+    try:
+        runs = [(e.offset, e.length, e.kind) for e in disk.allocation_sync()]
+    finally:
+        disk.close()
+    assert runs == [
+        (0, 32 * MiB, ExtentKind.DATA),
+        (32 * MiB, 32 * MiB, ExtentKind.ZERO),
+        (64 * MiB, 6 * MiB, ExtentKind.UNALLOCATED),
+        (70 * MiB, MiB, ExtentKind.DATA),
+        (71 * MiB, 29 * MiB, ExtentKind.UNALLOCATED),
+    ]
+    image = Image("full", tmp_path / "full.vmdk", tmp_path / "x", 100 * MiB, ())
+    assert _normalise_qemu(image.qemu_map()) == _normalise_ours(
+        [Extent(o, n, k) for o, n, k in runs]
+    )

@@ -271,6 +271,7 @@ def _open(
         if hint is not None:
             parent_path = _resolve_parent(hint, os.path.dirname(path), path)
             parent = _open(parent_path, None, cache, depth=depth + 1, seen=seen | {key})
+            _check_parent_cid(descriptor, parent, path)
     except BaseException:
         main.close()
         for extent in extents:
@@ -307,6 +308,23 @@ def _open_extent(line: ExtentLine, base: str, path: str, cache: int) -> ExtentRe
     if line.type in (ExtentType.SPARSE, ExtentType.VMFSSPARSE):
         return SparseExtent(FileWindow(file_path), size, grain_cache_bytes=cache)
     raise CatalogError(f"{line.type} extents are not supported", path=path)
+
+
+def _check_parent_cid(child: Descriptor, parent: VmdkDisk, path: str) -> None:
+    """A delta records its parent's CID; a different CID means the parent changed after the
+    delta was taken, and reading through it would mix two states of the disk."""
+    try:
+        expected = int(child.parent_cid, 16)
+        actual = int(parent.descriptor.cid, 16)
+    except ValueError:
+        return  # a CID is missing or not hex: nothing to compare
+    if expected != 0xFFFFFFFF and expected != actual:
+        parent.close()
+        raise CatalogError(
+            f"parentCID {child.parent_cid} does not match the CID {parent.descriptor.cid} of "
+            f"parent {os.path.basename(parent.path)!r}",
+            path=path,
+        )
 
 
 def _resolve_parent(hint: str, base: str, path: str) -> str:
