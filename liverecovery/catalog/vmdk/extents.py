@@ -428,10 +428,13 @@ class SparseExtent:
             if base >= limit:
                 break
             gt = self._gt(index)
-            if gt is None or max(gt) == 0:
+            low, high = (0, 0) if gt is None else (min(gt), max(gt))
+            if high == 0:
                 uniform: ExtentKind | None = ExtentKind.UNALLOCATED
-            elif min(gt) > _GTE_ZERO:
+            elif low > _GTE_ZERO:
                 uniform = ExtentKind.DATA
+            elif low == high == _GTE_ZERO:
+                uniform = ExtentKind.ZERO
             else:
                 uniform = None
             if uniform is not None:
