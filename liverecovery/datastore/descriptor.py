@@ -6,6 +6,7 @@ with one VMFS extent naming a ``-flat.vmdk`` of the disk's full size (see DESIGN
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 
@@ -58,6 +59,22 @@ class FlatDescriptor:
             raise ValueError("uuid must be 16 bytes")
         if '"' in self.flat_name or "\n" in self.flat_name:
             raise ValueError(f"flat file name {self.flat_name!r} cannot be quoted")
+
+    @classmethod
+    def seeded(
+        cls, flat_name: str, capacity_bytes: int, *, controller: str = "lsilogic", seed: str
+    ) -> FlatDescriptor:
+        """A descriptor whose CID, long content id and uuid derive from ``seed`` (e.g. job id
+        and disk key), so the file is identical every time the datastore is rebuilt."""
+        digest = hashlib.sha256(seed.encode("utf-8")).digest()
+        return cls(
+            flat_name,
+            capacity_bytes,
+            controller=controller,
+            cid=digest[:4].hex(),
+            long_content_prefix=digest[4:16].hex(),
+            uuid=digest[16:32],
+        )
 
     @property
     def sectors(self) -> int:

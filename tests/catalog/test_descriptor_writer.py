@@ -95,3 +95,12 @@ def test_random_ids_differ_and_validation() -> None:
         FlatDescriptor("a-flat.vmdk", MiB, cid="zzzzzzzz")
     with pytest.raises(ValueError, match="quoted"):
         FlatDescriptor('a"-flat.vmdk', MiB)
+
+
+def test_seeded_is_stable_and_distinct() -> None:
+    a = FlatDescriptor.seeded("d-flat.vmdk", MiB, controller="ide", seed="job1/scsi0:0")
+    b = FlatDescriptor.seeded("d-flat.vmdk", MiB, controller="ide", seed="job1/scsi0:0")
+    c = FlatDescriptor.seeded("d-flat.vmdk", MiB, controller="ide", seed="job1/scsi0:1")
+    assert a.to_bytes() == b.to_bytes()
+    assert a.cid != c.cid and a.uuid != c.uuid
+    assert parse_descriptor(a.render()).ddb["ddb.adaptertype"] == "ide"

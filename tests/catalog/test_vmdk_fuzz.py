@@ -10,12 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import Image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liverecovery.catalog.vmdk import open_vmdk
 from liverecovery.errors import CatalogError
+
+from .conftest import Image
 
 MiB = 1 << 20
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Image
 
 from liverecovery.catalog.vmdk import open_vmdk
+
+from .conftest import Image
 
 pyvmdk = pytest.importorskip("pyvmdk")
 

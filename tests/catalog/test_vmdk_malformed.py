@@ -8,10 +8,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import Image
 
 from liverecovery.catalog.vmdk import open_vmdk
 from liverecovery.errors import CatalogError
+
+from .conftest import Image
 
 GD_OFFSET_AT = 56  # byte offset of gdOffset in the sparse header
 CAPACITY_AT = 12

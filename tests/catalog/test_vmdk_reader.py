@@ -8,12 +8,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import GiB, Image, MiB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liverecovery.backends import DiskReader, Extent, ExtentKind
 from liverecovery.catalog.vmdk import open_vmdk
+
+from .conftest import GiB, Image, MiB
 
 SMALL_NAMES = ["monolithicSparse", "monolithicFlat", "streamOptimized", "zeroed", "delta2"]
 BIG_NAMES = ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"]
