@@ -63,6 +63,7 @@ _GTE_ZERO = 1
 _GRAIN_MARKER = struct.Struct("<QI")
 _LITTLE = sys.byteorder == "little"
 _FIRST_COMPRESSED_READ = 32768
+_INLINE_HEAD = 16384  # heads shorter than this inflate faster than a thread hand-off
 
 
 class ExtentReader(Protocol):
@@ -354,17 +355,31 @@ class SparseExtent:
         return pieces
 
     def _inflate_all(self, jobs: list[tuple[int, int, int, int, int]], pieces: list[Piece]) -> None:
-        """Inflate the grains a read needs; several at once on several cores (zlib releases
-        the GIL), the first one in this thread."""
-        futures = []
-        if len(jobs) > 1:
-            pool = _inflate_pool()
-            futures = [pool.submit(self._inflate_piece, job) for job in jobs[1:]]
-        index, piece = self._inflate_piece(jobs[0])
-        pieces[index] = piece
-        for future in futures:
-            index, piece = future.result()
-            pieces[index] = piece
+        """Inflate the grains a read needs. Cached grains and short heads are done here; when
+        two or more big inflations remain, all but one go to other cores (zlib releases the
+        GIL) while this thread does the last."""
+        big = []
+        for job in jobs:
+            _, grain, _, _, head_only = job
+            if (0 < head_only < _INLINE_HEAD) or self._inflated.get(grain) is not None:
+                index, piece = self._inflate_piece(job)
+                pieces[index] = piece
+            else:
+                big.append(job)
+        if not big:
+            return
+        pool = _claim_pool() if len(big) > 1 else None
+        try:
+            futures = [pool.submit(self._inflate_piece, job) for job in big[:-1]] if pool else []
+            for job in big[-1:] if pool else big:
+                index, piece = self._inflate_piece(job)
+                pieces[index] = piece
+            for future in futures:
+                index, piece = future.result()
+                pieces[index] = piece
+        finally:
+            if pool is not None:
+                _release_pool()
 
     def _inflate_piece(self, job: tuple[int, int, int, int, int]) -> tuple[int, Piece]:
         index, grain, entry, within, head_only = job
@@ -486,15 +501,28 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
-def _inflate_pool() -> ThreadPoolExecutor:
-    """One process-wide pool, sized to the cores, for inflating the grains of one read."""
-    global _POOL
+_CORES = os.cpu_count() or 1
+_POOL_USERS = 0
+
+
+def _claim_pool() -> ThreadPoolExecutor | None:
+    """The process-wide inflate pool, or None when as many reads as there are cores already
+    use it: with many concurrent reads (an NFS server under load) the cores are busy anyway
+    and a hand-off would only add latency."""
+    global _POOL, _POOL_USERS
     with _POOL_LOCK:
+        if _CORES < 2 or _POOL_USERS >= _CORES:
+            return None
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(
-                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="vmdk-inflate"
-            )
+            _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="vmdk-inflate")
+        _POOL_USERS += 1
         return _POOL
+
+
+def _release_pool() -> None:
+    global _POOL_USERS
+    with _POOL_LOCK:
+        _POOL_USERS -= 1
 
 
 def _decode(raw: bytes) -> str:
