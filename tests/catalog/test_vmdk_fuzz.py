@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,3 +119,44 @@ def test_many_threads_share_one_disk(images: dict[str, Image], name: str) -> Non
     finally:
         disk.close()
         os.close(fd)
+
+
+def test_close_while_reads_are_in_flight(images: dict[str, Image], tmp_path: Path) -> None:
+    """Reads racing close() get their bytes or a CatalogError, never another file's data."""
+    image = images["monolithicSparse"]
+    raw = image.raw.read_bytes()
+    disk = open_vmdk(image.vmdk)
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            offset = rng.randrange(image.size - MiB)
+            try:
+                data = disk.read_sync(offset, MiB)
+            except CatalogError as exc:
+                assert "closed" in exc.problem
+                outcomes.append("closed")
+                return
+            assert data == raw[offset : offset + MiB]
+            outcomes.append("ok")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    while len(outcomes) < 50:
+        time.sleep(0.001)
+    disk.close()
+    # files opened now may reuse the closed descriptor numbers: reads must not see them
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"\xee" * (image.size + MiB))
+    decoys = [os.open(decoy, os.O_RDONLY) for _ in range(8)]
+    time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    for fd in decoys:
+        os.close(fd)
+    assert outcomes.count("closed") == 8
+    assert "ok" in outcomes

@@ -81,41 +81,55 @@ class ExtentReader(Protocol):
 class FileWindow:
     """``size`` bytes of a file from byte ``start`` on: a whole file, or a member of a tar.
 
-    Reads use ``os.preadv`` so any number of threads can read at once.
+    Reads use ``os.pread`` so any number of threads can read at once. ``close()`` while reads
+    are in flight defers closing the descriptor until the last one returns, so a recycled
+    descriptor number can never be read by mistake; reads after ``close()`` are refused.
     """
 
     def __init__(self, path: str, start: int = 0, size: int | None = None) -> None:
         self.path = path
         self.start = start
         try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CatalogError("extent file is missing", path=path) from None
         except OSError as exc:
             raise CatalogError(f"cannot open extent file: {exc.strerror}", path=path) from None
-        file_size = os.fstat(self.fd).st_size
+        file_size = os.fstat(self._fd).st_size
         self.size = max(0, file_size - start) if size is None else min(size, file_size - start)
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+
+    def _enter(self) -> int:
+        with self._lock:
+            if self._closed:
+                raise CatalogError("read from a closed disk", path=self.path)
+            self._users += 1
+            return self._fd
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._closed and not self._users and self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def _pread(self, length: int, offset: int) -> bytes:
+        fd = self._enter()
+        try:
+            return os.pread(fd, length, self.start + offset)
+        except OSError as exc:
+            raise CatalogError(
+                f"read failed at byte {offset}: {exc.strerror}", path=self.path
+            ) from None
+        finally:
+            self._leave()
 
     def pread(self, length: int, offset: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (short at the end of the window)."""
         length = max(0, min(length, self.size - offset))
-        return os.pread(self.fd, length, self.start + offset) if length else b""
-
-    def read_exact(self, view: memoryview, offset: int, what: str) -> None:
-        """Fill ``view`` from ``offset``. :raises CatalogError: the range passes the end."""
-        total = len(view)
-        if offset < 0 or offset + total > self.size:
-            raise CatalogError(
-                f"{what} at byte {offset} lies past the end of the file", path=self.path
-            )
-        done = 0
-        while done < total:
-            got = os.preadv(self.fd, [view[done:]], self.start + offset + done)
-            if got <= 0:
-                raise CatalogError(
-                    f"{what} at byte {offset} lies past the end of the file", path=self.path
-                )
-            done += got
+        return self._pread(length, offset) if length else b""
 
     def read_bytes(self, length: int, offset: int, what: str) -> bytes:
         """Exactly ``length`` bytes at ``offset``. :raises CatalogError: past the end."""
@@ -123,17 +137,38 @@ class FileWindow:
             raise CatalogError(
                 f"{what} at byte {offset} lies past the end of the file", path=self.path
             )
-        data = os.pread(self.fd, length, self.start + offset)
-        if len(data) == length:
+        data = self._pread(length, offset)
+        done = len(data)
+        if done == length:
             return data
-        buf = bytearray(length)
-        self.read_exact(memoryview(buf), offset, what)
-        return bytes(buf)
+        parts = [data]
+        while done < length:  # a short read inside the file: keep going until EOF
+            more = self._pread(length - done, offset + done)
+            if not more:
+                raise CatalogError(
+                    f"{what} at byte {offset} lies past the end of the file", path=self.path
+                )
+            parts.append(more)
+            done += len(more)
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int) -> int:
+        """``lseek`` relative to the window (for SEEK_DATA/SEEK_HOLE), absolute result."""
+        fd = self._enter()
+        try:
+            return os.lseek(fd, self.start + offset, whence) - self.start
+        finally:
+            self._leave()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close now, or when the reads in flight return."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._users:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class ZeroExtent:
@@ -173,10 +208,8 @@ class FlatExtent:
 
     def runs(self) -> Iterator[Run]:
         """Data and holes of the file (SEEK_DATA/SEEK_HOLE), as DATA and ZERO runs."""
-        shift = self._file.start
-        end = self.base + self.size + shift
-        pos = self.base + shift
-        fd = self._file.fd
+        end = self.base + self.size
+        pos = self.base
         seek_data = getattr(os, "SEEK_DATA", None)
         seek_hole = getattr(os, "SEEK_HOLE", None)
         if seek_data is None or seek_hole is None:
@@ -185,16 +218,16 @@ class FlatExtent:
             return
         while pos < end:
             try:
-                data = os.lseek(fd, pos, seek_data)
+                data = self._file.seek(pos, seek_data)
             except OSError:
                 data = end  # ENXIO: only a hole remains
             data = min(data, end)
             if data > pos:
-                yield (pos - self.base - shift, data - pos, ExtentKind.ZERO)
+                yield (pos - self.base, data - pos, ExtentKind.ZERO)
             if data >= end:
                 break
-            hole = min(os.lseek(fd, data, seek_hole), end)
-            yield (data - self.base - shift, hole - data, ExtentKind.DATA)
+            hole = min(self._file.seek(data, seek_hole), end)
+            yield (data - self.base, hole - data, ExtentKind.DATA)
             pos = hole
 
     def close(self) -> None:
