@@ -66,6 +66,7 @@ class VmdkDisk:
             pos += extent.size
         self._starts = starts
         self._size = pos
+        self._closed = False
         self._fallbacks: list[Fallback | None] = [
             self._parent_fallback(start) if parent is not None else None for start in starts
         ]
@@ -103,6 +104,8 @@ class VmdkDisk:
 
     def read_pieces(self, offset: int, length: int) -> list[Piece]:
         """The bytes of [offset, offset+length) (clipped to the disk) as buffers to join."""
+        if self._closed:
+            raise CatalogError("read from a closed disk", path=self.path)
         end = min(offset + length, self._size)
         index = bisect.bisect_right(self._starts, offset) - 1
         pieces: list[Piece] = []
@@ -168,7 +171,8 @@ class VmdkDisk:
     # -- lifetime --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every file of the chain."""
+        """Close every file of the chain; reads in flight finish, later ones are refused."""
+        self._closed = True
         for extent in self._extents:
             extent.close()
         if self.parent is not None:
