@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import zlib
@@ -228,9 +229,10 @@ def test_parent_cid_mismatch(images: dict[str, Image], tmp_path: Path) -> None:
     disk = open_vmdk(path)  # the intact chain opens
     disk.close()
     data = (tmp_path / "delta1.vmdk").read_bytes()
-    start = data.index(b"CID=") + 4
-    old = data[start : start + 8]
-    new = b"%08x" % (int(old, 16) ^ 1)
-    (tmp_path / "delta1.vmdk").write_bytes(data[:start] + new + data[start + 8 :])
+    match = re.search(rb"\nCID=([0-9a-fA-F]+)\n", data)  # qemu writes it without zero padding
+    assert match is not None
+    old = match.group(1)
+    new = (b"%x" % (int(old, 16) ^ 1)).rjust(len(old), b"0")
+    patch(tmp_path / "delta1.vmdk", match.start(1), new)
     err = expect(path, "does not match the CID")
     assert "delta1.vmdk" in err.problem
