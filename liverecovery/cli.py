@@ -24,6 +24,7 @@ Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
+    from liverecovery.catalog import inspect_cli
     from liverecovery.job import control_cli, demo_cli
     from liverecovery.nfs import serve_cli
 
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="VMware Live Recovery: power a VM on from its backup over NFS.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (demo_cli.register, control_cli.register, serve_cli.register):
+    for register in (
+        demo_cli.register,
+        control_cli.register,
+        serve_cli.register,
+        inspect_cli.register,
+    ):
         register(sub)
     return parser
 

@@ -1,0 +1,259 @@
+"""A ``CatalogReader`` over a folder of VM backups.
+
+Layouts understood, under a backup root::
+
+    root/<vm>/<vm>.vmx ...                          one VM folder: one restore point
+    root/<vm>/<vm>-2024-05-01_22-00-00/<vm>.vmx     dated restore points (ghettoVCB style)
+    root/<vm>/<name>.ova                            OVA exports: one restore point each
+
+The root itself may also be one VM folder, or one .ova file. Each restore point folder may hold a
+``catalog.json`` (see ``point_meta``). Everything is read on demand, never written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio.to_thread
+import attrs
+
+from liverecovery.backends import DiskInfo, DiskReader, RestorePoint
+from liverecovery.catalog.point_meta import CATALOG_FILE, PointMeta, parse_point_meta
+from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
+from liverecovery.catalog.vmdk import VmdkDisk, open_vmdk
+from liverecovery.datastore.vmx import VmxFile
+from liverecovery.errors import CatalogError
+
+__all__ = ["MAX_SMALL_FILE", "DirectoryCatalog"]
+
+MAX_SMALL_FILE = 64 << 20  # .vmx, .nvram, .vmxf: far smaller in practice
+_DATED = re.compile(r"^(?P<vm>.+)-(?P<when>\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})$")
+
+
+@attrs.frozen
+class _Point:
+    point: RestorePoint
+    folder: Path
+    ova: Path | None = None
+
+
+class DirectoryCatalog:
+    """Restore points found under ``root`` (see the module docstring for the layouts)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- CatalogReader -----------------------------------------------------------------------
+
+    async def vm_names(self) -> Sequence[str]:
+        """Names (folder names) of the VMs with at least one restore point."""
+        return await anyio.to_thread.run_sync(self._vm_names)
+
+    async def restore_points(self, vm_name: str) -> Sequence[RestorePoint]:
+        """Restore points of ``vm_name``, oldest first. :raises CatalogError: unknown VM."""
+        points = await anyio.to_thread.run_sync(self._points, vm_name)
+        return [p.point for p in points]
+
+    async def restore_point(self, vm_name: str, point_id: str | None = None) -> RestorePoint:
+        """One restore point, the newest when ``point_id`` is None. :raises CatalogError:"""
+        return (await anyio.to_thread.run_sync(self._find, vm_name, point_id)).point
+
+    async def read_file(self, point: RestorePoint, name: str) -> bytes:
+        """A small file of the restore point's folder. :raises CatalogError:"""
+        found = await anyio.to_thread.run_sync(self._find, point.vm_name, point.point_id)
+        return await anyio.to_thread.run_sync(self._read_small, found, name)
+
+    async def open_disk(self, point: RestorePoint, disk: DiskInfo) -> DiskReader:
+        """Open one disk of a restore point read-only. :raises CatalogError:"""
+        found = await anyio.to_thread.run_sync(self._find, point.vm_name, point.point_id)
+        return await anyio.to_thread.run_sync(self._open_disk, found, disk.file_name)
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- scanning (sync, run in a worker thread) -----------------------------------------------
+
+    def _is_single_vm(self) -> bool:
+        return _has_vmx(self.root)
+
+    def _is_single_ova(self) -> bool:
+        return self.root.suffix.lower() == ".ova" and self.root.is_file()
+
+    def _vm_names(self) -> list[str]:
+        if self._is_single_ova():
+            return [self.root.stem]
+        if not self.root.is_dir():
+            raise CatalogError("backup root is not a folder", path=str(self.root))
+        if self._is_single_vm():
+            return [self.root.name]
+        names = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and self._point_folders(entry):
+                names.append(entry.name)
+        return names
+
+    def _vm_folder(self, vm_name: str) -> Path:
+        if self._is_single_vm() and vm_name == self.root.name:
+            return self.root
+        if not vm_name or "/" in vm_name or vm_name in (".", ".."):
+            raise CatalogError(f"invalid VM name {vm_name!r}", path=str(self.root))
+        folder = self.root / vm_name
+        if not folder.is_dir():
+            raise CatalogError(f"no VM {vm_name!r} in the backup root", path=str(self.root))
+        return folder
+
+    def _point_folders(self, vm_folder: Path) -> list[tuple[Path, Path | None]]:
+        """(folder, ova file or None) of every restore point of one VM folder."""
+        found: list[tuple[Path, Path | None]] = []
+        if _has_vmx(vm_folder):
+            found.append((vm_folder, None))
+        else:
+            found.extend((vm_folder, ova) for ova in sorted(vm_folder.glob("*.ova")))
+        for sub in sorted(vm_folder.iterdir()):
+            if sub.is_dir() and _DATED.match(sub.name):
+                if _has_vmx(sub):
+                    found.append((sub, None))
+                else:
+                    found.extend((sub, ova) for ova in sorted(sub.glob("*.ova")))
+        return found
+
+    def _points(self, vm_name: str) -> list[_Point]:
+        if self._is_single_ova():
+            if vm_name != self.root.stem:
+                raise CatalogError(f"no VM {vm_name!r} in the OVA", path=str(self.root))
+            return [self._load(vm_name, self.root.parent, self.root)]
+        folder = self._vm_folder(vm_name)
+        points = [self._load(vm_name, f, ova) for f, ova in self._point_folders(folder)]
+        if not points:
+            raise CatalogError(f"VM {vm_name!r} has no restore points", path=str(folder))
+        points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
+        return points
+
+    def _find(self, vm_name: str, point_id: str | None) -> _Point:
+        points = self._points(vm_name)
+        if point_id is None:
+            return points[-1]
+        for p in points:
+            if p.point.point_id == point_id:
+                return p
+        raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path=str(self.root))
+
+    def _load(self, vm_name: str, folder: Path, ova: Path | None) -> _Point:
+        meta = _meta(folder)
+        if ova is not None:
+            from liverecovery.catalog.ova import load_ova_point
+
+            point_id = folder.name if folder.name != vm_name else ova.stem
+            created = meta.created or _dated(folder.name) or _mtime(ova)
+            meta = attrs.evolve(meta, created=created)
+            point = load_ova_point(ova, vm_name=vm_name, point_id=point_id, meta=meta)
+            return _Point(point, folder, ova)
+        vmx_path = _single_vmx(folder)
+        data = _read_bounded(vmx_path)
+        config = config_from_vmx(VmxFile.parse(data), path=str(vmx_path))
+        created = meta.created or _dated(folder.name) or _mtime(vmx_path)
+        disks = tuple(_disk_info(folder, d.key, d.file_name, d.adapter) for d in config.disks)
+        nvram = config.nvram_name
+        if nvram is not None and not (folder / nvram).is_file():
+            nvram = None
+        point = RestorePoint(
+            vm_name=vm_name,
+            point_id=folder.name,
+            vmx_name=vmx_path.name,
+            disks=disks,
+            media=meta.media,
+            archived=meta.archived,
+            passkey_required=meta.passkey_required,
+            created=created,
+            guest_os=config.guest_os,
+            memory_mb=config.memory_mb,
+            num_cpus=config.num_cpus,
+            nvram_name=nvram,
+        )
+        return _Point(point, folder)
+
+    def _read_small(self, found: _Point, name: str) -> bytes:
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
+        if found.ova is not None:
+            from liverecovery.catalog.ova import read_ova_member
+
+            return read_ova_member(found.ova, name, limit=MAX_SMALL_FILE)
+        return _read_bounded(found.folder / name)
+
+    def _open_disk(self, found: _Point, file_name: str) -> VmdkDisk:
+        if found.ova is not None:
+            from liverecovery.catalog.ova import open_ova_disk
+
+            return open_ova_disk(found.ova, file_name)
+        if "/" in file_name or file_name in (".", ".."):
+            raise CatalogError(f"invalid disk name {file_name!r}", path=str(found.folder))
+        return open_vmdk(found.folder / file_name)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _has_vmx(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() == ".vmx" and p.is_file() for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def _single_vmx(folder: Path) -> Path:
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".vmx" and p.is_file())
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found)
+        raise CatalogError(f"expected one .vmx, found {len(found)} ({names})", path=str(folder))
+    return found[0]
+
+
+def _read_bounded(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SMALL_FILE + 1)
+    except FileNotFoundError:
+        raise CatalogError("file is missing", path=str(path)) from None
+    except OSError as exc:
+        raise CatalogError(f"cannot read: {exc.strerror}", path=str(path)) from None
+    if len(data) > MAX_SMALL_FILE:
+        raise CatalogError(f"larger than {MAX_SMALL_FILE} bytes", path=str(path))
+    return data
+
+
+def _meta(folder: Path) -> PointMeta:
+    path = folder / CATALOG_FILE
+    if not path.is_file():
+        return PointMeta()
+    return parse_point_meta(_read_bounded(path), path=str(path))
+
+
+def _dated(name: str) -> datetime | None:
+    match = _DATED.match(name)
+    if match is None:
+        return None
+    return datetime.strptime(match["when"], "%Y-%m-%d_%H-%M-%S").replace(tzinfo=UTC)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+
+
+def _disk_info(folder: Path, key: str, file_name: str, adapter: str) -> DiskInfo:
+    disk = open_vmdk(folder / file_name)
+    try:
+        size = disk.size
+    finally:
+        disk.close()
+    return DiskInfo(key=key, file_name=file_name, capacity_bytes=size, adapter=adapter)
+
+
+def config_of(folder: Path) -> VmConfig:
+    """The configuration of the VM folder ``folder`` (its single .vmx)."""
+    vmx_path = _single_vmx(folder)
+    return config_from_vmx(VmxFile.parse(_read_bounded(vmx_path)), path=str(vmx_path))

@@ -1,0 +1,105 @@
+"""``liverecovery inspect PATH``: what a backup root, VM folder or OVA holds.
+
+Lists each VM's restore points with their disks: virtual size, allocated bytes (from the
+allocation map, no data read), VMDK format, media kind and archived flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from liverecovery.backends import ExtentKind
+from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.catalog.vmdk import VmdkDisk
+
+__all__ = ["inspect_path", "register", "run"]
+
+
+def register(sub: Any) -> None:
+    """Add the ``inspect`` subcommand."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "inspect", help="list the VMs, restore points and disks of a backup"
+    )
+    parser.add_argument("path", help="a backup root, one VM folder, or an .ova file")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(handler=run)
+
+
+async def inspect_path(path: str) -> dict[str, Any]:
+    """The inventory of ``path`` as plain data. :raises CatalogError: malformed backup."""
+    catalog = DirectoryCatalog(path)
+    vms = []
+    for name in await catalog.vm_names():
+        points = []
+        for point in await catalog.restore_points(name):
+            disks = []
+            for disk in point.disks:
+                reader = await catalog.open_disk(point, disk)
+                try:
+                    runs = await reader.allocation()
+                    allocated = sum(r.length for r in runs if r.kind is ExtentKind.DATA)
+                    fmt = reader.create_type if isinstance(reader, VmdkDisk) else ""
+                finally:
+                    await reader.aclose()
+                disks.append(
+                    {
+                        "key": disk.key,
+                        "file": disk.file_name,
+                        "adapter": disk.adapter,
+                        "virtual_bytes": disk.capacity_bytes,
+                        "allocated_bytes": allocated,
+                        "format": fmt,
+                    }
+                )
+            points.append(
+                {
+                    "id": point.point_id,
+                    "created": point.created.isoformat() if point.created else None,
+                    "media": point.media.value,
+                    "archived": point.archived,
+                    "passkey_required": point.passkey_required,
+                    "config": point.vmx_name,
+                    "guest_os": point.guest_os,
+                    "memory_mb": point.memory_mb,
+                    "num_cpus": point.num_cpus,
+                    "disks": disks,
+                }
+            )
+        vms.append({"name": name, "restore_points": points})
+    return {"path": path, "vms": vms}
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Print the inventory of ``args.path``; exit code 0."""
+    report = await inspect_path(args.path)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report["vms"]:
+        print(f"no VMs under {args.path}")
+    for vm in report["vms"]:
+        print(f"{vm['name']}")
+        for p in vm["restore_points"]:
+            flags = [p["media"]] + (["archived"] if p["archived"] else [])
+            flags += ["passkey"] if p["passkey_required"] else []
+            print(
+                f"  {p['id']}  created {p['created'] or '?'}  [{', '.join(flags)}]  "
+                f"{p['guest_os'] or '?'}, {p['num_cpus']} CPU, {p['memory_mb']} MiB"
+            )
+            for d in p["disks"]:
+                print(
+                    f"    {d['key']:10} {d['file']}  {_size(d['virtual_bytes'])} virtual, "
+                    f"{_size(d['allocated_bytes'])} allocated, {d['format']}, {d['adapter']}"
+                )
+    return 0

@@ -1,0 +1,116 @@
+"""OVA exports read in place: the tar is never extracted.
+
+A disk is opened as a window of the tar file (the member's data offset and size), so reads
+go straight to the OVA. The VM configuration comes from a .vmx member if there is one, else
+from the .ovf.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+from liverecovery.backends import DiskInfo, RestorePoint
+from liverecovery.catalog.ovf import MAX_OVF_BYTES, parse_ovf
+from liverecovery.catalog.point_meta import PointMeta
+from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
+from liverecovery.catalog.vmdk import FileWindow, VmdkDisk, open_vmdk
+from liverecovery.datastore.vmx import VmxFile
+from liverecovery.errors import CatalogError
+
+__all__ = ["load_ova_point", "open_ova_disk", "ova_config", "read_ova_member"]
+
+
+def _members(ova: Path) -> dict[str, tarfile.TarInfo]:
+    try:
+        with tarfile.open(ova, "r:") as tar:
+            return {m.name: m for m in tar.getmembers()}
+    except FileNotFoundError:
+        raise CatalogError("OVA file is missing", path=str(ova)) from None
+    except (tarfile.TarError, OSError) as exc:
+        raise CatalogError(f"not a readable OVA (tar): {exc}", path=str(ova)) from None
+
+
+def _member(ova: Path, name: str) -> tarfile.TarInfo:
+    member = _members(ova).get(name)
+    if member is None:
+        raise CatalogError(f"OVA has no member {name!r}", path=str(ova))
+    if not member.isreg() or member.issparse():
+        raise CatalogError(f"OVA member {name!r} is not a plain file", path=str(ova))
+    return member
+
+
+def read_ova_member(ova: Path, name: str, *, limit: int) -> bytes:
+    """A small member's bytes. :raises CatalogError: missing or larger than ``limit``."""
+    member = _member(ova, name)
+    if member.size > limit:
+        raise CatalogError(f"OVA member {name!r} is larger than {limit} bytes", path=str(ova))
+    with ova.open("rb") as f:
+        f.seek(member.offset_data)
+        data = f.read(member.size)
+    if len(data) != member.size:
+        raise CatalogError(f"OVA member {name!r} is truncated", path=str(ova))
+    return data
+
+
+def open_ova_disk(ova: Path, name: str) -> VmdkDisk:
+    """Open the VMDK member ``name`` in place. :raises CatalogError:"""
+    member = _member(ova, name)
+    window = FileWindow(str(ova), member.offset_data, member.size)
+    if window.size != member.size:
+        window.close()
+        raise CatalogError(f"OVA member {name!r} is truncated", path=str(ova))
+    return open_vmdk(f"{ova}:{name}", window=window)
+
+
+def ova_config(ova: Path) -> tuple[VmConfig, dict[str, int], str]:
+    """(configuration, declared capacity by disk file, config member name) of an OVA."""
+    names = list(_members(ova))
+    vmx = [n for n in names if n.lower().endswith(".vmx")]
+    ovf = [n for n in names if n.lower().endswith(".ovf")]
+    if not ovf and not vmx:
+        raise CatalogError("OVA holds neither an .ovf nor a .vmx", path=str(ova))
+    if ovf:
+        parsed = parse_ovf(
+            read_ova_member(ova, ovf[0], limit=MAX_OVF_BYTES), path=f"{ova}:{ovf[0]}"
+        )
+        declared = {d.ref.file_name: d.capacity_bytes for d in parsed.disks}
+        config = parsed.config
+    else:
+        declared = {}
+    if vmx:
+        data = read_ova_member(ova, vmx[0], limit=MAX_OVF_BYTES)
+        config = config_from_vmx(VmxFile.parse(data), path=f"{ova}:{vmx[0]}")
+        return config, declared, vmx[0]
+    return config, declared, ovf[0]
+
+
+def load_ova_point(ova: Path, *, vm_name: str, point_id: str, meta: PointMeta) -> RestorePoint:
+    """The restore point an OVA holds; disk sizes come from the VMDKs themselves."""
+    config, declared, config_name = ova_config(ova)
+    disks = []
+    for ref in config.disks:
+        disk = open_ova_disk(ova, ref.file_name)
+        try:
+            size = disk.size
+        finally:
+            disk.close()
+        if declared.get(ref.file_name, size) > size:
+            raise CatalogError(
+                f"disk {ref.file_name!r} is smaller than the OVF declares", path=str(ova)
+            )
+        disks.append(DiskInfo(ref.key, ref.file_name, size, ref.adapter))
+    return RestorePoint(
+        vm_name=vm_name,
+        point_id=point_id,
+        vmx_name=config_name,
+        disks=tuple(disks),
+        media=meta.media,
+        archived=meta.archived,
+        passkey_required=meta.passkey_required,
+        created=meta.created,
+        guest_os=config.guest_os,
+        memory_mb=config.memory_mb,
+        num_cpus=config.num_cpus,
+        nvram_name=None,
+    )

@@ -1,0 +1,342 @@
+"""A VMDK opened for reading: descriptor, extents stitched end to end, and the parent chain.
+
+``VmdkDisk`` implements the ``DiskReader`` protocol. Its async methods run the synchronous
+ones (``read_sync``, ``allocation_sync``) in a worker thread; those are public too, for callers
+that already run in a thread (benchmarks, converters). Every method is safe for concurrent use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Sequence
+
+import anyio.to_thread
+
+from liverecovery.backends import Extent, ExtentKind
+from liverecovery.catalog.vmdk.descriptor import (
+    MAX_DESCRIPTOR_BYTES,
+    SECTOR,
+    Descriptor,
+    ExtentLine,
+    ExtentType,
+    parse_descriptor,
+)
+from liverecovery.catalog.vmdk.extents import (
+    ExtentReader,
+    Fallback,
+    FileWindow,
+    FlatExtent,
+    Piece,
+    SparseExtent,
+    ZeroExtent,
+    zeros,
+)
+from liverecovery.catalog.vmdk.sparse_header import SPARSE_MAGIC
+from liverecovery.errors import CatalogError
+
+__all__ = ["MAX_CHAIN_DEPTH", "VmdkDisk", "open_vmdk"]
+
+MAX_CHAIN_DEPTH = 64
+
+
+class VmdkDisk:
+    """One virtual disk (with its parents, for a delta) opened read-only.
+
+    :ivar path: the descriptor (or monolithic sparse file) that was opened.
+    :ivar descriptor: its parsed descriptor.
+    :ivar parent: the parent disk of a delta, else None.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        descriptor: Descriptor,
+        extents: Sequence[ExtentReader],
+        parent: VmdkDisk | None = None,
+    ) -> None:
+        self.path = path
+        self.descriptor = descriptor
+        self.parent = parent
+        self._extents = tuple(extents)
+        starts: list[int] = []
+        pos = 0
+        for extent in self._extents:
+            starts.append(pos)
+            pos += extent.size
+        self._starts = starts
+        self._size = pos
+        self._closed = False
+        self._fallbacks: list[Fallback | None] = [
+            self._parent_fallback(start) if parent is not None else None for start in starts
+        ]
+
+    @property
+    def size(self) -> int:
+        """The virtual size in bytes."""
+        return self._size
+
+    @property
+    def create_type(self) -> str:
+        """The descriptor's ``createType`` (``monolithicSparse``, ``streamOptimized``...)."""
+        return self.descriptor.create_type
+
+    @property
+    def chain_depth(self) -> int:
+        """0 for a base disk, n for a delta with n ancestors."""
+        return 0 if self.parent is None else 1 + self.parent.chain_depth
+
+    def _parent_fallback(self, start: int) -> Fallback:
+        parent = self.parent
+        assert parent is not None
+
+        def beneath(offset: int, length: int) -> list[Piece]:
+            at = start + offset
+            room = max(0, min(length, parent.size - at))
+            pieces = parent.read_pieces(at, room) if room else []
+            if room < length:
+                pieces.extend(zeros(length - room))
+            return pieces
+
+        return beneath
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def read_pieces(self, offset: int, length: int) -> list[Piece]:
+        """The bytes of [offset, offset+length) (clipped to the disk) as buffers to join."""
+        if self._closed:
+            raise CatalogError("read from a closed disk", path=self.path)
+        end = min(offset + length, self._size)
+        index = bisect.bisect_right(self._starts, offset) - 1
+        pieces: list[Piece] = []
+        pos = offset
+        while pos < end:
+            start = self._starts[index]
+            extent = self._extents[index]
+            stop = min(end, start + extent.size)
+            if stop > pos:
+                pieces.extend(extent.read(pos - start, stop - pos, self._fallbacks[index]))
+            pos = stop
+            index += 1
+        return pieces
+
+    def read_sync(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; shorter only at the end of the disk.
+
+        :raises CatalogError: the disk's files are malformed where the read lands.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        if offset >= self._size or not length:
+            return b""
+        pieces = self.read_pieces(offset, length)
+        if len(pieces) == 1 and type(pieces[0]) is bytes:
+            return pieces[0]
+        return b"".join(pieces)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` (zeros for holes), shorter only at the end of the disk.
+
+        :raises CatalogError: the disk's files are malformed where the read lands.
+        """
+        return await anyio.to_thread.run_sync(self.read_sync, offset, length)
+
+    # -- allocation ------------------------------------------------------------------------
+
+    def allocation_sync(self) -> list[Extent]:
+        """Data/zero/unallocated runs covering the disk, merged, from metadata alone.
+
+        Ranges a delta does not hold take the parent's kind, as ``qemu-img map`` reports them.
+        """
+        runs: list[tuple[int, int, ExtentKind]] = []
+        parent_runs = self.parent.allocation_sync() if self.parent is not None else None
+        parent_starts = [r.offset for r in parent_runs] if parent_runs else []
+        for start, extent in zip(self._starts, self._extents, strict=True):
+            for off, length, kind in extent.runs():
+                at = start + off
+                if kind is ExtentKind.UNALLOCATED and parent_runs:
+                    runs.extend(_slice(parent_runs, parent_starts, at, at + length))
+                else:
+                    runs.append((at, length, kind))
+        return _merge(runs)
+
+    async def allocation(self) -> Sequence[Extent]:
+        """Data/zero/unallocated runs covering the disk (no data reads)."""
+        return await anyio.to_thread.run_sync(self.allocation_sync)
+
+    def allocated_bytes(self) -> int:
+        """Bytes in DATA runs: what a full copy would have to read."""
+        return sum(r.length for r in self.allocation_sync() if r.kind is ExtentKind.DATA)
+
+    # -- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every file of the chain; reads in flight finish, later ones are refused."""
+        self._closed = True
+        for extent in self._extents:
+            extent.close()
+        if self.parent is not None:
+            self.parent.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+def _slice(
+    runs: list[Extent], starts: list[int], begin: int, end: int
+) -> list[tuple[int, int, ExtentKind]]:
+    out: list[tuple[int, int, ExtentKind]] = []
+    index = max(0, bisect.bisect_right(starts, begin) - 1)
+    pos = begin
+    while pos < end and index < len(runs):
+        run = runs[index]
+        stop = min(end, run.offset + run.length)
+        if stop > pos:
+            out.append((pos, stop - pos, run.kind))
+            pos = stop
+        index += 1
+    if pos < end:
+        out.append((pos, end - pos, ExtentKind.UNALLOCATED))
+    return out
+
+
+def _merge(runs: list[tuple[int, int, ExtentKind]]) -> list[Extent]:
+    merged: list[Extent] = []
+    cur_off = cur_len = 0
+    cur_kind: ExtentKind | None = None
+    for off, length, kind in runs:
+        if length <= 0:
+            continue
+        if kind is cur_kind and cur_off + cur_len == off:
+            cur_len += length
+            continue
+        if cur_kind is not None:
+            merged.append(Extent(cur_off, cur_len, cur_kind))
+        cur_off, cur_len, cur_kind = off, length, kind
+    if cur_kind is not None:
+        merged.append(Extent(cur_off, cur_len, cur_kind))
+    return merged
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def open_vmdk(
+    path: str | os.PathLike[str],
+    *,
+    window: FileWindow | None = None,
+    grain_cache_bytes: int = 64 << 20,
+) -> VmdkDisk:
+    """Open the VMDK at ``path`` (a descriptor or a monolithic sparse/streamOptimized file).
+
+    ``window`` reads the main file from inside a larger one (an OVA member) instead of ``path``.
+
+    :raises CatalogError: a file is missing, truncated or malformed, or the chain is too deep
+        or loops.
+    """
+    return _open(os.fspath(path), window, grain_cache_bytes, depth=0, seen=frozenset())
+
+
+def _open(
+    path: str, window: FileWindow | None, cache: int, *, depth: int, seen: frozenset[str]
+) -> VmdkDisk:
+    if depth > MAX_CHAIN_DEPTH:
+        raise CatalogError(f"delta chain deeper than {MAX_CHAIN_DEPTH}", path=path)
+    key = os.path.realpath(path) if window is None else f"{path}@{window.start}"
+    if key in seen:
+        raise CatalogError("delta chain loops back to this disk", path=path)
+    main = window if window is not None else FileWindow(path)
+    extents: list[ExtentReader] = []
+    try:
+        magic = main.pread(4, 0)
+        if magic == SPARSE_MAGIC:
+            sparse = SparseExtent(main, grain_cache_bytes=cache)
+            extents.append(sparse)
+            text = sparse.embedded_descriptor()
+            if text is None:
+                descriptor = Descriptor(
+                    header={"createtype": "monolithicSparse"},
+                    extents=(ExtentLine("RW", sparse.size // SECTOR, ExtentType.SPARSE, path),),
+                    ddb={},
+                )
+            else:
+                descriptor = parse_descriptor(text, path=path)
+                declared = descriptor.capacity_bytes
+                if declared and declared != sparse.size:
+                    sparse.size = declared
+        else:
+            descriptor = _read_descriptor(main, path)
+            main.close()
+            base = os.path.dirname(path)
+            for line in descriptor.extents:
+                extents.append(_open_extent(line, base, path, cache))
+        parent = None
+        hint = descriptor.parent_file_name
+        if hint is not None:
+            parent_path = _resolve_parent(hint, os.path.dirname(path), path)
+            parent = _open(parent_path, None, cache, depth=depth + 1, seen=seen | {key})
+            _check_parent_cid(descriptor, parent, path)
+    except BaseException:
+        main.close()
+        for extent in extents:
+            extent.close()
+        raise
+    return VmdkDisk(path, descriptor, extents, parent)
+
+
+def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
+    if main.size > MAX_DESCRIPTOR_BYTES:
+        raise CatalogError(
+            "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
+        )
+    raw = main.pread(main.size, 0)
+    if b"\x00" in raw.rstrip(b"\x00"):
+        raise CatalogError(
+            "neither a sparse extent (no KDMV magic) nor a text descriptor", path=path
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return parse_descriptor(text, path=path)
+
+
+def _open_extent(line: ExtentLine, base: str, path: str, cache: int) -> ExtentReader:
+    size = line.sectors * SECTOR
+    if line.type is ExtentType.ZERO:
+        return ZeroExtent(size)
+    assert line.file_name is not None
+    file_path = os.path.join(base, line.file_name)
+    if line.type in (ExtentType.FLAT, ExtentType.VMFS):
+        return FlatExtent(FileWindow(file_path), size, line.offset_sectors * SECTOR)
+    if line.type in (ExtentType.SPARSE, ExtentType.VMFSSPARSE):
+        return SparseExtent(FileWindow(file_path), size, grain_cache_bytes=cache)
+    raise CatalogError(f"{line.type} extents are not supported", path=path)
+
+
+def _check_parent_cid(child: Descriptor, parent: VmdkDisk, path: str) -> None:
+    """A delta records its parent's CID; a different CID means the parent changed after the
+    delta was taken, and reading through it would mix two states of the disk."""
+    try:
+        expected = int(child.parent_cid, 16)
+        actual = int(parent.descriptor.cid, 16)
+    except ValueError:
+        return  # a CID is missing or not hex: nothing to compare
+    if expected != 0xFFFFFFFF and expected != actual:
+        parent.close()
+        raise CatalogError(
+            f"parentCID {child.parent_cid} does not match the CID {parent.descriptor.cid} of "
+            f"parent {os.path.basename(parent.path)!r}",
+            path=path,
+        )
+
+
+def _resolve_parent(hint: str, base: str, path: str) -> str:
+    candidate = os.path.join(base, hint)
+    if os.path.exists(candidate):
+        return candidate
+    # ESXi often records an absolute /vmfs/volumes/... path: look beside the child instead.
+    beside = os.path.join(base, os.path.basename(hint.replace("\\", "/")))
+    if os.path.exists(beside):
+        return beside
+    raise CatalogError(f"parent disk {hint!r} not found", path=path)
