@@ -24,6 +24,12 @@ def block_files(root: Path) -> list[Path]:
     return sorted(p for p in (root / "blocks").rglob("*") if p.is_file())
 
 
+def overwrite_index_with_garbage(root: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{root / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
+    (root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+
+
 async def open_cache(root: Path, **kwargs: object) -> DiskBlockCache:
     kwargs.setdefault("block_size", BS)
     return await DiskBlockCache.open(root, **kwargs)  # type: ignore[arg-type]
@@ -170,9 +176,7 @@ async def test_other_block_size_or_broken_index_empties_the_cache(tmp_path: Path
     assert block_files(root) == []
     await cache.aclose()
 
-    for suffix in ("-wal", "-shm"):
-        Path(f"{root / 'index.sqlite'}{suffix}").unlink(missing_ok=True)
-    (root / "index.sqlite").write_bytes(b"this is not a database" * 100)
+    overwrite_index_with_garbage(root)
     cache = await open_cache(root, block_size=2 * BS)
     assert cache.keys() == []
     assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
@@ -399,7 +403,9 @@ async def test_closed_cache_refuses(tmp_path: Path) -> None:
     await cache.aclose()
     await cache.aclose()
     with pytest.raises(CacheError, match="closed"):
-        await cache.get_or_fetch(BlockKey("a", 0), CountingSource(lambda k: 1).fetcher(BlockKey("a", 0)))
+        await cache.get_or_fetch(
+            BlockKey("a", 0), CountingSource(lambda k: 1).fetcher(BlockKey("a", 0))
+        )
 
 
 async def test_bad_settings_are_named(tmp_path: Path) -> None:
