@@ -24,6 +24,7 @@ __all__ = [
     "MultipleVmsError",
     "NfsError",
     "NfsStatus",
+    "OverlayError",
     "PasskeyError",
     "PreflightError",
     "RollbackError",
@@ -116,6 +117,12 @@ class VSphereError(BackendError):
 
 class CacheError(BackendError):
     """The block cache failed (I/O error, corrupt index)."""
+
+
+class OverlayError(LiveRecoveryError):
+    """A write overlay's files are unusable (corrupt block map, other geometry, I/O error);
+    the message names the file. Acknowledged-stable data is never silently dropped: the overlay
+    refuses to open rather than guess."""
 
 
 class CatalogError(LiveRecoveryError):
