@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import sqlite3
 import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -389,8 +390,9 @@ class DiskBlockCache:
         self._pins[key] = self._pins.get(key, 0) + 1
         try:
             data = await anyio.to_thread.run_sync(_read_verified, path, entry.length, entry.crc)
-        except OSError as exc:
-            raise CacheError(f"{path}: cannot read cached block {key}: {exc.strerror}") from exc
+        except OSError as exc:  # e.g. EIO from a failing cache disk: serve from the source
+            log.warning("%s: cannot read cached block %s: %s", path, key, exc)
+            data = None
         finally:
             self._unpin(key)
         if data is None:
@@ -433,7 +435,7 @@ class DiskBlockCache:
             if data:
                 try:
                     await self._store(key, data)
-                except OSError as exc:
+                except (OSError, sqlite3.Error) as exc:  # e.g. ENOSPC: serve it uncached
                     self._unstored += 1
                     log.warning("%s: cannot store block %s: %s", self.root, key, exc)
             return data
@@ -477,12 +479,12 @@ class DiskBlockCache:
         # No fsync: a block that does not reach the disk fails its CRC and is fetched again.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
             self._index.put(key, entry, used, touched)
         except BaseException:
             with contextlib.suppress(OSError):

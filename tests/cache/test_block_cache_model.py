@@ -7,18 +7,14 @@ free space after every operation unless nothing is left to evict.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from cache_helpers import CountingSource, block_bytes
+from cache_helpers import CountingSource, block_bytes, tmpfs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -150,28 +146,6 @@ CacheAgainstModel.TestCase.settings = settings(
 test_cache_against_model = CacheAgainstModel.TestCase
 
 
-@contextlib.contextmanager
-def tmpfs(size: str) -> Iterator[Path]:
-    mountpoint = Path(tempfile.mkdtemp(prefix="cache-tmpfs-"))
-    try:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mountpoint)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        try:
-            yield mountpoint
-        finally:
-            subprocess.run(["umount", str(mountpoint)], check=True)
-    finally:
-        mountpoint.rmdir()
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_real_tmpfs_keeps_min_free(anyio_backend: str) -> None:
@@ -198,4 +172,30 @@ async def test_real_tmpfs_keeps_min_free(anyio_backend: str) -> None:
                 recent, block
             )
             assert source.fetches[recent] == 1
+        await cache.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_full_filesystem_still_serves_and_leaves_no_debris(anyio_backend: str) -> None:
+    """A probe that overstates the room (as a racing writer would) makes writes hit ENOSPC on a
+    1 MiB tmpfs: reads are still served, nothing half-written stays behind."""
+    block = 256 * 1024
+    with tmpfs("1m") as mountpoint:
+        root = mountpoint / "cache"
+        probe = CapacityProbe(root / "blocks", capacity_bytes=1 << 40)
+        cache = await DiskBlockCache.open(root, block_size=block, min_free_percent=0, probe=probe)
+        source = CountingSource(lambda k: block)
+        keys = [BlockKey("full", i) for i in range(8)]
+        with anyio.fail_after(30):
+            for key in keys:
+                assert await cache.get_or_fetch(key, source.fetcher(key)) == block_bytes(key, block)
+        stored = set(cache.keys())
+        assert 0 < len(stored) < len(keys)
+        assert cache.stats.unstored_blocks == len(keys) - len(stored)
+        files = [p for p in (root / "blocks").rglob("*") if p.is_file()]
+        assert len(files) == len(stored)
+        for key in stored:
+            assert await cache.get_or_fetch(key, source.fetcher(key)) == block_bytes(key, block)
+            assert source.fetches[key] == 1
         await cache.aclose()
