@@ -10,7 +10,8 @@ fsync and a power loss may forget the last few entries (harmless: the block is f
 never leaves a half-written one. Wrong data is prevented elsewhere: every entry carries the block's
 length and CRC-32, checked on every read, so an entry whose block file did not reach the disk (or
 rotted since) is discarded, never served. Last-use order is flushed in batches (with the next insert
-or at close); losing it only makes eviction slightly less accurate.
+or at close); losing it only makes eviction slightly less accurate. Reservation changes are the
+exception: they are written with ``synchronous=FULL``, since a lost release would hold space.
 
 Not thread-safe by itself: the cache calls it from worker threads under its own lock.
 """
@@ -183,14 +184,19 @@ class BlockIndex:
             self._conn.execute("COMMIT")
 
     def set_reservation(self, job_id: str, nbytes: int | None) -> None:
-        """Store (or with ``None`` remove) a job's reservation."""
+        """Store (or with ``None`` remove) a job's reservation, durably (fsync'ed): unlike a cache
+        entry, a forgotten release would hold space forever. Reservations change rarely."""
         with self._lock:
-            if nbytes is None:
-                self._conn.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
-            else:
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO reservations VALUES (?, ?)", (job_id, nbytes)
-                )
+            self._conn.execute("PRAGMA synchronous=FULL")
+            try:
+                if nbytes is None:
+                    self._conn.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
+                else:
+                    self._conn.execute(
+                        "INSERT OR REPLACE INTO reservations VALUES (?, ?)", (job_id, nbytes)
+                    )
+            finally:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         with self._lock:

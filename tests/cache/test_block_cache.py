@@ -423,3 +423,31 @@ async def test_from_settings_uses_effective_root(tmp_path: Path) -> None:
     assert cache.min_free_percent == 5.0
     assert (cache.root / "index.sqlite").is_file()
     await cache.aclose()
+
+
+async def test_concurrent_readers_under_eviction_pressure_get_correct_bytes(tmp_path: Path) -> None:
+    """Eight readers over 40 keys with room for 12 blocks: hits, misses, shared misses and
+    evictions interleave; every read returns the source's bytes and min free holds at the end."""
+    root = tmp_path / "c"
+    probe = CapacityProbe(root / "blocks", capacity_bytes=16 * BS)
+    cache = await open_cache(root, min_free_percent=25.0, probe=probe)
+    src = CountingSource(lambda k: BS if k.index % 3 else 1000)
+    keys = [BlockKey(f"s{i % 2}", i) for i in range(40)]
+    wrong: list[BlockKey] = []
+
+    async def reader(n: int) -> None:
+        for step in range(60):
+            key = keys[(n * 7 + step * (n + 3)) % len(keys)]
+            if await cache.get_or_fetch(key, src.fetcher(key)) != block_bytes(key, src.length(key)):
+                wrong.append(key)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(reader, n)
+    assert wrong == []
+    assert probe.usage().free_bytes >= 4 * BS
+    assert cache.stats.evicted_blocks > 0
+    assert cache.stats.hits > 0
+    assert cache.stats.cached_bytes == probe.used_bytes()
+    await cache.aclose()
