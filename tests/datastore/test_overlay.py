@@ -22,6 +22,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from liverecovery.backends import BlockKey
+from liverecovery.cache import DiskBlockCache
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
@@ -271,7 +273,9 @@ async def test_closed_overlay_refuses(tmp_path: Path, base: FileBase) -> None:
 CHILD = textwrap.dedent(
     """
     import os, sys, anyio
-    from liverecovery.datastore.overlay import WriteOverlay
+    from liverecovery.backends import BlockKey
+from liverecovery.cache import DiskBlockCache
+from liverecovery.datastore.overlay import WriteOverlay
     from liverecovery.nfs.filesystem import Stability
 
     async def main(directory, base_path, size, bs):
@@ -384,3 +388,37 @@ def test_concurrent_disjoint_writes_all_land(cuts: list[int], stabilities: list[
         base = FileBase(Path(tmp) / "base", SIZE)
         anyio.run(run, Path(tmp) / "overlay", base)
         base.close_and_check_unchanged()
+
+
+@pytest.mark.anyio
+async def test_overlay_over_block_cache_over_backup(tmp_path: Path, base: FileBase) -> None:
+    """The read path of the datastore: overlay ▶ circular cache ▶ backup, with a cache block size
+    (8 KiB) unlike the overlay's (4 KiB); the backup is read once per cache block."""
+    cache = await DiskBlockCache.open(tmp_path / "cache", block_size=2 * BS)
+
+    async def through_cache(offset: int, length: int) -> bytes:
+        parts = []
+        for index in range(
+            offset // cache.block_size, (offset + length - 1) // cache.block_size + 1
+        ):
+            start = index * cache.block_size
+
+            async def fetch(start: int = start) -> bytes:
+                return await base.read(start, min(cache.block_size, SIZE - start))
+
+            parts.append(await cache.get_or_fetch(BlockKey("vm-flat.vmdk", index), fetch))
+        skip = offset % cache.block_size
+        return b"".join(parts)[skip : skip + length]
+
+    overlay = await open_overlay(tmp_path / "ov", through_cache)
+    expected = bytearray(base_pattern(SIZE))
+    for offset, data in ((100, b"A" * 50), (BS * 3 - 10, b"B" * 30), (SIZE - 3, b"CCC")):
+        await overlay.write(offset, data, Stability.FILE_SYNC)
+        expected[offset : offset + len(data)] = data
+    for _ in range(2):
+        assert await overlay.read(0, SIZE) == bytes(expected)
+        assert await overlay.read(BS - 7, 2 * BS + 11) == bytes(expected[BS - 7 : 3 * BS + 4])
+    assert len(base.calls) == 3  # three 8 KiB cache blocks cover the disk, each fetched once
+    await overlay.aclose()
+    await cache.aclose()
+    base.close_and_check_unchanged()
