@@ -273,9 +273,7 @@ async def test_closed_overlay_refuses(tmp_path: Path, base: FileBase) -> None:
 CHILD = textwrap.dedent(
     """
     import os, sys, anyio
-    from liverecovery.backends import BlockKey
-from liverecovery.cache import DiskBlockCache
-from liverecovery.datastore.overlay import WriteOverlay
+    from liverecovery.datastore.overlay import WriteOverlay
     from liverecovery.nfs.filesystem import Stability
 
     async def main(directory, base_path, size, bs):
