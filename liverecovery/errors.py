@@ -27,6 +27,7 @@ __all__ = [
     "NfsError",
     "NfsStatus",
     "NfsVolumeLimitError",
+    "OverlayError",
     "PasskeyError",
     "PreflightError",
     "RollbackError",
@@ -133,6 +134,12 @@ class VSphereError(BackendError):
 
 class CacheError(BackendError):
     """The block cache failed (I/O error, corrupt index)."""
+
+
+class OverlayError(LiveRecoveryError):
+    """A write overlay's files are unusable (corrupt block map, other geometry, I/O error);
+    the message names the file. Acknowledged-stable data is never silently dropped: the overlay
+    refuses to open rather than guess."""
 
 
 class CatalogError(LiveRecoveryError):

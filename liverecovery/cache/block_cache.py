@@ -1,0 +1,523 @@
+"""``DiskBlockCache``: the circular block cache (the seed's 3DFS cache), a ``BlockCache``.
+
+Blocks live one per file under ``<root>/blocks/`` (unlinking a file is how space is given back),
+named ``<source hash>/<index high bits>/<index>-<generation>``: the generation makes every stored
+copy's name unique, so an eviction still running in a worker thread can never delete a newer copy
+of the same block. The index (``index.py``) maps keys to (generation, length, CRC-32).
+
+* A hit costs one ``pread`` and one CRC-32 in a worker thread (zlib's CRC-32 runs at several GB/s,
+  3x blake2b, and catches every burst error up to 32 bits). A block whose length or CRC does not
+  match is discarded and fetched again; it is never served.
+* Concurrent misses on one key share a single ``fetch`` call; later callers wait for its result.
+* After every insert (and on ``prune()``) the least-recently-used unpinned blocks are deleted until
+  the filesystem has ``min_free_percent`` free again. A block being read is pinned; callers may pin
+  more with ``pinned()``. If even that is not enough, the new block is served but not stored.
+* Job reservations (preflight's max(20 GiB, 15 %)) are persisted in the index so a crashed job's
+  reservation can still be released at cleanup. Space held by unpinned cached blocks counts as
+  available to a reservation: it is reclaimed on demand, as a circular cache does.
+
+Files are created owner-only (0o600, directories 0o700): cached blocks are the customer's data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import sqlite3
+import zlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from liverecovery.backends import BlockKey, CacheSpace
+from liverecovery.cache.index import BlockIndex, IndexEntry
+from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
+from liverecovery.config import GiB, MiB, Settings
+from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
+
+__all__ = ["CacheStats", "DiskBlockCache"]
+
+log = logging.getLogger(__name__)
+
+_INDEX_NAME = "index.sqlite"
+_BLOCKS_DIR = "blocks"
+
+
+@attrs.frozen
+class CacheStats:
+    """Counters since the cache was opened, plus what it currently holds.
+
+    ``hits`` were served from disk, ``misses`` called ``fetch``, ``shared_misses`` waited for
+    another caller's fetch, ``corrupt_blocks`` failed their checksum and were refetched,
+    ``unstored_blocks`` were served but not kept for lack of space.
+    """
+
+    hits: int
+    misses: int
+    shared_misses: int
+    corrupt_blocks: int
+    evicted_blocks: int
+    unstored_blocks: int
+    blocks: int
+    cached_bytes: int
+
+
+@attrs.define
+class _Inflight:
+    event: anyio.Event = attrs.Factory(anyio.Event)
+    data: bytes | None = None
+    error: Exception | None = None
+
+
+def _human(nbytes: int) -> str:
+    return f"{nbytes} bytes ({nbytes / GiB:.2f} GiB)"
+
+
+def _read_verified(path: str, length: int, crc: int) -> bytes | None:
+    """The block's bytes, or None when the file is missing, of another length, or fails its CRC."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.pread(fd, length + 1, 0)
+    finally:
+        os.close(fd)
+    if len(data) != length or zlib.crc32(data) != crc:
+        return None
+    return data
+
+
+class DiskBlockCache:
+    """The on-disk circular block cache. Open with ``await DiskBlockCache.open(root)``.
+
+    :raises CacheError: from every method once closed, or when the cache directory is unusable.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        block_size: int,
+        min_free_percent: float,
+        probe: SpaceProbe,
+        index: BlockIndex,
+    ) -> None:
+        self.root = root
+        self.min_free_percent = min_free_percent
+        self._block_size = block_size
+        self._probe = probe
+        self._index = index
+        self._blocks_dir = root / _BLOCKS_DIR
+        self._entries: OrderedDict[BlockKey, IndexEntry] = OrderedDict()  # oldest use first
+        self._cached_bytes = 0  # allocated size of stored blocks
+        self._pins: dict[BlockKey, int] = {}
+        self._inflight: dict[BlockKey, _Inflight] = {}
+        self._touched: dict[BlockKey, int] = {}
+        self._reservations: dict[str, int] = {}
+        self._used_seq = 0
+        self._next_gen = 1
+        self._source_dirs: dict[str, str] = {}
+        self._made_dirs: set[str] = set()
+        self._store_lock = anyio.Lock()
+        self._closed = False
+        self._hits = self._misses = self._shared = self._corrupt = 0
+        self._evicted = self._unstored = 0
+
+    # -- opening -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        block_size: int = MiB,
+        min_free_percent: float = 5.0,
+        probe: SpaceProbe | None = None,
+    ) -> DiskBlockCache:
+        """Open (creating if needed) the cache at ``root`` and load its index.
+
+        Block files the index does not know (e.g. written just before a crash) are deleted.
+
+        :raises SettingsError: a non-positive block size or a percentage outside [0, 100).
+        :raises CacheError: the directory or index cannot be created.
+        """
+        if not isinstance(block_size, int) or block_size <= 0:
+            raise SettingsError(f"cache block size must be a positive integer, got {block_size!r}")
+        if not 0 <= min_free_percent < 100:
+            raise SettingsError(
+                f"cache_min_free_percent must be in [0, 100), got {min_free_percent!r}"
+            )
+        root_path = Path(root)
+        return await anyio.to_thread.run_sync(
+            cls._open_sync, root_path, block_size, min_free_percent, probe
+        )
+
+    @classmethod
+    async def from_settings(
+        cls, settings: Settings, *, probe: SpaceProbe | None = None
+    ) -> DiskBlockCache:
+        """Open the cache at ``settings.effective_cache_root`` with the settings' block size and
+        minimum free percentage."""
+        return await cls.open(
+            settings.effective_cache_root,
+            block_size=settings.cache_block_size,
+            min_free_percent=settings.cache_min_free_percent,
+            probe=probe,
+        )
+
+    @classmethod
+    def _open_sync(
+        cls, root: Path, block_size: int, min_free_percent: float, probe: SpaceProbe | None
+    ) -> DiskBlockCache:
+        try:
+            for directory in (root, root / _BLOCKS_DIR):
+                if not directory.is_dir():
+                    directory.mkdir(mode=0o700, parents=True)
+                    os.chmod(directory, 0o700)
+        except OSError as exc:
+            raise CacheError(f"{root}: cannot create the cache directory: {exc.strerror}") from exc
+        index, loaded = BlockIndex.open(root / _INDEX_NAME, block_size)
+        cache = cls(
+            root,
+            block_size=block_size,
+            min_free_percent=min_free_percent,
+            probe=probe or StatvfsProbe(root),
+            index=index,
+        )
+        if loaded.wiped:
+            log.warning("%s: cache index was unreadable or for another block size; emptied", root)
+        for key, entry in loaded.entries:
+            cache._entries[key] = entry
+            cache._cached_bytes += allocated_size(entry.length)
+        cache._reservations = dict(loaded.reservations)
+        cache._next_gen = loaded.next_gen
+        cache._used_seq = loaded.last_used
+        cache._remove_orphans()
+        return cache
+
+    def _remove_orphans(self) -> None:
+        expected = {self._block_path(k, e) for k, e in self._entries.items()}
+        for dirpath, _dirnames, filenames in os.walk(self._blocks_dir):
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if path not in expected:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+
+    # -- the BlockCache protocol ---------------------------------------------------------------
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The block's bytes from the cache, or from ``fetch`` (called once for concurrent misses).
+
+        :raises CacheError: ``fetch`` returned more than ``block_size`` bytes, or the cache is closed.
+        :raises Exception: whatever ``fetch`` raised (every waiter on that fetch gets it too).
+        """
+        self._check_open()
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None:
+                data = await self._read_entry(key, entry)
+                if data is not None:
+                    return data
+            inflight = self._inflight.get(key)
+            if inflight is None:
+                break
+            await inflight.event.wait()
+            if inflight.data is not None:
+                self._shared += 1
+                return inflight.data
+            if inflight.error is not None:
+                raise inflight.error
+            # The fetching task was cancelled: try again, possibly fetching ourselves.
+        return await self._fetch_and_store(key, fetch)
+
+    async def space(self) -> CacheSpace:
+        """Current size and free space of the cache's filesystem and outstanding reservations."""
+        self._check_open()
+        usage = await anyio.to_thread.run_sync(self._probe.usage)
+        return CacheSpace(
+            total_bytes=usage.total_bytes,
+            free_bytes=usage.free_bytes,
+            reserved_bytes=sum(self._reservations.values()),
+        )
+
+    async def reserve(self, job_id: str, nbytes: int) -> None:
+        """Reserve ``nbytes`` for ``job_id`` (a second call replaces the job's amount).
+
+        Available = free + bytes of unpinned cached blocks (reclaimable) - the minimum free space -
+        other jobs' reservations.
+
+        :raises CacheSpaceError: not enough space; the message names every number.
+        :raises ValueError: an empty job id or a negative size.
+        """
+        self._check_open()
+        if not job_id:
+            raise ValueError("job id must not be empty")
+        if not isinstance(nbytes, int) or nbytes < 0:
+            raise ValueError(f"reservation for job {job_id!r} must be >= 0 bytes, got {nbytes!r}")
+        async with self._store_lock:
+            usage = await anyio.to_thread.run_sync(self._probe.usage)
+            min_free = self._min_free(usage.total_bytes)
+            others = sum(v for k, v in self._reservations.items() if k != job_id)
+            reclaimable = self._cached_bytes - sum(
+                allocated_size(self._entries[k].length) for k in self._pins if k in self._entries
+            )
+            available = usage.free_bytes + reclaimable - min_free - others
+            if nbytes > available:
+                raise CacheSpaceError(
+                    f"cache {self.root}: job {job_id!r} needs {_human(nbytes)} but only "
+                    f"{_human(max(0, available))} are available: {_human(usage.free_bytes)} free "
+                    f"of {_human(usage.total_bytes)}, {_human(reclaimable)} reclaimable from "
+                    f"cached blocks, {_human(min_free)} kept free "
+                    f"({self.min_free_percent:g} %), {_human(others)} reserved by other jobs"
+                )
+            await anyio.to_thread.run_sync(self._index.set_reservation, job_id, nbytes)
+            self._reservations[job_id] = nbytes
+
+    async def release(self, job_id: str) -> None:
+        """Release a job's reservation; releasing an unknown job is a no-op."""
+        self._check_open()
+        if job_id not in self._reservations:
+            return
+        async with self._store_lock:
+            await anyio.to_thread.run_sync(self._index.set_reservation, job_id, None)
+            self._reservations.pop(job_id, None)
+
+    def reservations(self) -> Mapping[str, int]:
+        """Job id to reserved bytes (a read-only snapshot), persisted across restarts."""
+        return MappingProxyType(dict(self._reservations))
+
+    async def aclose(self) -> None:
+        """Flush the last-use order and close the index. Idempotent."""
+        if self._closed:
+            return
+        async with self._store_lock:
+            self._closed = True
+            touched, self._touched = self._touched, {}
+            await anyio.to_thread.run_sync(self._close_sync, touched)
+
+    def _close_sync(self, touched: dict[BlockKey, int]) -> None:
+        try:
+            if touched:
+                self._index.touch(touched)
+        finally:
+            self._index.close()
+
+    # -- beyond the protocol -------------------------------------------------------------------
+
+    @property
+    def stats(self) -> CacheStats:
+        """Counters since open and what the cache holds now."""
+        return CacheStats(
+            hits=self._hits,
+            misses=self._misses,
+            shared_misses=self._shared,
+            corrupt_blocks=self._corrupt,
+            evicted_blocks=self._evicted,
+            unstored_blocks=self._unstored,
+            blocks=len(self._entries),
+            cached_bytes=self._cached_bytes,
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def keys(self) -> list[BlockKey]:
+        """Stored keys, least recently used first."""
+        return list(self._entries)
+
+    @contextlib.asynccontextmanager
+    async def pinned(self, keys: Iterable[BlockKey]) -> AsyncIterator[None]:
+        """Keep ``keys`` from being evicted while the block runs."""
+        held = list(keys)
+        for key in held:
+            self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            for key in held:
+                self._unpin(key)
+
+    async def prune(self) -> int:
+        """Evict least-recently-used unpinned blocks until the minimum free space is restored.
+
+        :returns: the number of blocks evicted.
+        """
+        self._check_open()
+        async with self._store_lock:
+            before = self._evicted
+            await self._make_room(0)
+            return self._evicted - before
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheError(f"cache {self.root} is closed")
+
+    def _min_free(self, total_bytes: int) -> int:
+        return math.ceil(total_bytes * self.min_free_percent / 100)
+
+    def _unpin(self, key: BlockKey) -> None:
+        count = self._pins[key] - 1
+        if count:
+            self._pins[key] = count
+        else:
+            del self._pins[key]
+
+    def _block_path(self, key: BlockKey, entry: IndexEntry) -> str:
+        source_dir = self._source_dirs.get(key.source)
+        if source_dir is None:
+            digest = hashlib.blake2b(key.source.encode(), digest_size=10).hexdigest()
+            source_dir = self._source_dirs[key.source] = os.path.join(self._blocks_dir, digest)
+        return os.path.join(source_dir, f"{key.index >> 12:x}", f"{key.index:x}-{entry.gen:x}")
+
+    async def _read_entry(self, key: BlockKey, entry: IndexEntry) -> bytes | None:
+        path = self._block_path(key, entry)
+        self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            data = await anyio.to_thread.run_sync(_read_verified, path, entry.length, entry.crc)
+        except OSError as exc:  # e.g. EIO from a failing cache disk: serve from the source
+            log.warning("%s: cannot read cached block %s: %s", path, key, exc)
+            data = None
+        finally:
+            self._unpin(key)
+        if data is None:
+            self._corrupt += 1
+            log.warning("%s: cached block %s is missing or corrupt; fetching it again", path, key)
+            if self._entries.get(key) is entry:
+                self._forget(key)
+                with contextlib.suppress(OSError):
+                    await anyio.to_thread.run_sync(self._delete_sync, [(key, entry)])
+            return None
+        self._hits += 1
+        if self._entries.get(key) is entry:
+            self._entries.move_to_end(key)
+            self._used_seq += 1
+            self._touched[key] = self._used_seq
+        return data
+
+    def _forget(self, key: BlockKey) -> IndexEntry:
+        entry = self._entries.pop(key)
+        self._cached_bytes -= allocated_size(entry.length)
+        self._touched.pop(key, None)
+        return entry
+
+    async def _fetch_and_store(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
+        inflight = self._inflight[key] = _Inflight()
+        self._misses += 1
+        try:
+            try:
+                data = bytes(await fetch())
+                if len(data) > self._block_size:
+                    raise CacheError(
+                        f"fetch for {key} returned {len(data)} bytes, "
+                        f"more than the block size {self._block_size}"
+                    )
+            except Exception as exc:
+                inflight.error = exc
+                raise
+            inflight.data = data
+            inflight.event.set()  # waiters need not wait for the store
+            if data:
+                try:
+                    await self._store(key, data)
+                except (OSError, sqlite3.Error) as exc:  # e.g. ENOSPC: serve it uncached
+                    self._unstored += 1
+                    log.warning("%s: cannot store block %s: %s", self.root, key, exc)
+            return data
+        finally:
+            del self._inflight[key]
+            inflight.event.set()
+
+    async def _store(self, key: BlockKey, data: bytes) -> None:
+        async with self._store_lock:
+            if self._closed or key in self._entries:
+                return
+            if not await self._make_room(allocated_size(len(data))):
+                self._unstored += 1
+                return
+            entry = IndexEntry(gen=self._next_gen, length=len(data), crc=0)
+            self._next_gen += 1
+            self._used_seq += 1
+            touched, self._touched = self._touched, {}
+            try:
+                entry = await anyio.to_thread.run_sync(
+                    self._write_sync, key, entry, data, self._used_seq, touched
+                )
+            except BaseException:
+                self._touched = touched | self._touched
+                raise
+            self._entries[key] = entry
+            self._cached_bytes += allocated_size(entry.length)
+
+    def _write_sync(
+        self, key: BlockKey, entry: IndexEntry, data: bytes, used: int, touched: dict[BlockKey, int]
+    ) -> IndexEntry:
+        entry = attrs.evolve(entry, crc=zlib.crc32(data))
+        path = self._block_path(key, entry)
+        directory = os.path.dirname(path)
+        if directory not in self._made_dirs:
+            parent = os.path.dirname(directory)
+            for path_ in (parent, directory):  # makedirs' mode skips intermediate directories
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path_, 0o700)
+            self._made_dirs.add(directory)
+        # No fsync: a block that does not reach the disk fails its CRC and is fetched again.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            self._index.put(key, entry, used, touched)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        return entry
+
+    async def _make_room(self, incoming: int) -> bool:
+        """Evict LRU unpinned blocks until storing ``incoming`` more bytes keeps the minimum free
+        space; False when that is impossible. Called with the store lock held."""
+        while True:
+            usage = await anyio.to_thread.run_sync(self._probe.usage)
+            deficit = self._min_free(usage.total_bytes) - (usage.free_bytes - incoming)
+            if deficit <= 0:
+                return True
+            victims: list[tuple[BlockKey, IndexEntry]] = []
+            freed = 0
+            for key, entry in self._entries.items():
+                if freed >= deficit:
+                    break
+                if key in self._pins:
+                    continue
+                victims.append((key, entry))
+                freed += allocated_size(entry.length)
+            if not victims:
+                return False
+            for key, _entry in victims:
+                self._forget(key)
+            self._evicted += len(victims)
+            await anyio.to_thread.run_sync(self._delete_sync, victims)
+
+    def _delete_sync(self, victims: list[tuple[BlockKey, IndexEntry]]) -> None:
+        self._index.delete(victims)
+        for key, entry in victims:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._block_path(key, entry))
