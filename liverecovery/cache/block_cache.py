@@ -38,7 +38,7 @@ import anyio.to_thread
 import attrs
 
 from liverecovery.backends import BlockKey, CacheSpace
-from liverecovery.cache.index import BlockIndex, IndexEntry
+from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
@@ -157,9 +157,24 @@ class DiskBlockCache:
                 f"cache_min_free_percent must be in [0, 100), got {min_free_percent!r}"
             )
         root_path = Path(root)
-        return await anyio.to_thread.run_sync(
-            cls._open_sync, root_path, block_size, min_free_percent, probe
+        index, loaded = await anyio.to_thread.run_sync(cls._open_index, root_path, block_size)
+        cache = cls(  # constructed on the event loop: it owns anyio primitives
+            root_path,
+            block_size=block_size,
+            min_free_percent=min_free_percent,
+            probe=probe or StatvfsProbe(root_path),
+            index=index,
         )
+        if loaded.wiped:
+            log.warning("%s: cache index was unreadable or for another block size; emptied", root)
+        for key, entry in loaded.entries:
+            cache._entries[key] = entry
+            cache._cached_bytes += allocated_size(entry.length)
+        cache._reservations = dict(loaded.reservations)
+        cache._next_gen = loaded.next_gen
+        cache._used_seq = loaded.last_used
+        await anyio.to_thread.run_sync(cache._remove_orphans)
+        return cache
 
     @classmethod
     async def from_settings(
@@ -174,10 +189,8 @@ class DiskBlockCache:
             probe=probe,
         )
 
-    @classmethod
-    def _open_sync(
-        cls, root: Path, block_size: int, min_free_percent: float, probe: SpaceProbe | None
-    ) -> DiskBlockCache:
+    @staticmethod
+    def _open_index(root: Path, block_size: int) -> tuple[BlockIndex, LoadedIndex]:
         try:
             for directory in (root, root / _BLOCKS_DIR):
                 if not directory.is_dir():
@@ -185,24 +198,7 @@ class DiskBlockCache:
                     os.chmod(directory, 0o700)
         except OSError as exc:
             raise CacheError(f"{root}: cannot create the cache directory: {exc.strerror}") from exc
-        index, loaded = BlockIndex.open(root / _INDEX_NAME, block_size)
-        cache = cls(
-            root,
-            block_size=block_size,
-            min_free_percent=min_free_percent,
-            probe=probe or StatvfsProbe(root),
-            index=index,
-        )
-        if loaded.wiped:
-            log.warning("%s: cache index was unreadable or for another block size; emptied", root)
-        for key, entry in loaded.entries:
-            cache._entries[key] = entry
-            cache._cached_bytes += allocated_size(entry.length)
-        cache._reservations = dict(loaded.reservations)
-        cache._next_gen = loaded.next_gen
-        cache._used_seq = loaded.last_used
-        cache._remove_orphans()
-        return cache
+        return BlockIndex.open(root / _INDEX_NAME, block_size)
 
     def _remove_orphans(self) -> None:
         expected = {self._block_path(k, e) for k, e in self._entries.items()}

@@ -56,7 +56,9 @@ class CapacityProbe:
     """A stand-in filesystem of ``capacity_bytes`` holding ``other_used_bytes`` of foreign data
     plus whatever is really stored under ``root`` (each file rounded up to 4 KiB).
 
-    Both numbers are settable while the cache runs, to simulate a filling or growing disk.
+    Both numbers are settable while the cache runs, to simulate a filling or growing disk. Point
+    ``root`` at ``<cache root>/blocks`` to count only block files (the sqlite index and its WAL
+    would otherwise dominate a test-sized capacity).
     """
 
     root: Path
