@@ -15,21 +15,16 @@ import attrs
 
 from liverecovery.backends import Backends, BlockCache, CatalogReader, DiskReader, VmRef
 from liverecovery.config import MiB, Settings
-from liverecovery.datastore.builder import FreBuilder, OverlayFactory
-from liverecovery.datastore.flatdisk import DiskOverlay
+from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.server import NfsServer
-from liverecovery.testing.memory import MemoryBlockCache, MemoryOverlay
+from liverecovery.testing.memory import MemoryBlockCache
 from liverecovery.vsphere.simulated import GuestWrite, SimulatedEsxHost
 
 __all__ = ["Embedded", "embedded_environment", "verify_disk"]
 
 ESX_HOST = "esx-sim"
 DESTINATION = "datastore1"
-
-
-async def _memory_overlay(path: Path, size: int) -> DiskOverlay:
-    return MemoryOverlay()
 
 
 @attrs.frozen
@@ -75,7 +70,7 @@ async def embedded_environment(
         ) as esx,
     ):
         backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
-        builder = FreBuilder(cache, overlay_factory=overlay_factory or _memory_overlay)
+        builder = FreBuilder(cache, overlay_factory=overlay_factory or durable_overlay)
         yield Embedded(settings, backends, builder, server, esx)
 
 

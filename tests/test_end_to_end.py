@@ -10,16 +10,11 @@ import pytest
 from liverecovery import Backends, LiveRecovery, RecoverySpec, Settings, State
 from liverecovery.config import MiB
 from liverecovery.datastore.builder import FreBuilder
-from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.nfs.server import NfsServer
-from liverecovery.testing import MemoryBlockCache, MemoryCatalog, MemoryOverlay
+from liverecovery.testing import MemoryBlockCache, MemoryCatalog
 from liverecovery.vsphere.simulated import SimulatedEsxHost
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-
-async def memory_overlay(path: Path, size: int) -> DiskOverlay:
-    return MemoryOverlay()
 
 
 def settings(tmp: Path, **kw: object) -> Settings:
@@ -49,7 +44,7 @@ async def test_full_job_over_nfs_with_the_simulated_host(tmp_path: Path) -> None
         ) as esx,
     ):
         backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
-        builder = FreBuilder(cache, overlay_factory=memory_overlay)
+        builder = FreBuilder(cache)  # the durable on-disk overlay
         async with LiveRecovery(settings(tmp_path), backends, builder=builder) as lr:
             job = await lr.start(
                 RecoverySpec(

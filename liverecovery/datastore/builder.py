@@ -18,7 +18,14 @@ import anyio
 import attrs
 
 from liverecovery.backends import BlockCache, DiskInfo
-from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ForegroundGate
+from liverecovery.datastore.flatdisk import (
+    DiskOverlay,
+    FlatDisk,
+    ForegroundGate,
+    OverlayOpener,
+    ReadBase,
+)
+from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
 from liverecovery.job.staging import StagedVm, StagingContext
@@ -26,8 +33,14 @@ from liverecovery.nfs.localfs import LocalFilesystem
 
 __all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
 
-OverlayFactory = Callable[[Path, int], Awaitable[DiskOverlay]]
-"""Opens (or reopens after a restart) the overlay of one disk: (path, disk size) -> overlay."""
+OverlayFactory = Callable[[Path, int, ReadBase], Awaitable[DiskOverlay]]
+"""Opens (or reopens after a restart) the overlay of one disk: (directory, disk size, the
+disk's read_base) -> overlay."""
+
+
+async def durable_overlay(directory: Path, size: int, read_base: ReadBase) -> DiskOverlay:
+    """The on-disk write overlay: stable writes survive a crash of the process."""
+    return await WriteOverlay.open(directory, size=size, read_base=read_base)
 
 
 def flat_names(disk: DiskInfo) -> tuple[str, str]:
@@ -42,7 +55,7 @@ class FreBuilder:
     """Builds the virtual datastore of one job; every part it opens is closed by ``aclose``."""
 
     cache: BlockCache
-    overlay_factory: OverlayFactory | None = None
+    overlay_factory: OverlayFactory | None = durable_overlay
     options: VmxOptions = attrs.field(factory=VmxOptions)
 
     def job_dir(self, ctx: StagingContext) -> Path:
@@ -77,16 +90,11 @@ class FreBuilder:
         try:
             for disk in point.disks:
                 reader = await catalog.open_disk(point, disk)
-                overlay = None
-                if self.overlay_factory is not None:
-                    overlay = await self.overlay_factory(
-                        overlays / f"{disk.key.replace(':', '_')}.overlay", reader.size
-                    )
                 disks[names[disk.key][1]] = await FlatDisk.open(
                     source=f"{point.vm_name}/{point.point_id}/{disk.file_name}",
                     reader=reader,
                     cache=self.cache,
-                    overlay=overlay,
+                    overlay=self._opener(overlays / disk.key.replace(":", "_"), reader.size),
                     gate=gate,
                 )
             inner = LocalFilesystem(folder)
@@ -96,6 +104,16 @@ class FreBuilder:
                     await fd.aclose()
             raise
         return StagedVm(VirtualDatastore(inner, disks), point.vmx_name, disks)
+
+    def _opener(self, directory: Path, size: int) -> OverlayOpener | None:
+        factory = self.overlay_factory
+        if factory is None:
+            return None
+
+        async def open_overlay(read_base: ReadBase) -> DiskOverlay:
+            return await factory(directory, size, read_base)
+
+        return open_overlay
 
     async def discard(self, ctx: StagingContext) -> None:
         """Remove the job's overlay directory (after the job, unless ``keep_overlay``)."""

@@ -28,15 +28,17 @@ ReadBase = Callable[[int, int], Awaitable[bytes]]
 
 @runtime_checkable
 class DiskOverlay(Protocol):
-    """**Protocol:** the copy-on-write layer that receives the VM's writes to one disk."""
+    """**Protocol:** the copy-on-write layer that receives the VM's writes to one disk.
 
-    async def read(self, offset: int, length: int, read_base: ReadBase) -> bytes:
-        """``length`` bytes at ``offset``: overlay blocks over ``read_base``'s bytes."""
+    It is opened with the disk's ``read_base`` (the backup's bytes through the cache), which it
+    reads to fill partially written blocks and to serve what it does not hold.
+    """
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``: overlay blocks over the base's bytes."""
         ...
 
-    async def write(
-        self, offset: int, data: bytes, stability: Stability, read_base: ReadBase
-    ) -> Stability:
+    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
         """Store ``data``; durable before returning unless UNSTABLE."""
         ...
 
@@ -44,8 +46,14 @@ class DiskOverlay(Protocol):
         """Make every UNSTABLE write durable."""
         ...
 
+    async def aclose(self) -> None: ...
+
     @property
     def written_bytes(self) -> int: ...
+
+
+OverlayOpener = Callable[[ReadBase], Awaitable[DiskOverlay]]
+"""Opens a disk's overlay given the disk's ``read_base``."""
 
 
 @attrs.define
@@ -163,14 +171,15 @@ class FlatDisk:
         source: str,
         reader: DiskReader,
         cache: BlockCache,
-        overlay: DiskOverlay | None = None,
+        overlay: OverlayOpener | None = None,
         gate: ForegroundGate | None = None,
     ) -> FlatDisk:
-        """Read the allocation map (metadata only) and build the disk."""
+        """Read the allocation map (metadata only), build the disk, open its overlay."""
         holes = HoleMap(await reader.allocation())
-        return cls(
-            source=source, reader=reader, holes=holes, cache=cache, overlay=overlay, gate=gate
-        )
+        disk = cls(source=source, reader=reader, holes=holes, cache=cache, gate=gate)
+        if overlay is not None:
+            disk._overlay = await overlay(disk.read_base)
+        return disk
 
     @property
     def overlay_bytes(self) -> int:
@@ -240,7 +249,7 @@ class FlatDisk:
         self.gate.enter()
         try:
             if self._overlay is not None:
-                data = await self._overlay.read(offset, length, self.read_base)
+                data = await self._overlay.read(offset, length)
             else:
                 data = await self.read_base(offset, length)
         finally:
@@ -255,7 +264,7 @@ class FlatDisk:
         """
         if self._overlay is None:
             raise PermissionError(f"{self.source} is read-only")
-        return await self._overlay.write(offset, data, stability, self.read_base)
+        return await self._overlay.write(offset, data, stability)
 
     async def commit(self) -> None:
         if self._overlay is not None:
@@ -266,4 +275,8 @@ class FlatDisk:
         await self._block_bytes(index, background=True)
 
     async def aclose(self) -> None:
-        await self._reader.aclose()
+        try:
+            if self._overlay is not None:
+                await self._overlay.aclose()
+        finally:
+            await self._reader.aclose()

@@ -251,6 +251,11 @@ class WriteOverlay:
             commits=self._commits,
         )
 
+    @property
+    def written_bytes(self) -> int:
+        """Bytes written to this overlay since it was opened."""
+        return self.stats.written_bytes
+
     def has_block(self, index: int) -> bool:
         """Whether block ``index`` is held by the overlay (its reads never reach the base)."""
         return index in self._blocks

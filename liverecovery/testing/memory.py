@@ -367,7 +367,10 @@ class MemoryOverlay:
     A partially written block is first filled from the base, as the durable overlay does.
     """
 
-    def __init__(self, block_size: int = 64 * 1024) -> None:
+    def __init__(
+        self, read_base: Callable[[int, int], Awaitable[bytes]], block_size: int = 64 * 1024
+    ) -> None:
+        self.read_base = read_base
         self.block_size = block_size
         self.blocks: dict[int, bytearray] = {}
         self._written = 0
@@ -376,10 +379,8 @@ class MemoryOverlay:
     def written_bytes(self) -> int:
         return self._written
 
-    async def read(
-        self, offset: int, length: int, read_base: Callable[[int, int], Awaitable[bytes]]
-    ) -> bytes:
-        bs = self.block_size
+    async def read(self, offset: int, length: int) -> bytes:
+        read_base, bs = self.read_base, self.block_size
         first, last = offset // bs, (offset + length - 1) // bs
         if length <= 0 or not any(i in self.blocks for i in range(first, last + 1)):
             return await read_base(offset, length)
@@ -393,14 +394,8 @@ class MemoryOverlay:
                 out += block[lo - i * bs : hi - i * bs]
         return bytes(out)
 
-    async def write(
-        self,
-        offset: int,
-        data: bytes,
-        stability: Stability,
-        read_base: Callable[[int, int], Awaitable[bytes]],
-    ) -> Stability:
-        bs, pos = self.block_size, 0
+    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
+        read_base, bs, pos = self.read_base, self.block_size, 0
         while pos < len(data):
             i = (offset + pos) // bs
             within = (offset + pos) - i * bs
@@ -415,6 +410,9 @@ class MemoryOverlay:
         return Stability.FILE_SYNC
 
     async def commit(self) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 
 

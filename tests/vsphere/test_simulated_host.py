@@ -9,11 +9,11 @@ import pytest
 
 from liverecovery import VSphereError
 from liverecovery.config import MiB
-from liverecovery.datastore.flatdisk import FlatDisk
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
-from liverecovery.testing import MemoryBlockCache, MemoryDisk
+from liverecovery.testing import MemoryBlockCache, MemoryDisk, MemoryOverlay
 from liverecovery.vsphere.simulated import SimulatedEsxHost
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -39,28 +39,8 @@ scsi0:0.fileName = "vm.vmdk"
 """
 
 
-class _Overlay:
-    """A minimal in-memory overlay for this test (the real one is in datastore/overlay.py)."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, bytes] = {}
-        self.written_bytes = 0
-
-    async def read(self, offset, length, read_base):  # type: ignore[no-untyped-def]
-        data = bytearray(await read_base(offset, length))
-        for off, chunk in self.blocks.items():
-            lo, hi = max(off, offset), min(off + len(chunk), offset + length)
-            if lo < hi:
-                data[lo - offset : hi - offset] = chunk[lo - off : hi - off]
-        return bytes(data)
-
-    async def write(self, offset, data, stability, read_base):  # type: ignore[no-untyped-def]
-        self.blocks[offset] = bytes(data)
-        self.written_bytes += len(data)
-        return stability
-
-    async def commit(self) -> None:
-        pass
+async def memory_overlay(read_base: ReadBase) -> DiskOverlay:
+    return MemoryOverlay(read_base)
 
 
 async def publish_vm(
@@ -77,7 +57,7 @@ async def publish_vm(
         source="vm/0",
         reader=disk,
         cache=MemoryBlockCache(),
-        overlay=_Overlay(),  # type: ignore[arg-type]
+        overlay=memory_overlay,
     )
     await server.export("/lr/esx-sim", ["127.0.0.1"])
     await server.publish(
