@@ -180,9 +180,9 @@ class DirectoryCatalog:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
         if found.ova is not None:
-            from liverecovery.catalog.ova import read_ova_member
+            from liverecovery.catalog.ova import read_ova_file
 
-            return read_ova_member(found.ova, name, limit=MAX_SMALL_FILE)
+            return read_ova_file(found.ova, name, limit=MAX_SMALL_FILE)
         return _read_bounded(found.folder / name)
 
     def _open_disk(self, found: _Point, file_name: str) -> VmdkDisk:
