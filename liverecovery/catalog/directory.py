@@ -44,8 +44,10 @@ class _Point:
 class DirectoryCatalog:
     """Restore points found under ``root`` (see the module docstring for the layouts)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, grain_cache_bytes: int = 64 << 20) -> None:
+        """``grain_cache_bytes`` bounds each opened compressed disk's LRU of inflated grains."""
         self.root = Path(root)
+        self.grain_cache_bytes = grain_cache_bytes
 
     # -- CatalogReader -----------------------------------------------------------------------
 
@@ -189,10 +191,10 @@ class DirectoryCatalog:
         if found.ova is not None:
             from liverecovery.catalog.ova import open_ova_disk
 
-            return open_ova_disk(found.ova, file_name)
+            return open_ova_disk(found.ova, file_name, grain_cache_bytes=self.grain_cache_bytes)
         if "/" in file_name or file_name in (".", ".."):
             raise CatalogError(f"invalid disk name {file_name!r}", path=str(found.folder))
-        return open_vmdk(found.folder / file_name)
+        return open_vmdk(found.folder / file_name, grain_cache_bytes=self.grain_cache_bytes)
 
 
 # -- helpers -----------------------------------------------------------------------------------

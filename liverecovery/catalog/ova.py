@@ -79,14 +79,14 @@ def read_ova_member(ova: Path, name: str, *, limit: int) -> bytes:
     return data
 
 
-def open_ova_disk(ova: Path, name: str) -> VmdkDisk:
+def open_ova_disk(ova: Path, name: str, *, grain_cache_bytes: int = 64 << 20) -> VmdkDisk:
     """Open the VMDK member ``name`` in place. :raises CatalogError:"""
     member = _member(ova, name)
     window = FileWindow(str(ova), member.offset_data, member.size)
     if window.size != member.size:
         window.close()
         raise CatalogError(f"OVA member {name!r} is truncated", path=str(ova))
-    return open_vmdk(f"{ova}:{name}", window=window)
+    return open_vmdk(f"{ova}:{name}", window=window, grain_cache_bytes=grain_cache_bytes)
 
 
 def ova_config(ova: Path) -> tuple[VmConfig, dict[str, int], str]:
