@@ -44,8 +44,10 @@ class _Point:
 class DirectoryCatalog:
     """Restore points found under ``root`` (see the module docstring for the layouts)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, grain_cache_bytes: int = 64 << 20) -> None:
+        """``grain_cache_bytes`` bounds each opened compressed disk's LRU of inflated grains."""
         self.root = Path(root)
+        self.grain_cache_bytes = grain_cache_bytes
 
     # -- CatalogReader -----------------------------------------------------------------------
 
@@ -180,19 +182,19 @@ class DirectoryCatalog:
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
         if found.ova is not None:
-            from liverecovery.catalog.ova import read_ova_member
+            from liverecovery.catalog.ova import read_ova_file
 
-            return read_ova_member(found.ova, name, limit=MAX_SMALL_FILE)
+            return read_ova_file(found.ova, name, limit=MAX_SMALL_FILE)
         return _read_bounded(found.folder / name)
 
     def _open_disk(self, found: _Point, file_name: str) -> VmdkDisk:
         if found.ova is not None:
             from liverecovery.catalog.ova import open_ova_disk
 
-            return open_ova_disk(found.ova, file_name)
+            return open_ova_disk(found.ova, file_name, grain_cache_bytes=self.grain_cache_bytes)
         if "/" in file_name or file_name in (".", ".."):
             raise CatalogError(f"invalid disk name {file_name!r}", path=str(found.folder))
-        return open_vmdk(found.folder / file_name)
+        return open_vmdk(found.folder / file_name, grain_cache_bytes=self.grain_cache_bytes)
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from liverecovery.backends import ExtentKind
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.catalog.vmdk import VmdkDisk
+from liverecovery.errors import CatalogError
 
 __all__ = ["inspect_path", "register", "run"]
 
@@ -30,45 +32,52 @@ def register(sub: Any) -> None:
 async def inspect_path(path: str) -> dict[str, Any]:
     """The inventory of ``path`` as plain data. :raises CatalogError: malformed backup."""
     catalog = DirectoryCatalog(path)
-    vms = []
+    vms: list[dict[str, Any]] = []
     for name in await catalog.vm_names():
-        points = []
-        for point in await catalog.restore_points(name):
-            disks = []
-            for disk in point.disks:
-                reader = await catalog.open_disk(point, disk)
-                try:
-                    runs = await reader.allocation()
-                    allocated = sum(r.length for r in runs if r.kind is ExtentKind.DATA)
-                    fmt = reader.create_type if isinstance(reader, VmdkDisk) else ""
-                finally:
-                    await reader.aclose()
-                disks.append(
-                    {
-                        "key": disk.key,
-                        "file": disk.file_name,
-                        "adapter": disk.adapter,
-                        "virtual_bytes": disk.capacity_bytes,
-                        "allocated_bytes": allocated,
-                        "format": fmt,
-                    }
-                )
-            points.append(
+        try:
+            vms.append({"name": name, "restore_points": await _points(catalog, name)})
+        except CatalogError as exc:  # one broken VM does not hide the others
+            vms.append({"name": name, "error": str(exc)})
+    return {"path": path, "vms": vms}
+
+
+async def _points(catalog: DirectoryCatalog, name: str) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = []
+    for point in await catalog.restore_points(name):
+        disks = []
+        for disk in point.disks:
+            reader = await catalog.open_disk(point, disk)
+            try:
+                runs = await reader.allocation()
+                allocated = sum(r.length for r in runs if r.kind is ExtentKind.DATA)
+                fmt = reader.create_type if isinstance(reader, VmdkDisk) else ""
+            finally:
+                await reader.aclose()
+            disks.append(
                 {
-                    "id": point.point_id,
-                    "created": point.created.isoformat() if point.created else None,
-                    "media": point.media.value,
-                    "archived": point.archived,
-                    "passkey_required": point.passkey_required,
-                    "config": point.vmx_name,
-                    "guest_os": point.guest_os,
-                    "memory_mb": point.memory_mb,
-                    "num_cpus": point.num_cpus,
-                    "disks": disks,
+                    "key": disk.key,
+                    "file": disk.file_name,
+                    "adapter": disk.adapter,
+                    "virtual_bytes": disk.capacity_bytes,
+                    "allocated_bytes": allocated,
+                    "format": fmt,
                 }
             )
-        vms.append({"name": name, "restore_points": points})
-    return {"path": path, "vms": vms}
+        points.append(
+            {
+                "id": point.point_id,
+                "created": point.created.isoformat() if point.created else None,
+                "media": point.media.value,
+                "archived": point.archived,
+                "passkey_required": point.passkey_required,
+                "config": point.vmx_name,
+                "guest_os": point.guest_os,
+                "memory_mb": point.memory_mb,
+                "num_cpus": point.num_cpus,
+                "disks": disks,
+            }
+        )
+    return points
 
 
 def _size(n: int) -> str:
@@ -81,15 +90,22 @@ def _size(n: int) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    """Print the inventory of ``args.path``; exit code 0."""
+    """Print the inventory of ``args.path``; exit code 1 if a VM could not be read."""
     report = await inspect_path(args.path)
+    broken = [vm for vm in report["vms"] if "error" in vm]
+    for vm in broken:
+        print(f"liverecovery: error: VM {vm['name']}: {vm['error']}", file=sys.stderr)
+    code = 1 if broken else 0
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return code
     if not report["vms"]:
         print(f"no VMs under {args.path}")
     for vm in report["vms"]:
         print(f"{vm['name']}")
+        if "error" in vm:
+            print(f"  error: {vm['error']}")
+            continue
         for p in vm["restore_points"]:
             flags = [p["media"]] + (["archived"] if p["archived"] else [])
             flags += ["passkey"] if p["passkey_required"] else []
@@ -102,4 +118,4 @@ async def run(args: argparse.Namespace) -> int:
                     f"    {d['key']:10} {d['file']}  {_size(d['virtual_bytes'])} virtual, "
                     f"{_size(d['allocated_bytes'])} allocated, {d['format']}, {d['adapter']}"
                 )
-    return 0
+    return code

@@ -2,7 +2,8 @@
 
 A disk is opened as a window of the tar file (the member's data offset and size), so reads
 go straight to the OVA. The VM configuration comes from a .vmx member if there is one, else
-from the .ovf.
+from the .ovf; then the restore point names a .vmx synthesized from it (``synth_vmx``), which
+``read_ova_file`` serves, so the staging step handles an OVA like a VM folder.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from pathlib import Path
 from liverecovery.backends import DiskInfo, RestorePoint
 from liverecovery.catalog.ovf import MAX_OVF_BYTES, parse_ovf
 from liverecovery.catalog.point_meta import PointMeta
+from liverecovery.catalog.synth_vmx import synthesize_vmx
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import FileWindow, VmdkDisk, open_vmdk
 from liverecovery.datastore.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
-__all__ = ["load_ova_point", "open_ova_disk", "ova_config", "read_ova_member"]
+__all__ = [
+    "load_ova_point",
+    "open_ova_disk",
+    "ova_config",
+    "read_ova_file",
+    "read_ova_member",
+    "synthesized_vmx_name",
+]
 
 
 def _members(ova: Path) -> dict[str, tarfile.TarInfo]:
@@ -40,6 +49,23 @@ def _member(ova: Path, name: str) -> tarfile.TarInfo:
     return member
 
 
+def synthesized_vmx_name(ova: Path) -> str:
+    """The name under which an OVA without a .vmx offers one built from its OVF."""
+    return f"{ova.stem}.vmx"
+
+
+def read_ova_file(ova: Path, name: str, *, limit: int) -> bytes:
+    """A member's bytes, or the synthesized .vmx when ``name`` is that and no member is.
+
+    :raises CatalogError: no such member, or larger than ``limit``.
+    """
+    members = _members(ova)
+    if name not in members and name == synthesized_vmx_name(ova):
+        config, _, _ = ova_config(ova)
+        return synthesize_vmx(config)
+    return read_ova_member(ova, name, limit=limit)
+
+
 def read_ova_member(ova: Path, name: str, *, limit: int) -> bytes:
     """A small member's bytes. :raises CatalogError: missing or larger than ``limit``."""
     member = _member(ova, name)
@@ -53,14 +79,14 @@ def read_ova_member(ova: Path, name: str, *, limit: int) -> bytes:
     return data
 
 
-def open_ova_disk(ova: Path, name: str) -> VmdkDisk:
+def open_ova_disk(ova: Path, name: str, *, grain_cache_bytes: int = 64 << 20) -> VmdkDisk:
     """Open the VMDK member ``name`` in place. :raises CatalogError:"""
     member = _member(ova, name)
     window = FileWindow(str(ova), member.offset_data, member.size)
     if window.size != member.size:
         window.close()
         raise CatalogError(f"OVA member {name!r} is truncated", path=str(ova))
-    return open_vmdk(f"{ova}:{name}", window=window)
+    return open_vmdk(f"{ova}:{name}", window=window, grain_cache_bytes=grain_cache_bytes)
 
 
 def ova_config(ova: Path) -> tuple[VmConfig, dict[str, int], str]:
@@ -100,6 +126,8 @@ def load_ova_point(ova: Path, *, vm_name: str, point_id: str, meta: PointMeta) -
                 f"disk {ref.file_name!r} is smaller than the OVF declares", path=str(ova)
             )
         disks.append(DiskInfo(ref.key, ref.file_name, size, ref.adapter))
+    if not config_name.lower().endswith(".vmx"):
+        config_name = synthesized_vmx_name(ova)
     return RestorePoint(
         vm_name=vm_name,
         point_id=point_id,

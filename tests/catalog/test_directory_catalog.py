@@ -7,11 +7,14 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 from liverecovery.backends import CatalogReader, DiskInfo, MediaKind
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.catalog.ova import ova_config
+from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
+from liverecovery.datastore.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
 DATA = Path(__file__).parent / "data"
@@ -97,7 +100,7 @@ async def test_ova_point_reads_in_place(backup_root: Path) -> None:
     catalog = DirectoryCatalog(backup_root)
     (point,) = await catalog.restore_points("appliance")
     assert point.point_id == "appliance"
-    assert point.vmx_name == "appliance.ovf"
+    assert point.vmx_name == "appliance.vmx"  # synthesized from the OVF
     assert (point.guest_os, point.memory_mb, point.num_cpus) == ("debian10_64Guest", 3072, 2)
     assert point.disks == (
         DiskInfo("scsi0:0", "appliance-disk1.vmdk", 24 * MiB, "pvscsi"),
@@ -114,6 +117,11 @@ async def test_ova_point_reads_in_place(backup_root: Path) -> None:
         finally:
             await reader.aclose()
     assert b"VirtualSystem" in await catalog.read_file(point, "appliance.ovf")
+    vmx = VmxFile.parse(await catalog.read_file(point, point.vmx_name))
+    back, ovf = config_from_vmx(vmx), ova_config_of(backup_root)
+    assert set(back.disks) == set(ovf.disks)  # the .vmx lists them by bus: ide, sata, scsi
+    assert back == attrs.evolve(ovf, guest_os="debian10-64", disks=back.disks)
+    assert vmx.get("scsi0.virtualDev") == "pvscsi"
     config, declared, name = ova_config(backup_root / "appliance" / "appliance.ova")
     assert declared == {"appliance-disk1.vmdk": 24 * MiB, "appliance-disk2.vmdk": 8 * MiB}
     assert config.display_name == "appliance" and name == "appliance.ovf"
@@ -186,3 +194,8 @@ async def test_two_vmx_files_are_refused(tmp_path: Path, backup_root: Path) -> N
     shutil.copy(vm / "web01.vmx", vm / "other.vmx")
     with pytest.raises(CatalogError, match=r"expected one \.vmx, found 2"):
         await DirectoryCatalog(tmp_path).restore_points("web01")
+
+
+def ova_config_of(backup_root: Path) -> VmConfig:
+    config, _, _ = ova_config(backup_root / "appliance" / "appliance.ova")
+    return config

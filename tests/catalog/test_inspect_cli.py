@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,12 +59,22 @@ def test_one_ova(backup_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert vm["restore_points"][0]["memory_mb"] == 3072
 
 
-def test_errors_exit_1_with_the_file_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_broken_vm_is_named_and_the_others_still_listed(
+    tmp_path: Path, backup_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    vm = tmp_path / "vm"
+    shutil.copytree(backup_root / "web01", tmp_path / "web01")
+    vm = tmp_path / "broken"
     vm.mkdir()
     (vm / "vm.vmx").write_text('scsi0:0.fileName = "gone.vmdk"\n')
-    code, _, err = inspect(capsys, str(tmp_path))
+    code, out, err = inspect(capsys, str(tmp_path), "--json")
     assert code == 1
-    assert "gone.vmdk" in err and "missing" in err
+    assert "VM broken" in err and "gone.vmdk" in err and "missing" in err
+    vms = {vm["name"]: vm for vm in json.loads(out)["vms"]}
+    assert "gone.vmdk" in vms["broken"]["error"]
+    assert len(vms["web01"]["restore_points"]) == 1
+
+
+def test_not_a_backup_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = inspect(capsys, str(tmp_path / "nowhere"))
+    assert code == 1
+    assert "backup root is not a folder" in err

@@ -407,8 +407,9 @@ class SparseExtent:
             for job in big[-1:] if pool else big:
                 index, piece = self._inflate_piece(job)
                 pieces[index] = piece
-            for future in futures:
-                index, piece = future.result()
+            for future, job in zip(futures, big, strict=False):
+                # a worker that has not started yet (busy cores) loses the job to this thread
+                index, piece = self._inflate_piece(job) if future.cancel() else future.result()
                 pieces[index] = piece
         finally:
             if pool is not None:
