@@ -147,6 +147,11 @@ async def test_cancel_from_every_state(cancel_in: State) -> None:
         else:
             await _wait_for_state(job, cancel_in)
         assert job.state is cancel_in
+        if cancel_in is State.CLEANING_UP and pause is not None:
+            # A compensation in flight runs to its end (bounded by its timeout); the cancel
+            # takes effect right after it.
+            job.request_cancel()
+            pause.release()
         with anyio.fail_after(5):
             assert await job.cancel() is State.CANCELLED
         with pytest.raises(JobCancelledError):
@@ -279,3 +284,20 @@ async def test_migrate_now_after_the_end_is_refused() -> None:
         with pytest.raises(JobStateError, match="completed"):
             await job.migrate_now()
         assert lr.jobs() == [job] and lr.job(job.id) is job
+
+
+async def test_hung_compensation_is_bounded_and_the_rollback_continues() -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    world.faults.fail("vsphere.power_on")
+    world.faults.hang("vsphere.unregister_vm", times=99)
+    settings = fast_settings(timeouts=Timeouts(compensation=0.05))
+    async with LiveRecovery(settings, world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(5), pytest.raises(BackendError, match="power_on"):
+            await job.wait()
+    assert list(job.compensations_run) == expected_rollback(State.POWERING_ON)
+    assert isinstance(job.errors[1], BackendTimeoutError)
+    assert "timeouts.compensation = 0.05 s" in str(job.errors[1])
+    # Everything but the hung unregister was undone.
+    assert world.exporter.exports() == {} and world.cache.reservations() == {}

@@ -21,6 +21,7 @@ from liverecovery import (
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import JournalContents, JournalRecord, unfinished_journals
 from liverecovery.job.resume import plan_resume
+from liverecovery.testing import Pause
 
 from .helpers import World, fast_settings, spec
 
@@ -34,14 +35,20 @@ async def _reach(job: RecoveryJob, state: State) -> None:
                 return
 
 
-async def crash(job: RecoveryJob) -> None:
-    """The process dies: nothing it knew in memory is undone, its journal just stops."""
+async def crash(job: RecoveryJob, paused: Pause | None = None) -> None:
+    """The process dies: nothing it knew in memory is undone, its journal just stops.
+
+    A call it had in flight (``paused``) still completes, unjournaled.
+    """
     job._compensations.clear()
     journal, job._journal = job._journal, None
     assert journal is not None
     await journal.aclose()
     job.request_cancel()
-    await job.cancel()
+    if paused is not None:
+        paused.release()
+    with anyio.fail_after(5):
+        await job.cancel()
 
 
 async def test_a_served_vm_is_served_again_and_completes(tmp_path: Path) -> None:
@@ -132,7 +139,7 @@ async def test_a_migrated_vm_only_needs_cleanup(tmp_path: Path) -> None:
         job = await lr.start(spec())
         with anyio.fail_after(5):
             await pause.reached.wait()
-        await crash(job)
+        await crash(job, pause)
     async with LiveRecovery(settings, world.backends) as lr2:
         (resumed,) = await lr2.resume()
         summary = await resumed.wait()
