@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from liverecovery.nfs.rpc import RecordReader, RecordTooLarge, record_header
+from liverecovery.nfs.xdr import Buffer
 
 __all__ = ["Dispatch", "RpcServerProtocol"]
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[bytes | bytearray, str], Awaitable[bytes | None]]
-"""Answers one record from a peer address: the reply, or None to close the connection."""
+Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Buffer] | None]]
+"""Answers one record from a peer address: the reply's buffers, or None to close the connection."""
 
 _LOW_WATER: Final = 1 << 20
 _HIGH_WATER: Final = 8 << 20
@@ -129,7 +130,8 @@ class RpcServerProtocol(asyncio.Protocol):
             await self._can_write.wait()
             if transport.is_closing():
                 return
-        transport.writelines((record_header(len(reply)), reply))
+        size = sum(memoryview(b).nbytes for b in reply)
+        transport.writelines((record_header(size), *reply))
 
     def close(self) -> None:
         if self._transport is not None:

@@ -46,7 +46,7 @@ from liverecovery.nfs.rpc import (
     decode_call,
     encode_accepted,
 )
-from liverecovery.nfs.xdr import Unpacker, XdrError
+from liverecovery.nfs.xdr import Buffer, Unpacker, XdrError
 
 __all__ = ["NfsServer"]
 
@@ -364,36 +364,36 @@ class NfsServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _dispatch(self, record: bytes | bytearray, peer: str) -> bytes | None:
+    async def _dispatch(self, record: bytes | bytearray, peer: str) -> list[Buffer] | None:
         """The reply to one record; None when it is not an RPC call (the connection closes)."""
         try:
             call = decode_call(record)
         except CallRejected as exc:
             log.debug("rejected call: %s", exc)
-            return exc.reply
+            return [exc.reply]
         except RpcError as exc:
             log.info("closing connection from %s: %s", peer, exc)
             return None
         try:
             if call.prog == n3.NFS_PROGRAM:
                 if call.vers != n3.NFS_VERSION:
-                    return self._mismatch(call.xid, n3.NFS_VERSION)
+                    return [self._mismatch(call.xid, n3.NFS_VERSION)]
                 return await self._nfs(call.xid, call.proc, call.args, peer)
             if call.prog == mnt.MOUNT_PROGRAM:
                 if call.vers != mnt.MOUNT_VERSION:
-                    return self._mismatch(call.xid, mnt.MOUNT_VERSION)
-                return await self._mount(call.xid, call.proc, call.args, peer)
+                    return [self._mismatch(call.xid, mnt.MOUNT_VERSION)]
+                return [await self._mount(call.xid, call.proc, call.args, peer)]
             if call.prog == pm.PMAP_PROGRAM:
                 if call.vers != pm.PMAP_VERSION:
-                    return self._mismatch(call.xid, pm.PMAP_VERSION)
-                return self._portmap(call.xid, call.proc, call.args)
-            return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL).getvalue()
+                    return [self._mismatch(call.xid, pm.PMAP_VERSION)]
+                return [self._portmap(call.xid, call.proc, call.args)]
+            return [encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL).getvalue()]
         except _Garbage as exc:
             log.debug("garbage arguments from %s: %s", peer, exc)
-            return encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()
+            return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
         except Exception:
             log.exception("call %s/%s from %s failed", call.prog, call.proc, peer)
-            return encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()
+            return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
 
     @staticmethod
     def _mismatch(xid: int, version: int) -> bytes:
@@ -503,12 +503,12 @@ class NfsServer:
     def _fh(self, exp: _Export, fileid: int) -> bytes:
         return self._handles.encode(exp.export_id, exp.generation, fileid)
 
-    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> bytes:
+    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Buffer]:
         if proc == n3.Proc.NULL:
-            return encode_accepted(xid).getvalue()
+            return encode_accepted(xid).chunks()
         entry = self._nfs_procs.get(proc)
         if entry is None:
-            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).getvalue()
+            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).chunks()
         unpack, handler, result_type = entry
         try:
             decoded = unpack(args)
@@ -523,7 +523,7 @@ class NfsServer:
             result = result_type(exc.status)
         p = encode_accepted(xid)
         result.pack(p, fsid)
-        return p.getvalue()
+        return p.chunks()
 
     def _nfs_table(
         self,
