@@ -369,3 +369,11 @@ async def test_many_calls_in_flight_on_one_connection(client: NfsClient) -> None
             for i in range(64):
                 tg.start_soon(read, i)
     assert all(results[i] == blob[i * 4096 : (i + 1) * 4096] for i in range(64))
+
+
+async def test_server_is_an_nfs_exporter(tmp_path: Path) -> None:
+    from liverecovery.backends import NfsExporter
+
+    server = NfsServer(tmp_path / "state")
+    assert isinstance(server, NfsExporter)
+    await server.aclose()  # closing a server that never started is a no-op
