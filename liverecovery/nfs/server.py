@@ -14,6 +14,7 @@ one ``Filesystem`` directly (``liverecovery serve``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -60,6 +61,18 @@ _FILE_ACCESS: Final = n3.ACCESS_ALL & ~n3.ACCESS_DELETE & ~n3.ACCESS_LOOKUP
 _WRITE_ACCESS: Final = n3.ACCESS_MODIFY | n3.ACCESS_EXTEND | n3.ACCESS_DELETE
 
 
+@functools.lru_cache(maxsize=1024)
+def _peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address, parsed once (every call checks it against the export's clients)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def _primary_handle(args: Any) -> bytes:
     """The handle a procedure acts on: the object's, or the (source) directory's."""
     for name in ("fh", "dir", "from_dir"):
@@ -84,13 +97,8 @@ class _Export:
     composite: CompositeFilesystem | None
 
     def allows(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
+        ip = _peer_ip(address)
+        return ip is not None and any(ip in net for net in self.networks)
 
     @property
     def info(self) -> ExportInfo:
