@@ -71,6 +71,7 @@ _TYPES: Final = {
 }
 _MAX_OPEN: Final = 128
 _NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+_INLINE_MAX: Final = 128 * 1024
 _NS: Final = 1_000_000_000
 
 
@@ -297,9 +298,10 @@ class LocalFilesystem:
 
     async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
         fd = self._fd(fileid)
-        if _NOWAIT is not None and count:
-            # Data already in the page cache is copied inline (memory speed); only a read that
-            # would wait for the disk pays for a worker thread.
+        if _NOWAIT is not None and 0 < count <= _INLINE_MAX:
+            # Small reads of data already in the page cache are copied inline (memory speed);
+            # only a read that would wait for the disk pays for a worker thread. Large reads
+            # always use the thread: copying 1 MiB would hold the event loop too long.
             try:
                 size = os.fstat(fd).st_size
                 want = max(0, min(count, size - offset))
