@@ -27,9 +27,10 @@ Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Buffer] | None]]
 
 _LOW_WATER: Final = 1 << 20
 _HIGH_WATER: Final = 8 << 20
+_LARGE: Final = 64 * 1024
 
 
-class RpcServerProtocol(asyncio.Protocol):
+class RpcServerProtocol(asyncio.BufferedProtocol):
     def __init__(
         self,
         dispatch: Dispatch,
@@ -61,8 +62,11 @@ class RpcServerProtocol(asyncio.Protocol):
         self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._connections.add(self)
 
-    def data_received(self, data: bytes) -> None:
-        self._reader.feed(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._reader.buffer_updated(nbytes)
         try:
             while (record := self._reader.next_record()) is not None:
                 self._queued.append(record)
@@ -131,7 +135,20 @@ class RpcServerProtocol(asyncio.Protocol):
             if transport.is_closing():
                 return
         size = sum(memoryview(b).nbytes for b in reply)
-        transport.writelines((record_header(size), *reply))
+        if len(reply) == 1:
+            transport.write(b"".join((record_header(size), reply[0])))
+            return
+        # Large payloads (READ data) are handed to the transport as they are, not joined.
+        small: list[Buffer] = [record_header(size)]
+        for chunk in reply:
+            if memoryview(chunk).nbytes >= _LARGE:
+                transport.write(b"".join(small))
+                small.clear()
+                transport.write(chunk)
+            else:
+                small.append(chunk)
+        if small:
+            transport.write(b"".join(small))
 
     def close(self) -> None:
         if self._transport is not None:
