@@ -38,7 +38,10 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         max_in_flight: int,
         max_record: int,
         connections: set[RpcServerProtocol],
+        partial_record_timeout: float = 60.0,
     ) -> None:
+        self._partial_timeout = partial_record_timeout
+        self._partial_timer: asyncio.TimerHandle | None = None
         self._dispatch = dispatch
         self._max_in_flight = max_in_flight
         self._reader = RecordReader(max_record)
@@ -67,14 +70,35 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._reader.buffer_updated(nbytes)
+        completed = False
         try:
             while (record := self._reader.next_record()) is not None:
                 self._queued.append(record)
+                completed = True
         except RecordTooLarge as exc:
             log.warning("closing connection from %s: %s", self._peer, exc)
             self.close()
             return
+        self._watch_partial(completed)
         self._start_queued()
+
+    def _watch_partial(self, progressed: bool) -> None:
+        """Close a connection that leaves a record unfinished for too long (slow loris)."""
+        if self._partial_timer is not None and (progressed or not self._reader.buffered):
+            self._partial_timer.cancel()
+            self._partial_timer = None
+        if self._partial_timer is None and self._reader.buffered:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self._partial_timeout, self._partial_expired
+            )
+
+    def _partial_expired(self) -> None:
+        log.warning(
+            "closing connection from %s: record unfinished for %s s",
+            self._peer,
+            self._partial_timeout,
+        )
+        self.close()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -83,6 +107,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connections.discard(self)
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
         for task in self._tasks:
             task.cancel()
         self._can_write.set()

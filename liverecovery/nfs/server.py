@@ -153,6 +153,7 @@ class NfsServer:
         portmap_port: int | None = None,
         max_in_flight: int = 64,
         max_record_size: int = DEFAULT_MAX_RECORD,
+        partial_record_timeout: float = 60.0,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -160,6 +161,8 @@ class NfsServer:
         self._portmap_port = portmap_port
         self.max_in_flight = max_in_flight
         self.max_record_size = max_record_size
+        self.partial_record_timeout = partial_record_timeout
+        """Seconds a client may leave a record half-sent before its connection is closed."""
         self._handles = HandleCodec(load_or_create_key(self._state_dir))
         self.write_verifier = secrets.token_bytes(8)
         """Changes on every server start: clients resend UNSTABLE writes a restart may have lost."""
@@ -202,6 +205,7 @@ class NfsServer:
                 max_in_flight=self.max_in_flight,
                 max_record=self.max_record_size,
                 connections=self._connections,
+                partial_record_timeout=self.partial_record_timeout,
             )
 
         main = await loop.create_server(protocol, self._host, self._port, reuse_address=True)
