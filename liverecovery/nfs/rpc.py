@@ -39,6 +39,7 @@ __all__ = [
 RPC_VERSION: Final = 2
 MAX_AUTH_BYTES: Final = 400
 LAST_FRAGMENT: Final = 0x80000000
+_SCRATCH: Final = 64 * 1024
 _HDR: Final = struct.Struct(">I")
 _CALL_HEAD: Final = struct.Struct(">IIIIII")  # xid, CALL, rpcvers, prog, vers, proc
 _REPLY_OK_HEAD: Final = struct.Struct(">IIIIII")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat
@@ -289,31 +290,86 @@ def record_header(length: int) -> bytes:
 class RecordReader:
     """Reassembles records from stream bytes (RFC 5531 section 11).
 
-    Feed it what the socket gives; ``next_record`` returns complete records. Buffering is bounded:
-    a record whose fragments add up to more than ``max_record`` raises ``RecordTooLarge`` as soon
-    as its header says so, before its body is read.
+    Feed it what the socket gives (``feed``), or let the socket read straight into it
+    (``get_buffer``/``buffer_updated``, for ``asyncio.BufferedProtocol``): a large fragment is
+    then received into its own buffer, which becomes the record without another copy.
+    ``next_record`` returns complete records. Buffering is bounded: a record whose fragments add
+    up to more than ``max_record`` raises ``RecordTooLarge`` as soon as its header says so, before
+    its body is read.
     """
 
-    __slots__ = ("_buf", "_fragments", "_fragments_size", "max_record")
+    __slots__ = (
+        "_buf",
+        "_direct",
+        "_direct_got",
+        "_direct_last",
+        "_fragments",
+        "_fragments_size",
+        "_ready",
+        "_scratch",
+        "max_record",
+    )
 
     def __init__(self, max_record: int) -> None:
         self.max_record = max_record
         self._buf = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes | bytearray] = []
         self._fragments_size = 0
+        self._scratch = memoryview(bytearray(_SCRATCH))
+        self._direct: bytearray | None = None
+        self._direct_got = 0
+        self._direct_last = False
+        self._ready: list[bytes | bytearray] = []
 
     def feed(self, data: Buffer) -> None:
-        self._buf += data
+        view = memoryview(data).cast("B")
+        while self._direct is not None and view:
+            target = self.get_buffer()
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+        if view:
+            self._buf += view
+
+    def get_buffer(self) -> memoryview:
+        """Where the next socket read should land (then call ``buffer_updated``)."""
+        if self._direct is not None:
+            return memoryview(self._direct)[self._direct_got :]
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct is None:
+            self._buf += self._scratch[:nbytes]
+            return
+        self._direct_got += nbytes
+        if self._direct_got == len(self._direct):
+            self._add_fragment(self._direct, self._direct_last)
+            self._direct = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) + self._fragments_size
+        direct = self._direct_got if self._direct is not None else 0
+        return len(self._buf) + self._fragments_size + direct
+
+    def _add_fragment(self, fragment: bytes | bytearray, last: bool) -> None:
+        if last and not self._fragments:
+            self._ready.append(fragment)
+            return
+        self._fragments.append(fragment)
+        self._fragments_size += len(fragment)
+        if last:
+            self._ready.append(b"".join(self._fragments))
+            self._fragments.clear()
+            self._fragments_size = 0
 
     def next_record(self) -> bytes | bytearray | None:
-        """The next complete record, or None until more bytes are fed. :raises RecordTooLarge:"""
+        """The next complete record, or None until more bytes arrive. :raises RecordTooLarge:"""
         while True:
+            if self._ready:
+                return self._ready.pop(0)
             buf = self._buf
-            if len(buf) < 4:
+            if len(buf) < 4 or self._direct is not None:
                 return None
             (mark,) = _HDR.unpack_from(buf, 0)
             length = mark & 0x7FFFFFFF
@@ -322,21 +378,19 @@ class RecordReader:
                     f"record of at least {self._fragments_size + length} bytes exceeds "
                     f"the maximum of {self.max_record}"
                 )
+            last = bool(mark & LAST_FRAGMENT)
             if len(buf) < 4 + length:
-                return None
-            if mark & LAST_FRAGMENT and not self._fragments:
-                if len(buf) == 4 + length:
+                if length >= _SCRATCH:  # receive the rest straight into the fragment's buffer
+                    fragment = bytearray(length)
+                    have = len(buf) - 4
+                    fragment[:have] = memoryview(buf)[4:]
                     self._buf = bytearray()
-                    del buf[:4]
-                    return buf
-                record = bytes(memoryview(buf)[4 : 4 + length])
+                    self._direct, self._direct_got, self._direct_last = fragment, have, last
+                return None
+            if len(buf) == 4 + length:
+                self._buf = bytearray()
+                del buf[:4]
+                self._add_fragment(buf, last)
+            else:
+                self._add_fragment(bytes(memoryview(buf)[4 : 4 + length]), last)
                 del buf[: 4 + length]
-                return record
-            self._fragments.append(bytes(memoryview(buf)[4 : 4 + length]))
-            self._fragments_size += length
-            del buf[: 4 + length]
-            if mark & LAST_FRAGMENT:
-                record = b"".join(self._fragments)
-                self._fragments.clear()
-                self._fragments_size = 0
-                return record

@@ -14,7 +14,7 @@ one ``Filesystem`` directly (``liverecovery serve``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -29,7 +29,6 @@ from typing import Any, Final
 import anyio
 import anyio.abc
 import attrs
-from anyio.abc import SocketAttribute
 
 from liverecovery.backends import ExportInfo
 from liverecovery.errors import BackendError, NfsError, NfsStatus
@@ -37,18 +36,16 @@ from liverecovery.nfs import mount_codec as mnt
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs import portmap_codec as pm
 from liverecovery.nfs.composite import CompositeFilesystem
+from liverecovery.nfs.connection import RpcServerProtocol
 from liverecovery.nfs.filesystem import FileAttributes, Filesystem, FileType
 from liverecovery.nfs.handles import HandleCodec, load_or_create_key
 from liverecovery.nfs.names import NAME_MAX, check_name
 from liverecovery.nfs.rpc import (
     AcceptStat,
     CallRejected,
-    RecordReader,
-    RecordTooLarge,
     RpcError,
     decode_call,
     encode_accepted,
-    record_header,
 )
 from liverecovery.nfs.xdr import Buffer, Unpacker, XdrError
 
@@ -62,6 +59,18 @@ _EXPORTS_FILE: Final = "exports.json"
 _DIR_ACCESS: Final = n3.ACCESS_ALL
 _FILE_ACCESS: Final = n3.ACCESS_ALL & ~n3.ACCESS_DELETE & ~n3.ACCESS_LOOKUP
 _WRITE_ACCESS: Final = n3.ACCESS_MODIFY | n3.ACCESS_EXTEND | n3.ACCESS_DELETE
+
+
+@functools.lru_cache(maxsize=1024)
+def _peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address, parsed once (every call checks it against the export's clients)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _primary_handle(args: Any) -> bytes:
@@ -88,13 +97,8 @@ class _Export:
     composite: CompositeFilesystem | None
 
     def allows(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.networks)
+        ip = _peer_ip(address)
+        return ip is not None and any(ip in net for net in self.networks)
 
     @property
     def info(self) -> ExportInfo:
@@ -149,6 +153,7 @@ class NfsServer:
         portmap_port: int | None = None,
         max_in_flight: int = 64,
         max_record_size: int = DEFAULT_MAX_RECORD,
+        partial_record_timeout: float = 60.0,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -156,6 +161,8 @@ class NfsServer:
         self._portmap_port = portmap_port
         self.max_in_flight = max_in_flight
         self.max_record_size = max_record_size
+        self.partial_record_timeout = partial_record_timeout
+        """Seconds a client may leave a record half-sent before its connection is closed."""
         self._handles = HandleCodec(load_or_create_key(self._state_dir))
         self.write_verifier = secrets.token_bytes(8)
         """Changes on every server start: clients resend UNSTABLE writes a restart may have lost."""
@@ -163,8 +170,8 @@ class NfsServer:
         self._exports: dict[str, _Export] = {}
         self._by_id: dict[int, _Export] = {}
         self._mounts: set[tuple[str, str]] = set()
-        self._runner: asyncio.Task[None] | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._servers: list[asyncio.Server] = []
+        self._connections: set[RpcServerProtocol] = set()
         self._bound_port = 0
         self._bound_portmap_port = 0
         self._nfs_procs = self._nfs_table()
@@ -184,49 +191,47 @@ class NfsServer:
         await self.aclose()
 
     async def start(self) -> None:
-        """Bind the listener(s) and start serving in a task of its own, so ``aclose`` may be
-        called from any task. :raises OSError: a port is taken."""
-        if self._runner is not None:
+        """Bind the listener(s) and start serving; ``aclose`` may be called from any task.
+
+        :raises OSError: a port is taken.
+        """
+        if self._servers:
             raise RuntimeError("server already started")
-        listener = await anyio.create_tcp_listener(local_host=self._host, local_port=self._port)
-        listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]] = [listener]
-        self._bound_port = listener.extra(SocketAttribute.local_port)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> RpcServerProtocol:
+            return RpcServerProtocol(
+                self._dispatch,
+                max_in_flight=self.max_in_flight,
+                max_record=self.max_record_size,
+                connections=self._connections,
+                partial_record_timeout=self.partial_record_timeout,
+            )
+
+        main = await loop.create_server(protocol, self._host, self._port, reuse_address=True)
+        self._servers.append(main)
+        self._bound_port = int(main.sockets[0].getsockname()[1])
         self._bound_portmap_port = self._bound_port
         if self._portmap_port is not None:
             try:
-                pml = await anyio.create_tcp_listener(
-                    local_host=self._host, local_port=self._portmap_port
+                pms = await loop.create_server(
+                    protocol, self._host, self._portmap_port, reuse_address=True
                 )
             except BaseException:
-                await listener.aclose()
+                main.close()
                 raise
-            self._bound_portmap_port = pml.extra(SocketAttribute.local_port)
-            listeners.append(pml)
-        self._runner = asyncio.get_running_loop().create_task(self._run(listeners))
-
-    async def _run(self, listeners: list[anyio.abc.Listener[anyio.abc.SocketStream]]) -> None:
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                for lst in listeners:
-                    tg.start_soon(lst.serve, self._serve_connection)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for lst in listeners:
-                    await lst.aclose()
+            self._servers.append(pms)
+            self._bound_portmap_port = int(pms.sockets[0].getsockname()[1])
 
     async def aclose(self) -> None:
         """Stop listening and drop every connection (exports are not unexported)."""
-        runner, self._runner = self._runner, None
-        if runner is None:
-            return
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-        else:
-            runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        self._tg = None
+        servers, self._servers = self._servers, []
+        for srv in servers:
+            srv.close()
+        for conn in list(self._connections):
+            conn.close()
+        for srv in servers:
+            await srv.wait_closed()
 
     @property
     def host(self) -> str:
@@ -371,77 +376,36 @@ class NfsServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _serve_connection(self, stream: anyio.abc.SocketStream) -> None:
-        try:
-            peer = str(stream.extra(SocketAttribute.remote_address)[0])
-        except (IndexError, TypeError, OSError):
-            peer = ""
-        reader = RecordReader(self.max_record_size)
-        slots = anyio.Semaphore(self.max_in_flight)
-        send_lock = anyio.Lock()
-
-        async def answer(record: bytes | bytearray) -> None:
-            try:
-                reply = await self._dispatch(record, peer)
-                if reply is None:  # not ONC RPC: drop the peer rather than guess
-                    await stream.aclose()
-                    return
-                async with send_lock:
-                    await stream.send(b"".join((record_header(len(reply)), reply)))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass
-            finally:
-                slots.release()
-
-        try:
-            async with stream, anyio.create_task_group() as tg:
-                try:
-                    while True:
-                        data = await stream.receive(MAX_IO)
-                        reader.feed(data)
-                        while (record := reader.next_record()) is not None:
-                            await slots.acquire()
-                            tg.start_soon(answer, record)
-                except anyio.EndOfStream:
-                    return  # the client is done sending: calls in flight still get answers
-                except RecordTooLarge as exc:
-                    log.warning("closing connection from %s: %s", peer, exc)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
-                tg.cancel_scope.cancel()
-        except Exception:  # a bug must cost one connection, never the server
-            log.exception("connection from %s failed", peer)
-
-    async def _dispatch(self, record: Buffer, peer: str) -> bytes | None:
+    async def _dispatch(self, record: bytes | bytearray, peer: str) -> list[Buffer] | None:
         """The reply to one record; None when it is not an RPC call (the connection closes)."""
         try:
             call = decode_call(record)
         except CallRejected as exc:
             log.debug("rejected call: %s", exc)
-            return exc.reply
+            return [exc.reply]
         except RpcError as exc:
             log.info("closing connection from %s: %s", peer, exc)
             return None
         try:
             if call.prog == n3.NFS_PROGRAM:
                 if call.vers != n3.NFS_VERSION:
-                    return self._mismatch(call.xid, n3.NFS_VERSION)
+                    return [self._mismatch(call.xid, n3.NFS_VERSION)]
                 return await self._nfs(call.xid, call.proc, call.args, peer)
             if call.prog == mnt.MOUNT_PROGRAM:
                 if call.vers != mnt.MOUNT_VERSION:
-                    return self._mismatch(call.xid, mnt.MOUNT_VERSION)
-                return await self._mount(call.xid, call.proc, call.args, peer)
+                    return [self._mismatch(call.xid, mnt.MOUNT_VERSION)]
+                return [await self._mount(call.xid, call.proc, call.args, peer)]
             if call.prog == pm.PMAP_PROGRAM:
                 if call.vers != pm.PMAP_VERSION:
-                    return self._mismatch(call.xid, pm.PMAP_VERSION)
-                return self._portmap(call.xid, call.proc, call.args)
-            return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL).getvalue()
+                    return [self._mismatch(call.xid, pm.PMAP_VERSION)]
+                return [self._portmap(call.xid, call.proc, call.args)]
+            return [encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL).getvalue()]
         except _Garbage as exc:
             log.debug("garbage arguments from %s: %s", peer, exc)
-            return encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()
+            return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
         except Exception:
             log.exception("call %s/%s from %s failed", call.prog, call.proc, peer)
-            return encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()
+            return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
 
     @staticmethod
     def _mismatch(xid: int, version: int) -> bytes:
@@ -551,12 +515,12 @@ class NfsServer:
     def _fh(self, exp: _Export, fileid: int) -> bytes:
         return self._handles.encode(exp.export_id, exp.generation, fileid)
 
-    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> bytes:
+    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Buffer]:
         if proc == n3.Proc.NULL:
-            return encode_accepted(xid).getvalue()
+            return encode_accepted(xid).chunks()
         entry = self._nfs_procs.get(proc)
         if entry is None:
-            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).getvalue()
+            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).chunks()
         unpack, handler, result_type = entry
         try:
             decoded = unpack(args)
@@ -571,7 +535,7 @@ class NfsServer:
             result = result_type(exc.status)
         p = encode_accepted(xid)
         result.pack(p, fsid)
-        return p.getvalue()
+        return p.chunks()
 
     def _nfs_table(
         self,

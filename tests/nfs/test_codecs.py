@@ -305,3 +305,30 @@ def test_readdir_entry_sizes_match_encoding() -> None:
     empty = Packer()
     n3.ReaddirRes(NfsStatus.OK, None, b"\0" * 8, [], True).pack(empty, 1)
     assert len(p) - len(empty) == e.wire_size()
+
+
+@given(
+    st.lists(st.binary(max_size=200_000), min_size=1, max_size=4),
+    st.integers(1, 100_000),
+    st.booleans(),
+)
+def test_record_reader_buffer_api_matches_feed(
+    bodies: list[bytes], chunk: int, use_feed: bool
+) -> None:
+    stream = b"".join(struct.pack(">I", 0x80000000 | len(b)) + b for b in bodies)
+    reader = RecordReader(max_record=1 << 20)
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(stream):
+        if use_feed:
+            reader.feed(stream[pos : pos + chunk])
+            pos += chunk
+        else:
+            target = reader.get_buffer()
+            n = min(len(target), chunk, len(stream) - pos)
+            target[:n] = stream[pos : pos + n]
+            reader.buffer_updated(n)
+            pos += n
+        while (r := reader.next_record()) is not None:
+            out.append(bytes(r))
+    assert out == bodies

@@ -369,3 +369,23 @@ async def test_many_calls_in_flight_on_one_connection(client: NfsClient) -> None
             for i in range(64):
                 tg.start_soon(read, i)
     assert all(results[i] == blob[i * 4096 : (i + 1) * 4096] for i in range(64))
+
+
+async def test_server_is_an_nfs_exporter(tmp_path: Path) -> None:
+    from liverecovery.backends import NfsExporter
+
+    server = NfsServer(tmp_path / "state")
+    assert isinstance(server, NfsExporter)
+    await server.aclose()  # closing a server that never started is a no-op
+
+
+async def test_half_sent_record_is_dropped_after_timeout(tmp_path: Path) -> None:
+    async with (
+        NfsServer(tmp_path / "state", partial_record_timeout=0.5) as server,
+        await anyio.connect_tcp("127.0.0.1", server.port) as s,
+    ):
+        await s.send(struct.pack(">I", 0x80000000 | 1000) + b"\0" * 10)  # 990 bytes never come
+        t0 = time.monotonic()
+        with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            await s.receive()
+        assert 0.3 < time.monotonic() - t0 < 5
