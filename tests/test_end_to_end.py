@@ -72,3 +72,38 @@ async def test_full_job_over_nfs_with_the_simulated_host(tmp_path: Path) -> None
         assert not (tmp_path / "results" / "jobs" / job.id).exists()
         assert {n: d.sha256() for n, d in backup.disks.items()} == before
         assert not cache.reservations()
+
+
+async def test_flat_disk_handles_survive_a_server_restart(tmp_path: Path) -> None:
+    """ESXi keeps using its handles: after a restart with the same state dir and the same job
+    folder republished, the old handle of a -flat.vmdk reads the same bytes."""
+    from liverecovery.datastore.flatdisk import FlatDisk
+    from liverecovery.datastore.virtual import VirtualDatastore
+    from liverecovery.nfs.client import NfsClient
+    from liverecovery.nfs.localfs import LocalFilesystem
+    from liverecovery.testing import MemoryDisk
+
+    disk = MemoryDisk(8 * MiB, {0: b"\x5a" * MiB})
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "vm.vmx").write_text('displayName = "vm"\n')
+
+    async def publish(server: NfsServer) -> None:
+        flat = await FlatDisk.open(source="vm/0", reader=disk, cache=MemoryBlockCache())
+        await server.export("/lr/h", ["127.0.0.1"])
+        fs = VirtualDatastore(LocalFilesystem(tmp_path / "folder"), {"vm-flat.vmdk": flat})
+        await server.publish("/lr/h", "vm-job", fs)
+
+    async with NfsServer(tmp_path / "state") as server:
+        await publish(server)
+        async with await NfsClient.connect("127.0.0.1", server.port) as client:
+            root = await client.mount("/lr/h")
+            folder = await client.lookup_path(root, "vm-job")
+            fh, _ = await client.lookup(folder, "vm-flat.vmdk")
+            vmx, _ = await client.lookup(folder, "vm.vmx")
+    async with NfsServer(tmp_path / "state") as server:
+        await publish(server)
+        async with await NfsClient.connect("127.0.0.1", server.port) as client:
+            data, _ = await client.read(fh, 0, 4096)
+            assert data == b"\x5a" * 4096
+            text, _ = await client.read(vmx, 0, 100)
+            assert text.startswith(b"displayName")

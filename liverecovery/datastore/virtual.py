@@ -4,8 +4,9 @@ Small files (the rewritten .vmx, the flat descriptors, the .nvram) and every fil
 creates (``.lck-*``, ``vmware.log``, ``.vswp``, ``.vmsd``, ``.vmx~``, snapshot deltas) live in an
 inner filesystem, the job's overlay directory. The ``-flat.vmdk`` files are virtual: they appear
 in the root directory with the size their descriptor declares and are served by ``FlatDisk``
-(overlay ▶ cache ▶ backup). Virtual file ids carry the top bit, so they never collide with the
-inner filesystem's ids (inode numbers), and stay the same across restarts.
+(overlay ▶ cache ▶ backup). Virtual file ids start at 2**46: above the inner filesystem's ids
+(inode numbers), below the 2**47 an export's composite root keeps stable across restarts, so a
+flat disk keeps its file handle when the server comes back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from liverecovery.nfs.filesystem import (
 
 __all__ = ["VIRTUAL_ID_BASE", "VirtualDatastore"]
 
-VIRTUAL_ID_BASE = 1 << 63
+VIRTUAL_ID_BASE = 1 << 46
 _VIRTUAL_COOKIE_BASE = 0xFFFF_FFFF_0000_0000
 
 
