@@ -1,12 +1,14 @@
 """The embedded default environment: everything a live recovery needs, in this process.
 
 Our NFS server on loopback (OS-chosen port, portmapper on the same port), the simulated ESX host
-mounting from it over TCP, the File Recovery Enabler building each job's virtual datastore. Used
+mounting from it over TCP, the File Recovery Enabler building each job's virtual datastore with
+the on-disk circular cache and durable write overlays. Used
 by ``liverecovery demo``, by tests, and by anyone who wants to try a backup without vSphere.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,11 +16,11 @@ from pathlib import Path
 import attrs
 
 from liverecovery.backends import Backends, BlockCache, CatalogReader, DiskReader, VmRef
+from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.config import MiB, Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.server import NfsServer
-from liverecovery.testing.memory import MemoryBlockCache
 from liverecovery.vsphere.simulated import GuestWrite, SimulatedEsxHost
 
 __all__ = ["Embedded", "embedded_environment", "verify_disk"]
@@ -58,17 +60,23 @@ async def embedded_environment(
     """Start the NFS server and the simulated ESX host under ``work_dir``; stop them after."""
     settings = settings or Settings(job_results_dir=work_dir / "results")
     settings = attrs.evolve(settings, nfs_address="127.0.0.1")
-    cache = cache or MemoryBlockCache(block_size=settings.cache_block_size)
-    async with (
-        NfsServer(work_dir / "nfs-state", host="127.0.0.1") as server,
-        SimulatedEsxHost(
-            work_dir / "esx",
-            name=ESX_HOST,
-            local_datastores=(DESTINATION,),
-            portmap_port=server.portmap_port,
-            write_interval_s=write_interval_s,
-        ) as esx,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if cache is None:
+            disk_cache = await DiskBlockCache.from_settings(settings)
+            stack.push_async_callback(disk_cache.aclose)
+            cache = disk_cache
+        server = await stack.enter_async_context(
+            NfsServer(work_dir / "nfs-state", host="127.0.0.1")
+        )
+        esx = await stack.enter_async_context(
+            SimulatedEsxHost(
+                work_dir / "esx",
+                name=ESX_HOST,
+                local_datastores=(DESTINATION,),
+                portmap_port=server.portmap_port,
+                write_interval_s=write_interval_s,
+            )
+        )
         backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
         builder = FreBuilder(cache, overlay_factory=overlay_factory or durable_overlay)
         yield Embedded(settings, backends, builder, server, esx)

@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 def settings(tmp: Path, **kw: object) -> Settings:
     kw.setdefault("migration_trigger", "delay")
     kw.setdefault("serve_before_migrate_s", 0.2)
+    kw.setdefault("job_space_floor_bytes", 0)  # the on-disk cache: independent of free space here
+    kw.setdefault("job_space_fraction", 0.0)
     return Settings(
         job_results_dir=tmp / "results",
         compensation_retry_delay_s=0,

@@ -1,6 +1,7 @@
 """``liverecovery demo``: one complete live recovery on the embedded default, for real.
 
-A sample backup with a sparse disk holding known data is recovered through our NFS server on
+A sample backup (an ESXi-style VM folder whose monolithicSparse VMDK holds known data, written in
+pure Python) is read by the directory catalog and recovered through our NFS server on
 loopback by the simulated ESX host: mount, register, power on (boot reads), a guest that keeps
 writing, storage vMotion into a local datastore, cleanup. The summary says whether the migrated
 disks equal the backup plus every guest write, byte for byte, and whether the backup is unchanged.
@@ -10,6 +11,7 @@ Exit code 0 only when the job completed and both hold.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -19,6 +21,7 @@ from typing import Any
 
 import anyio
 
+from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.embedded import embedded_environment, verify_disk
 from liverecovery.errors import LiveRecoveryError, SettingsError
@@ -26,9 +29,22 @@ from liverecovery.job.events import StateChanged
 from liverecovery.job.states import State
 from liverecovery.progress import show_progress
 from liverecovery.recovery import LiveRecovery
-from liverecovery.testing.memory import MemoryCatalog
+from liverecovery.testing.samples import sample_vm
 
 __all__ = ["parse_size", "register", "run"]
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """sha256 of every file of the backup, to prove it was never modified."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[str(path.relative_to(root))] = h.hexdigest()
+    return out
 
 
 def parse_size(text: str) -> int:
@@ -68,19 +84,23 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Run the demo job; returns 0 when it completed, verified and left the backup unchanged."""
     size = parse_size(args.disk_size)
-    catalog = MemoryCatalog()
-    backup = catalog.add_vm(args.vm, disk_sizes=(size,), data_per_disk=min(size, 8 * MiB))
-    before = {name: disk.sha256() for name, disk in backup.disks.items()}
     started = time.monotonic()
     marks: dict[str, float] = {}
     fetched_before_power_on = 0
     with tempfile.TemporaryDirectory(prefix="liverecovery-demo-") as tmp:
         work = Path(tmp)
+        backup_root = work / "backup"
+        await anyio.to_thread.run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
+        before = await anyio.to_thread.run_sync(_digests, backup_root)
+        catalog = DirectoryCatalog(backup_root)
+        point = await catalog.restore_point(args.vm)
         settings = Settings(
             job_results_dir=work / "results",
             migration_trigger="delay",
             serve_before_migrate_s=args.serve_seconds,
             progress_interval_s=0.2,
+            # A demo VM is small: ask for 1 GiB of free cache space, not the 20 GiB floor.
+            job_space_floor_bytes=1 << 30,
         )
         async with embedded_environment(work, catalog, settings=settings) as env:
             async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
@@ -110,10 +130,15 @@ async def run(args: argparse.Namespace) -> int:
                 await env.esx.power_off(summary.vm_ref)
                 writes = env.esx.guest_writes(summary.vm_ref)
                 verified = True
-                for index, disk in enumerate(backup.point.disks):
-                    reader = backup.disks[disk.file_name]
-                    verified &= await verify_disk(env.esx, summary.vm_ref, index, reader, writes)
-    unchanged = all(backup.disks[n].sha256() == h for n, h in before.items())
+                for index, disk in enumerate(point.disks):
+                    reader = await catalog.open_disk(point, disk)
+                    try:
+                        ok = await verify_disk(env.esx, summary.vm_ref, index, reader, writes)
+                    finally:
+                        await reader.aclose()
+                    verified &= ok
+        await catalog.aclose()
+        unchanged = await anyio.to_thread.run_sync(_digests, backup_root) == before
     stats = job.stats
     result = summary.to_json() | {
         "time_to_power_on_s": round(marks.get("serving", 0.0), 6),
