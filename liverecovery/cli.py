@@ -25,7 +25,7 @@ Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     from liverecovery.catalog import inspect_cli
-    from liverecovery.job import control_cli, demo_cli
+    from liverecovery.job import control_cli, demo_cli, recover_cli
     from liverecovery.nfs import serve_cli
 
     parser = argparse.ArgumentParser(
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         control_cli.register,
         serve_cli.register,
         inspect_cli.register,
+        recover_cli.register,
     ):
         register(sub)
     return parser

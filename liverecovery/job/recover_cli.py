@@ -1,0 +1,256 @@
+"""``liverecovery recover`` and ``liverecovery resume``: live recovery against a real vCenter/ESXi.
+
+    liverecovery recover BACKUP --vm web01 --vcenter vc.example.com --user admin \\
+        --password-env VC_PASSWORD --host esx01.example.com --datastore ds-fast
+
+or the same keys in a TOML job file (``--job-file job.toml``; flags override it), with an
+optional ``[settings]`` table. The process serves the backup over NFS (port 2049, portmapper on
+111 by default: ESXi has no port option) until the job ends; Ctrl-C cancels the job and rolls it
+back. While it runs, ``liverecovery jobs`` and ``liverecovery cancel ID`` reach it through its
+control socket. ``resume`` picks up the unfinished jobs of a process that stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tomllib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from liverecovery.backends import Backends
+from liverecovery.cache.block_cache import DiskBlockCache
+from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.config import Settings
+from liverecovery.datastore.builder import FreBuilder
+from liverecovery.errors import LiveRecoveryError, SettingsError
+from liverecovery.job.control import ControlServer, socket_path
+from liverecovery.job.job import RecoveryJob
+from liverecovery.job.spec import RecoverySpec
+from liverecovery.nfs.server import NfsServer
+from liverecovery.progress import show_progress
+from liverecovery.recovery import LiveRecovery
+from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
+
+__all__ = ["RecoverConfig", "register"]
+
+_KEYS = (
+    "backup",
+    "vm",
+    "point",
+    "vcenter",
+    "user",
+    "password_env",
+    "host",
+    "esx_address",
+    "datastore",
+    "redirect_writes_to",
+    "nfs_address",
+    "passkey_env",
+    "insecure",
+    "ca_file",
+)
+
+
+@attrs.frozen
+class RecoverConfig:
+    """Where to recover from and to; secrets are named by environment variable, never given."""
+
+    vcenter: str
+    user: str
+    password_env: str
+    host: str
+    backup: str = ""
+    vm: str = ""
+    point: str | None = None
+    datastore: str = ""
+    esx_address: str | None = None
+    redirect_writes_to: str | None = None
+    nfs_address: str | None = None
+    passkey_env: str | None = None
+    insecure: bool = False
+    ca_file: str | None = None
+    settings: Settings = attrs.field(factory=Settings)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, need_job: bool) -> RecoverConfig:
+        """Flags over the job file's keys. :raises SettingsError: naming the missing key."""
+        data: dict[str, Any] = {}
+        settings = Settings()
+        source = "command line"
+        if args.job_file:
+            source = str(args.job_file)
+            try:
+                with open(args.job_file, "rb") as f:
+                    doc = tomllib.load(f)
+            except OSError as exc:
+                raise SettingsError(f"{source}: cannot read: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"{source}: invalid TOML: {exc}") from None
+            for key, value in doc.items():
+                if key == "settings":
+                    continue
+                if key not in _KEYS:
+                    raise SettingsError(f"{source}: unknown key {key!r}")
+                data[key] = value
+            if "settings" in doc:
+                settings = Settings.from_toml(args.job_file, table="settings")
+        for key in _KEYS:
+            value = getattr(args, key, None)
+            if value not in (None, False, ""):
+                data[key] = value
+        required = ["vcenter", "user", "password_env", "host"]
+        if need_job:
+            required += ["backup", "vm", "datastore"]
+        missing = [k for k in required if not data.get(k)]
+        if missing:
+            flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+            raise SettingsError(f"{source}: missing {flags}")
+        data["insecure"] = bool(data.get("insecure", False))
+        return cls(settings=settings, **{k: v for k, v in data.items() if k in _KEYS})
+
+    def secret(self, env: str | None, what: str) -> str | None:
+        """The value of environment variable ``env``. :raises SettingsError: it is not set."""
+        if env is None:
+            return None
+        value = os.environ.get(env)
+        if not value:
+            raise SettingsError(f"{what}: environment variable {env} is not set")
+        return value
+
+    def spec(self) -> RecoverySpec:
+        return RecoverySpec(
+            vm=self.vm,
+            esx_host=self.host,
+            esx_address=self.esx_address,
+            datastore=self.datastore,
+            point_id=self.point,
+            redirect_writes_to=self.redirect_writes_to,
+            passkey=self.secret(self.passkey_env, "--passkey-env"),
+        )
+
+
+@asynccontextmanager
+async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery, NfsServer]]:
+    """The real backends: directory catalog, on-disk cache, our NFS server, pyvmomi."""
+    settings = config.settings
+    if config.nfs_address:
+        settings = attrs.evolve(settings, nfs_address=config.nfs_address)
+    if not settings.nfs_address:
+        raise SettingsError("--nfs-address: the address the ESX host reaches this machine at")
+    password = config.secret(config.password_env, "--password-env") or ""
+    async with AsyncExitStack() as stack:
+        catalog = DirectoryCatalog(config.backup or ".")
+        stack.push_async_callback(catalog.aclose)
+        cache = await DiskBlockCache.from_settings(settings)
+        stack.push_async_callback(cache.aclose)
+        server = await stack.enter_async_context(
+            NfsServer(
+                Path(settings.job_results_dir) / "nfs-state",
+                host=settings.nfs_listen_host,
+                port=settings.nfs_port,
+                portmap_port=settings.portmap_port,
+            )
+        )
+        vsphere = await PyvmomiVSphereClient.connect(
+            config.vcenter, config.user, password, insecure=config.insecure, ca_file=config.ca_file
+        )
+        stack.push_async_callback(vsphere.aclose)
+        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=vsphere)
+        lr = await stack.enter_async_context(
+            LiveRecovery(settings, backends, builder=FreBuilder(cache))
+        )
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        await tg.start(ControlServer(lr, socket_path(settings.job_results_dir)).serve)
+        try:
+            yield lr, server
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _follow(jobs: list[RecoveryJob], as_json: bool) -> int:
+    """Show progress until every job ends; Ctrl-C cancels them (with rollback)."""
+
+    async def on_signal(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                print("cancelling: rolling back...", file=sys.stderr)
+                for job in jobs:
+                    job.request_cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(on_signal, tg.cancel_scope)
+        async with anyio.create_task_group() as followers:
+            for job in jobs:
+                if not as_json and sys.stderr.isatty():
+                    followers.start_soon(show_progress, job)
+        failed = 0
+        for job in jobs:
+            try:
+                await job.wait()
+            except LiveRecoveryError as exc:
+                failed += 1
+                print(f"job {job.id}: {job.state.value}: {exc}", file=sys.stderr)
+            if as_json:
+                print(json.dumps(job.summary().to_json()))
+        tg.cancel_scope.cancel()
+    return 1 if failed else 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job-file", help="a TOML file with these keys and a [settings] table")
+    parser.add_argument("--vcenter", help="vCenter or ESXi address (or https://host/sdk)")
+    parser.add_argument("--user")
+    parser.add_argument("--password-env", help="environment variable holding the password")
+    parser.add_argument("--host", help="the destination ESX host, as vCenter names it")
+    parser.add_argument("--esx-address", help="the address the ESX host connects from")
+    parser.add_argument("--nfs-address", help="the address the ESX host reaches us at")
+    parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    parser.add_argument("--ca-file", help="CA bundle to verify vCenter's certificate")
+    parser.add_argument("--json", action="store_true", help="print each job's summary as JSON")
+
+
+def register(sub: Any) -> None:
+    """Add the ``recover`` and ``resume`` subcommands."""
+    recover = sub.add_parser("recover", help="live-recover a VM from a backup onto vSphere")
+    recover.add_argument("backup", nargs="?", help="backup root, VM folder or .ova")
+    recover.add_argument("--vm", help="the VM to recover")
+    recover.add_argument("--point", help="restore point id (default: the newest)")
+    recover.add_argument("--datastore", help="the destination datastore")
+    recover.add_argument("--redirect-writes-to", help="alternate datastore for the VM's writes")
+    recover.add_argument("--passkey-env", help="environment variable holding the passkey")
+    _common(recover)
+    recover.set_defaults(handler=run_recover)
+    resume = sub.add_parser("resume", help="resume the unfinished jobs of a stopped process")
+    resume.add_argument("backup", nargs="?", help="backup root the jobs read from")
+    _common(resume)
+    resume.set_defaults(handler=run_resume)
+
+
+async def run_recover(args: argparse.Namespace) -> int:
+    config = RecoverConfig.from_args(args, need_job=True)
+    spec = config.spec()
+    async with production(config) as (lr, server):
+        job = await lr.start(spec)
+        print(f"job {job.id}: recovering {config.vm}; NFS at {server.url('/')}", file=sys.stderr)
+        return await _follow([job], args.json)
+
+
+async def run_resume(args: argparse.Namespace) -> int:
+    config = RecoverConfig.from_args(args, need_job=False)
+    async with production(config) as (lr, _server):
+        jobs = await lr.resume()
+        for error in lr.resume_errors:
+            print(f"skipped: {error}", file=sys.stderr)
+        if not jobs:
+            print("no unfinished jobs", file=sys.stderr)
+            return 0
+        return await _follow(jobs, args.json)
