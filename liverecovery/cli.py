@@ -25,6 +25,7 @@ Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
     from liverecovery.catalog import inspect_cli
+    from liverecovery.datastore import browse_cli
     from liverecovery.job import control_cli, demo_cli, recover_cli
     from liverecovery.nfs import serve_cli
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve_cli.register,
         inspect_cli.register,
         recover_cli.register,
+        browse_cli.register,
     ):
         register(sub)
     return parser

@@ -57,6 +57,8 @@ class FreBuilder:
     cache: BlockCache
     overlay_factory: OverlayFactory | None = durable_overlay
     options: VmxOptions = attrs.field(factory=VmxOptions)
+    read_only: bool = False
+    """A browse presentation: no overlays, every change refused (NFS3ERR_ROFS)."""
 
     def job_dir(self, ctx: StagingContext) -> Path:
         return Path(ctx.settings.job_results_dir) / "jobs" / ctx.job_id
@@ -94,10 +96,12 @@ class FreBuilder:
                     source=f"{point.vm_name}/{point.point_id}/{disk.file_name}",
                     reader=reader,
                     cache=self.cache,
-                    overlay=self._opener(overlays / disk.key.replace(":", "_"), reader.size),
+                    overlay=None
+                    if self.read_only
+                    else self._opener(overlays / disk.key.replace(":", "_"), reader.size),
                     gate=gate,
                 )
-            inner = LocalFilesystem(folder)
+            inner = LocalFilesystem(folder, read_only=self.read_only)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for fd in disks.values():

@@ -1,0 +1,103 @@
+"""``liverecovery browse``: a restore point's VM folder, exported read-only in flat form.
+
+For file-level browsing and verification: descriptors plus ``-flat.vmdk`` files served on
+demand through the cache, whatever the backup's disk format. Nothing can be written. It holds a
+live browse session on the VM, so a live recovery of the same VM is refused while it runs (in
+this process: see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from liverecovery.cache.block_cache import DiskBlockCache
+from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.config import Settings
+from liverecovery.datastore.builder import FreBuilder
+from liverecovery.errors import SettingsError
+from liverecovery.job.sessions import SessionKind, SessionRegistry
+from liverecovery.job.spec import RecoverySpec
+from liverecovery.job.staging import StagingContext
+from liverecovery.nfs.serve_cli import _listen
+from liverecovery.nfs.server import NfsServer
+
+__all__ = ["register", "run"]
+
+SESSIONS = SessionRegistry()
+"""This process's live browse sessions (a LiveRecovery in the same process shares the rule)."""
+
+
+def register(sub: Any) -> None:
+    """Add the ``browse`` subcommand."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "browse", help="export a restore point's VM folder read-only, in flat form"
+    )
+    parser.add_argument("backup", type=Path, help="backup root, VM folder or .ova")
+    parser.add_argument("--vm", help="the VM (default: the only one)")
+    parser.add_argument("--point", help="restore point id (default: the newest)")
+    parser.add_argument("--listen", type=_listen, default=("0.0.0.0", 2049), metavar="HOST:PORT")
+    parser.add_argument("--allow", action="append", required=True, metavar="ADDR")
+    parser.add_argument("--settings", help="a TOML file whose [settings] apply")
+    parser.set_defaults(handler=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; prints the ``nfs://`` URL."""
+    settings = Settings.from_toml(args.settings, table="settings") if args.settings else Settings()
+    catalog = DirectoryCatalog(args.backup)
+    vm = args.vm
+    if vm is None:
+        names = list(await catalog.vm_names())
+        if len(names) != 1:
+            raise SettingsError(f"{args.backup} holds VMs {names}: choose one with --vm")
+        vm = names[0]
+    point = await catalog.restore_point(vm, args.point)
+    browse_id = f"browse-{uuid.uuid4().hex[:8]}"
+    SESSIONS.acquire(vm, SessionKind.BROWSE, browse_id)
+    host, port = args.listen
+    cache = await DiskBlockCache.from_settings(settings)
+    builder = FreBuilder(cache, read_only=True)
+    folder = f"{vm}-{point.point_id}"
+    ctx = StagingContext(
+        job_id=browse_id,
+        spec=RecoverySpec(vm=vm, esx_host="browse", datastore="browse"),
+        point=point,
+        settings=settings,
+        catalog=catalog,
+        datastore="browse",
+        folder=folder,
+    )
+    try:
+        staged = await builder.build(ctx)
+        state = Path(settings.job_results_dir) / "nfs-state"
+        async with NfsServer(state, host=host, port=port) as server:
+            path = f"/browse/{folder}"
+            await server.export_filesystem(path, staged.filesystem, args.allow)
+            shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+            print(f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}")
+            print(
+                f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
+                f"(pid {os.getpid()}); Ctrl-C stops",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                await staged.filesystem.aclose()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await builder.discard(ctx)
+            await cache.aclose()
+            await catalog.aclose()
+            SESSIONS.release(vm, browse_id)
+    return 0
