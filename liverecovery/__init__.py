@@ -22,7 +22,12 @@ from liverecovery.backends import (
     VSphereClient,
     VSphereInventory,
 )
+from liverecovery.cache.block_cache import DiskBlockCache
+from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import Passkey, Settings, Timeouts
+from liverecovery.datastore.builder import FreBuilder
+from liverecovery.datastore.overlay import WriteOverlay
+from liverecovery.embedded import embedded_environment
 from liverecovery.errors import (
     ArchivedVmError,
     BackendError,
@@ -36,9 +41,11 @@ from liverecovery.errors import (
     JobStateError,
     LiveRecoveryError,
     MultipleVmsError,
+    NfsClientError,
     NfsError,
     NfsStatus,
     NfsVolumeLimitError,
+    OverlayError,
     PasskeyError,
     PreflightError,
     RollbackError,
@@ -48,12 +55,22 @@ from liverecovery.errors import (
 )
 from liverecovery.job.events import CompensationRan, Event, JobWarning, Progress, StateChanged
 from liverecovery.job.job import JobSummary, RecoveryJob
-from liverecovery.job.migration import DelayedMigration, ManualMigration, MigrationPolicy
+from liverecovery.job.migration import (
+    DelayedMigration,
+    ManualMigration,
+    MigrationPolicy,
+    ReadRateMigration,
+)
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
 from liverecovery.job.states import State
+from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.nfs.localfs import LocalFilesystem
+from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery import LiveRecovery
+from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
+from liverecovery.vsphere.simulated import SimulatedEsxHost
 
 __version__ = "0.1.0"
 
@@ -73,6 +90,8 @@ __all__ = [
     "ConcurrentSessionError",
     "DatastoreBuilder",
     "DelayedMigration",
+    "DirectoryCatalog",
+    "DiskBlockCache",
     "DiskInfo",
     "DiskReader",
     "Event",
@@ -80,6 +99,7 @@ __all__ = [
     "Extent",
     "ExtentKind",
     "Filesystem",
+    "FreBuilder",
     "JobCancelledError",
     "JobInterruptedError",
     "JobStateError",
@@ -87,24 +107,32 @@ __all__ = [
     "JobWarning",
     "LiveRecovery",
     "LiveRecoveryError",
+    "LocalFilesystem",
     "ManualMigration",
     "MediaKind",
     "MigrationPolicy",
     "MultipleVmsError",
+    "NfsClient",
+    "NfsClientError",
     "NfsError",
     "NfsExporter",
+    "NfsServer",
     "NfsStatus",
     "NfsVolumeLimitError",
+    "OverlayError",
     "Passkey",
     "PasskeyError",
     "PreflightError",
     "Progress",
+    "PyvmomiVSphereClient",
+    "ReadRateMigration",
     "RecoveryJob",
     "RecoverySpec",
     "RestorePoint",
     "RollbackError",
     "Settings",
     "SettingsError",
+    "SimulatedEsxHost",
     "StagedVm",
     "StagingContext",
     "State",
@@ -115,5 +143,7 @@ __all__ = [
     "VSphereError",
     "VSphereInventory",
     "VmRef",
+    "WriteOverlay",
     "__version__",
+    "embedded_environment",
 ]
