@@ -759,6 +759,15 @@ class RecoveryJob:
                 await vsphere.power_off(self.vm)
 
         assert self.vm is not None
+        await self._registered(unregister)
+        if "powered_on" in effects and running:
+            await self._did(
+                "powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref
+            )
+
+    async def _registered(self, unregister: Callable[[], Awaitable[None]]) -> None:
+        """The VM is registered: journal where, and remember how to unregister it."""
+        assert self.vm is not None
         await self._did(
             "registered",
             "unregister",
@@ -768,10 +777,6 @@ class RecoveryJob:
             name=self.vm.name,
             vmx_path=self.vm.vmx_path,
         )
-        if "powered_on" in effects and running:
-            await self._did(
-                "powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref
-            )
 
     async def _register(self) -> None:
         assert self.staged is not None
@@ -785,15 +790,7 @@ class RecoveryJob:
             assert self.vm is not None
             await vsphere.unregister_vm(self.vm)
 
-        await self._did(
-            "registered",
-            "unregister",
-            unregister,
-            vm_bound=True,
-            moref=self.vm.moref,
-            name=self.vm.name,
-            vmx_path=self.vm.vmx_path,
-        )
+        await self._registered(unregister)
 
     async def _power_on(self) -> None:
         assert self.vm is not None
