@@ -136,3 +136,31 @@ async def test_redirected_writes_keep_swap_off_the_nfs_datastore(tmp_path: Path)
         assert (folder / "vm_0.vmdk").read_text().count('createType="vmfs"') == 1
         await job.migrate_now()
         assert (await job.wait()).state is State.COMPLETED
+
+
+@pytest.mark.parametrize("fmt", ["monolithicSparse", "streamOptimized"])
+@pytest.mark.parametrize("redirect", [None, "datastore1"])
+async def test_recovered_disks_equal_backup_plus_guest_writes(
+    tmp_path: Path, fmt: str, redirect: str | None
+) -> None:
+    from liverecovery.catalog.directory import DirectoryCatalog
+    from liverecovery.testing.samples import sample_vm
+
+    sample_vm("vm", disk_sizes=(48 * MiB, 16 * MiB), format=fmt).write(tmp_path / "backup")  # type: ignore[arg-type]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()}
+    catalog = DirectoryCatalog(tmp_path / "backup")
+    async with embedded_environment(tmp_path, catalog, settings=settings(tmp_path)) as env:
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            job = await lr.start(env.spec("vm", redirect_writes_to=redirect))
+            summary = await job.wait()
+        assert summary.state is State.COMPLETED and summary.vm_ref is not None
+        await env.esx.power_off(summary.vm_ref)
+        writes = env.esx.guest_writes(summary.vm_ref)
+        assert writes
+        point = await catalog.restore_point("vm")
+        for index, disk in enumerate(point.disks):
+            reader = await catalog.open_disk(point, disk)
+            assert await verify_disk(env.esx, summary.vm_ref, index, reader, writes)
+            await reader.aclose()
+    await catalog.aclose()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()} == before
