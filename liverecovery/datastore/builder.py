@@ -76,6 +76,8 @@ class FreBuilder:
             name_suffix=ctx.spec.name_suffix,
             redirect_to=ctx.spec.redirect_writes_to,
             folder=ctx.folder,
+            regenerate_bios_uuid=self.options.regenerate_bios_uuid or ctx.spec.new_bios_uuid,
+            disconnect_nics=self.options.disconnect_nics or ctx.spec.disconnect_nics,
         )
         vmx = rewrite_vmx(vmx_text, {k: v[0] for k, v in names.items()}, options)
         files: dict[str, bytes] = {point.vmx_name: vmx}

@@ -57,6 +57,8 @@ _KEYS = (
     "passkey_env",
     "insecure",
     "ca_file",
+    "new_bios_uuid",
+    "disconnect_nics",
 )
 
 
@@ -78,6 +80,8 @@ class RecoverConfig:
     passkey_env: str | None = None
     insecure: bool = False
     ca_file: str | None = None
+    new_bios_uuid: bool = False
+    disconnect_nics: bool = False
     settings: Settings = attrs.field(factory=Settings)
 
     @classmethod
@@ -114,7 +118,8 @@ class RecoverConfig:
         if missing:
             flags = ", ".join("--" + k.replace("_", "-") for k in missing)
             raise SettingsError(f"{source}: missing {flags}")
-        data["insecure"] = bool(data.get("insecure", False))
+        for flag in ("insecure", "new_bios_uuid", "disconnect_nics"):
+            data[flag] = bool(data.get(flag, False))
         return cls(settings=settings, **{k: v for k, v in data.items() if k in _KEYS})
 
     def secret(self, env: str | None, what: str) -> str | None:
@@ -135,6 +140,8 @@ class RecoverConfig:
             point_id=self.point,
             redirect_writes_to=self.redirect_writes_to,
             passkey=self.secret(self.passkey_env, "--passkey-env"),
+            new_bios_uuid=self.new_bios_uuid,
+            disconnect_nics=self.disconnect_nics,
         )
 
 
@@ -227,6 +234,10 @@ def register(sub: Any) -> None:
     recover.add_argument("--datastore", help="the destination datastore")
     recover.add_argument("--redirect-writes-to", help="alternate datastore for the VM's writes")
     recover.add_argument("--passkey-env", help="environment variable holding the passkey")
+    recover.add_argument("--new-bios-uuid", action="store_true", help="give the VM a new BIOS UUID")
+    recover.add_argument(
+        "--disconnect-nics", action="store_true", help="power on with the NICs disconnected"
+    )
     _common(recover)
     recover.set_defaults(handler=run_recover)
     resume = sub.add_parser("resume", help="resume the unfinished jobs of a stopped process")

@@ -38,6 +38,9 @@ class RecoverySpec:
     seed: one VM per job). ``esx_address`` is the address the ESX host connects from (the NFS
     export's allow list); it defaults to ``esx_host``. ``redirect_writes_to`` names an alternate
     datastore for the VM's writes (snapshot deltas, swap) instead of the NFS datastore.
+    ``new_bios_uuid`` gives the recovered VM a new BIOS UUID (keep it, the default, when the VM
+    replaces the original); ``disconnect_nics`` powers it on with its NICs disconnected (when
+    the original may still be on the network).
     The passkey is never part of ``repr``.
     """
 
@@ -49,6 +52,8 @@ class RecoverySpec:
     redirect_writes_to: str | None = None
     passkey: str | None = attrs.field(default=None, repr=False)
     name_suffix: str = ""
+    new_bios_uuid: bool = False
+    disconnect_nics: bool = False
     job_id: str | None = attrs.field(default=None, validator=_job_id)
 
     @vms.validator
