@@ -16,6 +16,7 @@ from liverecovery.backends import CatalogReader, RestorePoint
 from liverecovery.config import Settings
 from liverecovery.datastore.flatdisk import FlatDisk
 from liverecovery.datastore.memfs import MemoryFilesystem
+from liverecovery.datastore.vmx_rewrite import VmxOptions, rewrite_vmx
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.filesystem import Filesystem
 
@@ -55,27 +56,21 @@ class DatastoreBuilder(Protocol):
         ...
 
 
-def _vmx_set(text: str, key: str, value: str) -> str:
-    lines = text.splitlines()
-    want = key.lower()
-    out = [ln for ln in lines if ln.split("=", 1)[0].strip().lower() != want]
-    out.append(f'{key} = "{value}"')
-    return "\n".join(out) + "\n"
-
-
 class CopyingBuilder:
     """Copies the .vmx (display name suffixed, writes redirected if asked) and .nvram to memory."""
 
     async def build(self, ctx: StagingContext) -> StagedVm:
         point = ctx.point
-        vmx = (await ctx.catalog.read_file(point, point.vmx_name)).decode("utf-8", "replace")
-        if ctx.spec.name_suffix:
-            vmx = _vmx_set(vmx, "displayName", point.vm_name + ctx.spec.name_suffix)
-        if ctx.spec.redirect_writes_to:
-            target = f"[{ctx.spec.redirect_writes_to}] {ctx.folder}/"
-            vmx = _vmx_set(_vmx_set(vmx, "workingDir", target), "sched.swap.dir", target)
+        options = VmxOptions(
+            name_suffix=ctx.spec.name_suffix,
+            redirect_to=ctx.spec.redirect_writes_to,
+            folder=ctx.folder,
+            regenerate_bios_uuid=ctx.spec.new_bios_uuid,
+            disconnect_nics=ctx.spec.disconnect_nics,
+        )
+        vmx = rewrite_vmx(await ctx.catalog.read_file(point, point.vmx_name), {}, options)
         fs = MemoryFilesystem()
-        fs.add_file(point.vmx_name, vmx.encode())
+        fs.add_file(point.vmx_name, vmx)
         if point.nvram_name:
             fs.add_file(point.nvram_name, await ctx.catalog.read_file(point, point.nvram_name))
         return StagedVm(fs, point.vmx_name)

@@ -29,26 +29,22 @@ import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.catalog.vmdk.descriptor import ExtentType, parse_descriptor
 from liverecovery.config import MiB
-from liverecovery.errors import LiveRecoveryError, NfsError, NfsStatus, VSphereError
+from liverecovery.datastore.vmx import VmxFile
+from liverecovery.errors import CatalogError, LiveRecoveryError, NfsError, NfsStatus, VSphereError
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import SetAttributes, Stability
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 
 _CHUNK = 1 * MiB
-_EXTENT = re.compile(r'^\s*(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)\s+"([^"]+)"(?:\s+(\d+))?\s*$')
 _DISK_KEY = re.compile(r"^((?:scsi|ide|sata|nvme)\d+:\d+)\.filename$", re.IGNORECASE)
 
 
-def _vmx_values(text: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if "=" not in line or line.lstrip().startswith("#"):
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip().lower()] = value.strip().strip('"')
-    return values
+def _vmx_values(data: bytes) -> dict[str, str]:
+    """Every key of a .vmx, lower-cased, with its unescaped value."""
+    return {key.lower(): value for key, value in VmxFile.parse(data).items()}
 
 
 def _guest_data(seq: int, length: int) -> bytes:
@@ -332,7 +328,7 @@ class SimulatedEsxHost:
         try:
             folder_fh = await client.lookup_path(mount.root, folder)
             vmx_fh, _ = await client.lookup(folder_fh, vmx_name)
-            vmx = _vmx_values((await self._read_all(client, vmx_fh)).decode("utf-8", "replace"))
+            vmx = _vmx_values(await self._read_all(client, vmx_fh))
             disks = await self._check_disks(client, folder_fh, vmx, vmx_path)
         except NfsError as exc:
             raise self._fault("register_vm", f"{vmx_path}: {exc}", "NotFound") from exc
@@ -353,10 +349,13 @@ class SimulatedEsxHost:
                 continue
             desc_fh, _ = await client.lookup(folder_fh, value)
             text = (await self._read_all(client, desc_fh, 1 * MiB)).decode("utf-8", "replace")
-            extents = [_EXTENT.match(line) for line in text.splitlines()]
-            found = [e for e in extents if e]
-            if not found or any(e.group(3).upper() not in ("VMFS", "FLAT") for e in found):
-                kinds = sorted({e.group(3) for e in found}) or ["none"]
+            try:
+                found = parse_descriptor(text, path=value).extents
+            except CatalogError as exc:
+                raise self._fault("register_vm", str(exc), "InvalidDiskFormat") from exc
+            flat_kinds = (ExtentType.VMFS, ExtentType.FLAT)
+            if not found or any(e.type not in flat_kinds or not e.file_name for e in found):
+                kinds = sorted({e.type.value for e in found}) or ["none"]
                 raise self._fault(
                     "register_vm",
                     f"{vmx_path}: disk {value} has {'/'.join(kinds)} extents; ESXi needs flat "
@@ -367,7 +366,7 @@ class SimulatedEsxHost:
                 raise self._fault(
                     "register_vm", f"{value}: {len(found)} extents, expected 1", "InvalidDiskFormat"
                 )
-            sectors, flat_name = int(found[0].group(2)), found[0].group(4)
+            sectors, flat_name = found[0].sectors, str(found[0].file_name)
             flat_fh, attrs_ = await client.lookup(folder_fh, flat_name)
             size = (attrs_ or await client.getattr(flat_fh)).size
             if size < sectors * 512:
