@@ -34,6 +34,7 @@ from liverecovery.config import GiB, MiB
 from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
 from liverecovery.nfs.filesystem import Filesystem, Stability
 from liverecovery.testing.faults import FaultPlan
+from liverecovery.testing.samples import sample_vmx_text
 
 __all__ = [
     "MemoryBackup",
@@ -165,23 +166,8 @@ class MemoryBackup:
 
 
 def sample_vmx(name: str, disks: Sequence[DiskInfo], memory_mb: int = 2048) -> bytes:
-    """A small .vmx in the style ESXi writes, for generated backups."""
-    lines = [
-        '.encoding = "UTF-8"',
-        'config.version = "8"',
-        'virtualHW.version = "13"',
-        f'displayName = "{name}"',
-        'guestOS = "otherlinux-64"',
-        f'memSize = "{memory_mb}"',
-        'numvcpus = "2"',
-        f'nvram = "{name}.nvram"',
-        'scsi0.present = "TRUE"',
-        'scsi0.virtualDev = "lsilogic"',
-    ]
-    for d in disks:
-        lines += [f'{d.key}.present = "TRUE"', f'{d.key}.fileName = "{d.file_name}"']
-    lines += ['ethernet0.present = "TRUE"', 'ethernet0.virtualDev = "vmxnet3"']
-    return ("\n".join(lines) + "\n").encode()
+    """A .vmx in the style ESXi writes, with ``disks`` on scsi0 in order."""
+    return sample_vmx_text(name, [d.file_name for d in disks], memory_mb=memory_mb).encode()
 
 
 class MemoryCatalog:
