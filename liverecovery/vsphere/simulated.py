@@ -32,9 +32,16 @@ from liverecovery.backends import ProgressCallback, VmRef
 from liverecovery.catalog.vmdk.descriptor import ExtentType, parse_descriptor
 from liverecovery.config import MiB
 from liverecovery.datastore.vmx import VmxFile
-from liverecovery.errors import CatalogError, LiveRecoveryError, NfsError, NfsStatus, VSphereError
-from liverecovery.nfs.client import NfsClient
+from liverecovery.errors import (
+    CatalogError,
+    LiveRecoveryError,
+    NfsClientError,
+    NfsError,
+    NfsStatus,
+    VSphereError,
+)
 from liverecovery.nfs.filesystem import SetAttributes, Stability
+from liverecovery.vsphere.hard_mount import HardMount
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 
@@ -78,10 +85,12 @@ class _Mount:
     datastore: str
     remote_host: str
     remote_path: str
-    client: NfsClient
+    client: HardMount
     root: bytes
     scope: anyio.CancelScope = attrs.field(factory=anyio.CancelScope)
     accessible: bool = True
+    back: anyio.Event = attrs.field(factory=anyio.Event)
+    """Set when an inaccessible datastore answers heartbeats again."""
     missed: int = 0
     heartbeats: int = 0
 
@@ -104,6 +113,9 @@ class SimulatedVm:
     workload: anyio.CancelScope | None = None
     log_fh: bytes = b""
     log_offset: int = 0
+    io_error: str = ""
+    """Why the guest stopped writing (its datastore stayed unreachable past the APD timeout)."""
+    relocation: anyio.Event | None = None
 
 
 class SimulatedEsxHost:
@@ -123,6 +135,7 @@ class SimulatedEsxHost:
         boot_scatter_reads: int = 32,
         write_interval_s: float = 0.02,
         write_size: int = 4096,
+        apd_timeout_s: float = 140.0,
         seed: int = 0,
     ) -> None:
         self.name = name
@@ -138,6 +151,8 @@ class SimulatedEsxHost:
         self.boot_scatter_reads = boot_scatter_reads
         self.write_interval_s = write_interval_s
         self.write_size = write_size
+        self.apd_timeout_s = apd_timeout_s
+        """How long NFS I/O is retried while the server is unreachable (ESXi's APD timeout)."""
         self._random = random.Random(seed)
         self.mounts: dict[str, _Mount] = {}
         self.vms: dict[str, SimulatedVm] = {}
@@ -184,10 +199,15 @@ class SimulatedEsxHost:
         if host != self.name:
             raise self._fault(op, f"host {host!r} not found (this is {self.name!r})", "NotFound")
 
-    def _mount(self, datastore: str, op: str) -> _Mount:
+    async def _mount(self, datastore: str, op: str) -> _Mount:
+        """The mount of ``datastore``; while it is inaccessible (missed heartbeats), wait up to
+        the APD timeout for it to come back, as ESXi holds operations during all-paths-down."""
         mount = self.mounts.get(datastore)
         if mount is None:
             raise self._fault(op, f"datastore {datastore!r} is not mounted", "NotFound")
+        if not mount.accessible:
+            with anyio.move_on_after(self.apd_timeout_s):
+                await mount.back.wait()
         if not mount.accessible:
             raise self._fault(
                 op, f"datastore {datastore!r} is inaccessible", "InaccessibleDatastore"
@@ -206,7 +226,7 @@ class SimulatedEsxHost:
         self._tg.start_soon(func, *args)  # type: ignore[arg-type]
 
     @staticmethod
-    async def _read_all(client: NfsClient, fh: bytes, limit: int = 16 * MiB) -> bytes:
+    async def _read_all(client: HardMount, fh: bytes, limit: int = 16 * MiB) -> bytes:
         out = bytearray()
         while True:
             data, eof = await client.read(fh, len(out), 64 * 1024)
@@ -216,7 +236,7 @@ class SimulatedEsxHost:
             if len(out) > limit:
                 raise NfsError(NfsStatus.FBIG, f"file over {limit} bytes")
 
-    async def _read_exact(self, client: NfsClient, fh: bytes, offset: int, length: int) -> bytes:
+    async def _read_exact(self, client: HardMount, fh: bytes, offset: int, length: int) -> bytes:
         """A READ loop that insists on the full count, as ESXi does for disk I/O."""
         out = bytearray()
         while len(out) < length:
@@ -244,13 +264,24 @@ class SimulatedEsxHost:
                 "PlatformConfigFault",
             )
         try:
-            client = await NfsClient.connect(remote_host, portmap_port=self.portmap_port)
+            client = await HardMount.mount(
+                remote_host,
+                remote_path,
+                portmap_port=self.portmap_port,
+                apd_timeout_s=self.apd_timeout_s,
+            )
+        except NfsError as exc:
+            raise self._fault(
+                "mount_nfs_datastore",
+                f"NFS mount {remote_host}:{remote_path} failed: {exc}",
+                "PlatformConfigFault",
+            ) from exc
         except LiveRecoveryError as exc:
             raise self._fault(
                 "mount_nfs_datastore", f"cannot reach {remote_host}: {exc}", "HostConfigFault"
             ) from exc
+        root = client.root
         try:
-            root = await client.mount(remote_path)
             await client.fsinfo(root)
             await client.fsstat(root)
             await client.getattr(root)
@@ -278,11 +309,14 @@ class SimulatedEsxHost:
                         await mount.client.getattr(mount.root)
                     mount.missed = 0
                     mount.heartbeats += 1
-                    mount.accessible = True
+                    if not mount.accessible:
+                        mount.accessible = True
+                        mount.back.set()
                 except (LiveRecoveryError, TimeoutError, OSError):
                     mount.missed += 1
-                    if mount.missed >= self.heartbeat_misses:
+                    if mount.missed >= self.heartbeat_misses and mount.accessible:
                         mount.accessible = False
+                        mount.back = anyio.Event()
                     continue
                 for vm in list(self.vms.values()):
                     if vm.powered_on and not vm.migrated and vm.datastore == mount.datastore:
@@ -307,7 +341,7 @@ class SimulatedEsxHost:
         mount.scope.cancel()
         del self.mounts[datastore]
         try:
-            await mount.client.umount(mount.remote_path)
+            await mount.client.umount()
         finally:
             await mount.client.aclose()
 
@@ -323,7 +357,7 @@ class SimulatedEsxHost:
         datastore, folder, vmx_name = m.groups()
         if any(v.ref.name == name for v in self.vms.values()):
             raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
-        mount = self._mount(datastore, "register_vm")
+        mount = await self._mount(datastore, "register_vm")
         client = mount.client
         try:
             folder_fh = await client.lookup_path(mount.root, folder)
@@ -338,7 +372,7 @@ class SimulatedEsxHost:
         return ref
 
     async def _check_disks(
-        self, client: NfsClient, folder_fh: bytes, vmx: dict[str, str], vmx_path: str
+        self, client: HardMount, folder_fh: bytes, vmx: dict[str, str], vmx_path: str
     ) -> list[_Disk]:
         disks: list[_Disk] = []
         for key, value in vmx.items():
@@ -412,7 +446,7 @@ class SimulatedEsxHost:
         state = self._vm(vm, "power_on")
         if state.powered_on:
             raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
-        mount = self._mount(state.datastore, "power_on")
+        mount = await self._mount(state.datastore, "power_on")
         client = mount.client
         try:
             folder_fh = await client.lookup_path(mount.root, state.folder)
@@ -435,7 +469,7 @@ class SimulatedEsxHost:
         state.workload = anyio.CancelScope()
         self._spawn(self._guest, state, state.workload)
 
-    async def _boot_reads(self, client: NfsClient, disk: _Disk) -> int:
+    async def _boot_reads(self, client: HardMount, disk: _Disk) -> int:
         chunk = 64 * 1024
         offsets = list(range(0, min(self.boot_read_bytes, disk.size), chunk))
         span = max(1, disk.size // chunk)
@@ -458,7 +492,13 @@ class SimulatedEsxHost:
                 offset = self._random.randrange(slots) * self.write_size
                 self._seq += 1
                 data = _guest_data(self._seq, min(self.write_size, disk.size - offset))
-                await self._guest_write(vm, disk, index, offset, data)
+                try:
+                    await self._guest_write(vm, disk, index, offset, data)
+                except LiveRecoveryError as exc:
+                    # Past the APD timeout ESXi fails the I/O: the guest stops (hung or
+                    # crashed); the host and its other VMs carry on.
+                    vm.io_error = str(exc)
+                    return
 
     async def _guest_write(
         self, vm: SimulatedVm, disk: _Disk, index: int, offset: int, data: bytes
@@ -467,12 +507,15 @@ class SimulatedEsxHost:
             if disk.local is not None:
                 await anyio.to_thread.run_sync(_pwrite, disk.local, offset, data)
             else:
-                mount = self._mount(vm.datastore, "guest_write")
+                mount = self.mounts[vm.datastore]  # a hard mount: it retries through outages
                 if self._seq % 2:
                     await mount.client.write(disk.fh, offset, data, Stability.FILE_SYNC)
                 else:
-                    await mount.client.write(disk.fh, offset, data, Stability.UNSTABLE)
-                    await mount.client.commit(disk.fh)
+                    res = await mount.client.write(disk.fh, offset, data, Stability.UNSTABLE)
+                    if await mount.client.commit(disk.fh) != res.verifier:
+                        # The server restarted between the WRITE and the COMMIT: the
+                        # unstable write may be lost, so it is sent again (RFC 1813 3.3.7).
+                        await mount.client.write(disk.fh, offset, data, Stability.FILE_SYNC)
                 if disk.mirror is not None:
                     await anyio.to_thread.run_sync(_pwrite, disk.mirror, offset, data)
             vm.writes.append(GuestWrite(index, offset, data))
@@ -504,9 +547,29 @@ class SimulatedEsxHost:
         state = self._vm(vm, "relocate")
         if datastore not in self.local_datastores:
             raise self._fault("relocate", f"datastore {datastore!r} not found", "NotFound")
+        while state.relocation is not None:
+            # A storage vMotion of this VM is under way (a caller that lost track of it asks
+            # again): wait for it, then answer as for a VM that already lives there.
+            await state.relocation.wait()
         if state.migrated:
+            if state.datastore == datastore:
+                return state.ref  # as vSphere: relocating to where the VM lives is a no-op
             raise self._fault("relocate", f"VM {vm.name} was already relocated", "InvalidState")
-        mount = self._mount(state.datastore, "relocate")
+        state.relocation = anyio.Event()
+        try:
+            return await self._relocate(state, vm, datastore, progress)
+        finally:
+            state.relocation.set()
+            state.relocation = None
+
+    async def _relocate(
+        self,
+        state: SimulatedVm,
+        vm: VmRef,
+        datastore: str,
+        progress: ProgressCallback | None,
+    ) -> VmRef:
+        mount = await self._mount(state.datastore, "relocate")
         client = mount.client
         dest = self.root / datastore / vm.name
         dest.mkdir(parents=True, exist_ok=True)
@@ -534,7 +597,7 @@ class SimulatedEsxHost:
             for disk in state.disks:
                 async with disk.lock:
                     disk.local, disk.mirror = disk.mirror, None
-        except NfsError as exc:
+        except (NfsError, NfsClientError) as exc:
             for disk in state.disks:
                 disk.mirror = None
             raise self._fault("relocate", f"{vm.name}: {exc}", "FileFault") from exc

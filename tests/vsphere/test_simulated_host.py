@@ -45,7 +45,7 @@ async def memory_overlay(read_base: ReadBase) -> DiskOverlay:
 
 async def publish_vm(
     server: NfsServer, tmp: Path, disk: MemoryDisk, *, sparse: bool = False
-) -> None:
+) -> VirtualDatastore:
     inner_dir = tmp / "overlay"
     inner_dir.mkdir()
     (inner_dir / "vm.vmx").write_text(VMX)
@@ -60,11 +60,9 @@ async def publish_vm(
         overlay=memory_overlay,
     )
     await server.export("/lr/esx-sim", ["127.0.0.1"])
-    await server.publish(
-        "/lr/esx-sim",
-        "vm-job1",
-        VirtualDatastore(LocalFilesystem(inner_dir), {"vm-flat.vmdk": flat}),
-    )
+    datastore = VirtualDatastore(LocalFilesystem(inner_dir), {"vm-flat.vmdk": flat})
+    await server.publish("/lr/esx-sim", "vm-job1", datastore)
+    return datastore
 
 
 async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path) -> None:
@@ -137,7 +135,9 @@ async def test_mount_refused_for_a_disallowed_client(tmp_path: Path) -> None:
 
 
 async def test_heartbeats_mark_a_dead_server_inaccessible(tmp_path: Path) -> None:
-    async with SimulatedEsxHost(tmp_path / "esx", heartbeat_s=0.05, heartbeat_misses=2) as esx:
+    async with SimulatedEsxHost(
+        tmp_path / "esx", heartbeat_s=0.05, heartbeat_misses=2, apd_timeout_s=0.5
+    ) as esx:
         async with NfsServer(tmp_path / "state") as server:
             esx.portmap_port = server.portmap_port
             await server.export("/lr/esx-sim", ["127.0.0.1"])
@@ -149,3 +149,41 @@ async def test_heartbeats_mark_a_dead_server_inaccessible(tmp_path: Path) -> Non
                 await anyio.sleep(0.05)
         with pytest.raises(VSphereError, match="inaccessible"):
             await esx.register_vm("esx-sim", f"[{ds}] x/vm.vmx", "vm")
+
+
+async def test_a_running_vm_rides_out_a_restart_of_the_server(tmp_path: Path) -> None:
+    """As ESXi's hard mount: the guest's I/O stalls while the server is gone (the datastore
+    turns inaccessible), resumes against the restarted server on the same port with the same
+    handles, and no guest write is lost."""
+    disk = MemoryDisk(SIZE, {0: b"\x33" * MiB})
+    async with SimulatedEsxHost(
+        tmp_path / "esx", heartbeat_s=0.05, heartbeat_misses=2, write_interval_s=0.005
+    ) as esx:
+        async with NfsServer(tmp_path / "state") as server:
+            port = esx.portmap_port = server.portmap_port
+            datastore = await publish_vm(server, tmp_path, disk)
+            ds = await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
+            vm = await esx.register_vm("esx-sim", f"[{ds}] vm-job1/vm.vmx", "vm")
+            await esx.power_on(vm)
+            await anyio.sleep(0.1)
+        before = len(esx.guest_writes(vm))
+        with anyio.fail_after(5):
+            while esx.mounts[ds].accessible:
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.2)
+        assert len(esx.guest_writes(vm)) <= before + 1  # stalled, not failed
+        async with NfsServer(tmp_path / "state", port=port) as again:
+            await again.export("/lr/esx-sim", ["127.0.0.1"])
+            await again.publish("/lr/esx-sim", "vm-job1", datastore)
+            with anyio.fail_after(10):
+                while len(esx.guest_writes(vm)) < before + 20:
+                    await anyio.sleep(0.02)
+            assert esx.mounts[ds].client.reconnects >= 1
+            assert esx.vms[vm.moref].io_error == ""
+            moved = await esx.relocate(vm, "datastore1")
+            await esx.power_off(moved)
+        expected = bytearray(disk.content(0, SIZE))
+        for w in esx.guest_writes(moved):
+            expected[w.offset : w.offset + len(w.data)] = w.data
+        path = esx.disk_path(moved, 0)
+        assert path is not None and path.read_bytes() == bytes(expected)

@@ -290,9 +290,13 @@ def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
             "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
         )
     raw = main.pread(main.size, 0)
-    if b"\x00" in raw.rstrip(b"\x00"):
+    text_end = len(raw.rstrip(b"\x00"))
+    nul = raw.find(b"\x00", 0, text_end)
+    if nul >= 0:
         raise CatalogError(
-            "neither a sparse extent (no KDMV magic) nor a text descriptor", path=path
+            "neither a sparse extent (no KDMV magic) nor a text descriptor (a NUL byte at "
+            f"offset {nul} of {len(raw)}, text continues to {text_end}; starts {raw[:16]!r})",
+            path=path,
         )
     try:
         text = raw.decode("utf-8")
