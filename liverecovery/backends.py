@@ -304,6 +304,11 @@ class VSphereInventory(Protocol):
         """Names of the NFS datastores ``host`` mounts."""
         ...
 
+    async def find_vm(self, vmx_path: str) -> VmRef | None:
+        """The VM registered from ``vmx_path`` (``[datastore] folder/vm.vmx``), or None: finds
+        a VM whose registration finished after the process that asked for it died."""
+        ...
+
 
 @attrs.frozen
 class Backends:

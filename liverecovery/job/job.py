@@ -48,7 +48,7 @@ from liverecovery.job.machine import JobMachine
 from liverecovery.job.migration import MigrationPolicy
 from liverecovery.job.resume import plan_resume
 from liverecovery.job.sessions import SessionKind, SessionRegistry
-from liverecovery.job.sharing import HostShares
+from liverecovery.job.sharing import HostShares, datastore_name_for
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
 from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
@@ -582,8 +582,9 @@ class RecoveryJob:
     async def _stage(self) -> None:
         await self._build_and_publish()
 
-    def _staging_context(self) -> StagingContext:
-        assert self.point is not None and self.datastore is not None
+    def _staging_context(self, datastore: str | None = None) -> StagingContext:
+        datastore = datastore or self.datastore
+        assert self.point is not None and datastore is not None
         ctx = self._ctx
         return StagingContext(
             job_id=self.id,
@@ -591,7 +592,7 @@ class RecoveryJob:
             point=self.point,
             settings=ctx.settings,
             catalog=ctx.backends.catalog,
-            datastore=self.datastore,
+            datastore=datastore,
             folder=self.folder,
         )
 
@@ -639,16 +640,21 @@ class RecoveryJob:
         ctx.sessions.acquire(spec.vm, SessionKind.RECOVERY, self.id)
         self._session_held = True
         facts = plan_resume(contents, vm_running=None).effects
-        if "registered" in facts:
-            r = facts["registered"]
+        found: dict[str, dict[str, Any]] = {}
+        if inventory is not None:
+            found = await self._found_effects(contents, facts, inventory)
+        if "registered" in facts or "registered" in found:
+            r = facts.get("registered") or found["registered"]
             self.vm = VmRef(str(r["moref"]), str(r["name"]), str(r["vmx_path"]))
         vm_running: bool | None = None
-        if inventory is not None and self.vm is not None and "powered_on" in facts:
+        if inventory is not None and self.vm is not None:
             try:
                 vm_running = await inventory.power_state(self.vm) == "poweredOn"
             except VSphereError:
                 vm_running = False
-        plan = plan_resume(contents, vm_running=vm_running)
+            if vm_running and "powered_on" not in facts:
+                found["powered_on"] = {"effect": "powered_on", "moref": self.vm.moref}
+        plan = plan_resume(contents, vm_running=vm_running, found=found)
         await self._record("reconciled", target=plan.target.value, reason=plan.reason)
         self._events.append(JobWarning(self.id, f"resumed: {plan.reason}"))
         if plan.last_state in TERMINAL_STATES:
@@ -695,6 +701,9 @@ class RecoveryJob:
                 await self._build_and_publish(replace=True)
             else:
                 await self._adopt_folder()
+        elif self.point is not None and not ctx.settings.keep_overlay:
+            # Killed while staging: a half-built overlay directory may be there.
+            await ctx.builder.discard(self._staging_context(datastore_name_for(host)))
         if plan.migrated is not None:
             m = plan.migrated
             name = self.vm.name if self.vm else spec.vm
@@ -715,6 +724,35 @@ class RecoveryJob:
             await self._fire("advance")
         if plan.target in (State.SERVING, State.MIGRATING):
             self._start_background()
+
+    async def _found_effects(
+        self,
+        contents: JournalContents,
+        facts: Mapping[str, Mapping[str, Any]],
+        inventory: VSphereInventory,
+    ) -> dict[str, dict[str, Any]]:
+        """Side effects vSphere shows that the journal lacks: the process died between the
+        call and its journal record (a datastore mount or a VM registration in flight)."""
+        found: dict[str, dict[str, Any]] = {}
+        host, last = self.spec.esx_host, State(contents.last_state)
+        if last is State.MOUNTING and "mounted" not in facts and "exported" in facts:
+            datastore = datastore_name_for(host)
+            if datastore in await inventory.nfs_datastores(host):
+                found["mounted"] = {"effect": "mounted", "host": host, "datastore": datastore}
+        if last is State.REGISTERING and "registered" not in facts:
+            intent = next(
+                (r.data for r in reversed(contents.records) if r.kind == "registering"), None
+            )
+            if intent is not None:
+                vm = await inventory.find_vm(str(intent["vmx_path"]))
+                if vm is not None:
+                    found["registered"] = {
+                        "effect": "registered",
+                        "moref": vm.moref,
+                        "name": vm.name,
+                        "vmx_path": vm.vmx_path,
+                    }
+        return found
 
     async def _adopt_folder(self) -> None:
         """Undo for a folder published before the restart: unpublish if still there, then
@@ -751,7 +789,11 @@ class RecoveryJob:
                 return None
 
         async def unregister() -> None:
-            if self.vm is not None and await state() is not None:
+            now = await state()
+            if self.vm is not None and now is not None:
+                if now == "poweredOn":
+                    # A power-on that was in flight at the crash finished after it.
+                    await vsphere.power_off(self.vm)
                 await vsphere.unregister_vm(self.vm)
 
         async def power_off() -> None:
@@ -782,6 +824,8 @@ class RecoveryJob:
         assert self.staged is not None
         vsphere = self._ctx.backends.vsphere
         vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
+        # Journaled first: a restart finds a registration that finished after a crash by path.
+        await self._record("registering", vmx_path=vmx_path)
         self.vm = await vsphere.register_vm(
             self.spec.esx_host, vmx_path, self.spec.vm + self.spec.name_suffix
         )

@@ -29,13 +29,22 @@ class ResumePlan:
     reason: str
 
 
-def plan_resume(contents: JournalContents, *, vm_running: bool | None) -> ResumePlan:
+def plan_resume(
+    contents: JournalContents,
+    *,
+    vm_running: bool | None,
+    found: Mapping[str, Mapping[str, Any]] | None = None,
+) -> ResumePlan:
     """Decide from the journal and, when known, whether the VM is powered on right now.
 
     ``vm_running`` is None when vSphere cannot be asked (the journal is then taken as true).
+    ``found`` holds side effects vSphere shows that the journal lacks: the process died after
+    a call took effect and before it was journaled (a mount, a registration, a power-on).
     """
     last = State(contents.last_state)
     effects = {str(r.data.get("effect")): dict(r.data) for r in contents.effects()}
+    for effect, data in (found or {}).items():
+        effects.setdefault(effect, dict(data))
     migrated = next(
         (dict(r.data) for r in reversed(contents.records) if r.kind == "migrated"), None
     )

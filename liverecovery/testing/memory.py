@@ -546,6 +546,10 @@ class MemoryVSphere:
         await self.faults.hit("vsphere.nfs_datastores")
         return sorted(self._host(host, "nfs_datastores"))
 
+    async def find_vm(self, vmx_path: str) -> VmRef | None:
+        await self.faults.hit("vsphere.find_vm")
+        return next((v.ref for v in self.vms.values() if v.ref.vmx_path == vmx_path), None)
+
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
 

@@ -466,6 +466,32 @@ class PyvmomiVSphereClient:
             lambda: self._inventory.mounted_nfs(self._inventory.host(host)),
         )
 
+    async def find_vm(self, vmx_path: str) -> VmRef | None:
+        """The VM registered from ``vmx_path`` in any datacenter (``FindByDatastorePath``)."""
+
+        def find() -> VmRef | None:
+            content = self._inventory.content
+            if content.viewManager is None or content.searchIndex is None:
+                raise VSphereError(
+                    f"{self._inventory.server} has no view manager or search index",
+                    operation="vsphere.find_vm",
+                    fault="NotSupported",
+                )
+            view = content.viewManager.CreateContainerView(
+                content.rootFolder, [vim.Datacenter], True
+            )
+            try:
+                datacenters = [dc for dc in view.view if isinstance(dc, vim.Datacenter)]
+            finally:
+                view.Destroy()
+            for datacenter in datacenters:
+                found = content.searchIndex.FindByDatastorePath(datacenter, vmx_path)
+                if found is not None:
+                    return self._vm_ref(found)
+            return None
+
+        return await self._call("vsphere.find_vm", find, vmx_path)
+
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn``, ``poweredOff`` or ``suspended``."""
         return await self._call("vsphere.power_state", lambda: str(self._vm(vm).runtime.powerState))

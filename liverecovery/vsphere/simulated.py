@@ -19,7 +19,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -115,7 +115,8 @@ class SimulatedVm:
     log_offset: int = 0
     io_error: str = ""
     """Why the guest stopped writing (its datastore stayed unreachable past the APD timeout)."""
-    relocation: anyio.Event | None = None
+    busy: anyio.Lock = attrs.field(factory=anyio.Lock)
+    """Held by a power operation, an unregistration or a storage vMotion: one task per VM."""
 
 
 class SimulatedEsxHost:
@@ -219,6 +220,13 @@ class SimulatedEsxHost:
         if state is None:
             raise self._fault(op, f"VM {vm.moref} not found", "ManagedObjectNotFound")
         return state
+
+    @contextlib.asynccontextmanager
+    async def _vm_task(self, vm: VmRef, op: str) -> AsyncIterator[SimulatedVm]:
+        """The VM, locked for one task at a time (as vCenter serializes tasks on a VM)."""
+        state = self._vm(vm, op)
+        async with state.busy:
+            yield self._vm(vm, op)  # it may have been unregistered while we waited
 
     def _spawn(self, func: object, *args: object) -> None:
         if self._tg is None:
@@ -413,10 +421,12 @@ class SimulatedEsxHost:
         return sorted(disks, key=lambda d: d.key)
 
     async def unregister_vm(self, vm: VmRef) -> None:
-        state = self._vm(vm, "unregister_vm")
-        if state.powered_on:
-            raise self._fault("unregister_vm", f"VM {vm.name} is powered on", "InvalidPowerState")
-        del self.vms[vm.moref]
+        async with self._vm_task(vm, "unregister_vm") as state:
+            if state.powered_on:
+                raise self._fault(
+                    "unregister_vm", f"VM {vm.name} is powered on", "InvalidPowerState"
+                )
+            del self.vms[vm.moref]
 
     # -- power -----------------------------------------------------------------------------------
 
@@ -443,31 +453,31 @@ class SimulatedEsxHost:
             await mount.client.write(vm.locks[lck], 0, body.ljust(128), Stability.FILE_SYNC)
 
     async def power_on(self, vm: VmRef) -> None:
-        state = self._vm(vm, "power_on")
-        if state.powered_on:
-            raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
-        mount = await self._mount(state.datastore, "power_on")
-        client = mount.client
-        try:
-            folder_fh = await client.lookup_path(mount.root, state.folder)
-            await self._refresh_locks(state, mount)
-            state.log_fh, _ = await client.create(
-                folder_fh, "vmware.log", SetAttributes(mode=0o644)
-            )
-            state.log_offset = 0
-            await self._log(state, f"Powering on {vm.name} on {self.name}")
-            if "sched.swap.dir" not in state.vmx and "workingdir" not in state.vmx:
-                memory = int(state.vmx.get("memsize", "0") or 0) * MiB
-                swap = f"{Path(state.vmx_name).stem}.vswp"
-                await client.create(folder_fh, swap, SetAttributes(mode=0o600, size=memory))
-            for disk in state.disks:
-                state.boot_bytes_read += await self._boot_reads(client, disk)
-        except NfsError as exc:
-            raise self._fault("power_on", f"{vm.name}: {exc}", "FileFault") from exc
-        state.powered_on = True
-        await self._log(state, f"Guest booted, {state.boot_bytes_read} bytes read")
-        state.workload = anyio.CancelScope()
-        self._spawn(self._guest, state, state.workload)
+        async with self._vm_task(vm, "power_on") as state:
+            if state.powered_on:
+                raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
+            mount = await self._mount(state.datastore, "power_on")
+            client = mount.client
+            try:
+                folder_fh = await client.lookup_path(mount.root, state.folder)
+                await self._refresh_locks(state, mount)
+                state.log_fh, _ = await client.create(
+                    folder_fh, "vmware.log", SetAttributes(mode=0o644)
+                )
+                state.log_offset = 0
+                await self._log(state, f"Powering on {vm.name} on {self.name}")
+                if "sched.swap.dir" not in state.vmx and "workingdir" not in state.vmx:
+                    memory = int(state.vmx.get("memsize", "0") or 0) * MiB
+                    swap = f"{Path(state.vmx_name).stem}.vswp"
+                    await client.create(folder_fh, swap, SetAttributes(mode=0o600, size=memory))
+                for disk in state.disks:
+                    state.boot_bytes_read += await self._boot_reads(client, disk)
+            except (NfsError, NfsClientError) as exc:
+                raise self._fault("power_on", f"{vm.name}: {exc}", "FileFault") from exc
+            state.powered_on = True
+            await self._log(state, f"Guest booted, {state.boot_bytes_read} bytes read")
+            state.workload = anyio.CancelScope()
+            self._spawn(self._guest, state, state.workload)
 
     async def _boot_reads(self, client: HardMount, disk: _Disk) -> int:
         chunk = 64 * 1024
@@ -521,46 +531,39 @@ class SimulatedEsxHost:
             vm.writes.append(GuestWrite(index, offset, data))
 
     async def power_off(self, vm: VmRef) -> None:
-        state = self._vm(vm, "power_off")
-        if not state.powered_on:
-            raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
-        state.powered_on = False
-        if state.workload is not None:
-            state.workload.cancel()
-        for disk in state.disks:  # let an in-flight guest write finish
-            async with disk.lock:
-                pass
-        if not state.migrated and state.datastore in self.mounts:
-            mount = self.mounts[state.datastore]
-            await self._log(state, "Powering off")
-            folder_fh = await mount.client.lookup_path(mount.root, state.folder)
-            for lck in list(state.locks):
-                with contextlib.suppress(NfsError):
-                    await mount.client.remove(folder_fh, lck)
-                del state.locks[lck]
+        async with self._vm_task(vm, "power_off") as state:
+            if not state.powered_on:
+                raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
+            state.powered_on = False
+            if state.workload is not None:
+                state.workload.cancel()
+            for disk in state.disks:  # let an in-flight guest write finish
+                async with disk.lock:
+                    pass
+            if not state.migrated and state.datastore in self.mounts:
+                mount = self.mounts[state.datastore]
+                await self._log(state, "Powering off")
+                folder_fh = await mount.client.lookup_path(mount.root, state.folder)
+                for lck in list(state.locks):
+                    with contextlib.suppress(NfsError):
+                        await mount.client.remove(folder_fh, lck)
+                    del state.locks[lck]
 
     # -- storage vMotion -------------------------------------------------------------------------
 
     async def relocate(
         self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
     ) -> VmRef:
-        state = self._vm(vm, "relocate")
         if datastore not in self.local_datastores:
             raise self._fault("relocate", f"datastore {datastore!r} not found", "NotFound")
-        while state.relocation is not None:
-            # A storage vMotion of this VM is under way (a caller that lost track of it asks
-            # again): wait for it, then answer as for a VM that already lives there.
-            await state.relocation.wait()
-        if state.migrated:
-            if state.datastore == datastore:
-                return state.ref  # as vSphere: relocating to where the VM lives is a no-op
-            raise self._fault("relocate", f"VM {vm.name} was already relocated", "InvalidState")
-        state.relocation = anyio.Event()
-        try:
+        # A second request while a storage vMotion runs (a caller that lost track of it asks
+        # again) waits for it, then is answered as for a VM that already lives there.
+        async with self._vm_task(vm, "relocate") as state:
+            if state.migrated:
+                if state.datastore == datastore:
+                    return state.ref  # as vSphere: relocating to where the VM lives is a no-op
+                raise self._fault("relocate", f"VM {vm.name} was already relocated", "InvalidState")
             return await self._relocate(state, vm, datastore, progress)
-        finally:
-            state.relocation.set()
-            state.relocation = None
 
     async def _relocate(
         self,
@@ -627,6 +630,11 @@ class SimulatedEsxHost:
         """``poweredOn`` or ``poweredOff``. :raises VSphereError: the VM is not registered."""
         await anyio.lowlevel.checkpoint()
         return "poweredOn" if self._vm(vm, "power_state").powered_on else "poweredOff"
+
+    async def find_vm(self, vmx_path: str) -> VmRef | None:
+        """The VM registered from ``vmx_path``, if any (vSphere's FindByDatastorePath)."""
+        await anyio.lowlevel.checkpoint()
+        return next((v.ref for v in self.vms.values() if v.ref.vmx_path == vmx_path), None)
 
     async def nfs_datastores(self, host: str) -> list[str]:
         self._check_host(host, "nfs_datastores")

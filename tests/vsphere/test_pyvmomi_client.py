@@ -55,8 +55,10 @@ async def test_full_sequence_leaves_nothing_behind(
         assert [m.mountInfo.accessMode for m in nas.host] == ["readWrite"]
         assert inventory.snapshot().host_datastores == baseline.host_datastores | {(HOST, ds)}
 
+        assert await client.find_vm(files.vmx_path) is None
         vm = await client.register_vm(HOST, files.vmx_path, files.name)
         assert (vm.name, vm.vmx_path) == (files.name, files.vmx_path)
+        assert await client.find_vm(files.vmx_path) == vm
         registered = inventory.vm(files.name)
         assert registered._moId == vm.moref
         assert registered.runtime.host.name == HOST
@@ -79,6 +81,7 @@ async def test_full_sequence_leaves_nothing_behind(
 
         await client.unregister_vm(moved)
         assert files.name not in inventory.vm_names()
+        assert await client.find_vm(moved.vmx_path) is None
 
         await client.unmount_datastore(HOST, ds)
     assert inventory.snapshot() == baseline
