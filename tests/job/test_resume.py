@@ -18,9 +18,12 @@ from liverecovery import (
     State,
     StateChanged,
 )
+from liverecovery.config import Settings
+from liverecovery.datastore.builder import FreBuilder
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import JournalContents, JournalRecord, unfinished_journals
 from liverecovery.job.resume import plan_resume
+from liverecovery.job.sharing import datastore_name_for
 from liverecovery.testing import Pause
 
 from .helpers import World, fast_settings, spec
@@ -202,3 +205,114 @@ def test_resume_decisions(
 ) -> None:
     plan = plan_resume(_journal(("job", {}), *records), vm_running=running)
     assert plan.target is target
+
+
+# -- calls in flight at the crash: they took effect, the journal never heard of it ----------------
+
+
+async def _crash_during(world: World, settings: Settings, call: str) -> RecoveryJob:
+    pause = world.faults.pause(call)
+    async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(5):
+            await pause.reached.wait()
+        await crash(job)  # cancelled while paused: the call has not happened yet...
+    return job
+
+
+async def test_a_registration_that_finished_after_the_crash_is_found_and_undone(
+    tmp_path: Path,
+) -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _crash_during(world, settings, "vsphere.register_vm")
+    (unfinished,) = unfinished_journals(tmp_path)
+    assert unfinished.last_state == "registering"
+    (intent,) = [r.data for r in unfinished.records if r.kind == "registering"]
+    # ...and now it completes on vCenter, with nobody left to journal it.
+    await world.vsphere.register_vm(spec().esx_host, str(intent["vmx_path"]), "web01")
+    async with LiveRecovery(settings, world.backends) as lr2:
+        (resumed,) = await lr2.resume()
+        with pytest.raises(JobInterruptedError):
+            await resumed.wait()
+    assert resumed.compensations_run[0] == "unregister"
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_power_on_that_finished_after_the_crash_keeps_the_vm_running(
+    tmp_path: Path,
+) -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _crash_during(world, settings, "vsphere.power_on")
+    (vm,) = world.vsphere.vms.values()
+    await world.vsphere.power_on(vm.ref)  # a production VM is now running from the backup
+    async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr2:
+        (resumed,) = await lr2.resume()
+        await _reach(resumed, State.SERVING)
+        await resumed.migrate_now()
+        summary = await resumed.wait()
+    assert summary.state is State.COMPLETED
+    assert vm.migrated and vm.powered_on
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_power_on_still_running_during_the_rollback_is_powered_off_first(
+    tmp_path: Path,
+) -> None:
+    """The VM looks off when resume asks, then the late power-on lands: the undo of the
+    registration powers it off before unregistering it (on its retry)."""
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _crash_during(world, settings, "vsphere.power_on")
+    (vm,) = world.vsphere.vms.values()
+    late = world.faults.pause("vsphere.unregister_vm")
+    async with LiveRecovery(settings, world.backends) as lr2:
+        (resumed,) = await lr2.resume()
+        with anyio.fail_after(5):
+            await late.reached.wait()
+        await world.vsphere.power_on(vm.ref)
+        late.release()
+        with pytest.raises(JobInterruptedError):
+            await resumed.wait()
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_mount_that_finished_after_the_crash_is_found_and_undone(tmp_path: Path) -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _crash_during(world, settings, "vsphere.mount_nfs_datastore")
+    (unfinished,) = unfinished_journals(tmp_path)
+    (exported,) = [r.data for r in unfinished.effects() if r.data["effect"] == "exported"]
+    host = spec().esx_host
+    await world.vsphere.mount_nfs_datastore(
+        host, "127.0.0.1", str(exported["path"]), datastore_name_for(host)
+    )
+    async with LiveRecovery(settings, world.backends) as lr2:
+        (resumed,) = await lr2.resume()
+        with pytest.raises(JobInterruptedError):
+            await resumed.wait()
+    assert "unmount" in resumed.compensations_run
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_half_built_overlay_is_removed_when_staging_was_interrupted(
+    tmp_path: Path,
+) -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    job = await _crash_during(world, settings, "exporter.publish")
+    overlay = FreBuilder(world.cache).job_dir(job._staging_context())
+    (overlay / "folder").mkdir(parents=True)  # what a builder had written when it died
+    (overlay / "folder" / "web01.vmx").write_text("half")
+    async with LiveRecovery(settings, world.backends, builder=FreBuilder(world.cache)) as lr2:
+        (resumed,) = await lr2.resume()
+        with pytest.raises(JobInterruptedError):
+            await resumed.wait()
+    assert not overlay.exists()
+    assert world.clean(), world.leftovers()
