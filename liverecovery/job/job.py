@@ -682,7 +682,8 @@ class RecoveryJob:
                     await ctx.shares.release_export(host, self.id)
 
                 await self._did("exported", "unexport", unexport, host=host, path=path)
-        if "mounted" in effects and self.export_path:
+        if "mounted" in effects and (self.export_path or not continuing):
+            # Rolling back, a mount is undone even though the export died with the process.
             datastore = str(effects["mounted"]["datastore"])
             mounted = True
             if inventory is not None:

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -154,6 +155,7 @@ class NfsServer:
         max_in_flight: int = 64,
         max_record_size: int = DEFAULT_MAX_RECORD,
         partial_record_timeout: float = 60.0,
+        grace_s: float = 0.0,
     ) -> None:
         self._state_dir = Path(state_dir)
         self._host = host
@@ -163,6 +165,11 @@ class NfsServer:
         self.max_record_size = max_record_size
         self.partial_record_timeout = partial_record_timeout
         """Seconds a client may leave a record half-sent before its connection is closed."""
+        self.grace_s = grace_s
+        """After a start, how long handles of exports and folders not restored yet get
+        NFS3ERR_JUKEBOX (retry later) instead of NFS3ERR_STALE: a restarted process needs a
+        moment to export and publish again, and a running VM must not see its disk go stale."""
+        self._started_at = 0.0
         self._handles = HandleCodec(load_or_create_key(self._state_dir))
         self.write_verifier = secrets.token_bytes(8)
         """Changes on every server start: clients resend UNSTABLE writes a restart may have lost."""
@@ -208,6 +215,7 @@ class NfsServer:
                 partial_record_timeout=self.partial_record_timeout,
             )
 
+        self._started_at = time.monotonic()
         main = await loop.create_server(protocol, self._host, self._port, reuse_address=True)
         self._servers.append(main)
         self._bound_port = int(main.sockets[0].getsockname()[1])
@@ -507,10 +515,26 @@ class NfsServer:
         h = self._handles.decode(fh)
         exp = self._by_id.get(h.export_id)
         if exp is None or exp.generation != h.generation:
+            if (
+                exp is None
+                and self._in_grace()
+                and self._generation_of(h.export_id) == h.generation
+            ):
+                raise NfsError(NfsStatus.JUKEBOX, "export not restored yet after a restart")
             raise NfsError(NfsStatus.STALE, "export no longer exists")
         if not exp.allows(peer):
             raise NfsError(NfsStatus.ACCES, f"{peer} may not use {exp.path}")
         return exp, h.fileid
+
+    def _in_grace(self) -> bool:
+        return bool(self._started_at) and time.monotonic() - self._started_at < self.grace_s
+
+    def _generation_of(self, export_id: int) -> int | None:
+        """The current generation of a known export id (exported or not), None if unknown."""
+        for entry in self._registry.values():
+            if entry.get("id") == export_id:
+                return int(entry.get("generation", 0))
+        return None
 
     def _fh(self, exp: _Export, fileid: int) -> bytes:
         return self._handles.encode(exp.export_id, exp.generation, fileid)
@@ -532,7 +556,10 @@ class NfsServer:
             fsid = exp.export_id
             result = await handler(exp, fileid, decoded, peer)
         except NfsError as exc:
-            result = result_type(exc.status)
+            status = exc.status
+            if status is NfsStatus.STALE and fsid and self._in_grace():
+                status = NfsStatus.JUKEBOX  # a folder not published again yet
+            result = result_type(status)
         p = encode_accepted(xid)
         result.pack(p, fsid)
         return p.chunks()

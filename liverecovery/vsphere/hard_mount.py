@@ -4,8 +4,9 @@ When the process serving a live recovery dies, ESXi does not fail the VM's I/O: 
 goes "all paths down", every call is retried, and when the server is back (same address, same
 file handles) the VM simply continues. This wrapper gives the simulated ESX host the same
 behaviour: a call that fails because the connection broke (not because the server answered
-with an error) reconnects through the portmapper, remounts, and is sent again, until
-``apd_timeout_s`` has passed (ESXi's ``Misc.APDTimeout`` defaults to 140 s).
+with an error) reconnects through the portmapper and is sent again, and a call answered
+NFS3ERR_JUKEBOX is sent again after a pause, until ``apd_timeout_s`` has passed (ESXi's
+``Misc.APDTimeout`` defaults to 140 s).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from liverecovery.errors import NfsClientError
+from liverecovery.errors import NfsClientError, NfsError, NfsStatus
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import FileAttributes, SetAttributes, Stability
@@ -89,22 +90,16 @@ class HardMount:
                 return  # another task already reconnected
             with anyio.CancelScope(shield=True):
                 await broken.aclose()
-            client = await NfsClient.connect(
+            # No MNT again: as any NFSv3 client, we keep the handles we hold (they persist).
+            self.client = await NfsClient.connect(
                 self.remote_host, portmap_port=self.portmap_port, call_timeout=10.0
             )
-            try:
-                # The root handle of a restarted server is the one we hold: handles persist.
-                await client.mount(self.remote_path)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await client.aclose()
-                raise
-            self.client = client
             self.reconnects += 1
 
     async def call(self, op: Callable[[NfsClient], Awaitable[T]]) -> T:
         """Run ``op`` on the current connection, reconnecting and retrying while the server is
-        unreachable. An answer from the server (``NfsError``) is returned to the caller as is.
+        unreachable, and retrying while it answers NFS3ERR_JUKEBOX (a restarted server not done
+        restoring its exports). Any other answer (``NfsError``) goes to the caller as is.
 
         :raises NfsClientError: still unreachable after ``apd_timeout_s``.
         """
@@ -113,6 +108,11 @@ class HardMount:
             client = self.client
             try:
                 return await op(client)
+            except NfsError as exc:
+                if exc.status is not NfsStatus.JUKEBOX or time.monotonic() >= deadline:
+                    raise
+                await anyio.sleep(self.retry_delay_s)
+                continue
             except NfsClientError:
                 if time.monotonic() >= deadline:
                     raise

@@ -158,6 +158,7 @@ class SimulatedEsxHost:
         self.mounts: dict[str, _Mount] = {}
         self.vms: dict[str, SimulatedVm] = {}
         self._next_vm = 1
+        self._registering: dict[str, anyio.Event] = {}
         self._seq = 0
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -339,6 +340,7 @@ class SimulatedEsxHost:
         mount = self.mounts.get(datastore)
         if mount is None:
             raise self._fault("unmount_datastore", f"datastore {datastore!r} not found", "NotFound")
+        await self._registrations_done(f"[{datastore}] ")
         users = [v.ref.name for v in self.vms.values() if v.datastore == datastore]
         if users:
             raise self._fault(
@@ -349,9 +351,16 @@ class SimulatedEsxHost:
         mount.scope.cancel()
         del self.mounts[datastore]
         try:
-            await mount.client.umount()
+            # The UMNT is a courtesy to the server (it may be gone): the unmount is local.
+            with anyio.move_on_after(5), contextlib.suppress(LiveRecoveryError):
+                await mount.client.client.umount(mount.remote_path)
         finally:
             await mount.client.aclose()
+
+    async def _registrations_done(self, prefix: str) -> None:
+        """Wait for registrations in flight whose .vmx path starts with ``prefix``."""
+        while pending := [e for p, e in self._registering.items() if p.startswith(prefix)]:
+            await pending[0].wait()
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -365,6 +374,17 @@ class SimulatedEsxHost:
         datastore, folder, vmx_name = m.groups()
         if any(v.ref.name == name for v in self.vms.values()):
             raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
+        await self._registrations_done(vmx_path)
+        done = self._registering[vmx_path] = anyio.Event()
+        try:
+            return await self._register(datastore, folder, vmx_name, vmx_path, name)
+        finally:
+            del self._registering[vmx_path]
+            done.set()
+
+    async def _register(
+        self, datastore: str, folder: str, vmx_name: str, vmx_path: str, name: str
+    ) -> VmRef:
         mount = await self._mount(datastore, "register_vm")
         client = mount.client
         try:
@@ -372,7 +392,7 @@ class SimulatedEsxHost:
             vmx_fh, _ = await client.lookup(folder_fh, vmx_name)
             vmx = _vmx_values(await self._read_all(client, vmx_fh))
             disks = await self._check_disks(client, folder_fh, vmx, vmx_path)
-        except NfsError as exc:
+        except (NfsError, NfsClientError) as exc:
             raise self._fault("register_vm", f"{vmx_path}: {exc}", "NotFound") from exc
         ref = VmRef(moref=f"vm-{self._next_vm}", name=name, vmx_path=vmx_path)
         self._next_vm += 1
@@ -632,8 +652,11 @@ class SimulatedEsxHost:
         return "poweredOn" if self._vm(vm, "power_state").powered_on else "poweredOff"
 
     async def find_vm(self, vmx_path: str) -> VmRef | None:
-        """The VM registered from ``vmx_path``, if any (vSphere's FindByDatastorePath)."""
+        """The VM registered from ``vmx_path``, if any (vSphere's FindByDatastorePath), once a
+        registration of that path still in flight has finished (as a careful caller waits for
+        vCenter's RegisterVM task)."""
         await anyio.lowlevel.checkpoint()
+        await self._registrations_done(vmx_path)
         return next((v.ref for v in self.vms.values() if v.ref.vmx_path == vmx_path), None)
 
     async def nfs_datastores(self, host: str) -> list[str]:
