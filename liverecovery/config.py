@@ -157,6 +157,9 @@ class Settings:
     nfs_listen_host: str = "0.0.0.0"
     nfs_port: int = attrs.field(default=2049, validator=_port)
     portmap_port: int = attrs.field(default=111, validator=_port)
+    nfs_grace_s: float = attrs.field(default=90.0, validator=_non_negative_float())
+    """After a restart, how long the NFS server asks clients to retry (NFS3ERR_JUKEBOX) for
+    exports and folders that resumed jobs have not restored yet, instead of failing them."""
     nfs_address: str = ""
     export_root: str = "/liverecovery"
     restore_passkey: Passkey | None = None

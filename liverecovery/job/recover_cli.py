@@ -165,6 +165,7 @@ async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery,
                 host=settings.nfs_listen_host,
                 port=settings.nfs_port,
                 portmap_port=settings.portmap_port,
+                grace_s=settings.nfs_grace_s,
             )
         )
         vsphere = await PyvmomiVSphereClient.connect(

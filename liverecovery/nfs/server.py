@@ -555,11 +555,11 @@ class NfsServer:
             exp, fileid = self._resolve(_primary_handle(decoded), peer)
             fsid = exp.export_id
             result = await handler(exp, fileid, decoded, peer)
+            if result.status is NfsStatus.STALE and self._in_grace():
+                # A folder not published again yet: the client retries, its VM keeps going.
+                result = result_type(NfsStatus.JUKEBOX)
         except NfsError as exc:
-            status = exc.status
-            if status is NfsStatus.STALE and fsid and self._in_grace():
-                status = NfsStatus.JUKEBOX  # a folder not published again yet
-            result = result_type(status)
+            result = result_type(exc.status)
         p = encode_accepted(xid)
         result.pack(p, fsid)
         return p.chunks()

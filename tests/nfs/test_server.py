@@ -389,3 +389,40 @@ async def test_half_sent_record_is_dropped_after_timeout(tmp_path: Path) -> None
         with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
             await s.receive()
         assert 0.3 < time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+async def test_grace_period_after_a_restart(tmp_path: Path, grace_s: float) -> None:
+    """Until a restarted process has exported and published again, handles from before the
+    restart get JUKEBOX (retry later) during the grace period, STALE without one; an export
+    that was removed stays STALE either way."""
+    (tmp_path / "vm").mkdir()
+    (tmp_path / "vm" / "vm.vmx").write_text("displayName = vm\n")
+    fs = LocalFilesystem(tmp_path / "vm")
+    async with NfsServer(tmp_path / "state") as server:
+        await server.export("/lr/esx1", ["127.0.0.1"])
+        await server.export("/lr/gone", ["127.0.0.1"])
+        await server.publish("/lr/esx1", "job-1", fs)
+        async with await NfsClient.connect("127.0.0.1", server.port) as c:
+            root = await c.mount("/lr/esx1")
+            gone = await c.mount("/lr/gone")
+            folder, _ = await c.lookup(root, "job-1")
+            vmx, _ = await c.lookup(folder, "vm.vmx")
+        await server.unexport("/lr/gone")
+    waiting = NfsStatus.JUKEBOX if grace_s else NfsStatus.STALE
+    async with NfsServer(tmp_path / "state", grace_s=grace_s) as again:
+        async with await NfsClient.connect("127.0.0.1", again.port) as c:
+            for fh in (root, vmx):  # the export is not back yet
+                with pytest.raises(NfsError) as exc:
+                    await c.getattr(fh)
+                assert exc.value.status == waiting
+            await again.export("/lr/esx1", ["127.0.0.1"])
+            assert (await c.getattr(root)).type == FileType.DIR
+            with pytest.raises(NfsError) as exc:  # the folder is not published yet
+                await c.read(vmx, 0, 100)
+            assert exc.value.status == waiting
+            await again.publish("/lr/esx1", "job-1", fs)
+            assert await c.read(vmx, 0, 100) == (b"displayName = vm\n", True)
+            with pytest.raises(NfsError) as exc:
+                await c.getattr(gone)
+            assert exc.value.status == NfsStatus.STALE
