@@ -410,19 +410,21 @@ async def test_grace_period_after_a_restart(tmp_path: Path, grace_s: float) -> N
             vmx, _ = await c.lookup(folder, "vm.vmx")
         await server.unexport("/lr/gone")
     waiting = NfsStatus.JUKEBOX if grace_s else NfsStatus.STALE
-    async with NfsServer(tmp_path / "state", grace_s=grace_s) as again:
-        async with await NfsClient.connect("127.0.0.1", again.port) as c:
-            for fh in (root, vmx):  # the export is not back yet
-                with pytest.raises(NfsError) as exc:
-                    await c.getattr(fh)
-                assert exc.value.status == waiting
-            await again.export("/lr/esx1", ["127.0.0.1"])
-            assert (await c.getattr(root)).type == FileType.DIR
-            with pytest.raises(NfsError) as exc:  # the folder is not published yet
-                await c.read(vmx, 0, 100)
-            assert exc.value.status == waiting
-            await again.publish("/lr/esx1", "job-1", fs)
-            assert await c.read(vmx, 0, 100) == (b"displayName = vm\n", True)
+    async with (
+        NfsServer(tmp_path / "state", grace_s=grace_s) as again,
+        await NfsClient.connect("127.0.0.1", again.port) as c,
+    ):
+        for fh in (root, vmx):  # the export is not back yet
             with pytest.raises(NfsError) as exc:
-                await c.getattr(gone)
-            assert exc.value.status == NfsStatus.STALE
+                await c.getattr(fh)
+            assert exc.value.status == waiting
+        await again.export("/lr/esx1", ["127.0.0.1"])
+        assert (await c.getattr(root)).type == FileType.DIR
+        with pytest.raises(NfsError) as exc:  # the folder is not published yet
+            await c.read(vmx, 0, 100)
+        assert exc.value.status == waiting
+        await again.publish("/lr/esx1", "job-1", fs)
+        assert await c.read(vmx, 0, 100) == (b"displayName = vm\n", True)
+        with pytest.raises(NfsError) as exc:
+            await c.getattr(gone)
+        assert exc.value.status == NfsStatus.STALE
