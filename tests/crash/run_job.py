@@ -62,7 +62,7 @@ async def main(work: Path, socket: Path, host: str, mode: str) -> None:
     port = int(port_file.read_text()) if port_file.exists() else 0
     cache = await DiskBlockCache.from_settings(settings)
     vsphere = RemoteSimulatedHost(socket, call_timeout=180)
-    async with NfsServer(work / "nfs-state", host="127.0.0.1", port=port, grace_s=30) as server:
+    async with NfsServer(work / "nfs-state", host="127.0.0.1", port=port, grace_s=5) as server:
         port_file.write_text(str(server.port))
         await vsphere.set_portmap_port(server.portmap_port)
         backends = Backends(
