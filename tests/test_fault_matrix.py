@@ -1,9 +1,10 @@
 """Fault injection at every backend call of a live recovery on the real embedded path.
 
 Each call of our NFS server (exporter), the simulated ESX host, the on-disk cache and the
-directory catalog is made to fail once or to hang once (past its timeout). Whatever happens,
-the job ends ``completed``, ``failed`` or ``cancelled``; if it did not complete, nothing is left
-behind (no export, mount, registration, reservation or overlay); the backup is byte-identical.
+directory catalog is made to fail once, to hang once (past its timeout), or to be slow every
+time (within its timeout). Whatever happens, the job ends ``completed``, ``failed`` or
+``cancelled``; if it did not complete, nothing is left behind (no export, mount, registration,
+reservation or overlay); a slow backend only makes it slower; the backup is byte-identical.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("kind", ["fail", "hang"])
+@pytest.mark.parametrize("kind", ["fail", "hang", "slow"])
 @pytest.mark.parametrize("call", CALLS)
 async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> None:
     sample_vm("vm", disk_sizes=(32 << 20,)).write(tmp_path / "backup")
@@ -63,8 +64,10 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
     faults = FaultPlan()
     if kind == "fail":
         faults.fail(call)
-    else:
+    elif kind == "hang":
         faults.hang(call)
+    else:
+        faults.slow(call, 0.2)
     settings = Settings(
         job_results_dir=tmp_path / "results",
         migration_trigger="delay",
@@ -100,6 +103,8 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
                 with contextlib.suppress(Exception):
                     await job.wait()
         assert job.state in TERMINAL_STATES
+        if kind == "slow":
+            assert job.state is State.COMPLETED, job.errors
         assert faults.count(call) >= 1 or job.state is State.COMPLETED
         if job.state is not State.COMPLETED:
             assert not env.server.exports(), job.errors
