@@ -15,6 +15,7 @@ from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 from liverecovery.testing import MemoryBlockCache, MemoryDisk, MemoryOverlay
 from liverecovery.vsphere.simulated import SimulatedEsxHost
+from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost, SimulatedHostServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -187,3 +188,43 @@ async def test_a_running_vm_rides_out_a_restart_of_the_server(tmp_path: Path) ->
             expected[w.offset : w.offset + len(w.data)] = w.data
         path = esx.disk_path(moved, 0)
         assert path is not None and path.read_bytes() == bytes(expected)
+
+
+async def test_the_host_served_to_another_process_keeps_faults_and_vms(tmp_path: Path) -> None:
+    """``RemoteSimulatedHost`` over the unix socket: results, faults (with their names) and a
+    whole register / power-on / relocate cycle, as the crash tests drive it."""
+    disk = MemoryDisk(SIZE, {0: b"\x44" * MiB})
+    async with (
+        NfsServer(tmp_path / "state") as server,
+        SimulatedEsxHost(tmp_path / "esx", write_interval_s=0.005) as esx,
+        anyio.create_task_group() as tg,
+    ):
+        await tg.start(SimulatedHostServer(esx, tmp_path / "esx.sock").serve)
+        remote = RemoteSimulatedHost(tmp_path / "esx.sock", call_timeout=20)
+        await remote.set_portmap_port(server.portmap_port)
+        await publish_vm(server, tmp_path, disk)
+        with pytest.raises(VSphereError) as caught:
+            await remote.nfs_datastores("nope")
+        assert caught.value.fault == "NotFound"
+        ds = await remote.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
+        assert await remote.nfs_datastores("esx-sim") == [ds]
+        vm = await remote.register_vm("esx-sim", f"[{ds}] vm-job1/vm.vmx", "vm")
+        assert await remote.find_vm(vm.vmx_path) == vm and await remote.vms() == [vm]
+        await remote.power_on(vm)
+        assert await remote.power_state(vm) == "poweredOn"
+        seen: list[tuple[int, int]] = []
+        moved = await remote.relocate(vm, "datastore1", lambda d, t: seen.append((d, t)))
+        assert seen[-1] == (SIZE, SIZE) and moved.vmx_path == "[datastore1] vm/vm.vmx"
+        await remote.power_off(moved)
+        writes = await remote.guest_writes(moved)
+        assert writes == esx.guest_writes(moved)
+        assert await remote.disk_path(moved, 0) == esx.disk_path(moved, 0)
+        with pytest.raises(VSphereError) as caught:
+            await remote.power_off(moved)
+        assert caught.value.fault == "InvalidPowerState"
+        await remote.unregister_vm(moved)
+        with pytest.raises(VSphereError) as caught:
+            await remote.power_state(moved)
+        assert caught.value.fault == "ManagedObjectNotFound"
+        await remote.unmount_datastore("esx-sim", ds)
+        tg.cancel_scope.cancel()
