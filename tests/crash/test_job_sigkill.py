@@ -88,7 +88,7 @@ class Process:
 
 
 @settings(
-    max_examples=4,
+    max_examples=40 if os.environ.get("LIVERECOVERY_SLOW") else 4,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

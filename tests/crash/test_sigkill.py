@@ -59,7 +59,9 @@ ops_strategy = st.lists(
 
 
 @settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60 if os.environ.get("LIVERECOVERY_SLOW") else 6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(ops=ops_strategy, kill_at=st.integers(0, 40), mid_write=st.booleans())
 async def test_acknowledged_writes_survive_sigkill(
