@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import stat
-from pathlib import Path
 
 import anyio
 import pytest
@@ -92,7 +91,7 @@ async def test_escaping_names_are_refused_by_every_procedure(
 async def test_a_names_longest_allowed_form_works(served: Served, client: NfsClient) -> None:
     """The refusals above are about the names: 255 bytes and odd but legal names are fine."""
     root = await client.mount(EXPORT)
-    for name in ("x" * 255, "é" * 127, "..." , "..x", "\\..\\", " ", "-"):
+    for name in ("x" * 255, "é" * 127, "...", "..x", "\\..\\", " ", "-"):
         await client.create(root, name)
         assert (served.data / name).is_file()
 

@@ -194,7 +194,9 @@ async def run_job(
             run.texts.append(repr(event))
             if isinstance(event, StateChanged):
                 run.states.append(event.state)
-                run.file_leaks += await scan_files(work, f"files at {event.state.value}", run.scanned)
+                run.file_leaks += await scan_files(
+                    work, f"files at {event.state.value}", run.scanned
+                )
         try:
             summary = await job.wait()
         except Exception as exc:
