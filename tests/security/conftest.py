@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import attrs
@@ -11,6 +11,8 @@ import pytest
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
+
+from .capture import AllLogs, capture_all_logs
 
 EXPORT = "/export"
 SECRET_BYTES = b"outside the export: must never be served or changed\n"
@@ -48,3 +50,11 @@ async def client(served: Served) -> AsyncIterator[NfsClient]:
         "127.0.0.1", served.server.port, call_timeout=20, local_host="127.0.0.1"
     ) as c:
         yield c
+
+
+@pytest.fixture
+def all_logs() -> Iterator[AllLogs]:
+    """Every log record of every logger, at DEBUG, while the test runs."""
+    with capture_all_logs() as handler:
+        yield handler
+    assert handler.lines, "nothing was logged: the capture is broken"

@@ -25,6 +25,8 @@ from liverecovery.job.recover_cli import RecoverConfig
 from liverecovery.vsphere.connection import ssl_context
 from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 
+from .capture import AllLogs, encodings, exception_text
+
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 
 
@@ -134,3 +136,23 @@ async def test_a_host_name_the_certificate_does_not_name_is_refused(
         # client runs in worker threads here: the event loop is busy forwarding.)
         async with await _connect(simulator, f"127.0.0.2:{port}", insecure=True) as c:
             assert (await c.nfs_volumes(HOST))[1] > 0  # NFS.MaxVolumes, read from the host
+
+
+async def test_the_vcenter_password_reaches_no_log_and_no_exception(
+    simulator: Simulator,  # noqa: F811
+    all_logs: AllLogs,
+) -> None:
+    """Login, a failed login and logout with every logger at DEBUG. (The simulator's own
+    password is "pass", too common a word to search for: the wrong one is searched.)"""
+    wrong = "Wr0ng-Vcenter-Secret-5521"
+    async with await _connect(simulator, simulator.server, ca_file=simulator.ca_file) as c:
+        await c.nfs_volumes(HOST)
+    with pytest.raises(VSphereError) as caught:
+        await PyvmomiVSphereClient.connect(
+            simulator.server, simulator.user, wrong, ca_file=simulator.ca_file
+        )
+    assert caught.value.fault == "InvalidLogin"
+    texts = [exception_text(caught.value), *all_logs.lines]
+    needles = encodings(wrong)
+    found = [(n, t[:200]) for t in texts for n in needles if n in t.encode()]
+    assert not found, found[:5]
