@@ -78,10 +78,13 @@ async def test_block_cache_files_and_directories(tmp_path: Path) -> None:
                 return data
 
             assert await cache.get_or_fetch(key, fetch) == data
+        names = {p.name for p in root.rglob("*") if p.is_file()}
+        assert {"index.sqlite", "index.sqlite-wal", "index.sqlite-shm"} <= names
+        assert len(names) >= 8 + 3  # the blocks too
+        wrong_while_open = modes(tmp_path / "new")
     finally:
         await cache.aclose()
-    files = [p for p in root.rglob("*") if p.is_file()]
-    assert len(files) >= 9  # the blocks and the index
+    assert wrong_while_open == {}
     assert modes(tmp_path / "new") == {}
 
 
