@@ -42,6 +42,7 @@ from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
+from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["CacheStats", "DiskBlockCache"]
 
@@ -192,10 +193,7 @@ class DiskBlockCache:
     @staticmethod
     def _open_index(root: Path, block_size: int) -> tuple[BlockIndex, LoadedIndex]:
         try:
-            for directory in (root, root / _BLOCKS_DIR):
-                if not directory.is_dir():
-                    directory.mkdir(mode=0o700, parents=True)
-                    os.chmod(directory, 0o700)
+            make_private_dirs(root / _BLOCKS_DIR)
         except OSError as exc:
             raise CacheError(f"{root}: cannot create the cache directory: {exc.strerror}") from exc
         return BlockIndex.open(root / _INDEX_NAME, block_size)

@@ -30,6 +30,7 @@ from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
 from liverecovery.job.staging import StagedVm, StagingContext
 from liverecovery.nfs.localfs import LocalFilesystem
+from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
 
@@ -128,7 +129,7 @@ class FreBuilder:
 
 def _make_private_dirs(*dirs: Path) -> None:
     for d in dirs:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(d)
         os.chmod(d, 0o700)
 
 

@@ -39,6 +39,7 @@ import attrs
 
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
+from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
 
@@ -164,9 +165,7 @@ class WriteOverlay:
     ) -> tuple[io.FileIO, io.FileIO, set[int]]:
         map_path = path / _MAP_NAME
         try:
-            if not path.is_dir():
-                path.mkdir(mode=0o700, parents=True)
-                os.chmod(path, 0o700)
+            make_private_dirs(path)
             if not map_path.exists():
                 tmp = path / (_MAP_NAME + ".tmp")
                 with open(tmp, "wb", buffering=0, opener=_owner_only_opener) as f:

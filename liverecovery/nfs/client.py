@@ -80,12 +80,21 @@ class RpcConnection:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, *, cred: OpaqueAuth | None = None, call_timeout: float = 30.0
+        cls,
+        host: str,
+        port: int,
+        *,
+        cred: OpaqueAuth | None = None,
+        call_timeout: float = 30.0,
+        local_host: str | None = None,
     ) -> RpcConnection:
-        """:raises NfsClientError: the TCP connection cannot be made."""
+        """Connect, from ``local_host`` when given (the source address servers check).
+
+        :raises NfsClientError: the TCP connection cannot be made.
+        """
         try:
             with anyio.fail_after(call_timeout):
-                stream = await anyio.connect_tcp(host, port)
+                stream = await anyio.connect_tcp(host, port, local_host=local_host)
         except (OSError, TimeoutError) as exc:
             raise NfsClientError(f"cannot connect to {host}:{port}: {exc}") from None
         return cls(stream, cred or AuthSys(machine_name="liverecovery").encode(), call_timeout)
@@ -211,12 +220,14 @@ class NfsClient:
         uid: int = 0,
         gid: int = 0,
         call_timeout: float = 30.0,
+        local_host: str | None = None,
     ) -> NfsClient:
         """Connect to the NFS (and MOUNT) service.
 
         With ``port`` given, MOUNT is expected on the same port unless ``mount_port`` says
         otherwise (our server serves every program on one port); with no ``port``, both are asked
-        of the portmapper at ``portmap_port``.
+        of the portmapper at ``portmap_port``. ``local_host`` binds every connection to that
+        source address (e.g. 127.0.0.2, to act as another client on loopback).
 
         :raises NfsClientError: a connection or portmap lookup failed.
         """
@@ -224,7 +235,9 @@ class NfsClient:
         if port is not None and mount_port is None:
             mount_port = port
         if port is None or mount_port is None:
-            pmap = await RpcConnection.connect(host, portmap_port, call_timeout=call_timeout)
+            pmap = await RpcConnection.connect(
+                host, portmap_port, call_timeout=call_timeout, local_host=local_host
+            )
             try:
                 if port is None:
                     port = await cls._getport(pmap, n3.NFS_PROGRAM, n3.NFS_VERSION)
@@ -232,12 +245,14 @@ class NfsClient:
                     mount_port = await cls._getport(pmap, mnt.MOUNT_PROGRAM, mnt.MOUNT_VERSION)
             finally:
                 await pmap.aclose()
-        nfs = await RpcConnection.connect(host, port, cred=cred, call_timeout=call_timeout)
+        nfs = await RpcConnection.connect(
+            host, port, cred=cred, call_timeout=call_timeout, local_host=local_host
+        )
         if mount_port == port:
             return cls(nfs, nfs, host)
         try:
             mount = await RpcConnection.connect(
-                host, mount_port, cred=cred, call_timeout=call_timeout
+                host, mount_port, cred=cred, call_timeout=call_timeout, local_host=local_host
             )
         except BaseException:
             await nfs.aclose()

@@ -19,6 +19,7 @@ from typing import Final
 import attrs
 
 from liverecovery.errors import NfsError, NfsStatus
+from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["FileHandle", "HandleCodec", "load_or_create_key"]
 
@@ -38,7 +39,7 @@ class FileHandle:
 
 def load_or_create_key(state_dir: Path) -> bytes:
     """The 32-byte handle key of ``state_dir``, created (mode 0600, dir 0700) on first use."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(state_dir)
     path = state_dir / KEY_FILE
     try:
         key = path.read_bytes()

@@ -462,7 +462,8 @@ class NfsServer:
             elif proc == mnt.MountProc.MNT:
                 (await self._mnt(mnt.unpack_dirpath(args), peer)).pack(p)
             elif proc == mnt.MountProc.DUMP:
-                entries = [mnt.MountEntry(h, d) for h, d in sorted(self._mounts)]
+                # Only the caller's own mounts: other clients' addresses are none of its business.
+                entries = [mnt.MountEntry(h, d) for h, d in sorted(self._mounts) if h == peer]
                 mnt.pack_mountlist(p, entries)
             elif proc == mnt.MountProc.UMNT:
                 path = mnt.unpack_dirpath(args)
@@ -470,7 +471,13 @@ class NfsServer:
             elif proc == mnt.MountProc.UMNTALL:
                 self._mounts = {(h, d) for h, d in self._mounts if h != peer}
             elif proc == mnt.MountProc.EXPORT:
-                exports = [mnt.MountExport(e.path, e.clients) for e in self._exports.values()]
+                # Only what the caller may mount: a client outside every allow list learns nothing
+                # (not even which paths exist or which hosts may use them).
+                exports = [
+                    mnt.MountExport(e.path, e.clients)
+                    for e in self._exports.values()
+                    if e.allows(peer)
+                ]
                 mnt.pack_exports(p, exports)
             else:
                 return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).getvalue()
