@@ -19,6 +19,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from liverecovery.errors import BackendError, JobStateError
+from liverecovery.private_dirs import make_private_dirs
 from liverecovery.recovery import LiveRecovery
 
 __all__ = ["ControlServer", "request", "socket_path"]
@@ -42,7 +43,7 @@ class ControlServer:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Listen until cancelled; the socket file is removed afterwards."""
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(self._path.parent)
         if self._path.is_socket():
             self._path.unlink()
         old_umask = os.umask(0o077)

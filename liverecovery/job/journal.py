@@ -21,6 +21,7 @@ import anyio
 import attrs
 
 from liverecovery.job.spec import RecoverySpec
+from liverecovery.private_dirs import make_private_dirs
 
 __all__ = [
     "Journal",
@@ -181,7 +182,7 @@ class Journal:
         p = Path(path)
 
         def do_open() -> tuple[int, int]:
-            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private_dirs(p.parent)
             contents = read_journal(p) if p.exists() else JournalContents(p, ())
             fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             good = contents.intact_bytes

@@ -112,13 +112,6 @@ async def test_nfs_state_directory_key_and_export_registry(tmp_path: Path) -> No
     assert modes(tmp_path / "var") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="liverecovery/job/journal.py (job layer, not ours to edit here): Journal.open makes "
-    "the journal's missing parents with Path.mkdir(parents=True), which gives them the umask's "
-    "mode; it should call liverecovery.private_dirs.make_private_dirs(p.parent). Within a job "
-    "the cache has made job_results_dir owner-only first (see the whole-job test below).",
-)
 async def test_journal_file_and_directories(tmp_path: Path) -> None:
     journal = await Journal.open(tmp_path / "results" / "journal" / "job1.journal")
     try:
