@@ -116,7 +116,7 @@ class FileSession:
                 self._rewrite_record()
                 return
             kept = _flock(self._lock_fd, self.kind)
-            refused = self.files.conflict(self.vm, kind)
+            refused = self.files.conflict(self.vm, kind, mine=self._record_path)
             if not kept:
                 self.close()
                 refused.add_note(f"the {self.kind} of {self.owner} was lost on the way")
@@ -177,10 +177,13 @@ class SessionFiles:
             raise
         return FileSession(self, vm, kind, owner, fd, record_fd, record_path)
 
-    def holders(self, vm: str) -> list[SessionHolder]:
-        """The live holders of sessions on ``vm`` (records of dead processes are skipped)."""
+    def holders(self, vm: str, *, mine: Path | None = None) -> list[SessionHolder]:
+        """The live holders of sessions on ``vm`` (records of dead processes are skipped, and
+        ``mine``, the asker's own record)."""
         found: list[SessionHolder] = []
         for path in sorted(self.directory.glob(f"{lock_key(vm)}.*.holder")):
+            if path == mine:
+                continue
             try:
                 fd = os.open(path, os.O_RDONLY | _FLAGS)
             except OSError:
@@ -199,11 +202,13 @@ class SessionFiles:
                 found.append(holder)
         return found
 
-    def conflict(self, vm: str, kind: SessionKind) -> ConcurrentSessionError:
+    def conflict(
+        self, vm: str, kind: SessionKind, *, mine: Path | None = None
+    ) -> ConcurrentSessionError:
         """The error for a refused ``kind`` session on ``vm``, naming the holders found."""
         holders = [
             h
-            for h in self.holders(vm)
+            for h in self.holders(vm, mine=mine)
             if kind is SessionKind.RECOVERY or h.kind is SessionKind.RECOVERY
         ]
         described = tuple(f"{h.kind}: {h.describe()}" for h in holders)
