@@ -7,7 +7,11 @@ VM. The lock is the kernel's, so it goes away with its process, however the proc
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,10 +19,12 @@ import anyio
 import pytest
 
 from liverecovery import ConcurrentSessionError, LiveRecovery, ManualMigration, State, StateChanged
+from liverecovery.config import Settings
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import unfinished_journals
 from liverecovery.job.session_files import SessionFiles
-from liverecovery.job.sessions import SessionKind, sessions_dir
+from liverecovery.job.sessions import SessionKind, SessionRegistry, sessions_dir
+from liverecovery.testing.samples import sample_vm
 
 from .helpers import World, fast_settings, spec
 from .session_procs import Worker
@@ -207,3 +213,41 @@ async def test_resume_leaves_a_job_alone_while_another_process_holds_it(
         # The resumed job's session ended with it.
         assert other.acquire(sessions_dir(tmp_path), "web01", "BROWSE", "b")["ok"]
     assert world.clean(), world.leftovers()
+
+
+def test_the_browse_command_and_a_recovery_exclude_each_other(tmp_path: Path) -> None:
+    vm = sample_vm("bvm", disk_sizes=(1 << 20,), head=1 << 20)
+    vm.write(tmp_path / "backup")
+    results = tmp_path / "results"
+    (tmp_path / "s.toml").write_text(f'[settings]\njob_results_dir = "{results}"\n')
+    command = [
+        sys.executable,
+        "-m",
+        "liverecovery.cli",
+        "browse",
+        str(tmp_path / "backup"),
+        "--listen",
+        "127.0.0.1:0",
+        "--allow",
+        "127.0.0.1",
+        "--settings",
+        str(tmp_path / "s.toml"),
+    ]
+    registry = SessionRegistry.for_settings(Settings(job_results_dir=results))
+    registry.acquire("bvm", SessionKind.RECOVERY, "job-1")
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "cannot start a live browse of VM 'bvm'" in refused.stderr
+    assert f"job-1, pid {os.getpid()}" in refused.stderr
+    registry.release("bvm", "job-1")
+    browse = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert browse.stdout is not None
+        assert browse.stdout.readline().startswith("nfs://")  # serving: it holds its session
+        with pytest.raises(ConcurrentSessionError, match=f"pid {browse.pid}"):
+            registry.acquire("bvm", SessionKind.RECOVERY, "job-2")
+    finally:
+        browse.send_signal(signal.SIGINT)
+        browse.communicate(timeout=30)
+    registry.acquire("bvm", SessionKind.RECOVERY, "job-2")
+    registry.release_all()
