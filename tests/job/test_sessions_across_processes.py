@@ -240,7 +240,14 @@ def test_the_browse_command_and_a_recovery_exclude_each_other(tmp_path: Path) ->
     assert "cannot start a live browse of VM 'bvm'" in refused.stderr
     assert f"job-1, pid {os.getpid()}" in refused.stderr
     registry.release("bvm", "job-1")
-    browse = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    browse = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C must reach it even when pytest itself runs with SIGINT ignored (``pytest &``).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         assert browse.stdout is not None
         assert browse.stdout.readline().startswith("nfs://")  # serving: it holds its session
