@@ -85,7 +85,16 @@ class MultipleVmsError(PreflightError):
 
 
 class ConcurrentSessionError(PreflightError):
-    """A live browse and a live recovery of the same VM cannot run at the same time."""
+    """A live browse and a live recovery of the same VM cannot run at the same time.
+
+    ``vm`` names the VM; ``holders`` describes each conflicting session found (kind, owner and,
+    for another process, its pid and host).
+    """
+
+    def __init__(self, message: str, *, vm: str = "", holders: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.vm = vm
+        self.holders = holders
 
 
 class PasskeyError(PreflightError):

@@ -21,7 +21,12 @@ import anyio.abc
 
 from liverecovery.backends import Backends
 from liverecovery.config import Settings
-from liverecovery.errors import JobStateError, LiveRecoveryError
+from liverecovery.errors import (
+    BackendError,
+    ConcurrentSessionError,
+    JobStateError,
+    LiveRecoveryError,
+)
 from liverecovery.job.job import JobContext, RecoveryJob
 from liverecovery.job.journal import journal_dir, unfinished_journals
 from liverecovery.job.migration import (
@@ -65,7 +70,7 @@ class LiveRecovery:
             )
         self.settings = settings or Settings()
         self.backends = backends
-        self.sessions = SessionRegistry()
+        self.sessions = SessionRegistry.for_settings(self.settings)
         self.shares = HostShares(backends.exporter, backends.vsphere, self.settings.export_root)
         self._ctx = JobContext(
             settings=self.settings,
@@ -103,6 +108,7 @@ class LiveRecovery:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+            self.sessions.release_all()
 
     async def start(self, spec: RecoverySpec) -> RecoveryJob:
         """Start a job; it runs in the background. Preflight failures surface in ``wait()``.
@@ -124,7 +130,9 @@ class LiveRecovery:
 
         Each is reconciled with what the backends report, then continues (a VM running from
         the backup is served again under the same export path and file handles) or rolls back
-        what is left. Journals that cannot be read are skipped and listed in ``resume_errors``.
+        what is left. Journals that cannot be read are skipped and listed in ``resume_errors``,
+        and so are jobs whose VM another process holds (the job itself may still be running
+        there: its journal is left alone).
 
         :raises JobStateError: not inside ``async with``.
         """
@@ -141,11 +149,26 @@ class LiveRecovery:
             except (LiveRecoveryError, KeyError, TypeError, ValueError) as exc:
                 self.resume_errors.append(f"{contents.path}: {exc}")
                 continue
+            try:
+                # Before the job touches its journal: the process that wrote it may be alive.
+                self.sessions.acquire(job.spec.vm, SessionKind.RECOVERY, job.id)
+            except (ConcurrentSessionError, BackendError) as exc:
+                self.resume_errors.append(f"{contents.path}: not resumed: {exc}")
+                continue
             self._jobs[job.id] = job
-            self._tg.start_soon(job.run, name=f"liverecovery job {job.id} (resumed)")
+            self._tg.start_soon(
+                self._run_releasing, job, name=f"liverecovery job {job.id} (resumed)"
+            )
             resumed.append(job)
         await anyio.lowlevel.checkpoint()
         return resumed
+
+    async def _run_releasing(self, job: RecoveryJob) -> None:
+        """Run a resumed job; its session (taken by ``resume``) ends with it, however it ends."""
+        try:
+            await job.run()
+        finally:
+            self.sessions.release(job.spec.vm, job.id)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""
@@ -162,7 +185,8 @@ class LiveRecovery:
     async def browse_session(self, vm: str, owner: str) -> AsyncIterator[None]:
         """Hold a live browse session on ``vm`` for the block's duration.
 
-        :raises ConcurrentSessionError: a live recovery of ``vm`` is running.
+        :raises ConcurrentSessionError: a live recovery of ``vm`` is running, in this process
+            or in another one sharing ``settings.job_results_dir``.
         """
         self.sessions.acquire(vm, SessionKind.BROWSE, owner)
         try:

@@ -2,8 +2,8 @@
 
 For file-level browsing and verification: descriptors plus ``-flat.vmdk`` files served on
 demand through the cache, whatever the backup's disk format. Nothing can be written. It holds a
-live browse session on the VM, so a live recovery of the same VM is refused while it runs (in
-this process: see the README).
+live browse session on the VM, so a live recovery of the same VM is refused while it runs, in
+any process sharing the settings' ``job_results_dir``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,6 @@ from liverecovery.nfs.serve_cli import _listen
 from liverecovery.nfs.server import NfsServer
 
 __all__ = ["register", "run"]
-
-SESSIONS = SessionRegistry()
-"""This process's live browse sessions (a LiveRecovery in the same process shares the rule)."""
 
 
 def register(sub: Any) -> None:
@@ -61,7 +58,8 @@ async def run(args: argparse.Namespace) -> int:
         vm = names[0]
     point = await catalog.restore_point(vm, args.point)
     browse_id = f"browse-{uuid.uuid4().hex[:8]}"
-    SESSIONS.acquire(vm, SessionKind.BROWSE, browse_id)
+    sessions = SessionRegistry.for_settings(settings)
+    sessions.acquire(vm, SessionKind.BROWSE, browse_id)
     host, port = args.listen
     cache = await DiskBlockCache.from_settings(settings)
     builder = FreBuilder(cache, read_only=True)
@@ -99,5 +97,5 @@ async def run(args: argparse.Namespace) -> int:
             await builder.discard(ctx)
             await cache.aclose()
             await catalog.aclose()
-            SESSIONS.release(vm, browse_id)
+            sessions.release(vm, browse_id)
     return 0
