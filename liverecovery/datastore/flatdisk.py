@@ -19,7 +19,7 @@ import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import BlockCache, BlockKey, DiskReader, Extent, ExtentKind
-from liverecovery.nfs.filesystem import Stability
+from liverecovery.nfs.filesystem import Stability, WriteData
 
 __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
@@ -257,14 +257,17 @@ class FlatDisk:
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
 
-    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(self, offset: int, data: WriteData, stability: Stability) -> Stability:
         """Write into the overlay (the backup is never written).
+
+        ``data`` is copied once for the overlay (which may keep it while it fills a block).
 
         :raises PermissionError: the disk has no overlay (a read-only presentation).
         """
         if self._overlay is None:
             raise PermissionError(f"{self.source} is read-only")
-        return await self._overlay.write(offset, data, stability)
+        payload = data if isinstance(data, bytes) else bytes(data)
+        return await self._overlay.write(offset, payload, stability)
 
     async def commit(self) -> None:
         if self._overlay is not None:

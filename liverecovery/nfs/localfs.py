@@ -33,6 +33,7 @@ from liverecovery.nfs.filesystem import (
     FsStat,
     SetAttributes,
     Stability,
+    WriteData,
 )
 from liverecovery.nfs.names import check_name
 
@@ -73,6 +74,10 @@ _MAX_OPEN: Final = 128
 _NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
 _INLINE_MAX: Final = 128 * 1024
 _NS: Final = 1_000_000_000
+_INLINE_WRITE_MAX: Final = 1 << 20
+_SLOW_INLINE_WRITE_S: Final = 0.005
+"""An inline UNSTABLE write slower than this means the kernel made it wait."""
+_INLINE_WRITE_BACKOFF_S: Final = 5.0
 
 
 def _nfs_error(exc: OSError, where: str) -> NfsError:
@@ -127,6 +132,7 @@ class LocalFilesystem:
         self._paths: dict[int, str] = {self._root_id: self._root}
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._dirty: set[int] = set()
+        self._inline_writes_after = 0.0
         self._listings: OrderedDict[int, _Listing] = OrderedDict()
 
     @property
@@ -336,16 +342,30 @@ class LocalFilesystem:
             raise _nfs_error(exc, "read") from None
         return data, offset + len(data) >= size
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         self._writable()
         fd = self._fd(fileid)
-        if stability == Stability.UNSTABLE:
-            self._dirty.add(fileid)
+        if stability != Stability.UNSTABLE:
+            await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
+            return stability
+        self._dirty.add(fileid)
+        if len(data) <= _INLINE_WRITE_MAX and time.monotonic() >= self._inline_writes_after:
+            # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable), so
+            # it runs inline, saving two thread hand-offs. Should the kernel ever make it wait
+            # (dirty-page throttling, a busy journal), writes go back to worker threads for a
+            # while: the event loop stalls at most once per back-off period.
+            start = time.monotonic()
+            self._write(fd, offset, data, stability)
+            if time.monotonic() - start > _SLOW_INLINE_WRITE_S:
+                self._inline_writes_after = time.monotonic() + _INLINE_WRITE_BACKOFF_S
+            return stability
         await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
         return stability
 
     @staticmethod
-    def _write(fd: int, offset: int, data: bytes, stability: Stability) -> None:
+    def _write(fd: int, offset: int, data: WriteData, stability: Stability) -> None:
         try:
             view = memoryview(data)
             while view:
