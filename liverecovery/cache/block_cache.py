@@ -81,6 +81,17 @@ def _human(nbytes: int) -> str:
     return f"{nbytes} bytes ({nbytes / GiB:.2f} GiB)"
 
 
+def _read_part(path: str, start: int, length: int) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, length, start)
+    finally:
+        os.close(fd)
+
+
 def _read_verified(path: str, length: int, crc: int) -> bytes | None:
     """The block's bytes, or None when the file is missing, of another length, or fails its CRC."""
     try:
@@ -120,6 +131,8 @@ class DiskBlockCache:
         self._entries: OrderedDict[BlockKey, IndexEntry] = OrderedDict()  # oldest use first
         self._cached_bytes = 0  # allocated size of stored blocks
         self._pins: dict[BlockKey, int] = {}
+        self._verified: dict[BlockKey, int] = {}
+        """Generation of each block whose file passed its CRC (or was written) in this process."""
         self._inflight: dict[BlockKey, _Inflight] = {}
         self._touched: dict[BlockKey, int] = {}
         self._reservations: dict[str, int] = {}
@@ -401,13 +414,53 @@ class DiskBlockCache:
             return None
         self._hits += 1
         if self._entries.get(key) is entry:
-            self._entries.move_to_end(key)
-            self._used_seq += 1
-            self._touched[key] = self._used_seq
+            self._verified[key] = entry.gen
+            self._touch(key)
+        return data
+
+    def _touch(self, key: BlockKey) -> None:
+        self._entries.move_to_end(key)
+        self._used_seq += 1
+        self._touched[key] = self._used_seq
+
+    async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
+        """``length`` bytes at ``start`` within a cached block, without reading the whole block.
+
+        Only for a block whose file passed its CRC check (or was written) earlier in this
+        process: the CRC catches a block file that did not reach the disk before a crash, which
+        a block verified since the start cannot be. Returns None when the block is not cached,
+        not verified yet, or the range is outside it: use ``get_or_fetch`` (which verifies).
+        """
+        self._check_open()
+        entry = self._entries.get(key)
+        if (
+            entry is None
+            or self._verified.get(key) != entry.gen
+            or start < 0
+            or length <= 0
+            or start + length > entry.length
+        ):
+            return None
+        path = self._block_path(key, entry)
+        self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            data = await anyio.to_thread.run_sync(_read_part, path, start, length)
+        except OSError as exc:
+            log.warning("%s: cannot read cached block %s: %s", path, key, exc)
+            data = None
+        finally:
+            self._unpin(key)
+        if data is None or len(data) != length:
+            self._verified.pop(key, None)  # get_or_fetch checks it again and handles the damage
+            return None
+        self._hits += 1
+        if self._entries.get(key) is entry:
+            self._touch(key)
         return data
 
     def _forget(self, key: BlockKey) -> IndexEntry:
         entry = self._entries.pop(key)
+        self._verified.pop(key, None)
         self._cached_bytes -= allocated_size(entry.length)
         self._touched.pop(key, None)
         return entry
@@ -458,6 +511,7 @@ class DiskBlockCache:
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
+            self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)
 
     def _write_sync(

@@ -122,6 +122,8 @@ class WriteOverlay:
         self._closed = False
         self._written = 0
         self._commits = 0
+        self._write_seq = 0  # writes whose bytes reached the data file (the page cache)
+        self._synced_seq = 0  # writes a completed commit made durable
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -299,6 +301,7 @@ class WriteOverlay:
             for block in claimed:
                 self._blocks.add(block)
                 self._pending.add(block)
+            self._write_seq += 1
         finally:
             for block in claimed:
                 self._creating.pop(block).set()
@@ -351,10 +354,18 @@ class WriteOverlay:
         :raises OverlayError: an I/O error (names the file).
         """
         self._check_open()
+        target = self._write_seq
         async with self._commit_lock:
+            if self._synced_seq >= target and target:
+                # A commit that started after our writes reached the page cache made them
+                # durable while we waited for the lock (group commit: concurrent FILE_SYNC
+                # writes share one fdatasync instead of queueing one each).
+                return
+            seq = self._write_seq
             pending = sorted(self._pending)
             await self._io(self._sync, pending)
             self._pending.difference_update(pending)
+            self._synced_seq = max(self._synced_seq, seq)
             self._commits += 1
 
     def _sync(self, pending: list[int]) -> None:
