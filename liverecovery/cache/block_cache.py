@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
 import anyio
 import anyio.to_thread
@@ -79,6 +80,28 @@ class _Inflight:
 
 def _human(nbytes: int) -> str:
     return f"{nbytes} bytes ({nbytes / GiB:.2f} GiB)"
+
+
+_NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_part_cached(path: str, start: int, length: int) -> bytes | None:
+    """The range if the page cache holds it all (copied inline, no worker thread), else None."""
+    if _NOWAIT is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(length)
+        if os.preadv(fd, [buf], start, _NOWAIT) == length:
+            return bytes(buf)
+    except OSError:  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no RWF_NOWAIT here
+        pass
+    finally:
+        os.close(fd)
+    return None
 
 
 def _read_part(path: str, start: int, length: int) -> bytes | None:
@@ -444,7 +467,9 @@ class DiskBlockCache:
         path = self._block_path(key, entry)
         self._pins[key] = self._pins.get(key, 0) + 1
         try:
-            data = await anyio.to_thread.run_sync(_read_part, path, start, length)
+            data = _read_part_cached(path, start, length)
+            if data is None:
+                data = await anyio.to_thread.run_sync(_read_part, path, start, length)
         except OSError as exc:
             log.warning("%s: cannot read cached block %s: %s", path, key, exc)
             data = None
