@@ -43,6 +43,7 @@ from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
+from liverecovery.nfs.inline_io import run_read
 
 __all__ = ["CacheStats", "DiskBlockCache"]
 
@@ -469,7 +470,7 @@ class DiskBlockCache:
         try:
             data = _read_part_cached(path, start, length)
             if data is None:
-                data = await anyio.to_thread.run_sync(_read_part, path, start, length)
+                data = await run_read(_read_part, path, start, length)
         except OSError as exc:
             log.warning("%s: cannot read cached block %s: %s", path, key, exc)
             data = None

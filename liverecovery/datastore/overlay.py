@@ -39,6 +39,7 @@ import attrs
 
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
+from liverecovery.nfs.inline_io import InlineWrites, run_read
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
 
@@ -50,6 +51,7 @@ _HEADER = struct.Struct("<8sQQI")  # magic, block size, disk size, reserved; the
 _HEADER_SIZE = _HEADER.size + 4
 _RECORD = struct.Struct("<QI")  # block index, CRC-32 of the packed index
 _DATA_NAME = "data"
+_INLINE_WRITE_MAX = 256 * 1024
 _MAP_NAME = "map"
 
 
@@ -122,6 +124,7 @@ class WriteOverlay:
         self._closed = False
         self._written = 0
         self._commits = 0
+        self._inline = InlineWrites(_INLINE_WRITE_MAX)
         self._write_seq = 0  # writes whose bytes reached the data file (the page cache)
         self._synced_seq = 0  # writes a completed commit made durable
 
@@ -297,7 +300,14 @@ class WriteOverlay:
                     writes.append((block * bs, await self._new_block(block, within, chunk)))
                 else:
                     writes.append((block * bs + within, chunk))
-            await self._io(self._pwrite_all, writes)
+            size = sum(len(chunk) for _, chunk in writes)
+            if self._inline.allowed(size):  # a page-cache copy: no thread hand-off
+                try:
+                    self._inline.run(self._pwrite_all, writes)
+                except OSError as exc:
+                    raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
+            else:
+                await self._io(self._pwrite_all, writes)
             for block in claimed:
                 self._blocks.add(block)
                 self._pending.add(block)
@@ -408,9 +418,11 @@ class WriteOverlay:
             else:
                 runs.append((mine, pos, stop))
             pos = stop
-        overlay_parts = await self._io(
-            self._pread_all, [(start, stop - start) for mine, start, stop in runs if mine]
-        )
+        ranges = [(start, stop - start) for mine, start, stop in runs if mine]
+        try:
+            overlay_parts = await run_read(self._pread_all, ranges)
+        except OSError as exc:
+            raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
         parts: list[bytes] = []
         for mine, start, stop in runs:
             if mine:

@@ -35,6 +35,7 @@ from liverecovery.nfs.filesystem import (
     Stability,
     WriteData,
 )
+from liverecovery.nfs.inline_io import InlineWrites, run_read
 from liverecovery.nfs.names import check_name
 
 __all__ = ["LocalFilesystem"]
@@ -72,12 +73,9 @@ _TYPES: Final = {
 }
 _MAX_OPEN: Final = 128
 _NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
-_INLINE_MAX: Final = 128 * 1024
+_INLINE_MAX: Final = 1 << 20
 _NS: Final = 1_000_000_000
 _INLINE_WRITE_MAX: Final = 1 << 20
-_SLOW_INLINE_WRITE_S: Final = 0.005
-"""An inline UNSTABLE write slower than this means the kernel made it wait."""
-_INLINE_WRITE_BACKOFF_S: Final = 5.0
 
 
 def _nfs_error(exc: OSError, where: str) -> NfsError:
@@ -132,7 +130,7 @@ class LocalFilesystem:
         self._paths: dict[int, str] = {self._root_id: self._root}
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._dirty: set[int] = set()
-        self._inline_writes_after = 0.0
+        self._inline = InlineWrites(_INLINE_WRITE_MAX)
         self._listings: OrderedDict[int, _Listing] = OrderedDict()
 
     @property
@@ -321,7 +319,7 @@ class LocalFilesystem:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
-        return await anyio.to_thread.run_sync(self._read, fd, offset, count)
+        return await run_read(self._read, fd, offset, count)
 
     @staticmethod
     def _read(fd: int, offset: int, count: int) -> tuple[bytes, bool]:
@@ -351,15 +349,9 @@ class LocalFilesystem:
             await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
             return stability
         self._dirty.add(fileid)
-        if len(data) <= _INLINE_WRITE_MAX and time.monotonic() >= self._inline_writes_after:
-            # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable), so
-            # it runs inline, saving two thread hand-offs. Should the kernel ever make it wait
-            # (dirty-page throttling, a busy journal), writes go back to worker threads for a
-            # while: the event loop stalls at most once per back-off period.
-            start = time.monotonic()
-            self._write(fd, offset, data, stability)
-            if time.monotonic() - start > _SLOW_INLINE_WRITE_S:
-                self._inline_writes_after = time.monotonic() + _INLINE_WRITE_BACKOFF_S
+        if self._inline.allowed(len(data)):
+            # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable).
+            self._inline.run(self._write, fd, offset, data, stability)
             return stability
         await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
         return stability
