@@ -39,7 +39,7 @@ import attrs
 
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
-from liverecovery.nfs.inline_io import InlineWrites, run_read
+from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
 
@@ -466,6 +466,6 @@ class WriteOverlay:
 
     async def _io(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
-            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+            return await run_write(lambda: fn(*args, **kwargs))
         except OSError as exc:
             raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc

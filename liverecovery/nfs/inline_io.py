@@ -1,9 +1,9 @@
 """The cheapest safe way to do blocking file I/O from the event loop, on the hot path.
 
 ``InlineWrites``: when a page-cache write may run on the event loop instead of a worker thread.
-``run_read``: a lean hand-off of a blocking read to a worker thread (a thread round trip costs
-50-80 microseconds here through ``anyio.to_thread``, more than a whole 4 KiB NFS round trip of
-NFS-Ganesha; this one saves a third of it).
+``run_read``/``run_write``: a lean hand-off of a blocking call to a worker thread (a thread round
+trip costs 80 microseconds on the 2-core benchmark VM through ``anyio.to_thread``, two thirds of
+a whole 4 KiB NFS round trip of NFS-Ganesha; this one takes about 45).
 
 A buffered write that only copies into the page cache takes microseconds; the two thread
 hand-offs of ``anyio.to_thread`` cost more than the copy. But the kernel can make a buffered
@@ -23,7 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
-__all__ = ["InlineWrites", "run_read"]
+import anyio
+
+__all__ = ["InlineWrites", "run_read", "run_write"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -55,10 +57,10 @@ class InlineWrites:
                 self._after = end + self.backoff_s
 
 
-class _ReadPool:
+class _Pool:
     """A few daemon threads fed through a ``SimpleQueue``: a lighter hand-off than
-    ``anyio.to_thread`` (no capacity limiter, cancel scope or run-var lookups per call), for the
-    blocking reads of the hot path."""
+    ``anyio.to_thread`` (no capacity limiter or run-var lookups per call), for the blocking
+    calls of the hot path."""
 
     def __init__(self, max_threads: int) -> None:
         self._max = max_threads
@@ -107,7 +109,8 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
-_READS = _ReadPool(max_threads=16)
+_READS = _Pool(max_threads=16)
+_WRITES = _Pool(max_threads=8)  # its own threads: a slow fsync never queues a read
 
 
 async def run_read(fn: Callable[..., _T], *args: Any) -> _T:
@@ -121,3 +124,17 @@ async def run_read(fn: Callable[..., _T], *args: Any) -> _T:
     future: asyncio.Future[_T] = loop.create_future()
     _READS.submit((loop, future, fn, args))
     return await future
+
+
+async def run_write(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run a blocking write or sync in a worker thread and return its result.
+
+    Like ``anyio.to_thread.run_sync``, the caller is shielded from anyio cancellation until the
+    thread is done: a write is never left running behind a caller that has moved on.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+    _WRITES.submit((loop, future, fn, args))
+    with anyio.CancelScope(shield=True):
+        result = await future
+    return result

@@ -35,7 +35,7 @@ from liverecovery.nfs.filesystem import (
     Stability,
     WriteData,
 )
-from liverecovery.nfs.inline_io import InlineWrites, run_read
+from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
 from liverecovery.nfs.names import check_name
 
 __all__ = ["LocalFilesystem"]
@@ -346,14 +346,14 @@ class LocalFilesystem:
         self._writable()
         fd = self._fd(fileid)
         if stability != Stability.UNSTABLE:
-            await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
+            await run_write(self._write, fd, offset, data, stability)
             return stability
         self._dirty.add(fileid)
         if self._inline.allowed(len(data)):
             # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable).
             self._inline.run(self._write, fd, offset, data, stability)
             return stability
-        await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
+        await run_write(self._write, fd, offset, data, stability)
         return stability
 
     @staticmethod
@@ -375,7 +375,7 @@ class LocalFilesystem:
         if self._read_only:
             return
         fd = self._fd(fileid)
-        await anyio.to_thread.run_sync(os.fsync, fd)
+        await run_write(os.fsync, fd)
         self._dirty.discard(fileid)
 
     async def create(
