@@ -116,6 +116,13 @@ def start_ours(tmp: Path, data: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def settle() -> None:
+    """Write back every dirty page first: writeback of the test files (or of the previous
+    server's writes) must not slow down whichever server is measured next."""
+    os.sync()
+    time.sleep(1)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(
         signal.SIGINT if "liverecovery" in " ".join(map(str, proc.args)) else signal.SIGTERM
@@ -130,6 +137,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 async def measure(
     port: int, mount_port: int, path: str, size: int, seconds: float, runs: int
 ) -> dict[str, float]:
+    settle()
     async with await NfsClient.connect("127.0.0.1", port, mount_port=mount_port) as c:
         root = await c.mount(path)
         src, _ = await c.lookup(root, "read.bin")
@@ -261,6 +269,7 @@ async def random_io(
 async def measure_virtual(
     port: int, mount_port: int, path: str, name: str, size: int, seconds: float, runs: int
 ) -> dict[str, float]:
+    settle()
     async with await NfsClient.connect("127.0.0.1", port, mount_port=mount_port) as c:
         root = await c.mount(path)
         fh, _ = await c.lookup(root, name)
