@@ -3,8 +3,9 @@
 File ids are inode numbers (stable across restarts); ids are resolved to paths through a cache,
 re-walking the tree when a cached path no longer holds that inode. Symlinks are never followed.
 Directory cookies are a hash of the entry's name, so they stay valid while the directory changes
-and across restarts. Blocking I/O runs in worker threads; FILE_SYNC/DATA_SYNC writes and COMMIT
-fsync before returning.
+and across restarts. Blocking I/O runs in worker threads, except reads the page cache holds
+(``RWF_NOWAIT``) and UNSTABLE writes while they stay fast (``inline_io``); FILE_SYNC/DATA_SYNC
+writes and COMMIT fsync, in a worker thread, before returning.
 """
 
 from __future__ import annotations
