@@ -32,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Final
 
 import anyio
 import anyio.to_thread
@@ -42,6 +43,7 @@ from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
+from liverecovery.nfs.inline_io import run_read
 from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["CacheStats", "DiskBlockCache"]
@@ -80,6 +82,39 @@ class _Inflight:
 
 def _human(nbytes: int) -> str:
     return f"{nbytes} bytes ({nbytes / GiB:.2f} GiB)"
+
+
+_NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+
+
+def _read_part_cached(path: str, start: int, length: int) -> bytes | None:
+    """The range if the page cache holds it all (copied inline, no worker thread), else None."""
+    if _NOWAIT is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        buf = bytearray(length)
+        if os.preadv(fd, [buf], start, _NOWAIT) == length:
+            return bytes(buf)
+    except OSError:  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no RWF_NOWAIT here
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
+def _read_part(path: str, start: int, length: int) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.pread(fd, length, start)
+    finally:
+        os.close(fd)
 
 
 def _read_verified(path: str, length: int, crc: int) -> bytes | None:
@@ -121,6 +156,8 @@ class DiskBlockCache:
         self._entries: OrderedDict[BlockKey, IndexEntry] = OrderedDict()  # oldest use first
         self._cached_bytes = 0  # allocated size of stored blocks
         self._pins: dict[BlockKey, int] = {}
+        self._verified: dict[BlockKey, int] = {}
+        """Generation of each block whose file passed its CRC (or was written) in this process."""
         self._inflight: dict[BlockKey, _Inflight] = {}
         self._touched: dict[BlockKey, int] = {}
         self._reservations: dict[str, int] = {}
@@ -399,13 +436,55 @@ class DiskBlockCache:
             return None
         self._hits += 1
         if self._entries.get(key) is entry:
-            self._entries.move_to_end(key)
-            self._used_seq += 1
-            self._touched[key] = self._used_seq
+            self._verified[key] = entry.gen
+            self._touch(key)
+        return data
+
+    def _touch(self, key: BlockKey) -> None:
+        self._entries.move_to_end(key)
+        self._used_seq += 1
+        self._touched[key] = self._used_seq
+
+    async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
+        """``length`` bytes at ``start`` within a cached block, without reading the whole block.
+
+        Only for a block whose file passed its CRC check (or was written) earlier in this
+        process: the CRC catches a block file that did not reach the disk before a crash, which
+        a block verified since the start cannot be. Returns None when the block is not cached,
+        not verified yet, or the range is outside it: use ``get_or_fetch`` (which verifies).
+        """
+        self._check_open()
+        entry = self._entries.get(key)
+        if (
+            entry is None
+            or self._verified.get(key) != entry.gen
+            or start < 0
+            or length <= 0
+            or start + length > entry.length
+        ):
+            return None
+        path = self._block_path(key, entry)
+        self._pins[key] = self._pins.get(key, 0) + 1
+        try:
+            data = _read_part_cached(path, start, length)
+            if data is None:
+                data = await run_read(_read_part, path, start, length)
+        except OSError as exc:
+            log.warning("%s: cannot read cached block %s: %s", path, key, exc)
+            data = None
+        finally:
+            self._unpin(key)
+        if data is None or len(data) != length:
+            self._verified.pop(key, None)  # get_or_fetch checks it again and handles the damage
+            return None
+        self._hits += 1
+        if self._entries.get(key) is entry:
+            self._touch(key)
         return data
 
     def _forget(self, key: BlockKey) -> IndexEntry:
         entry = self._entries.pop(key)
+        self._verified.pop(key, None)
         self._cached_bytes -= allocated_size(entry.length)
         self._touched.pop(key, None)
         return entry
@@ -456,6 +535,7 @@ class DiskBlockCache:
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
+            self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)
 
     def _write_sync(

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import BlockCache, BlockKey, DiskReader, Extent, ExtentKind
-from liverecovery.nfs.filesystem import Stability
+from liverecovery.nfs.filesystem import Stability, WriteData
 
 __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
@@ -50,6 +50,15 @@ class DiskOverlay(Protocol):
 
     @property
     def written_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class RangeCache(Protocol):
+    """A ``BlockCache`` that can also serve part of a block it already verified
+    (``DiskBlockCache.read_range``): a 64 KiB read then costs 64 KiB, not a whole 1 MiB block
+    read and checked."""
+
+    async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None: ...
 
 
 OverlayOpener = Callable[[ReadBase], Awaitable[DiskOverlay]]
@@ -161,6 +170,7 @@ class FlatDisk:
         self._cache = cache
         self._block = cache.block_size
         self._overlay = overlay
+        self._ranges = cache if isinstance(cache, RangeCache) else None
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
 
@@ -218,27 +228,40 @@ class FlatDisk:
             self.stats.cache_hits += 1
         return data
 
+    async def _block_part(self, index: int, lo: int, hi: int) -> bytes:
+        """Bytes ``lo:hi`` of block ``index``: only that range when the cache can serve it."""
+        start = index * self._block
+        if (
+            self._ranges is not None
+            and hi - lo < self._block
+            and self._holes.has_data(start, min(self.size, start + self._block))
+        ):
+            data = await self._ranges.read_range(BlockKey(self.source, index), lo, hi - lo)
+            if data is not None:
+                self.stats.cache_hits += 1
+                return data
+        block = await self._block_bytes(index)
+        return block if lo == 0 and hi >= len(block) else block[lo:hi]
+
     async def read_base(self, offset: int, length: int) -> bytes:
         """The backup's bytes (through the cache) at ``offset``, ignoring the overlay."""
         end = min(self.size, offset + length)
         if end <= offset:
             return b""
-        first, last = offset // self._block, (end - 1) // self._block
+        bs = self._block
+        first, last = offset // bs, (end - 1) // bs
         if first == last:
-            data = await self._block_bytes(first)
-            base = first * self._block
-            return data[offset - base : end - base]
+            return await self._block_part(first, offset - first * bs, end - first * bs)
         parts: list[bytes] = [b""] * (last - first + 1)
 
         async def one(i: int) -> None:
-            parts[i - first] = await self._block_bytes(i)
+            lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
+            parts[i - first] = await self._block_part(i, lo, hi)
 
         async with anyio.create_task_group() as tg:
             for i in range(first, last + 1):
                 tg.start_soon(one, i)
-        joined = b"".join(parts)
-        skip = offset - first * self._block
-        return joined[skip : skip + (end - offset)]
+        return b"".join(parts)
 
     async def read(self, offset: int, count: int) -> tuple[bytes, bool]:
         """A foreground read: exactly ``count`` bytes unless the end of the disk is reached."""
@@ -257,14 +280,17 @@ class FlatDisk:
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
 
-    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(self, offset: int, data: WriteData, stability: Stability) -> Stability:
         """Write into the overlay (the backup is never written).
+
+        ``data`` is copied once for the overlay (which may keep it while it fills a block).
 
         :raises PermissionError: the disk has no overlay (a read-only presentation).
         """
         if self._overlay is None:
             raise PermissionError(f"{self.source} is read-only")
-        return await self._overlay.write(offset, data, stability)
+        payload = data if isinstance(data, bytes) else bytes(data)
+        return await self._overlay.write(offset, payload, stability)
 
     async def commit(self) -> None:
         if self._overlay is not None:

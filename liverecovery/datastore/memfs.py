@@ -22,6 +22,7 @@ from liverecovery.nfs.filesystem import (
     FsStat,
     SetAttributes,
     Stability,
+    WriteData,
 )
 
 __all__ = ["MemoryFilesystem"]
@@ -201,7 +202,9 @@ class MemoryFilesystem:
         data = bytes(node.data[offset : offset + count])
         return data, offset + len(data) >= len(node.data)
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         self._writable()
         node = self._get(fileid)
         if node.type is not FileType.REG:

@@ -39,6 +39,7 @@ import attrs
 
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
+from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
 from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
@@ -51,6 +52,7 @@ _HEADER = struct.Struct("<8sQQI")  # magic, block size, disk size, reserved; the
 _HEADER_SIZE = _HEADER.size + 4
 _RECORD = struct.Struct("<QI")  # block index, CRC-32 of the packed index
 _DATA_NAME = "data"
+_INLINE_WRITE_MAX = 256 * 1024
 _MAP_NAME = "map"
 
 
@@ -123,6 +125,9 @@ class WriteOverlay:
         self._closed = False
         self._written = 0
         self._commits = 0
+        self._inline = InlineWrites(_INLINE_WRITE_MAX)
+        self._write_seq = 0  # writes whose bytes reached the data file (the page cache)
+        self._synced_seq = 0  # writes a completed commit made durable
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -294,10 +299,18 @@ class WriteOverlay:
                     writes.append((block * bs, await self._new_block(block, within, chunk)))
                 else:
                     writes.append((block * bs + within, chunk))
-            await self._io(self._pwrite_all, writes)
+            size = sum(len(chunk) for _, chunk in writes)
+            if self._inline.allowed(size):  # a page-cache copy: no thread hand-off
+                try:
+                    self._inline.run(self._pwrite_all, writes)
+                except OSError as exc:
+                    raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
+            else:
+                await self._io(self._pwrite_all, writes)
             for block in claimed:
                 self._blocks.add(block)
                 self._pending.add(block)
+            self._write_seq += 1
         finally:
             for block in claimed:
                 self._creating.pop(block).set()
@@ -350,10 +363,18 @@ class WriteOverlay:
         :raises OverlayError: an I/O error (names the file).
         """
         self._check_open()
+        target = self._write_seq
         async with self._commit_lock:
+            if self._synced_seq >= target and target:
+                # A commit that started after our writes reached the page cache made them
+                # durable while we waited for the lock (group commit: concurrent FILE_SYNC
+                # writes share one fdatasync instead of queueing one each).
+                return
+            seq = self._write_seq
             pending = sorted(self._pending)
             await self._io(self._sync, pending)
             self._pending.difference_update(pending)
+            self._synced_seq = max(self._synced_seq, seq)
             self._commits += 1
 
     def _sync(self, pending: list[int]) -> None:
@@ -396,9 +417,11 @@ class WriteOverlay:
             else:
                 runs.append((mine, pos, stop))
             pos = stop
-        overlay_parts = await self._io(
-            self._pread_all, [(start, stop - start) for mine, start, stop in runs if mine]
-        )
+        ranges = [(start, stop - start) for mine, start, stop in runs if mine]
+        try:
+            overlay_parts = await run_read(self._pread_all, ranges)
+        except OSError as exc:
+            raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
         parts: list[bytes] = []
         for mine, start, stop in runs:
             if mine:
@@ -442,6 +465,6 @@ class WriteOverlay:
 
     async def _io(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
-            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+            return await run_write(lambda: fn(*args, **kwargs))
         except OSError as exc:
             raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc

@@ -27,6 +27,7 @@ from liverecovery.nfs.filesystem import (
     FsStat,
     SetAttributes,
     Stability,
+    WriteData,
 )
 
 __all__ = ["VIRTUAL_ID_BASE", "VirtualDatastore"]
@@ -98,8 +99,7 @@ class VirtualDatastore:
         disk = self._virtual(fileid)
         if disk is None:
             return await self._inner.getattr(fileid)
-        await anyio.lowlevel.checkpoint()
-        return self._attrs(fileid, disk)
+        return self._attrs(fileid, disk)  # no checkpoint: every READ and WRITE reply asks
 
     async def setattr(self, fileid: int, attributes: SetAttributes) -> FileAttributes:
         disk = self._virtual(fileid)
@@ -133,7 +133,9 @@ class VirtualDatastore:
             return await self._inner.read(fileid, offset, count)
         return await disk.read(offset, count)
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         disk = self._virtual(fileid)
         if disk is None:
             return await self._inner.write(fileid, offset, data, stability)

@@ -2,7 +2,8 @@
 
 Layers, bottom up: ``xdr`` and ``rpc`` (pure codecs, record marking), ``nfs3_codec``,
 ``mount_codec``, ``portmap_codec`` (pure program codecs), ``handles`` (HMAC file handles),
-``filesystem`` (the interface a served tree implements), ``localfs`` and ``composite``
+``filesystem`` (the interface a served tree implements), ``inline_io`` (when blocking file I/O
+may run on the event loop, and lean worker hand-offs), ``localfs`` and ``composite``
 (implementations), ``connection`` and ``server`` (sockets, dispatch, ``NfsServer``), ``client``
 (``NfsClient``) and ``serve_cli`` (``liverecovery serve``).
 

@@ -27,6 +27,7 @@ from liverecovery.nfs.filesystem import (
     FsStat,
     SetAttributes,
     Stability,
+    WriteData,
 )
 from liverecovery.nfs.names import check_name
 
@@ -175,7 +176,9 @@ class CompositeFilesystem:
         m, sub = self._split(fileid)
         return await m.fs.read(sub, offset, count)
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         if fileid == ROOT_ID:
             raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
         m, sub = self._split(fileid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -26,7 +26,12 @@ __all__ = [
     "SERVER_TIME",
     "SetAttributes",
     "Stability",
+    "WriteData",
 ]
+
+WriteData: TypeAlias = bytes | bytearray | memoryview
+"""The bytes of a WRITE: often a view into the received RPC record (no copy). Valid only during
+the ``write`` call: an implementation that keeps the bytes copies them."""
 
 
 class FileType(enum.IntEnum):
@@ -161,8 +166,12 @@ class Filesystem(Protocol):
         """
         ...
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         """Write ``data``; durable before returning unless ``stability`` is UNSTABLE.
+
+        ``data`` may be a view into the request's buffer: copy it if it must outlive the call.
 
         Returns the stability actually achieved (at least the one asked for).
         """

@@ -28,6 +28,7 @@ _BODY: Final = struct.Struct(">BxxxIIQ")
 _MAC_LEN: Final = 16
 HANDLE_SIZE: Final = _BODY.size + _MAC_LEN
 KEY_FILE: Final = "handle-key"
+_VERIFIED_MAX: Final = 4096
 
 
 @attrs.frozen
@@ -64,14 +65,20 @@ def load_or_create_key(state_dir: Path) -> bytes:
 
 
 class HandleCodec:
-    """Encodes and authenticates file handles with one key."""
+    """Encodes and authenticates file handles with one key.
 
-    __slots__ = ("_key",)
+    Every NFS call presents a handle; the handles a client uses are few and a genuine handle's
+    MAC never changes, so handles that verified are remembered (a bounded dict keyed by the
+    exact handle bytes) and skip the HMAC next time. A forged handle is never remembered.
+    """
+
+    __slots__ = ("_key", "_verified")
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
             raise ValueError("handle key must be at least 16 bytes")
         self._key = key
+        self._verified: dict[bytes, FileHandle] = {}
 
     def encode(self, export_id: int, generation: int, fileid: int) -> bytes:
         body = _BODY.pack(_VERSION, export_id, generation, fileid)
@@ -79,6 +86,9 @@ class HandleCodec:
 
     def decode(self, fh: bytes) -> FileHandle:
         """:raises NfsError: BADHANDLE when the handle is malformed or its MAC does not verify."""
+        known = self._verified.get(fh)
+        if known is not None:
+            return known
         if len(fh) != HANDLE_SIZE:
             raise NfsError(NfsStatus.BADHANDLE, f"handle of {len(fh)} bytes")
         body = fh[: _BODY.size]
@@ -88,4 +98,8 @@ class HandleCodec:
         version, export_id, generation, fileid = _BODY.unpack(body)
         if version != _VERSION:
             raise NfsError(NfsStatus.BADHANDLE, f"handle version {version}")
-        return FileHandle(export_id, generation, fileid)
+        handle = FileHandle(export_id, generation, fileid)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[bytes(fh)] = handle
+        return handle

@@ -3,8 +3,9 @@
 File ids are inode numbers (stable across restarts); ids are resolved to paths through a cache,
 re-walking the tree when a cached path no longer holds that inode. Symlinks are never followed.
 Directory cookies are a hash of the entry's name, so they stay valid while the directory changes
-and across restarts. Blocking I/O runs in worker threads; FILE_SYNC/DATA_SYNC writes and COMMIT
-fsync before returning.
+and across restarts. Blocking I/O runs in worker threads, except reads the page cache holds
+(``RWF_NOWAIT``) and UNSTABLE writes while they stay fast (``inline_io``); FILE_SYNC/DATA_SYNC
+writes and COMMIT fsync, in a worker thread, before returning.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from liverecovery.nfs.filesystem import (
     FsStat,
     SetAttributes,
     Stability,
+    WriteData,
 )
+from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
 from liverecovery.nfs.names import check_name
 
 __all__ = ["LocalFilesystem"]
@@ -71,8 +74,9 @@ _TYPES: Final = {
 }
 _MAX_OPEN: Final = 128
 _NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
-_INLINE_MAX: Final = 128 * 1024
+_INLINE_MAX: Final = 1 << 20
 _NS: Final = 1_000_000_000
+_INLINE_WRITE_MAX: Final = 1 << 20
 
 
 def _nfs_error(exc: OSError, where: str) -> NfsError:
@@ -127,6 +131,7 @@ class LocalFilesystem:
         self._paths: dict[int, str] = {self._root_id: self._root}
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._dirty: set[int] = set()
+        self._inline = InlineWrites(_INLINE_WRITE_MAX)
         self._listings: OrderedDict[int, _Listing] = OrderedDict()
 
     @property
@@ -315,7 +320,7 @@ class LocalFilesystem:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
-        return await anyio.to_thread.run_sync(self._read, fd, offset, count)
+        return await run_read(self._read, fd, offset, count)
 
     @staticmethod
     def _read(fd: int, offset: int, count: int) -> tuple[bytes, bool]:
@@ -336,16 +341,24 @@ class LocalFilesystem:
             raise _nfs_error(exc, "read") from None
         return data, offset + len(data) >= size
 
-    async def write(self, fileid: int, offset: int, data: bytes, stability: Stability) -> Stability:
+    async def write(
+        self, fileid: int, offset: int, data: WriteData, stability: Stability
+    ) -> Stability:
         self._writable()
         fd = self._fd(fileid)
-        if stability == Stability.UNSTABLE:
-            self._dirty.add(fileid)
-        await anyio.to_thread.run_sync(self._write, fd, offset, data, stability)
+        if stability != Stability.UNSTABLE:
+            await run_write(self._write, fd, offset, data, stability)
+            return stability
+        self._dirty.add(fileid)
+        if self._inline.allowed(len(data)):
+            # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable).
+            self._inline.run(self._write, fd, offset, data, stability)
+            return stability
+        await run_write(self._write, fd, offset, data, stability)
         return stability
 
     @staticmethod
-    def _write(fd: int, offset: int, data: bytes, stability: Stability) -> None:
+    def _write(fd: int, offset: int, data: WriteData, stability: Stability) -> None:
         try:
             view = memoryview(data)
             while view:
@@ -363,7 +376,7 @@ class LocalFilesystem:
         if self._read_only:
             return
         fd = self._fd(fileid)
-        await anyio.to_thread.run_sync(os.fsync, fd)
+        await run_write(os.fsync, fd)
         self._dirty.discard(fileid)
 
     async def create(

@@ -43,6 +43,9 @@ _SCRATCH: Final = 64 * 1024
 _HDR: Final = struct.Struct(">I")
 _CALL_HEAD: Final = struct.Struct(">IIIIII")  # xid, CALL, rpcvers, prog, vers, proc
 _REPLY_OK_HEAD: Final = struct.Struct(">IIIIII")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat
+_VALID_SYS_CREDS: dict[bytes, None] = {}
+"""AUTH_SYS bodies that decoded: a client sends the same credentials on every call."""
+_VALID_SYS_CREDS_MAX: Final = 1024
 
 
 class AuthFlavor(enum.IntEnum):
@@ -178,13 +181,16 @@ def decode_call(record: Buffer) -> Call:
         raise CallRejected(
             f"xid {xid:#x}: auth flavor {cred.flavor}", xid, encode_auth_error(xid, stat)
         )
-    if cred.flavor == AuthFlavor.SYS:
+    if cred.flavor == AuthFlavor.SYS and cred.body not in _VALID_SYS_CREDS:
         try:
             AuthSys.decode(cred.body)
         except XdrError as exc:
             raise CallRejected(
                 f"xid {xid:#x}: AUTH_SYS: {exc}", xid, encode_auth_error(xid, AuthStat.BADCRED)
             ) from None
+        if len(_VALID_SYS_CREDS) >= _VALID_SYS_CREDS_MAX:
+            _VALID_SYS_CREDS.clear()
+        _VALID_SYS_CREDS[cred.body] = None
     return Call(xid, prog, vers, proc, cred, verf, u)
 
 

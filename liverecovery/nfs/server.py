@@ -96,10 +96,27 @@ class _Export:
     clients: tuple[str, ...]
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     composite: CompositeFilesystem | None
+    _allowed: dict[str, bool] = attrs.field(factory=dict, init=False)
+    """Answers of ``allows`` by peer address (every call asks); cleared when clients change."""
 
     def allows(self, address: str) -> bool:
-        ip = _peer_ip(address)
-        return ip is not None and any(ip in net for net in self.networks)
+        known = self._allowed.get(address)
+        if known is None:
+            ip = _peer_ip(address)
+            known = ip is not None and any(ip in net for net in self.networks)
+            if len(self._allowed) >= 1024:
+                self._allowed.clear()
+            self._allowed[address] = known
+        return known
+
+    def set_clients(
+        self,
+        clients: tuple[str, ...],
+        networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    ) -> None:
+        self.networks = networks
+        self.clients = clients
+        self._allowed.clear()
 
     @property
     def info(self) -> ExportInfo:
@@ -306,8 +323,7 @@ class NfsServer:
             if existing.composite is None:
                 raise BackendError(f"{path} already exports a filesystem", operation="nfs.export")
             merged = tuple(dict.fromkeys((*existing.clients, *clients)))
-            existing.networks = await _resolve_clients(merged)
-            existing.clients = merged
+            existing.set_clients(merged, await _resolve_clients(merged))
             return existing.info
         composite = CompositeFilesystem()
         return await self._add(path, composite, clients, composite)
@@ -344,8 +360,7 @@ class NfsServer:
         exp = self._exports.get(_normalize_path(path))
         if exp is None:
             raise BackendError(f"{path} is not exported", operation="nfs.set_clients")
-        exp.networks = await _resolve_clients(clients)
-        exp.clients = tuple(clients)
+        exp.set_clients(tuple(clients), await _resolve_clients(clients))
         return exp.info
 
     async def unexport(self, path: str) -> None:
@@ -660,7 +675,7 @@ class NfsServer:
     async def _write(self, exp: _Export, fid: int, a: n3.WriteArgs, peer: str) -> n3.WriteRes:
         before = await self._wcc_before(exp.fs, fid)
         try:
-            committed = await exp.fs.write(fid, a.offset, bytes(a.data), a.stable)
+            committed = await exp.fs.write(fid, a.offset, a.data, a.stable)
         except NfsError as exc:
             return n3.WriteRes(exc.status, n3.Wcc(before, await self._attrs_or_none(exp.fs, fid)))
         after = await self._attrs_or_none(exp.fs, fid)

@@ -456,3 +456,41 @@ async def test_concurrent_readers_under_eviction_pressure_get_correct_bytes(tmp_
     assert cache.stats.hits > 0
     assert cache.stats.cached_bytes == probe.used_bytes()
     await cache.aclose()
+
+
+async def test_read_range_serves_only_blocks_verified_in_this_process(tmp_path: Path) -> None:
+    src = CountingSource(lambda k: BS)
+    cache = await open_cache(tmp_path / "c")
+    key, other = BlockKey("d", 1), BlockKey("d", 2)
+    assert await cache.read_range(key, 0, 10) is None  # not cached
+    whole = await cache.get_or_fetch(key, src.fetcher(key))  # stored: verified
+    assert await cache.read_range(key, 100, 200) == whole[100:300]
+    assert await cache.read_range(key, BS - 1, 2) is None  # beyond the block
+    assert await cache.read_range(key, -1, 2) is None
+    await cache.get_or_fetch(other, src.fetcher(other))
+    await cache.aclose()
+    reopened = await open_cache(tmp_path / "c")
+    assert await reopened.read_range(key, 0, 10) is None  # a restart: not verified yet
+    assert await reopened.get_or_fetch(key, src.fetcher(key)) == whole  # checks the CRC
+    assert await reopened.read_range(key, 0, 10) == whole[:10]
+    assert src.fetches[key] == 1
+    # A block damaged before its first read after the restart is refetched, never served.
+    [path] = [p for p in block_files(tmp_path / "c") if p.read_bytes() != whole]
+    raw = bytearray(path.read_bytes())
+    raw[7] ^= 0x01
+    path.write_bytes(raw)
+    assert await reopened.read_range(other, 0, 10) is None
+    good = await reopened.get_or_fetch(other, src.fetcher(other))
+    assert good[7] != raw[7] and src.fetches[other] == 2
+    assert await reopened.read_range(other, 0, 10) == good[:10]
+    await reopened.aclose()
+
+
+async def test_read_range_of_an_evicted_block_is_none(tmp_path: Path) -> None:
+    src = CountingSource(lambda k: BS)
+    cache = await open_cache(tmp_path / "c")
+    key = BlockKey("d", 1)
+    await cache.get_or_fetch(key, src.fetcher(key))
+    cache._forget(key)
+    assert await cache.read_range(key, 0, 10) is None
+    await cache.aclose()
