@@ -61,6 +61,7 @@ from liverecovery.job.migration import (
     MigrationPolicy,
     ReadRateMigration,
 )
+from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
 from liverecovery.job.states import State
@@ -130,6 +131,8 @@ __all__ = [
     "RecoverySpec",
     "RestorePoint",
     "RollbackError",
+    "SessionKind",
+    "SessionRegistry",
     "Settings",
     "SettingsError",
     "SimulatedEsxHost",
