@@ -10,7 +10,6 @@ reservation or overlay); a slow backend only makes it slower; the backup is byte
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from pathlib import Path
 
 import anyio
@@ -23,7 +22,7 @@ from liverecovery.datastore.builder import FreBuilder
 from liverecovery.embedded import embedded_environment
 from liverecovery.job.states import TERMINAL_STATES
 from liverecovery.testing import FaultPlan, faulty
-from liverecovery.testing.samples import sample_vm
+from liverecovery.testing.samples import sample_vm, tree_digests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -48,19 +47,11 @@ CALLS = [
 ]
 
 
-def digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.mark.parametrize("kind", ["fail", "hang", "slow"])
 @pytest.mark.parametrize("call", CALLS)
 async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> None:
     sample_vm("vm", disk_sizes=(32 << 20,)).write(tmp_path / "backup")
-    before = digests(tmp_path / "backup")
+    before = tree_digests(tmp_path / "backup")
     faults = FaultPlan()
     if kind == "fail":
         faults.fail(call)
@@ -117,4 +108,4 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
             assert vm.migrated and vm.powered_on
     await cache.aclose()
     await catalog.aclose()
-    assert digests(tmp_path / "backup") == before
+    assert tree_digests(tmp_path / "backup") == before

@@ -11,7 +11,6 @@ Exit code 0 only when the job completed and both hold.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -29,22 +28,9 @@ from liverecovery.job.events import StateChanged
 from liverecovery.job.states import State
 from liverecovery.progress import show_progress
 from liverecovery.recovery import LiveRecovery
-from liverecovery.testing.samples import sample_vm
+from liverecovery.testing.samples import sample_vm, tree_digests
 
 __all__ = ["parse_size", "register", "run"]
-
-
-def _digests(root: Path) -> dict[str, str]:
-    """sha256 of every file of the backup, to prove it was never modified."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            out[str(path.relative_to(root))] = h.hexdigest()
-    return out
 
 
 def parse_size(text: str) -> int:
@@ -91,7 +77,7 @@ async def run(args: argparse.Namespace) -> int:
         work = Path(tmp)
         backup_root = work / "backup"
         await anyio.to_thread.run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
-        before = await anyio.to_thread.run_sync(_digests, backup_root)
+        before = await anyio.to_thread.run_sync(tree_digests, backup_root)
         catalog = DirectoryCatalog(backup_root)
         point = await catalog.restore_point(args.vm)
         settings = Settings(
@@ -138,7 +124,7 @@ async def run(args: argparse.Namespace) -> int:
                         await reader.aclose()
                     verified &= ok
         await catalog.aclose()
-        unchanged = await anyio.to_thread.run_sync(_digests, backup_root) == before
+        unchanged = await anyio.to_thread.run_sync(tree_digests, backup_root) == before
     stats = job.stats
     result = summary.to_json() | {
         "time_to_power_on_s": round(marks.get("serving", 0.0), 6),

@@ -30,9 +30,9 @@ from liverecovery.testing.vmdk_writer import (
 
 __all__ = [
     "DISK_FORMATS",
-    "NVRAM_SIZE",
     "DiskFormat",
     "Media",
+    "NVRAM_SIZE",
     "PatternData",
     "SamplePoint",
     "SampleVm",
@@ -48,6 +48,7 @@ __all__ = [
     "sample_spans",
     "sample_vm",
     "sample_vmx_text",
+    "tree_digests",
 ]
 
 KiB: Final = 1024
@@ -449,3 +450,17 @@ def make_backup_root(root: str | Path, vms: Iterable[SampleVm]) -> list[Path]:
                 (folder / "catalog.json").write_text(text, encoding="utf-8")
             written.append(folder)
     return written
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path: compare before and after a job to
+    prove a backup was never modified."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            out[str(path.relative_to(root))] = h.hexdigest()
+    return out

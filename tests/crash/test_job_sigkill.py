@@ -11,7 +11,6 @@ nothing on the host. Either way the backup is byte-identical and no journal is l
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from hypothesis import strategies as st
 
 from liverecovery.backends import VmRef
 from liverecovery.job.journal import unfinished_journals
-from liverecovery.testing.samples import Runs, expected_read, sample_vm
+from liverecovery.testing.samples import Runs, expected_read, sample_vm, tree_digests
 from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
@@ -43,14 +42,6 @@ KILL_STATES = [
     "migrating",
     "cleaning_up",
 ]
-
-
-def backup_digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 class Process:
@@ -124,7 +115,7 @@ async def test_a_killed_job_is_resumed_to_its_end(
 async def run_crash(work: Path, socket: Path, kill_in: str, delay_ms: int) -> None:
     vm = sample_vm("vm", disk_sizes=(SIZE,), head=SIZE // 2)
     vm.write(work / "backup")
-    before = backup_digest(work / "backup")
+    before = tree_digests(work / "backup")
     host = RemoteSimulatedHost(socket, call_timeout=60)
 
     job = Process(HERE / "run_job.py", work, socket, HOST, "start")
@@ -165,7 +156,7 @@ async def run_crash(work: Path, socket: Path, kill_in: str, delay_ms: int) -> No
         assert not list((work / "results" / "jobs").glob("*/folder"))
     assert await host.nfs_datastores(HOST) == []
     assert unfinished_journals(work / "results") == []
-    assert backup_digest(work / "backup") == before
+    assert tree_digests(work / "backup") == before
 
 
 async def check_disk(host: RemoteSimulatedHost, vm: VmRef, disk: tuple[int, Runs]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from liverecovery.testing.samples import expected_read, sample_vm
+from liverecovery.testing.samples import expected_read, sample_vm, tree_digests
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,7 +20,7 @@ SIZE = 32 << 20
 def test_browse_serves_flat_disks_read_only(tmp_path: Path) -> None:
     vm = sample_vm("bvm", disk_sizes=(SIZE,), format="streamOptimized")
     vm.write(tmp_path / "backup")
-    before = _digests(tmp_path / "backup")
+    before = tree_digests(tmp_path / "backup")
     settings = tmp_path / "s.toml"
     settings.write_text(f'[settings]\njob_results_dir = "{tmp_path / "results"}"\n')
     proc = subprocess.Popen(
@@ -74,12 +74,4 @@ def test_browse_serves_flat_disks_read_only(tmp_path: Path) -> None:
     assert proc.returncode in (0, 130), proc.stderr.read() if proc.stderr else ""
     jobs = tmp_path / "results" / "jobs"
     assert not jobs.exists() or not any(jobs.iterdir())
-    assert _digests(tmp_path / "backup") == before
-
-
-def _digests(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    assert tree_digests(tmp_path / "backup") == before
