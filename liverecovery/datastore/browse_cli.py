@@ -28,6 +28,7 @@ from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import StagingContext
 from liverecovery.nfs.serve_cli import _listen
 from liverecovery.nfs.server import NfsServer
+from liverecovery.signals import wait_for_stop_signal
 
 __all__ = ["register", "run"]
 
@@ -83,13 +84,13 @@ async def run(args: argparse.Namespace) -> int:
             print(f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}")
             print(
                 f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
-                f"(pid {os.getpid()}); Ctrl-C stops",
+                f"(pid {os.getpid()}); Ctrl-C or SIGTERM stops",
                 file=sys.stderr,
                 flush=True,
             )
             sys.stdout.flush()
             try:
-                await anyio.sleep_forever()
+                await wait_for_stop_signal()
             finally:
                 await staged.filesystem.aclose()
     finally:

@@ -18,6 +18,7 @@ from liverecovery.config import default_job_results_dir
 from liverecovery.errors import SettingsError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
+from liverecovery.signals import wait_for_stop_signal
 
 __all__ = ["register", "run"]
 
@@ -87,12 +88,12 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         print(
-            f"serving {directory} to {', '.join(args.allow)} (pid {os.getpid()}); Ctrl-C stops",
+            f"serving {directory} to {', '.join(args.allow)} (pid {os.getpid()}); Ctrl-C or SIGTERM stops",
             file=sys.stderr,
             flush=True,
         )
         try:
-            await anyio.sleep_forever()
+            await wait_for_stop_signal()
         finally:
             await fs.aclose()
     return 0
