@@ -229,12 +229,11 @@ class FlatDisk:
         return data
 
     async def _block_part(self, index: int, lo: int, hi: int) -> bytes:
-        """Bytes ``lo:hi`` of block ``index``: only that range when the cache can serve it."""
+        """Bytes ``lo:hi`` of block ``index``: straight from the cache file when the block was
+        verified in this process (whole blocks too), else through ``get_or_fetch``."""
         start = index * self._block
-        if (
-            self._ranges is not None
-            and hi - lo < self._block
-            and self._holes.has_data(start, min(self.size, start + self._block))
+        if self._ranges is not None and self._holes.has_data(
+            start, min(self.size, start + self._block)
         ):
             data = await self._ranges.read_range(BlockKey(self.source, index), lo, hi - lo)
             if data is not None:

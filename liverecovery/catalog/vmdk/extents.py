@@ -266,6 +266,7 @@ class SparseExtent:
         self._compressed = hdr.compressed
         self._markers = hdr.markers
         self._gts: list[array[int] | None] = [None] * len(self._gd)
+        self._empty_gt = array("I", bytes(self._gtes * 4))
         self._inflated = GrainCache(grain_cache_bytes)
 
     # -- metadata --------------------------------------------------------------------------
@@ -332,6 +333,36 @@ class SparseExtent:
                 gt.byteswap()
             self._gts[index] = gt  # a racing thread loads identical bytes: benign
         return gt
+
+    def _prefetch_gts(self, first: int, max_bytes: int = 4 << 20) -> None:
+        """Load the grain tables from ``first`` on that lie back to back in the file with one
+        read (writers lay them out contiguously): mapping a 1 TiB disk then takes a few dozen
+        reads instead of 32,768."""
+        gt_bytes = self._gtes * 4
+        gt_sectors = -(-gt_bytes // SECTOR)
+        start = self._gd[first]
+        count = 1
+        limit = min(len(self._gd), first + max(1, max_bytes // (gt_sectors * SECTOR)))
+        while first + count < limit and self._gd[first + count] == start + count * gt_sectors:
+            count += 1
+        if count == 1 or gt_sectors * SECTOR != gt_bytes:
+            self._gt(first)
+            return
+        data = self._pread(start * SECTOR, count * gt_bytes, "grain tables")
+        empty = bytes(gt_bytes)
+        view = memoryview(data)
+        for i in range(count):
+            if self._gts[first + i] is None:
+                raw = view[i * gt_bytes : (i + 1) * gt_bytes]
+                if raw == empty:
+                    # Unallocated tables (most of a big sparse disk) share one array.
+                    self._gts[first + i] = self._empty_gt
+                    continue
+                gt = array("I")
+                gt.frombytes(raw)
+                if not _LITTLE:
+                    gt.byteswap()
+                self._gts[first + i] = gt
 
     def _entry(self, grain: int) -> int:
         gt = self._gt(grain // self._gtes)
@@ -476,8 +507,13 @@ class SparseExtent:
             base = index * span
             if base >= limit:
                 break
+            if self._gts[index] is None and self._gd[index]:
+                self._prefetch_gts(index)
             gt = self._gt(index)
-            low, high = (0, 0) if gt is None else (min(gt), max(gt))
+            if gt is None or gt is self._empty_gt:
+                low, high = 0, 0
+            else:
+                low, high = min(gt), max(gt)
             if high == 0:
                 uniform: ExtentKind | None = ExtentKind.UNALLOCATED
             elif low > _GTE_ZERO:
