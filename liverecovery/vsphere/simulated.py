@@ -46,6 +46,7 @@ from liverecovery.vsphere.hard_mount import HardMount
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 
 _CHUNK = 1 * MiB
+"""The storage vMotion copy unit, and the size of the regions it locks against guest writes."""
 _DISK_KEY = re.compile(r"^((?:scsi|ide|sata|nvme)\d+:\d+)\.filename$", re.IGNORECASE)
 
 
@@ -68,6 +69,46 @@ class GuestWrite:
     data: bytes
 
 
+class _RegionLocks:
+    """Per-chunk locks between the storage vMotion copier and guest writes.
+
+    A chunk being copied must not take a guest write between the copier's read of the source
+    and its write of the destination (the mirrored write would be overwritten by older bytes),
+    and several chunks are copied at once. Locks exist only while held or awaited, so a large
+    disk costs memory for the chunks in flight, not for all of them.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[int, anyio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, start: int, end: int) -> AsyncIterator[None]:
+        """Hold every chunk that ``[start, end)`` touches, taken in ascending order."""
+        chunks = range(start // _CHUNK, max(start + 1, end + _CHUNK - 1) // _CHUNK)
+        async with contextlib.AsyncExitStack() as stack:
+            for index in chunks:
+                lock = self._locks.setdefault(index, anyio.Lock())
+                try:
+                    await lock.acquire()
+                except BaseException:
+                    self._discard_if_idle(index, lock)
+                    raise
+                stack.callback(self._release, index, lock)
+            yield
+
+    def _release(self, index: int, lock: anyio.Lock) -> None:
+        lock.release()
+        self._discard_if_idle(index, lock)
+
+    def _discard_if_idle(self, index: int, lock: anyio.Lock) -> None:
+        if not lock.locked() and lock.statistics().tasks_waiting == 0:
+            self._locks.pop(index, None)
+
+    def __len__(self) -> int:
+        """Chunks held or awaited now."""
+        return len(self._locks)
+
+
 @attrs.define(eq=False)
 class _Disk:
     key: str
@@ -76,6 +117,8 @@ class _Disk:
     size: int
     fh: bytes = b""
     lock: anyio.Lock = attrs.field(factory=anyio.Lock)
+    """Held by each guest write, and by the switch-over to the local copy."""
+    regions: _RegionLocks = attrs.field(factory=_RegionLocks)
     mirror: Path | None = None
     local: Path | None = None
 
@@ -137,6 +180,7 @@ class SimulatedEsxHost:
         write_interval_s: float = 0.02,
         write_size: int = 4096,
         apd_timeout_s: float = 140.0,
+        copy_depth: int = 8,
         seed: int = 0,
     ) -> None:
         self.name = name
@@ -154,6 +198,11 @@ class SimulatedEsxHost:
         self.write_size = write_size
         self.apd_timeout_s = apd_timeout_s
         """How long NFS I/O is retried while the server is unreachable (ESXi's APD timeout)."""
+        if copy_depth < 1:
+            raise ValueError(f"copy_depth must be at least 1, not {copy_depth}")
+        self.copy_depth = copy_depth
+        """Chunks a storage vMotion copies at once (ESXi's data mover keeps several reads in
+        flight rather than waiting for each)."""
         self._random = random.Random(seed)
         self.mounts: dict[str, _Mount] = {}
         self.vms: dict[str, SimulatedVm] = {}
@@ -533,7 +582,7 @@ class SimulatedEsxHost:
     async def _guest_write(
         self, vm: SimulatedVm, disk: _Disk, index: int, offset: int, data: bytes
     ) -> None:
-        async with disk.lock:
+        async with disk.lock, disk.regions.hold(offset, offset + len(data)):
             if disk.local is not None:
                 await anyio.to_thread.run_sync(_pwrite, disk.local, offset, data)
             else:
@@ -607,15 +656,7 @@ class SimulatedEsxHost:
                 target = dest / disk.flat_name
                 await anyio.to_thread.run_sync(_create_sparse, target, disk.size)
                 disk.mirror = target
-                for offset in range(0, disk.size, _CHUNK):
-                    length = min(_CHUNK, disk.size - offset)
-                    async with disk.lock:
-                        data = await self._read_exact(client, disk.fh, offset, length)
-                        if data.count(0) != len(data):
-                            await anyio.to_thread.run_sync(_pwrite, target, offset, data)
-                    done += length
-                    if progress is not None:
-                        progress(done, total)
+                done = await self._copy_disk(client, disk, target, done, total, progress)
             # Switch over: the guest's disks are now the local copies.
             for disk in state.disks:
                 async with disk.lock:
@@ -630,6 +671,47 @@ class SimulatedEsxHost:
         state.datastore = datastore
         state.ref = VmRef(vm.moref, vm.name, f"[{datastore}] {vm.name}/{state.vmx_name}")
         return state.ref
+
+    async def _copy_disk(
+        self,
+        client: HardMount,
+        disk: _Disk,
+        target: Path,
+        done: int,
+        total: int,
+        progress: ProgressCallback | None,
+    ) -> int:
+        """Copy ``disk`` into ``target`` with ``copy_depth`` chunks in flight; zero chunks stay
+        holes. Returns ``done`` plus the disk's size, reporting progress as chunks land."""
+        offsets = iter(range(0, disk.size, _CHUNK))
+        failures: list[Exception] = []
+        fd = await anyio.to_thread.run_sync(os.open, target, os.O_WRONLY)
+
+        async def worker(scope: anyio.CancelScope) -> None:
+            nonlocal done
+            try:
+                for offset in offsets:  # shared: each chunk is taken by exactly one worker
+                    length = min(_CHUNK, disk.size - offset)
+                    async with disk.regions.hold(offset, offset + length):
+                        data = await self._read_exact(client, disk.fh, offset, length)
+                        if data.count(0) != len(data):
+                            await anyio.to_thread.run_sync(os.pwrite, fd, data, offset)
+                    done += length
+                    if progress is not None:
+                        progress(done, total)
+            except (LiveRecoveryError, OSError) as exc:
+                failures.append(exc)  # the first failure ends the copy, as one error
+                scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.copy_depth):
+                    tg.start_soon(worker, tg.cancel_scope)
+        finally:
+            os.close(fd)
+        if failures:
+            raise failures[0]
+        return done
 
     async def _delete_source(self, vm: SimulatedVm, mount: _Mount, folder_fh: bytes) -> None:
         """ESXi deletes the source files once a storage vMotion has switched over."""

@@ -14,7 +14,7 @@ from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 from liverecovery.testing import MemoryBlockCache, MemoryDisk, MemoryOverlay
-from liverecovery.vsphere.simulated import SimulatedEsxHost
+from liverecovery.vsphere.simulated import _CHUNK, SimulatedEsxHost, _RegionLocks
 from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost, SimulatedHostServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -66,7 +66,8 @@ async def publish_vm(
     return datastore
 
 
-async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("copy_depth", [1, 8])
+async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path, copy_depth: int) -> None:
     disk = MemoryDisk(SIZE, {0: b"\x11" * MiB, 5 * MiB: b"\x22" * 4096})
     async with (
         NfsServer(tmp_path / "state") as server,
@@ -74,7 +75,8 @@ async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path) -> Non
             tmp_path / "esx",
             portmap_port=server.portmap_port,
             heartbeat_s=0.05,
-            write_interval_s=0.005,
+            write_interval_s=0.001 if copy_depth > 1 else 0.005,
+            copy_depth=copy_depth,
         ) as esx,
     ):
         await publish_vm(server, tmp_path, disk)
@@ -104,6 +106,7 @@ async def test_mount_register_power_on_migrate_and_verify(tmp_path: Path) -> Non
         assert len(esx.guest_writes(moved)) > 5
         path = esx.disk_path(moved, 0)
         assert path is not None and path.read_bytes() == bytes(expected)
+        assert not esx.vms[moved.moref].disks[0].regions  # no chunk lock outlives the copy
         # Source files were deleted on the NFS datastore; the unmount goes through.
         assert not any(p.name.startswith(".lck-") for p in overlay.iterdir())
         await esx.unregister_vm(moved)
@@ -228,3 +231,42 @@ async def test_the_host_served_to_another_process_keeps_faults_and_vms(tmp_path:
         assert caught.value.fault == "ManagedObjectNotFound"
         await remote.unmount_datastore("esx-sim", ds)
         tg.cancel_scope.cancel()
+
+
+async def test_region_locks_serialize_overlapping_chunks_only() -> None:
+    regions = _RegionLocks()
+    order: list[str] = []
+
+    async def take(name: str, start: int, end: int, hold_s: float) -> None:
+        async with regions.hold(start, end):
+            order.append(f"{name}+")
+            await anyio.sleep(hold_s)
+            order.append(f"{name}-")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(take, "a", 0, 1, 0.05)  # chunk 0
+            await anyio.sleep(0.01)
+            tg.start_soon(take, "b", _CHUNK - 1, _CHUNK + 1, 0)  # chunks 0 and 1: waits for a
+            tg.start_soon(take, "c", 2 * _CHUNK, 2 * _CHUNK + 4096, 0)  # chunk 2: does not
+            await anyio.sleep(0.02)
+            assert order == ["a+", "c+", "c-"]
+            assert len(regions) == 1  # chunk 0, held by a and awaited by b; b takes 1 later
+    assert order == ["a+", "c+", "c-", "a-", "b+", "b-"]
+    assert not len(regions)
+
+
+async def test_region_locks_forget_a_waiter_that_was_cancelled() -> None:
+    regions = _RegionLocks()
+
+    async def impatient() -> None:
+        with anyio.move_on_after(0.02):
+            async with regions.hold(10, 20):
+                pytest.fail("took a chunk that was held")
+
+    with anyio.fail_after(5):
+        async with regions.hold(0, _CHUNK):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(impatient)
+            assert len(regions) == 1
+    assert not len(regions)
