@@ -47,6 +47,7 @@ __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 
 _CHUNK = 1 * MiB
 """The storage vMotion copy unit, and the size of the regions it locks against guest writes."""
+_ZERO_CHUNK = bytes(_CHUNK)
 _DISK_KEY = re.compile(r"^((?:scsi|ide|sata|nvme)\d+:\d+)\.filename$", re.IGNORECASE)
 
 
@@ -694,7 +695,7 @@ class SimulatedEsxHost:
                     length = min(_CHUNK, disk.size - offset)
                     async with disk.regions.hold(offset, offset + length):
                         data = await self._read_exact(client, disk.fh, offset, length)
-                        if data.count(0) != len(data):
+                        if data != _ZERO_CHUNK[: len(data)]:  # zero chunks stay holes
                             await anyio.to_thread.run_sync(os.pwrite, fd, data, offset)
                     done += length
                     if progress is not None:
