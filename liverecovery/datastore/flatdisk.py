@@ -25,6 +25,8 @@ __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
 ReadBase = Callable[[int, int], Awaitable[bytes]]
 
+_KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
+
 
 @runtime_checkable
 class DiskOverlay(Protocol):
@@ -78,12 +80,18 @@ class DiskStats:
 
 
 class ForegroundGate:
-    """Counts foreground reads in flight; background work waits until there are none."""
+    """Counts foreground reads in flight; background work waits until there are none.
+
+    ``enter``/``leave`` run on every foreground read, so they only count: the event a waiter
+    sleeps on is made by the waiter (an ``anyio.Event`` costs more than a cache-hit read's
+    bookkeeping) and set by the last ``leave``.
+    """
+
+    __slots__ = ("_active", "_idle", "_last_left")
 
     def __init__(self) -> None:
         self._active = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None
         self._last_left = 0.0
 
     @property
@@ -92,18 +100,19 @@ class ForegroundGate:
 
     def enter(self) -> None:
         self._active += 1
-        if self._active == 1:
-            self._idle = anyio.Event()
 
     def leave(self) -> None:
         self._active -= 1
         self._last_left = time.monotonic()
-        if self._active == 0:
+        if self._active == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     async def wait_idle(self) -> None:
         """Return once no foreground read is in flight."""
         while self._active:
+            if self._idle is None:
+                self._idle = anyio.Event()
             await self._idle.wait()
 
     async def wait_quiet(self, grace_s: float) -> bool:
@@ -173,6 +182,7 @@ class FlatDisk:
         self._ranges = cache if isinstance(cache, RangeCache) else None
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
+        self._keys: dict[int, BlockKey] = {}
 
     @classmethod
     async def open(
@@ -221,21 +231,32 @@ class FlatDisk:
                 self.stats.bytes_restored += len(data)
             return data
 
-        data = await self._cache.get_or_fetch(BlockKey(self.source, index), fetch)
+        data = await self._cache.get_or_fetch(self._key(index), fetch)
         if fetched:
             self.stats.cache_misses += 1
         else:
             self.stats.cache_hits += 1
         return data
 
+    def _key(self, index: int) -> BlockKey:
+        """The cache key of block ``index``, reused while hot (making one costs more than a
+        cache-hit read's bookkeeping)."""
+        key = self._keys.get(index)
+        if key is None:
+            if len(self._keys) >= _KEPT_KEYS:
+                self._keys.clear()
+            key = self._keys[index] = BlockKey(self.source, index)
+        return key
+
     async def _block_part(self, index: int, lo: int, hi: int) -> bytes:
         """Bytes ``lo:hi`` of block ``index``: straight from the cache file when the block was
-        verified in this process (whole blocks too), else through ``get_or_fetch``."""
-        start = index * self._block
-        if self._ranges is not None and self._holes.has_data(
-            start, min(self.size, start + self._block)
-        ):
-            data = await self._ranges.read_range(BlockKey(self.source, index), lo, hi - lo)
+        verified in this process (whole blocks too), else through ``get_or_fetch``.
+
+        ``read_range`` comes first, without consulting the hole map: a block verified in this
+        process was fetched or checked through ``_block_bytes``, so it holds data.
+        """
+        if self._ranges is not None:
+            data = await self._ranges.read_range(self._key(index), lo, hi - lo)
             if data is not None:
                 self.stats.cache_hits += 1
                 return data
@@ -248,9 +269,10 @@ class FlatDisk:
         if end <= offset:
             return b""
         bs = self._block
-        first, last = offset // bs, (end - 1) // bs
-        if first == last:
-            return await self._block_part(first, offset - first * bs, end - first * bs)
+        first, lo = divmod(offset, bs)
+        if lo + end - offset <= bs:
+            return await self._block_part(first, lo, lo + end - offset)
+        last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 
         async def one(i: int) -> None:
