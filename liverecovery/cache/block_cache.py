@@ -178,6 +178,8 @@ class DiskBlockCache:
         self._nowait = _NOWAIT != 0
         self._scratch = memoryview(bytearray(block_size))
         self._touched: dict[BlockKey, int] = {}
+        self._last_touched: BlockKey | None = None
+        """The key last made most recently used (touching it again changes nothing)."""
         self._reservations: dict[str, int] = {}
         self._used_seq = 0
         self._next_gen = 1
@@ -472,6 +474,7 @@ class DiskBlockCache:
         self._entries.move_to_end(key)
         self._used_seq += 1
         self._touched[key] = self._used_seq
+        self._last_touched = key
 
     async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
         """``length`` bytes at ``start`` within a cached block, without reading the whole block.
@@ -487,9 +490,12 @@ class DiskBlockCache:
         if self._closed:
             raise CacheError(f"cache {self.root} is closed")
         kept = self._fds.get(key)
+        # Sequential reads hit one block many times in a row: it is already the most recent.
+        newest = key is self._last_touched
         if kept is not None:
             fd, entry = kept
-            self._fds.move_to_end(key)
+            if not newest:
+                self._fds.move_to_end(key)
         else:
             entry_or_none = self._entries.get(key)
             if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
@@ -510,7 +516,8 @@ class DiskBlockCache:
                     self._nowait = False
             if done == length:
                 self._hits += 1
-                self._touch(key)
+                if not newest:
+                    self._touch(key)
                 return bytes(buf)
         data = await self._read_range_in_thread(key, entry, fd, start, length)
         if data is None:
@@ -582,6 +589,7 @@ class DiskBlockCache:
         self._close_fd(key)
         self._cached_bytes -= allocated_size(entry.length)
         self._touched.pop(key, None)
+        self._last_touched = None
         return entry
 
     async def _fetch_and_store(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -630,6 +638,7 @@ class DiskBlockCache:
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
+            self._last_touched = key  # stored as the most recently used
             self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)
 
