@@ -229,6 +229,12 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
         self.portal: BlockingPortal = self._portal_cm.__enter__()
         self.cache = self.portal.call(self._open)
         self.baseline_fds = len(os.listdir("/proc/self/fd"))
+        self.lru: list[BlockKey] = []  # the model's use order, least recent first
+
+    def _used(self, key: BlockKey) -> None:
+        if key in self.lru:
+            self.lru.remove(key)
+        self.lru.append(key)
 
     async def _open(self) -> DiskBlockCache:
         return await DiskBlockCache.open(
@@ -253,6 +259,7 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
         data = self.portal.call(self.cache.get_or_fetch, key, self.source.fetcher(key))
         assert data == self.source.expected(key)
         assert held or self.source.fetches[key] >= 1
+        self._used(key)
 
     @rule(key=keys, start=st.integers(0, BS - 1), length=st.integers(1, BS))
     def read_range(self, key: BlockKey, start: int, length: int) -> None:
@@ -261,11 +268,17 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
             assert got is None
         else:  # every stored block was written (so verified) in this process
             assert got == self.source.expected(key)[start : start + length]
+            self._used(key)
 
     @rule(other=st.integers(0, CAPACITY))
     def filesystem_fills_or_drains(self, other: int) -> None:
         self.probe.other_used_bytes = other
         self.portal.call(self.cache.prune)
+
+    @invariant()
+    def reads_keep_the_lru_order(self) -> None:
+        self.lru = [k for k in self.lru if k in self.cache]  # evicted or never stored
+        assert self.cache.keys() == self.lru
 
     @invariant()
     def descriptors_are_bounded_and_never_stale(self) -> None:
