@@ -178,8 +178,10 @@ class DiskBlockCache:
         self._nowait = _NOWAIT != 0
         self._scratch = memoryview(bytearray(block_size))
         self._touched: dict[BlockKey, int] = {}
-        self._last_touched: BlockKey | None = None
-        """The key last made most recently used (touching it again changes nothing)."""
+        self._hot: tuple[BlockKey, int, IndexEntry] | None = None
+        """The block ``read_range`` read last, its kept descriptor and entry, while it is still
+        the most recently used block and kept open: sequential reads hit one block many times
+        in a row, and reading it again needs no lookup and changes no LRU order."""
         self._reservations: dict[str, int] = {}
         self._used_seq = 0
         self._next_gen = 1
@@ -474,7 +476,7 @@ class DiskBlockCache:
         self._entries.move_to_end(key)
         self._used_seq += 1
         self._touched[key] = self._used_seq
-        self._last_touched = key
+        self._hot = None
 
     async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
         """``length`` bytes at ``start`` within a cached block, without reading the whole block.
@@ -489,13 +491,13 @@ class DiskBlockCache:
         """
         if self._closed:
             raise CacheError(f"cache {self.root} is closed")
-        kept = self._fds.get(key)
-        # Sequential reads hit one block many times in a row: it is already the most recent.
-        newest = key is self._last_touched
-        if kept is not None:
+        hot = self._hot
+        newest = hot is not None and hot[0] is key
+        if hot is not None and newest:
+            _key, fd, entry = hot
+        elif (kept := self._fds.get(key)) is not None:
             fd, entry = kept
-            if not newest:
-                self._fds.move_to_end(key)
+            self._fds.move_to_end(key)
         else:
             entry_or_none = self._entries.get(key)
             if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
@@ -518,6 +520,7 @@ class DiskBlockCache:
                 self._hits += 1
                 if not newest:
                     self._touch(key)
+                    self._hot = (key, fd, entry)
                 return bytes(buf)
         data = await self._read_range_in_thread(key, entry, fd, start, length)
         if data is None:
@@ -563,6 +566,7 @@ class DiskBlockCache:
         fds = self._fds
         fds[key] = (fd, entry)
         while len(fds) > self._max_fds:
+            self._hot = None
             _old_key, (old_fd, _old_entry) = fds.popitem(last=False)
             os.close(old_fd)
         return fd
@@ -570,10 +574,12 @@ class DiskBlockCache:
     def _close_fd(self, key: BlockKey) -> None:
         kept = self._fds.pop(key, None)
         if kept is not None:
+            self._hot = None
             os.close(kept[0])
 
     def _close_all_fds(self) -> None:
         fds, self._fds = self._fds, OrderedDict()
+        self._hot = None
         for fd, _entry in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -589,7 +595,6 @@ class DiskBlockCache:
         self._close_fd(key)
         self._cached_bytes -= allocated_size(entry.length)
         self._touched.pop(key, None)
-        self._last_touched = None
         return entry
 
     async def _fetch_and_store(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -638,7 +643,7 @@ class DiskBlockCache:
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
-            self._last_touched = key  # stored as the most recently used
+            self._hot = None  # ``key`` is the most recently used now
             self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)
 

@@ -265,12 +265,15 @@ class FlatDisk:
 
     async def read_base(self, offset: int, length: int) -> bytes:
         """The backup's bytes (through the cache) at ``offset``, ignoring the overlay."""
-        end = min(self.size, offset + length)
+        end = offset + length
+        if end > self.size:
+            end = self.size
         if end <= offset:
             return b""
         bs = self._block
-        first, lo = divmod(offset, bs)
-        if lo + end - offset <= bs:
+        first = offset // bs
+        lo = offset - first * bs
+        if lo + end - offset <= bs:  # within one block
             return await self._block_part(first, lo, lo + end - offset)
         last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
@@ -289,15 +292,16 @@ class FlatDisk:
         if offset >= self.size or count <= 0:
             await anyio.lowlevel.checkpoint()
             return b"", offset + max(count, 0) >= self.size
-        length = min(count, self.size - offset)
-        self.gate.enter()
+        length = count if count < self.size - offset else self.size - offset
+        gate = self.gate
+        gate.enter()
         try:
             if self._overlay is not None:
                 data = await self._overlay.read(offset, length)
             else:
                 data = await self.read_base(offset, length)
         finally:
-            self.gate.leave()
+            gate.leave()
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
 

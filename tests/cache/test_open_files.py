@@ -142,6 +142,45 @@ async def test_eviction_closes_the_file_and_a_refetch_reads_the_new_bytes(tmp_pa
     await cache.aclose()
 
 
+async def test_a_closed_descriptor_is_never_read_even_when_its_number_is_reused(
+    tmp_path: Path,
+) -> None:
+    """Another thread of the process may open a file and get the number of a descriptor the
+    cache just closed: a read of the block must not go through that number."""
+    root = tmp_path / "c"
+    probe = CapacityProbe(root / "blocks", capacity_bytes=100 * BS)
+    cache = await open_cache(root, probe=probe, min_free_percent=10.0, max_open_files=1)
+    src = VersionedSource()
+    a, b = BlockKey("d", 1), BlockKey("d", 2)
+    other = tmp_path / "other"
+    other.write_bytes(b"\xee" * BS)
+    for key in (a, b):
+        await cache.get_or_fetch(key, src.fetcher(key))
+
+    # 1. The block is evicted right after a read.
+    assert await cache.read_range(a, 0, BS) == src.expected(a)
+    probe.other_used_bytes = 100 * BS
+    await cache.prune()
+    probe.other_used_bytes = 0
+    fd = os.open(other, os.O_RDONLY)  # most likely the number the cache just closed
+    try:
+        assert await cache.read_range(a, 0, BS) is None
+    finally:
+        os.close(fd)
+
+    # 2. The block's descriptor leaves the LRU (max_open_files=1) for another block's.
+    for key in (a, b):
+        await cache.get_or_fetch(key, src.fetcher(key))
+    assert await cache.read_range(a, 0, BS) == src.expected(a)
+    assert await cache.read_range(b, BS, 1) is None  # opens b's file, closes a's; reads nothing
+    fd = os.open(other, os.O_RDONLY)
+    try:
+        assert await cache.read_range(a, 0, BS) == src.expected(a)
+    finally:
+        os.close(fd)
+    await cache.aclose()
+
+
 async def test_a_block_found_corrupt_loses_its_kept_file(tmp_path: Path) -> None:
     root = tmp_path / "c"
     cache = await open_cache(root)
@@ -211,7 +250,7 @@ async def test_max_open_files_is_validated_and_capped_by_the_descriptor_limit(
     await cache.aclose()
 
 
-keys = st.builds(BlockKey, st.sampled_from(["disk-a", "disk-b"]), st.integers(0, 40))
+keys = st.builds(BlockKey, st.sampled_from(["disk-a", "disk-b"]), st.integers(0, 12))
 MAX_OPEN = 4
 CAPACITY = 24 * BS
 
@@ -230,6 +269,12 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
         self.cache = self.portal.call(self._open)
         self.baseline_fds = len(os.listdir("/proc/self/fd"))
         self.lru: list[BlockKey] = []  # the model's use order, least recent first
+        self.interned: dict[BlockKey, BlockKey] = {}
+
+    def _intern(self, key: BlockKey) -> BlockKey:
+        """One object per key, as FlatDisk passes them: the cache's fast path for a block read
+        again right after itself recognises the key object."""
+        return self.interned.setdefault(key, key)
 
     def _used(self, key: BlockKey) -> None:
         if key in self.lru:
@@ -255,6 +300,7 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
 
     @rule(key=keys)
     def fetch(self, key: BlockKey) -> None:
+        key = self._intern(key)
         held = key in self.cache
         data = self.portal.call(self.cache.get_or_fetch, key, self.source.fetcher(key))
         assert data == self.source.expected(key)
@@ -263,6 +309,7 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
 
     @rule(key=keys, start=st.integers(0, BS - 1), length=st.integers(1, BS))
     def read_range(self, key: BlockKey, start: int, length: int) -> None:
+        key = self._intern(key)
         got = self.portal.call(self.cache.read_range, key, start, length)
         if key not in self.cache or start + length > BS:
             assert got is None
