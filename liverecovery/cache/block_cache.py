@@ -12,7 +12,7 @@ of the same block. The index (``index.py``) maps keys to (generation, length, CR
   open in a bounded LRU (``max_open_files``): a page-cached range is copied on the event loop with
   ``preadv(RWF_NOWAIT)``, no open/close per read. Kept descriptors are used and closed only on the
   event loop, never across an ``await``, so a read can never meet a closed or reused descriptor
-  number; a descriptor is closed when its block is forgotten (evicted, found corrupt, re-verified)
+  number; a descriptor is closed when its block is forgotten (evicted, found corrupt or unreadable)
   and when the cache closes. Block files are never rewritten in place (every stored copy gets a
   new generation and a new name), so a kept descriptor always reads the bytes that were verified.
 * Concurrent misses on one key share a single ``fetch`` call; later callers wait for its result.
