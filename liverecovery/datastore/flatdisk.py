@@ -248,14 +248,15 @@ class FlatDisk:
             key = self._keys[index] = BlockKey(self.source, index)
         return key
 
-    async def _block_part(self, index: int, lo: int, hi: int) -> bytes:
+    async def _block_part(self, index: int, lo: int, hi: int, *, ranges: bool = True) -> bytes:
         """Bytes ``lo:hi`` of block ``index``: straight from the cache file when the block was
         verified in this process (whole blocks too), else through ``get_or_fetch``.
 
-        ``read_range`` comes first, without consulting the hole map: a block verified in this
-        process was fetched or checked through ``_block_bytes``, so it holds data.
+        ``read_range`` comes first (unless the caller just tried it), without consulting the
+        hole map: a block verified in this process was fetched or checked through
+        ``_block_bytes``, so it holds data.
         """
-        if self._ranges is not None:
+        if ranges and self._ranges is not None:
             data = await self._ranges.read_range(self._key(index), lo, hi - lo)
             if data is not None:
                 self.stats.cache_hits += 1
@@ -273,8 +274,13 @@ class FlatDisk:
         bs = self._block
         first = offset // bs
         lo = offset - first * bs
-        if lo + end - offset <= bs:  # within one block
-            return await self._block_part(first, lo, lo + end - offset)
+        if lo + end - offset <= bs:  # within one block: the cache-hit path, kept short
+            if self._ranges is not None:
+                data = await self._ranges.read_range(self._key(first), lo, end - offset)
+                if data is not None:
+                    self.stats.cache_hits += 1
+                    return data
+            return await self._block_part(first, lo, lo + end - offset, ranges=False)
         last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 
