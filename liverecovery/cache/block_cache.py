@@ -8,6 +8,13 @@ of the same block. The index (``index.py``) maps keys to (generation, length, CR
 * A hit costs one ``pread`` and one CRC-32 in a worker thread (zlib's CRC-32 runs at several GB/s,
   3x blake2b, and catches every burst error up to 32 bits). A block whose length or CRC does not
   match is discarded and fetched again; it is never served.
+* Once verified in this process, a block is read with ``read_range`` through a descriptor kept
+  open in a bounded LRU (``max_open_files``): a page-cached range is copied on the event loop with
+  ``preadv(RWF_NOWAIT)``, no open/close per read. Kept descriptors are used and closed only on the
+  event loop, never across an ``await``, so a read can never meet a closed or reused descriptor
+  number; a descriptor is closed when its block is forgotten (evicted, found corrupt or unreadable)
+  and when the cache closes. Block files are never rewritten in place (every stored copy gets a
+  new generation and a new name), so a kept descriptor always reads the bytes that were verified.
 * Concurrent misses on one key share a single ``fetch`` call; later callers wait for its result.
 * After every insert (and on ``prune()``) the least-recently-used unpinned blocks are deleted until
   the filesystem has ``min_free_percent`` free again. A block being read is pinned; callers may pin
@@ -22,10 +29,12 @@ Files are created owner-only (0o600, directories 0o700): cached blocks are the c
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
 import os
+import resource
 import sqlite3
 import zlib
 from collections import OrderedDict
@@ -84,26 +93,20 @@ def _human(nbytes: int) -> str:
     return f"{nbytes} bytes ({nbytes / GiB:.2f} GiB)"
 
 
-_NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
+_NOWAIT: Final[int] = getattr(os, "RWF_NOWAIT", 0)  # 0: not on this platform
 
 
-def _read_part_cached(path: str, start: int, length: int) -> bytes | None:
-    """The range if the page cache holds it all (copied inline, no worker thread), else None."""
-    if _NOWAIT is None:
-        return None
+DEFAULT_MAX_OPEN_FILES: Final = 256
+"""Block files ``read_range`` keeps open by default: 256 MiB of hot 1 MiB blocks, a quarter of
+the usual 1024-descriptor soft limit."""
+
+
+def _pread_and_close(fd: int, start: int, length: int) -> bytes:
+    """Read from a descriptor this call owns (a ``dup`` made for a worker thread), then close it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        buf = bytearray(length)
-        if os.preadv(fd, [buf], start, _NOWAIT) == length:
-            return bytes(buf)
-    except OSError:  # EAGAIN: some of it is on disk only; EOPNOTSUPP: no RWF_NOWAIT here
-        pass
+        return os.pread(fd, length, start)
     finally:
         os.close(fd)
-    return None
 
 
 def _read_part(path: str, start: int, length: int) -> bytes | None:
@@ -115,6 +118,14 @@ def _read_part(path: str, start: int, length: int) -> bytes | None:
         return os.pread(fd, length, start)
     finally:
         os.close(fd)
+
+
+def _open_file_budget(wanted: int) -> int:
+    """``wanted``, but at most a quarter of the soft descriptor limit (and at least 1)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft // 4))
 
 
 def _read_verified(path: str, length: int, crc: int) -> bytes | None:
@@ -146,6 +157,7 @@ class DiskBlockCache:
         min_free_percent: float,
         probe: SpaceProbe,
         index: BlockIndex,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
     ) -> None:
         self.root = root
         self.min_free_percent = min_free_percent
@@ -159,7 +171,17 @@ class DiskBlockCache:
         self._verified: dict[BlockKey, int] = {}
         """Generation of each block whose file passed its CRC (or was written) in this process."""
         self._inflight: dict[BlockKey, _Inflight] = {}
+        self._max_fds = _open_file_budget(max_open_files)
+        self._fds: OrderedDict[BlockKey, tuple[int, IndexEntry]] = OrderedDict()
+        """Kept-open descriptors of verified blocks (least recently read first), with the entry
+        each was opened for. A key is here only while that entry is current and verified."""
+        self._nowait = _NOWAIT != 0
+        self._scratch = memoryview(bytearray(block_size))
         self._touched: dict[BlockKey, int] = {}
+        self._hot: tuple[BlockKey, int, IndexEntry] | None = None
+        """The block ``read_range`` read last, its kept descriptor and entry, while it is still
+        the most recently used block and kept open: sequential reads hit one block many times
+        in a row, and reading it again needs no lookup and changes no LRU order."""
         self._reservations: dict[str, int] = {}
         self._used_seq = 0
         self._next_gen = 1
@@ -180,16 +202,24 @@ class DiskBlockCache:
         block_size: int = MiB,
         min_free_percent: float = 5.0,
         probe: SpaceProbe | None = None,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
     ) -> DiskBlockCache:
         """Open (creating if needed) the cache at ``root`` and load its index.
 
         Block files the index does not know (e.g. written just before a crash) are deleted.
+        ``max_open_files`` bounds the block files kept open for ``read_range`` (at most a quarter
+        of the process's descriptor limit is used, whatever is asked).
 
-        :raises SettingsError: a non-positive block size or a percentage outside [0, 100).
+        :raises SettingsError: a non-positive block size or ``max_open_files``, or a percentage
+            outside [0, 100).
         :raises CacheError: the directory or index cannot be created.
         """
         if not isinstance(block_size, int) or block_size <= 0:
             raise SettingsError(f"cache block size must be a positive integer, got {block_size!r}")
+        if not isinstance(max_open_files, int) or max_open_files <= 0:
+            raise SettingsError(
+                f"cache max_open_files must be a positive integer, got {max_open_files!r}"
+            )
         if not 0 <= min_free_percent < 100:
             raise SettingsError(
                 f"cache_min_free_percent must be in [0, 100), got {min_free_percent!r}"
@@ -202,6 +232,7 @@ class DiskBlockCache:
             min_free_percent=min_free_percent,
             probe=probe or StatvfsProbe(root_path),
             index=index,
+            max_open_files=max_open_files,
         )
         if loaded.wiped:
             log.warning("%s: cache index was unreadable or for another block size; emptied", root)
@@ -335,8 +366,9 @@ class DiskBlockCache:
         """Flush the last-use order and close the index. Idempotent."""
         if self._closed:
             return
+        self._closed = True  # reads refuse from here on
+        self._close_all_fds()
         async with self._store_lock:
-            self._closed = True
             touched, self._touched = self._touched, {}
             await anyio.to_thread.run_sync(self._close_sync, touched)
 
@@ -444,6 +476,7 @@ class DiskBlockCache:
         self._entries.move_to_end(key)
         self._used_seq += 1
         self._touched[key] = self._used_seq
+        self._hot = None
 
     async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
         """``length`` bytes at ``start`` within a cached block, without reading the whole block.
@@ -452,22 +485,64 @@ class DiskBlockCache:
         process: the CRC catches a block file that did not reach the disk before a crash, which
         a block verified since the start cannot be. Returns None when the block is not cached,
         not verified yet, or the range is outside it: use ``get_or_fetch`` (which verifies).
+
+        The block file stays open for the next read (see the module docstring); a range the page
+        cache holds is copied inline, anything else is read in a worker thread.
         """
-        self._check_open()
-        entry = self._entries.get(key)
-        if (
-            entry is None
-            or self._verified.get(key) != entry.gen
-            or start < 0
-            or length <= 0
-            or start + length > entry.length
-        ):
+        if self._closed:
+            raise CacheError(f"cache {self.root} is closed")
+        hot = self._hot
+        newest = hot is not None and hot[0] is key
+        if hot is not None and newest:
+            _key, fd, entry = hot
+        elif (kept := self._fds.get(key)) is not None:
+            fd, entry = kept
+            self._fds.move_to_end(key)
+        else:
+            entry_or_none = self._entries.get(key)
+            if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
+                return None
+            entry = entry_or_none
+            fd = self._keep_open(key, entry)
+        if start < 0 or length <= 0 or start + length > entry.length:
             return None
+        if fd >= 0 and self._nowait:
+            # No await between taking ``fd`` and this read: nothing can close it meanwhile (nor
+            # reuse the scratch buffer, which saves allocating and zeroing one per read).
+            buf = self._scratch[:length]
+            try:
+                done = os.preadv(fd, (buf,), start, _NOWAIT)
+            except OSError as exc:  # EAGAIN: not all in the page cache
+                done = -1
+                if exc.errno == errno.EOPNOTSUPP:  # no RWF_NOWAIT on this filesystem
+                    self._nowait = False
+            if done == length:
+                self._hits += 1
+                if not newest:
+                    self._touch(key)
+                    self._hot = (key, fd, entry)
+                return bytes(buf)
+        data = await self._read_range_in_thread(key, entry, fd, start, length)
+        if data is None:
+            return None
+        self._hits += 1
+        if self._entries.get(key) is entry:
+            self._touch(key)
+        return data
+
+    async def _read_range_in_thread(
+        self, key: BlockKey, entry: IndexEntry, fd: int, start: int, length: int
+    ) -> bytes | None:
+        """The slow half of ``read_range``. The worker reads a ``dup`` of the kept descriptor (or
+        opens the file itself) and closes it: ``run_read`` abandons the thread when the caller
+        is cancelled, so the thread must never use a descriptor the event loop may close."""
         path = self._block_path(key, entry)
         self._pins[key] = self._pins.get(key, 0) + 1
+        data: bytes | None
         try:
-            data = _read_part_cached(path, start, length)
-            if data is None:
+            if fd >= 0:
+                data = await run_read(_pread_and_close, os.dup(fd), start, length)
+            else:
                 data = await run_read(_read_part, path, start, length)
         except OSError as exc:
             log.warning("%s: cannot read cached block %s: %s", path, key, exc)
@@ -475,16 +550,49 @@ class DiskBlockCache:
         finally:
             self._unpin(key)
         if data is None or len(data) != length:
-            self._verified.pop(key, None)  # get_or_fetch checks it again and handles the damage
+            if self._entries.get(key) is entry:  # get_or_fetch checks it again
+                self._verified.pop(key, None)
+                self._close_fd(key)
             return None
-        self._hits += 1
-        if self._entries.get(key) is entry:
-            self._touch(key)
         return data
+
+    def _keep_open(self, key: BlockKey, entry: IndexEntry) -> int:
+        """Open the block's file and keep it among the LRU of open files; -1 when it cannot be
+        opened (``read_range`` then reads by path in a thread, which reports what is wrong)."""
+        try:
+            fd = os.open(self._block_path(key, entry), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        fds = self._fds
+        fds[key] = (fd, entry)
+        while len(fds) > self._max_fds:
+            self._hot = None
+            _old_key, (old_fd, _old_entry) = fds.popitem(last=False)
+            os.close(old_fd)
+        return fd
+
+    def _close_fd(self, key: BlockKey) -> None:
+        kept = self._fds.pop(key, None)
+        if kept is not None:
+            self._hot = None
+            os.close(kept[0])
+
+    def _close_all_fds(self) -> None:
+        fds, self._fds = self._fds, OrderedDict()
+        self._hot = None
+        for fd, _entry in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def open_files(self) -> int:
+        """Block files currently kept open for ``read_range``."""
+        return len(self._fds)
 
     def _forget(self, key: BlockKey) -> IndexEntry:
         entry = self._entries.pop(key)
         self._verified.pop(key, None)
+        self._close_fd(key)
         self._cached_bytes -= allocated_size(entry.length)
         self._touched.pop(key, None)
         return entry
@@ -535,6 +643,7 @@ class DiskBlockCache:
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
+            self._hot = None  # ``key`` is the most recently used now
             self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)
 

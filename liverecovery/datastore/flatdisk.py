@@ -25,6 +25,8 @@ __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
 ReadBase = Callable[[int, int], Awaitable[bytes]]
 
+_KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
+
 
 @runtime_checkable
 class DiskOverlay(Protocol):
@@ -78,12 +80,18 @@ class DiskStats:
 
 
 class ForegroundGate:
-    """Counts foreground reads in flight; background work waits until there are none."""
+    """Counts foreground reads in flight; background work waits until there are none.
+
+    ``enter``/``leave`` run on every foreground read, so they only count: the event a waiter
+    sleeps on is made by the waiter (an ``anyio.Event`` costs more than a cache-hit read's
+    bookkeeping) and set by the last ``leave``.
+    """
+
+    __slots__ = ("_active", "_idle", "_last_left")
 
     def __init__(self) -> None:
         self._active = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None
         self._last_left = 0.0
 
     @property
@@ -92,18 +100,19 @@ class ForegroundGate:
 
     def enter(self) -> None:
         self._active += 1
-        if self._active == 1:
-            self._idle = anyio.Event()
 
     def leave(self) -> None:
         self._active -= 1
         self._last_left = time.monotonic()
-        if self._active == 0:
+        if self._active == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     async def wait_idle(self) -> None:
         """Return once no foreground read is in flight."""
         while self._active:
+            if self._idle is None:
+                self._idle = anyio.Event()
             await self._idle.wait()
 
     async def wait_quiet(self, grace_s: float) -> bool:
@@ -173,6 +182,7 @@ class FlatDisk:
         self._ranges = cache if isinstance(cache, RangeCache) else None
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
+        self._keys: dict[int, BlockKey] = {}
 
     @classmethod
     async def open(
@@ -221,21 +231,33 @@ class FlatDisk:
                 self.stats.bytes_restored += len(data)
             return data
 
-        data = await self._cache.get_or_fetch(BlockKey(self.source, index), fetch)
+        data = await self._cache.get_or_fetch(self._key(index), fetch)
         if fetched:
             self.stats.cache_misses += 1
         else:
             self.stats.cache_hits += 1
         return data
 
-    async def _block_part(self, index: int, lo: int, hi: int) -> bytes:
+    def _key(self, index: int) -> BlockKey:
+        """The cache key of block ``index``, reused while hot (making one costs more than a
+        cache-hit read's bookkeeping)."""
+        key = self._keys.get(index)
+        if key is None:
+            if len(self._keys) >= _KEPT_KEYS:
+                self._keys.clear()
+            key = self._keys[index] = BlockKey(self.source, index)
+        return key
+
+    async def _block_part(self, index: int, lo: int, hi: int, *, ranges: bool = True) -> bytes:
         """Bytes ``lo:hi`` of block ``index``: straight from the cache file when the block was
-        verified in this process (whole blocks too), else through ``get_or_fetch``."""
-        start = index * self._block
-        if self._ranges is not None and self._holes.has_data(
-            start, min(self.size, start + self._block)
-        ):
-            data = await self._ranges.read_range(BlockKey(self.source, index), lo, hi - lo)
+        verified in this process (whole blocks too), else through ``get_or_fetch``.
+
+        ``read_range`` comes first (unless the caller just tried it), without consulting the
+        hole map: a block verified in this process was fetched or checked through
+        ``_block_bytes``, so it holds data.
+        """
+        if ranges and self._ranges is not None:
+            data = await self._ranges.read_range(self._key(index), lo, hi - lo)
             if data is not None:
                 self.stats.cache_hits += 1
                 return data
@@ -244,13 +266,22 @@ class FlatDisk:
 
     async def read_base(self, offset: int, length: int) -> bytes:
         """The backup's bytes (through the cache) at ``offset``, ignoring the overlay."""
-        end = min(self.size, offset + length)
+        end = offset + length
+        if end > self.size:
+            end = self.size
         if end <= offset:
             return b""
         bs = self._block
-        first, last = offset // bs, (end - 1) // bs
-        if first == last:
-            return await self._block_part(first, offset - first * bs, end - first * bs)
+        first = offset // bs
+        lo = offset - first * bs
+        if lo + end - offset <= bs:  # within one block: the cache-hit path, kept short
+            if self._ranges is not None:
+                data = await self._ranges.read_range(self._key(first), lo, end - offset)
+                if data is not None:
+                    self.stats.cache_hits += 1
+                    return data
+            return await self._block_part(first, lo, lo + end - offset, ranges=False)
+        last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 
         async def one(i: int) -> None:
@@ -267,15 +298,16 @@ class FlatDisk:
         if offset >= self.size or count <= 0:
             await anyio.lowlevel.checkpoint()
             return b"", offset + max(count, 0) >= self.size
-        length = min(count, self.size - offset)
-        self.gate.enter()
+        length = count if count < self.size - offset else self.size - offset
+        gate = self.gate
+        gate.enter()
         try:
             if self._overlay is not None:
                 data = await self._overlay.read(offset, length)
             else:
                 data = await self.read_base(offset, length)
         finally:
-            self.gate.leave()
+            gate.leave()
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
 

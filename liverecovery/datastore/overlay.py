@@ -403,7 +403,11 @@ class WriteOverlay:
         bs = self._block_size
         first, last = offset // bs, (end - 1) // bs
         blocks = self._blocks
-        if not any(b in blocks for b in range(first, last + 1)):
+        if (
+            (first not in blocks)
+            if first == last
+            else not any(map(blocks.__contains__, range(first, last + 1)))
+        ):
             return await self._base(offset, end - offset)
         # Runs of consecutive blocks of the same kind: (from overlay?, start, end).
         runs: list[tuple[bool, int, int]] = []

@@ -128,6 +128,9 @@ class VirtualDatastore:
         return await self._inner.lookup(dir_id, name)
 
     async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+        disk = self._disks.get(fileid)  # the hot path: a visible flat disk, one lookup
+        if disk is not None and fileid not in self._removed:
+            return await disk.read(offset, count)
         disk = self._virtual(fileid)
         if disk is None:
             return await self._inner.read(fileid, offset, count)

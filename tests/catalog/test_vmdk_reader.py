@@ -282,8 +282,9 @@ def test_allocation_of_whole_grain_tables(tmp_path: Path) -> None:
 def test_batched_grain_table_reads_give_the_same_map(
     images: dict[str, Image], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Mapping reads back-to-back grain tables in one go; one table at a time gives the same
-    runs, and the batched read really happens for files laid out that way."""
+    """Mapping reads back-to-back grain tables in one go and skips those that are holes in the
+    file; one table at a time, and reading (not skipping) holes, give the same runs, and the
+    batched read really happens for files laid out that way."""
     from liverecovery.catalog.vmdk import extents
 
     def map_of(path: Path) -> list[tuple[int, int, ExtentKind]]:
@@ -294,16 +295,23 @@ def test_batched_grain_table_reads_give_the_same_map(
             disk.close()
 
     batches: list[int] = []
-    real = extents.SparseExtent._prefetch_gts
+    real = extents.SparseExtent._load_batch
 
-    def counting(self: extents.SparseExtent, first: int, max_bytes: int = 4 << 20) -> None:
-        batches.append(first)
-        real(self, first, max_bytes)
+    def counting(
+        self: extents.SparseExtent, first: int, stop: int, max_bytes: int = 4 << 20
+    ) -> list[tuple[int, int, bool]]:
+        groups = real(self, first, stop, max_bytes)
+        batches.append(sum(n for _, n, _ in groups))
+        return groups
 
-    monkeypatch.setattr(extents.SparseExtent, "_prefetch_gts", counting)
+    monkeypatch.setattr(extents.SparseExtent, "_load_batch", counting)
     batched = map_of(images[name].vmdk)
+    assert max(batches) > 1
     monkeypatch.setattr(
-        extents.SparseExtent, "_prefetch_gts", lambda self, first, max_bytes=0: self._gt(first)
+        extents.SparseExtent,
+        "_load_batch",
+        lambda self, first, stop, max_bytes=0: real(self, first, stop, 0),
     )
     assert map_of(images[name].vmdk) == batched
-    assert batches
+    monkeypatch.setattr(extents.SparseExtent, "_data_span", lambda self, o, n: (o, o + n))
+    assert map_of(images[name].vmdk) == batched
