@@ -15,7 +15,7 @@ import secrets
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -25,6 +25,10 @@ __all__ = ["GiB", "MiB", "Passkey", "Settings", "Timeouts", "default_job_results
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+
+DEFAULT_CACHE_MAX_OPEN_FILES: Final = 256
+"""256 MiB of hot 1 MiB blocks."""
 
 
 def default_job_results_dir() -> Path:
@@ -54,6 +58,11 @@ def _fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
 def _non_negative_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise SettingsError(f"{attr.name} must be a non-negative integer, got {value!r}")
+
+
+def _positive_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SettingsError(f"{attr.name} must be a positive integer, got {value!r}")
 
 
 def _non_negative_float() -> Any:
@@ -154,6 +163,11 @@ class Settings:
     job_space_floor_bytes: int = attrs.field(default=20 * GiB, validator=_non_negative_int)
     job_space_fraction: float = attrs.field(default=0.15, validator=_fraction)
     cache_block_size: int = attrs.field(default=1 * MiB, validator=_non_negative_int)
+    cache_max_open_files: int = attrs.field(
+        default=DEFAULT_CACHE_MAX_OPEN_FILES, validator=_positive_int
+    )
+    """Cache block files kept open for fast hits (bounded further by a quarter of the process's
+    descriptor limit)."""
     nfs_listen_host: str = "0.0.0.0"
     nfs_port: int = attrs.field(default=2049, validator=_port)
     portmap_port: int = attrs.field(default=111, validator=_port)

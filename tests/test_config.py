@@ -38,6 +38,8 @@ def test_job_space_is_the_larger_of_floor_and_fraction(vm_bytes: int) -> None:
         ({"job_space_floor_bytes": -1}, "job_space_floor_bytes"),
         ({"nfs_port": 70000}, "nfs_port"),
         ({"compensation_attempts": 0}, "compensation_attempts"),
+        ({"cache_max_open_files": 0}, "cache_max_open_files"),
+        ({"cache_max_open_files": True}, "cache_max_open_files"),
     ],
 )
 def test_bad_values_name_the_setting(kwargs: dict[str, object], named: str) -> None:

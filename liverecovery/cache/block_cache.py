@@ -50,7 +50,7 @@ import attrs
 from liverecovery.backends import BlockKey, CacheSpace
 from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
-from liverecovery.config import GiB, MiB, Settings
+from liverecovery.config import DEFAULT_CACHE_MAX_OPEN_FILES, GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
 from liverecovery.nfs.inline_io import run_read
 from liverecovery.private_dirs import make_private_dirs
@@ -96,7 +96,7 @@ def _human(nbytes: int) -> str:
 _NOWAIT: Final[int] = getattr(os, "RWF_NOWAIT", 0)  # 0: not on this platform
 
 
-DEFAULT_MAX_OPEN_FILES: Final = 256
+DEFAULT_MAX_OPEN_FILES: Final = DEFAULT_CACHE_MAX_OPEN_FILES
 """Block files ``read_range`` keeps open by default: 256 MiB of hot 1 MiB blocks, a quarter of
 the usual 1024-descriptor soft limit."""
 
@@ -249,12 +249,13 @@ class DiskBlockCache:
     async def from_settings(
         cls, settings: Settings, *, probe: SpaceProbe | None = None
     ) -> DiskBlockCache:
-        """Open the cache at ``settings.effective_cache_root`` with the settings' block size and
-        minimum free percentage."""
+        """Open the cache at ``settings.effective_cache_root`` with the settings' block size,
+        minimum free percentage and open-file bound."""
         return await cls.open(
             settings.effective_cache_root,
             block_size=settings.cache_block_size,
             min_free_percent=settings.cache_min_free_percent,
+            max_open_files=settings.cache_max_open_files,
             probe=probe,
         )
 
@@ -583,6 +584,11 @@ class DiskBlockCache:
         for fd, _entry in fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    @property
+    def max_open_files(self) -> int:
+        """The bound on ``open_files``: the requested one, capped by the descriptor limit."""
+        return self._max_fds
 
     @property
     def open_files(self) -> int:

@@ -421,11 +421,14 @@ async def test_bad_settings_are_named(tmp_path: Path) -> None:
 
 
 async def test_from_settings_uses_effective_root(tmp_path: Path) -> None:
-    settings = Settings(job_results_dir=tmp_path / "results", cache_block_size=8192)
+    settings = Settings(
+        job_results_dir=tmp_path / "results", cache_block_size=8192, cache_max_open_files=3
+    )
     cache = await DiskBlockCache.from_settings(settings)
     assert cache.root == tmp_path / "results" / "3dfs-cache"
     assert cache.block_size == 8192
     assert cache.min_free_percent == 5.0
+    assert cache.max_open_files == 3
     assert (cache.root / "index.sqlite").is_file()
     await cache.aclose()
 
