@@ -22,6 +22,8 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    FileRange,
+    FileRangeReader,
     Filesystem,
     FileType,
     FsStat,
@@ -175,6 +177,15 @@ class CompositeFilesystem:
             raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
         m, sub = self._split(fileid)
         return await m.fs.read(sub, offset, count)
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """The sub-filesystem's file range when it has ``read_file_range`` (else None)."""
+        if fileid == ROOT_ID:
+            raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
+        m, sub = self._split(fileid)
+        if not isinstance(m.fs, FileRangeReader):
+            return None
+        return await m.fs.read_file_range(sub, offset, count)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

@@ -30,6 +30,7 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    FileRange,
     FileType,
     FsStat,
     SetAttributes,
@@ -321,6 +322,19 @@ class LocalFilesystem:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
         return await run_read(self._read, fd, offset, count)
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """The READ's bytes as a range of the file (a duplicate descriptor), for splicing;
+        None at or past end of file (``read`` answers those)."""
+        fd = self._fd(fileid)
+        try:
+            st = os.fstat(fd)
+            want = min(count, st.st_size - offset)
+            if want <= 0 or not stat.S_ISREG(st.st_mode):
+                return None
+            return FileRange(os.dup(fd), offset, want)
+        except OSError as exc:
+            raise _nfs_error(exc, "read") from None
 
     @staticmethod
     def _read(fd: int, offset: int, count: int) -> tuple[bytes, bool]:
