@@ -109,33 +109,53 @@ class _Pipe:
 
 
 class PipePool:
-    """Pipes for READ data, reused; at most ``max_pipes`` loaded at once (each holds page-cache
-    references to one READ's bytes until they are sent)."""
+    """Pipes for READ data: at most ``max_pipes`` loaded at once (each holds page-cache
+    references to one READ's bytes until they are sent). ``keep_idle`` empty pipes are made at
+    the start and kept for reuse; pipes beyond them are closed when given back, so a burst of
+    reads leaves no descriptors behind."""
 
-    def __init__(self, pipe_size: int, max_pipes: int = 32) -> None:
+    def __init__(self, pipe_size: int, max_pipes: int = 32, keep_idle: int = 4) -> None:
         self._pipe_size = pipe_size
         self._max = max_pipes
+        self._keep = keep_idle
         self._free: list[_Pipe] = []
         self._slots = 0
         self._out = 0
         self._closed = False
+        self.loaded = 0
+        """Ranges moved into pipes so far (what tests and statistics look at)."""
+        for _ in range(keep_idle):
+            pipe = self._new()
+            if pipe is None:
+                break
+            self._free.append(pipe)
+
+    @property
+    def in_use(self) -> int:
+        """Pipes handed out and not given back yet."""
+        return self._out
+
+    def _new(self) -> _Pipe | None:
+        try:
+            pipe = _Pipe(self._pipe_size)
+            slots = pipe.slots
+        except OSError:  # out of file descriptors: the copying path still works
+            return None
+        self._slots = slots if not self._slots else min(self._slots, slots)
+        return pipe
 
     def acquire(self, offset: int, count: int) -> _Pipe | None:
         """An empty pipe that can hold the range, or None (pool exhausted or range too wide)."""
         if self._closed or self._out >= self._max:
             return None
         pages = (offset + count - 1) // _PAGE - offset // _PAGE + 1
-        if self._free:
-            pipe = self._free.pop()
-        else:
-            try:
-                pipe = _Pipe(self._pipe_size)
-                slots = pipe.slots
-            except OSError:  # out of file descriptors: the copying path still works
-                return None
-            self._slots = slots if not self._slots else min(self._slots, slots)
+        if self._slots and pages > self._slots:
+            return None
+        pipe = self._free.pop() if self._free else self._new()
+        if pipe is None:
+            return None
         if pages > self._slots:
-            self._free.append(pipe)
+            self._give_idle(pipe)
             return None
         self._out += 1
         return pipe
@@ -143,10 +163,16 @@ class PipePool:
     def give_back(self, pipe: _Pipe, empty: bool) -> None:
         """Return a pipe; one that still holds bytes (a dropped reply) is closed instead."""
         self._out -= 1
-        if empty and not self._closed:
-            self._free.append(pipe)
+        if empty:
+            self._give_idle(pipe)
         else:
             pipe.close()
+
+    def _give_idle(self, pipe: _Pipe) -> None:
+        if self._closed or len(self._free) >= self._keep:
+            pipe.close()
+        else:
+            self._free.append(pipe)
 
     def close(self) -> None:
         """Close the idle pipes; those in use are closed when given back."""
@@ -237,6 +263,7 @@ async def load(pool: PipePool, rng: FileRange) -> tuple[PipedData, bool] | None:
         _abandon(pool, pipe, rng)
         return None
     rng.close()
+    pool.loaded += 1
     return PipedData(pool, pipe, got), eof
 
 
