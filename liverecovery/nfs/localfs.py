@@ -5,7 +5,9 @@ re-walking the tree when a cached path no longer holds that inode. Symlinks are 
 Directory cookies are a hash of the entry's name, so they stay valid while the directory changes
 and across restarts. Blocking I/O runs in worker threads, except reads the page cache holds
 (``RWF_NOWAIT``) and UNSTABLE writes while they stay fast (``inline_io``); FILE_SYNC/DATA_SYNC
-writes and COMMIT fsync, in a worker thread, before returning.
+writes and COMMIT fsync, in a worker thread, before returning. Large READs are answered with
+``read_file_range`` (a ``FileRangeReader``): the server splices the bytes from the file to the
+socket without copying them (``zero_copy``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import platform
+import threading
 from typing import Any, Final
 
 from liverecovery.nfs.filesystem import FileRange
@@ -62,24 +63,26 @@ class _Residency:
         if _CACHESTAT_NR is not None and platform.system() == "Linux":
             with contextlib.suppress(OSError, AttributeError):
                 self._syscall = ctypes.CDLL(None, use_errno=True).syscall
-        self._range = _CachestatRange()
-        self._stat = _Cachestat()
-        self._range_ref = ctypes.byref(self._range)
-        self._stat_ref = ctypes.byref(self._stat)
+        self._local = threading.local()  # the call's structures, one set per thread
 
     def __call__(self, fd: int, offset: int, count: int) -> bool:
         syscall = self._syscall
         if syscall is None or count <= 0:
             return False
+        local = self._local
+        try:
+            range_, stat_ = local.structs
+        except AttributeError:
+            range_, stat_ = local.structs = (_CachestatRange(), _Cachestat())
         first = offset // _PAGE
         pages = (offset + count - 1) // _PAGE - first + 1
-        self._range.off = first * _PAGE
-        self._range.len = pages * _PAGE
-        if syscall(_CACHESTAT_NR, fd, self._range_ref, self._stat_ref, 0) != 0:
+        range_.off = first * _PAGE
+        range_.len = pages * _PAGE
+        if syscall(_CACHESTAT_NR, fd, ctypes.byref(range_), ctypes.byref(stat_), 0) != 0:
             if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
                 self._syscall = None  # an old kernel or a seccomp filter: always use threads
             return False
-        return int(self._stat.nr_cache) >= pages
+        return int(stat_.nr_cache) >= pages
 
 
 resident = _Residency()

@@ -22,10 +22,11 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from liverecovery.datastore.memfs import MemoryFilesystem
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs import zero_copy
 from liverecovery.nfs.client import NfsClient
-from liverecovery.nfs.filesystem import FileRange, Stability
+from liverecovery.nfs.filesystem import FileRange, SetAttributes, Stability
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.rpc import AuthSys, RecordReader, decode_reply, encode_call
 from liverecovery.nfs.server import MAX_IO, NfsServer
@@ -341,3 +342,33 @@ async def test_file_truncated_before_the_splice_gives_a_short_read(
             assert await c.read(fh, MiB, MiB) == (blob[MiB : 2 * MiB], False)
             await c.write(fh, 0, b"after", Stability.FILE_SYNC)
             assert (await c.read(fh, 0, 5))[0] == b"after"
+
+
+@pytest.mark.anyio
+async def test_composite_export_splices_only_where_the_folder_can(tmp_path: Path) -> None:
+    """A composite root forwards ``read_file_range`` to folders that have it (a local
+    directory); an in-memory folder is read through ``read`` as before."""
+    data = tmp_path / "data"
+    data.mkdir()
+    blob = _blob(2 * MiB, 13)
+    (data / "disk.bin").write_bytes(blob)
+    local = LocalFilesystem(data)
+    memory = MemoryFilesystem()
+    mem_file = await memory.create(memory.root_id, "m.bin", SetAttributes())
+    await memory.write(mem_file, 0, blob, Stability.FILE_SYNC)
+    with anyio.fail_after(30):
+        async with NfsServer(tmp_path / "state") as server:
+            await server.export("/esx", ["127.0.0.1"])
+            await server.publish("/esx", "local", local)
+            await server.publish("/esx", "memory", memory)
+            pool = server._pipes
+            assert pool is not None
+            async with await NfsClient.connect("127.0.0.1", server.port, call_timeout=20) as c:
+                root = await c.mount("/esx")
+                on_disk = await c.lookup_path(root, "local/disk.bin")
+                in_memory = await c.lookup_path(root, "memory/m.bin")
+                assert await c.read(on_disk, MiB, MiB) == (blob[MiB:], True)
+                assert pool.loaded == 1
+                assert await c.read(in_memory, 0, MiB) == (blob[:MiB], False)
+                assert pool.loaded == 1  # copied: memory has no file to splice from
+        await local.aclose()
