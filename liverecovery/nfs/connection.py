@@ -42,10 +42,6 @@ _SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 
 
-def _nbytes(chunk: Buffer) -> int:
-    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-
-
 def release(parts: Iterable[Part] | None) -> None:
     """Give back the pipes of a reply that will not be sent."""
     for part in parts or ():
@@ -211,12 +207,14 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     async def _answer(self, record: bytes | bytearray) -> None:
         reply = await self._dispatch(record, self._peer)
         try:
-            await self._send(reply)
+            if reply is not None and not self._can_write.is_set():
+                await self._can_write.wait()
+            self._send(reply)
         except BaseException:
             release(reply)  # a cancelled or failed send: no pipe stays taken
             raise
 
-    async def _send(self, reply: list[Part] | None) -> None:
+    def _send(self, reply: list[Part] | None) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             release(reply)
@@ -224,19 +222,14 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         if reply is None:
             self.close()
             return
-        if not self._can_write.is_set():
-            await self._can_write.wait()
-            if transport.is_closing():
-                release(reply)
-                return
         size = 0
         piped = False
         for chunk in reply:
-            if isinstance(chunk, PipedData):
+            if isinstance(chunk, (bytes, bytearray)):
+                size += len(chunk)
+            else:  # a memoryview, or PipedData
                 size += chunk.nbytes
-                piped = True
-            else:
-                size += _nbytes(chunk)  # type: ignore[arg-type]  # not a PipedData: a buffer
+                piped = piped or isinstance(chunk, PipedData)
         parts: list[Part] = [record_header(size), *reply]
         if self._outbox:  # a spliced reply is on its way: queue behind it
             self._enqueue(parts, size + 4)
