@@ -282,14 +282,17 @@ def test_client_vanishing_mid_reply_leaks_no_pipe(live: Live) -> None:
             time.sleep(0.2)
             sock.recv(1000)
         # closed with most replies unsent
+    # Pipes that still held data were closed (the pool keeps only its few idle ones), and the
+    # server let go of the connections' sockets and their duplicates.
     deadline = time.monotonic() + 10
-    while pool.in_use and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        pool.in_use or len(os.listdir("/proc/self/fd")) > fds_before + 2
+    ):
         time.sleep(0.01)
     assert pool.in_use == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
     fh, _ = live.handle("gone.bin")  # the server still answers
     assert live.portal.call(live.client.read, fh, 0, 10)[0] == _blob(4 * MiB, 5)[:10]
-    # Pipes that still held data were closed; the pool keeps only its few idle ones.
-    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
 
 
 # -- a file that shrinks between locating the range and splicing it ---------------------------
@@ -372,3 +375,47 @@ async def test_composite_export_splices_only_where_the_folder_can(tmp_path: Path
                 assert await c.read(in_memory, 0, MiB) == (blob[:MiB], False)
                 assert pool.loaded == 1  # copied: memory has no file to splice from
         await local.aclose()
+
+
+# -- the pipe pool and the loader on their own -------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_loader_falls_back_and_never_leaks_a_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "f.bin"
+    blob = _blob(3 * MiB, 17)
+    path.write_bytes(blob)
+    pool = zero_copy.PipePool(MiB, max_pipes=1, keep_idle=1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert zero_copy.resident(fd, 0, len(blob))  # just written: in the page cache
+        rng = FileRange(os.dup(fd), 4096, MiB)
+        loaded = await zero_copy.load(pool, rng)
+        assert loaded is not None
+        data, eof = loaded
+        assert (data.nbytes, eof, pool.in_use) == (MiB, False, 1)
+        with pytest.raises(OSError):
+            os.fstat(rng.fd)  # the loader closed the range's descriptor
+        # The only pipe is taken: the next range is refused (read through the copying path).
+        other = FileRange(os.dup(fd), 0, MiB)
+        assert await zero_copy.load(pool, other) is None
+        with pytest.raises(OSError):
+            os.fstat(other.fd)
+        assert data.take_bytes() == blob[4096 : 4096 + MiB]
+        data.release()
+        data.release()  # idempotent
+        assert pool.in_use == 0
+        # Wider than a pipe (an unaligned 1 MiB spans 257 pages on a 1 MiB pipe): refused.
+        slots = pool.acquire(0, 4096)
+        assert slots is not None
+        pool.give_back(slots, empty=True)
+        wide = FileRange(os.dup(fd), 1, pool._slots * 4096)
+        assert await zero_copy.load(pool, wide) is None
+        # Past the end of the file: what is there, and eof.
+        tail = await zero_copy.load(pool, FileRange(os.dup(fd), len(blob) - 10, 100))
+        assert tail is not None
+        assert (tail[0].take_bytes(), tail[1]) == (blob[-10:], True)
+        tail[0].release()
+    finally:
+        os.close(fd)
+        pool.close()
