@@ -10,6 +10,10 @@ exactly how many bytes there are; only then is the header encoded. This is how k
 The file-to-pipe splice reads the disk when the pages are not cached, so it runs inline only
 when ``cachestat`` (Linux 6.5+) says every page of the range is in the page cache; otherwise in
 a worker thread. A pipe holds at most ``slots`` pages; a range spanning more is not loaded.
+
+The pages are referenced, not copied: a WRITE to the same range that lands before the reply
+has left the socket shows in that reply, as for any READ concurrent with a WRITE (knfsd's
+spliced READs behave the same). A truncate after the splice does not shorten the reply.
 """
 
 from __future__ import annotations
