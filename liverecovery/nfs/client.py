@@ -384,7 +384,9 @@ class NfsClient:
         res: n3.ReadRes = await self._call(
             n3.Proc.READ, n3.ReadArgs(fh, offset, count), n3.ReadRes.unpack
         )
-        return bytes(res.data), res.eof
+        data = res.data
+        assert isinstance(data, (bytes, bytearray, memoryview))  # decoded: never a Payload
+        return bytes(data), res.eof
 
     async def write(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import attrs
@@ -22,6 +22,8 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    FileRange,
+    FileRangeReader,
     Filesystem,
     FileType,
     FsStat,
@@ -47,6 +49,14 @@ class _Mounted:
     fs: Filesystem
     overflow_to_sub: dict[int, int] = attrs.field(factory=dict)
     sub_to_overflow: dict[int, int] = attrs.field(factory=dict)
+    range_reader: Callable[[int, int, int], Awaitable[FileRange | None]] | None = attrs.field(
+        init=False
+    )
+    """``fs.read_file_range`` when the folder's filesystem has it (looked up once)."""
+
+    def __attrs_post_init__(self) -> None:
+        fs = self.fs
+        self.range_reader = fs.read_file_range if isinstance(fs, FileRangeReader) else None
 
 
 def _preferred_slot(folder: str) -> int:
@@ -175,6 +185,14 @@ class CompositeFilesystem:
             raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
         m, sub = self._split(fileid)
         return await m.fs.read(sub, offset, count)
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """The sub-filesystem's file range when it has ``read_file_range`` (else None)."""
+        if fileid == ROOT_ID:
+            raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
+        m, sub = self._split(fileid)
+        reader = m.range_reader
+        return None if reader is None else await reader(sub, offset, count)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

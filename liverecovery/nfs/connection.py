@@ -5,6 +5,12 @@ in completion order. At most ``max_in_flight`` calls run per connection; beyond 
 connection stops reading (TCP pushes back on the client) until one finishes. Writes respect the
 transport's flow control. A protocol (rather than anyio streams) saves several awaits and
 cancel-scope entries per call, which is most of the per-request cost in Python.
+
+READ data that waits in a pipe (``zero_copy.PipedData``) is spliced from the pipe to the socket.
+For that the connection writes to the socket itself, through a duplicate of its descriptor:
+while such a reply (or anything queued behind it) is unsent, every reply waits in the
+connection's own outbox, so records never interleave; the transport writes again once the
+outbox is empty. When the transport still buffers bytes, piped data is copied out instead.
 """
 
 from __future__ import annotations
@@ -13,21 +19,48 @@ import asyncio
 import collections
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
 from liverecovery.nfs.rpc import RecordReader, RecordTooLarge, record_header
-from liverecovery.nfs.xdr import Buffer
+from liverecovery.nfs.xdr import Buffer, Part
+from liverecovery.nfs.zero_copy import PipedData, zero_copy_supported
 
 __all__ = ["Dispatch", "RpcServerProtocol"]
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Buffer] | None]]
-"""Answers one record from a peer address: the reply's buffers, or None to close the connection."""
+Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Part] | None]]
+"""Answers one record from a peer address: the reply's parts (buffers, or ``PipedData``), or
+None to close the connection."""
 
 _LOW_WATER: Final = 1 << 20
 _HIGH_WATER: Final = 8 << 20
+_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
+_MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+
+
+def release(parts: Iterable[Part] | None) -> None:
+    """Give back the pipes of a reply that will not be sent."""
+    for part in parts or ():
+        if isinstance(part, PipedData):
+            part.release()
+
+
+def _copied(parts: list[Part]) -> list[Buffer]:
+    """The reply with piped data read into memory (for the transport, which cannot splice)."""
+    out: list[Buffer] = []
+    for part in parts:
+        if isinstance(part, PipedData):
+            try:
+                out.append(part.take_bytes())
+            finally:
+                part.release()
+        else:
+            out.append(part)  # type: ignore[arg-type]  # every other part is a buffer
+    return out
 
 
 class RpcServerProtocol(asyncio.BufferedProtocol):
@@ -55,6 +88,13 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._eof = False
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._transport_paused = False
+        self._raw: socket.socket | None = None
+        """A duplicate of the connection's socket: splice writes to it while the outbox is busy."""
+        self._outbox: collections.deque[tuple[collections.deque[Part], int]] = collections.deque()
+        self._outbox_bytes = 0
+        self._outbox_full = False
+        self._waiting_writable = False
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
@@ -114,13 +154,20 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._partial_timer.cancel()
         for task in self._tasks:
             task.cancel()
+        self._drop_outbox()
+        if self._raw is not None:
+            self._raw.close()  # before the transport closes its own descriptor (FIN goes out)
+            self._raw = None
         self._can_write.set()
 
     def pause_writing(self) -> None:
+        self._transport_paused = True
         self._can_write.clear()
 
     def resume_writing(self) -> None:
-        self._can_write.set()
+        self._transport_paused = False
+        if not self._outbox_full:
+            self._can_write.set()
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -148,25 +195,52 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self._eof and not self._tasks and not self._queued and self._transport is not None:
+        if (
+            self._eof
+            and not self._tasks
+            and not self._queued
+            and not self._outbox
+            and self._transport is not None
+        ):
             self._transport.close()
 
     async def _answer(self, record: bytes | bytearray) -> None:
         reply = await self._dispatch(record, self._peer)
+        try:
+            if reply is not None and not self._can_write.is_set():
+                await self._can_write.wait()
+            self._send(reply)
+        except BaseException:
+            release(reply)  # a cancelled or failed send: no pipe stays taken
+            raise
+
+    def _send(self, reply: list[Part] | None) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
+            release(reply)
             return
         if reply is None:
             self.close()
             return
-        if not self._can_write.is_set():
-            await self._can_write.wait()
-            if transport.is_closing():
-                return
         size = 0
+        piped = False
         for chunk in reply:
-            size += len(chunk) if not isinstance(chunk, memoryview) else chunk.nbytes
-        buffers = [record_header(size), *reply]
+            if isinstance(chunk, (bytes, bytearray)):
+                size += len(chunk)
+            else:  # a memoryview, or PipedData
+                size += chunk.nbytes
+                piped = piped or isinstance(chunk, PipedData)
+        parts: list[Part] = [record_header(size), *reply]
+        if self._outbox:  # a spliced reply is on its way: queue behind it
+            self._enqueue(parts, size + 4)
+            return
+        if piped:
+            if not transport.get_write_buffer_size() and self._raw_socket() is not None:
+                self._enqueue(parts, size + 4)
+                self._pump()
+                return
+            parts = _copied(parts)  # type: ignore[assignment]
+        buffers: list[Buffer] = parts  # type: ignore[assignment]  # no PipedData left
         if self._fileno < 0 or transport.get_write_buffer_size():
             self._write_rest(transport, buffers, 0)
             return
@@ -189,6 +263,99 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
                 continue
             transport.write(view[skip:] if skip else chunk)
             skip = 0
+
+    # -- writing to the socket ourselves (spliced READ data) -------------------------------
+
+    def _raw_socket(self) -> socket.socket | None:
+        if self._raw is None and self._fileno >= 0 and zero_copy_supported():
+            try:
+                raw = socket.socket(fileno=os.dup(self._fileno))
+                raw.setblocking(False)
+            except OSError:
+                return None
+            self._raw = raw
+        return self._raw
+
+    def _enqueue(self, parts: list[Part], size: int) -> None:
+        self._outbox.append((collections.deque(parts), size))
+        self._outbox_bytes += size
+        if self._outbox_bytes > _HIGH_WATER and not self._outbox_full:
+            self._outbox_full = True
+            self._can_write.clear()
+
+    def _pump(self) -> None:
+        """Send what the socket takes from the outbox; wait for it to be writable otherwise."""
+        raw = self._raw
+        if raw is None:
+            self._drop_outbox()
+            return
+        fd = raw.fileno()
+        try:
+            while self._outbox:
+                parts, size = self._outbox[0]
+                more = len(self._outbox) > 1
+                while parts:
+                    head = parts[0]
+                    if isinstance(head, PipedData):
+                        if head.remaining == 0:
+                            head.release()
+                            parts.popleft()
+                            continue
+                        flags = _SPLICE_FLAGS | (_SPLICE_MORE if more or len(parts) > 1 else 0)
+                        n = os.splice(head.fd, fd, head.remaining, flags=flags)
+                        if n <= 0:
+                            raise OSError("READ data pipe ran dry")
+                        head.remaining -= n
+                        continue
+                    buffers: list[Buffer] = []
+                    for part in parts:
+                        if isinstance(part, PipedData):
+                            break
+                        buffers.append(part)  # type: ignore[arg-type]  # a buffer
+                    tail = more or len(buffers) < len(parts)
+                    n = raw.sendmsg(buffers, (), _MSG_MORE if tail else 0)
+                    while parts and not isinstance(parts[0], PipedData):
+                        chunk = memoryview(parts[0]).cast("B")  # type: ignore[arg-type]
+                        if chunk.nbytes > n:
+                            parts[0] = chunk[n:]
+                            break
+                        n -= chunk.nbytes
+                        parts.popleft()
+                    if parts and not isinstance(parts[0], PipedData):
+                        raise BlockingIOError  # the socket took only part of the buffers
+                self._outbox.popleft()
+                self._outbox_bytes -= size
+                if self._outbox_full and self._outbox_bytes <= _LOW_WATER:
+                    self._outbox_full = False
+                    if not self._transport_paused:
+                        self._can_write.set()
+        except BlockingIOError:
+            if not self._waiting_writable:
+                asyncio.get_running_loop().add_writer(fd, self._pump)
+                self._waiting_writable = True
+            return
+        except OSError as exc:
+            log.info("closing connection from %s: send failed: %s", self._peer, exc)
+            self._drop_outbox()
+            self.close()
+            return
+        self._stop_waiting()
+        self._maybe_finish()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_writable and self._raw is not None:
+            asyncio.get_running_loop().remove_writer(self._raw.fileno())
+        self._waiting_writable = False
+
+    def _drop_outbox(self) -> None:
+        self._stop_waiting()
+        while self._outbox:
+            parts, _ = self._outbox.popleft()
+            release(parts)
+        self._outbox_bytes = 0
+        self._outbox_full = False
+        if not self._transport_paused:
+            self._can_write.set()
 
     def close(self) -> None:
         if self._transport is not None:

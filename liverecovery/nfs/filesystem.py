@@ -10,6 +10,7 @@ NUL, are ``.``/``..`` where not allowed, or exceed 255 bytes before they reach a
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -20,6 +21,8 @@ __all__ = [
     "DirEntry",
     "DirPage",
     "FileAttributes",
+    "FileRange",
+    "FileRangeReader",
     "FileType",
     "Filesystem",
     "FsStat",
@@ -127,6 +130,36 @@ class FsStat:
     total_files: int
     free_files: int
     avail_files: int
+
+
+@attrs.frozen
+class FileRange:
+    """The bytes of a READ as a range of one regular file, so the server can move them from the
+    file to the socket without copying them through Python (``splice``).
+
+    ``fd`` is owned by whoever receives the value (a private duplicate): ``close`` it once done.
+    ``count`` may exceed what the file holds by the time the bytes are sent (a concurrent
+    truncate); the server then sends what is there and sets the eof flag.
+    """
+
+    fd: int
+    offset: int
+    count: int
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@runtime_checkable
+class FileRangeReader(Protocol):
+    """**Optional protocol** next to ``Filesystem``: READs that can be served straight from a
+    file. A filesystem without it is always read through ``read``."""
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """The file range holding ``count`` bytes at ``offset`` (fewer at end of file), or
+        None when those bytes are not one range of one regular file (the server then calls
+        ``read``). Raises what ``read`` would raise for a bad ``fileid``."""
+        ...
 
 
 @runtime_checkable

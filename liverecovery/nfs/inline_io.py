@@ -25,7 +25,7 @@ from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import anyio
 
-__all__ = ["InlineWrites", "run_read", "run_write"]
+__all__ = ["InlineWrites", "run_read", "run_write", "submit_read"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -124,6 +124,15 @@ async def run_read(fn: Callable[..., _T], *args: Any) -> _T:
     future: asyncio.Future[_T] = loop.create_future()
     _READS.submit((loop, future, fn, args))
     return await future
+
+
+def submit_read(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """Start a blocking read in a worker thread; its future (for callers that must know when
+    the thread is done even if they stop waiting, e.g. through ``asyncio.shield``)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+    _READS.submit((loop, future, fn, args))
+    return future
 
 
 async def run_write(fn: Callable[..., _T], *args: Any) -> _T:

@@ -5,7 +5,9 @@ re-walking the tree when a cached path no longer holds that inode. Symlinks are 
 Directory cookies are a hash of the entry's name, so they stay valid while the directory changes
 and across restarts. Blocking I/O runs in worker threads, except reads the page cache holds
 (``RWF_NOWAIT``) and UNSTABLE writes while they stay fast (``inline_io``); FILE_SYNC/DATA_SYNC
-writes and COMMIT fsync, in a worker thread, before returning.
+writes and COMMIT fsync, in a worker thread, before returning. Large READs are answered with
+``read_file_range`` (a ``FileRangeReader``): the server splices the bytes from the file to the
+socket without copying them (``zero_copy``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    FileRange,
     FileType,
     FsStat,
     SetAttributes,
@@ -321,6 +324,19 @@ class LocalFilesystem:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
         return await run_read(self._read, fd, offset, count)
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """The READ's bytes as a range of the file (a duplicate descriptor), for splicing;
+        None at or past end of file (``read`` answers those)."""
+        fd = self._fd(fileid)
+        try:
+            st = os.fstat(fd)
+            want = min(count, st.st_size - offset)
+            if want <= 0 or not stat.S_ISREG(st.st_mode):
+                return None
+            return FileRange(os.dup(fd), offset, want)
+        except OSError as exc:
+            raise _nfs_error(exc, "read") from None
 
     @staticmethod
     def _read(fd: int, offset: int, count: int) -> tuple[bytes, bool]:

@@ -23,7 +23,7 @@ from liverecovery.nfs.filesystem import (
     SetAttributes,
     Stability,
 )
-from liverecovery.nfs.xdr import Packer, Unpacker, XdrError
+from liverecovery.nfs.xdr import Packer, Payload, Unpacker, XdrError
 
 __all__ = [
     "ACCESS_ALL",
@@ -706,15 +706,22 @@ class ReadRes:
     status: NfsStatus
     attributes: FileAttributes | None = None
     eof: bool = False
-    data: bytes | bytearray | memoryview = attrs.field(default=b"", eq=False)
+    data: bytes | bytearray | memoryview | Payload = attrs.field(default=b"", eq=False)
+    """The bytes read, or a ``Payload`` (bytes the sender moves from a file to the socket)."""
 
     def pack(self, p: Packer, fsid: int) -> None:
         p.u32(self.status)
         pack_post_op_attr(p, self.attributes, fsid)
         if self.status == NfsStatus.OK:
-            p.u32(len(self.data))
-            p.boolean(self.eof)
-            p.opaque(self.data)
+            data = self.data
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                p.u32(len(data))
+                p.boolean(self.eof)
+                p.opaque(data)
+            else:
+                p.u32(data.nbytes)
+                p.boolean(self.eof)
+                p.opaque_payload(data)
 
     @classmethod
     def unpack(cls, u: Unpacker) -> ReadRes:

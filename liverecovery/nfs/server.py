@@ -36,9 +36,16 @@ from liverecovery.errors import BackendError, NfsError, NfsStatus
 from liverecovery.nfs import mount_codec as mnt
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs import portmap_codec as pm
+from liverecovery.nfs import zero_copy
 from liverecovery.nfs.composite import CompositeFilesystem
 from liverecovery.nfs.connection import RpcServerProtocol
-from liverecovery.nfs.filesystem import FileAttributes, Filesystem, FileType
+from liverecovery.nfs.filesystem import (
+    FileAttributes,
+    FileRange,
+    FileRangeReader,
+    Filesystem,
+    FileType,
+)
 from liverecovery.nfs.handles import HandleCodec, load_or_create_key
 from liverecovery.nfs.names import NAME_MAX, check_name
 from liverecovery.nfs.rpc import (
@@ -48,7 +55,7 @@ from liverecovery.nfs.rpc import (
     decode_call,
     encode_accepted,
 )
-from liverecovery.nfs.xdr import Buffer, Unpacker, XdrError
+from liverecovery.nfs.xdr import Part, Unpacker, XdrError
 
 __all__ = ["NfsServer"]
 
@@ -60,6 +67,9 @@ _EXPORTS_FILE: Final = "exports.json"
 _DIR_ACCESS: Final = n3.ACCESS_ALL
 _FILE_ACCESS: Final = n3.ACCESS_ALL & ~n3.ACCESS_DELETE & ~n3.ACCESS_LOOKUP
 _WRITE_ACCESS: Final = n3.ACCESS_MODIFY | n3.ACCESS_EXTEND | n3.ACCESS_DELETE
+_SPLICE_MIN: Final = 16 * 1024
+"""READs at least this large are spliced from the file when the filesystem can say where their
+bytes are (``FileRangeReader``): below it, copying is cheaper than the pipe round trip."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -96,7 +106,16 @@ class _Export:
     clients: tuple[str, ...]
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     composite: CompositeFilesystem | None
+    range_reader: Callable[[int, int, int], Awaitable[FileRange | None]] | None = attrs.field(
+        init=False
+    )
+    """``fs.read_file_range`` when the filesystem has it (looked up once, not per READ)."""
     _allowed: dict[str, bool] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        fs = self.fs
+        self.range_reader = fs.read_file_range if isinstance(fs, FileRangeReader) else None
+
     """Answers of ``allows`` by peer address (every call asks); cleared when clients change."""
 
     def allows(self, address: str) -> bool:
@@ -199,6 +218,7 @@ class NfsServer:
         self._bound_port = 0
         self._bound_portmap_port = 0
         self._nfs_procs = self._nfs_table()
+        self._pipes: zero_copy.PipePool | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -233,6 +253,8 @@ class NfsServer:
             )
 
         self._started_at = time.monotonic()
+        if zero_copy.zero_copy_supported():
+            self._pipes = zero_copy.PipePool(MAX_IO)
         main = await loop.create_server(protocol, self._host, self._port, reuse_address=True)
         self._servers.append(main)
         self._bound_port = int(main.sockets[0].getsockname()[1])
@@ -257,6 +279,9 @@ class NfsServer:
             conn.close()
         for srv in servers:
             await srv.wait_closed()
+        if self._pipes is not None:
+            self._pipes.close()
+            self._pipes = None
 
     @property
     def host(self) -> str:
@@ -399,7 +424,7 @@ class NfsServer:
 
     # -- connections ------------------------------------------------------------------------
 
-    async def _dispatch(self, record: bytes | bytearray, peer: str) -> list[Buffer] | None:
+    async def _dispatch(self, record: bytes | bytearray, peer: str) -> list[Part] | None:
         """The reply to one record; None when it is not an RPC call (the connection closes)."""
         try:
             call = decode_call(record)
@@ -561,12 +586,12 @@ class NfsServer:
     def _fh(self, exp: _Export, fileid: int) -> bytes:
         return self._handles.encode(exp.export_id, exp.generation, fileid)
 
-    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Buffer]:
+    async def _nfs(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Part]:
         if proc == n3.Proc.NULL:
-            return encode_accepted(xid).chunks()
+            return encode_accepted(xid).parts()
         entry = self._nfs_procs.get(proc)
         if entry is None:
-            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).chunks()
+            return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).parts()
         unpack, handler, result_type = entry
         try:
             decoded = unpack(args)
@@ -584,7 +609,7 @@ class NfsServer:
             result = result_type(exc.status)
         p = encode_accepted(xid)
         result.pack(p, fsid)
-        return p.chunks()
+        return p.parts()
 
     def _nfs_table(
         self,
@@ -666,11 +691,41 @@ class NfsServer:
         return n3.ReadlinkRes(NfsStatus.OK, await self._attrs_or_none(exp.fs, fid), target)
 
     async def _read(self, exp: _Export, fid: int, a: n3.ReadArgs, peer: str) -> n3.ReadRes:
+        count = min(a.count, MAX_IO)
         try:
-            data, eof = await exp.fs.read(fid, a.offset, min(a.count, MAX_IO))
+            if count >= _SPLICE_MIN and exp.range_reader is not None and self._pipes is not None:
+                piped = await self._read_piped(exp, exp.range_reader, fid, a.offset, count)
+                if piped is not None:
+                    return piped
+            data, eof = await exp.fs.read(fid, a.offset, count)
         except NfsError as exc:
             return n3.ReadRes(exc.status, await self._attrs_or_none(exp.fs, fid))
         return n3.ReadRes(NfsStatus.OK, await self._attrs_or_none(exp.fs, fid), eof, data)
+
+    async def _read_piped(
+        self,
+        exp: _Export,
+        reader: Callable[[int, int, int], Awaitable[FileRange | None]],
+        fid: int,
+        offset: int,
+        count: int,
+    ) -> n3.ReadRes | None:
+        """A READ whose data the connection splices from the file; None: read the bytes."""
+        rng = await reader(fid, offset, count)
+        if rng is None or self._pipes is None:
+            if rng is not None:
+                rng.close()
+            return None
+        loaded = await zero_copy.load(self._pipes, rng)
+        if loaded is None:
+            return None
+        data, eof = loaded
+        try:
+            attributes = await self._attrs_or_none(exp.fs, fid)
+        except BaseException:
+            data.release()
+            raise
+        return n3.ReadRes(NfsStatus.OK, attributes, eof, data)
 
     async def _write(self, exp: _Export, fid: int, a: n3.WriteArgs, peer: str) -> n3.WriteRes:
         before = await self._wcc_before(exp.fs, fid)

@@ -9,11 +9,23 @@ as separate chunks, so a 1 MiB reply is copied once, when it is sent.
 from __future__ import annotations
 
 import struct
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
-__all__ = ["Buffer", "Packer", "Unpacker", "XdrError"]
+__all__ = ["Buffer", "Packer", "Part", "Payload", "Unpacker", "XdrError"]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+class Payload(Protocol):
+    """Opaque bytes that are not in memory when a reply is encoded (READ data waiting in a
+    pipe): encoding needs only their length, the sender supplies the bytes."""
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+Part: TypeAlias = "Buffer | Payload"
+"""One piece of an encoded message: bytes, or a ``Payload`` the sender writes in its place."""
 
 _U32: Final = struct.Struct(">I")
 _I32: Final = struct.Struct(">i")
@@ -106,12 +118,13 @@ class Unpacker:
 class Packer:
     """Accumulates XDR items; ``chunks()`` or ``getvalue()`` returns them."""
 
-    __slots__ = ("_buf", "_chunks", "_size")
+    __slots__ = ("_buf", "_chunks", "_external", "_size")
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._chunks: list[Buffer] = []
+        self._chunks: list[Part] = []
         self._size = 0
+        self._external = False
 
     def __len__(self) -> int:
         return self._size + len(self._buf)
@@ -155,11 +168,30 @@ class Packer:
             self._buf += data
             self._buf += _PAD[n & 3]
 
+    def opaque_payload(self, payload: Payload) -> None:
+        """A variable-length opaque whose bytes the sender supplies (see ``parts``)."""
+        n = payload.nbytes
+        self._buf += _U32.pack(n)
+        self._chunks.append(self._buf)
+        self._chunks.append(payload)
+        self._size += len(self._buf) + n
+        self._buf = bytearray(_PAD[n & 3])
+        self._external = True
+
     def string(self, value: str) -> None:
         self.opaque(value.encode("utf-8", "surrogateescape"))
 
     def chunks(self) -> list[Buffer]:
-        """The encoded bytes as a list of buffers (large payloads are not copied)."""
+        """The encoded bytes as a list of buffers (large payloads are not copied).
+
+        :raises TypeError: a ``Payload`` was packed (use ``parts``).
+        """
+        if self._external:
+            raise TypeError("the message holds a Payload: use parts()")
+        return self.parts()  # type: ignore[return-value]  # no Payload in it
+
+    def parts(self) -> list[Part]:
+        """The encoded message as buffers and ``Payload`` placeholders, in order."""
         if self._buf:
             return [*self._chunks, self._buf]
         return list(self._chunks)

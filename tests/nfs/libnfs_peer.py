@@ -42,6 +42,18 @@ def sparse_tail(url: str) -> dict[str, object]:
     return {"hex": data.hex()}
 
 
+def preads(url: str) -> dict[str, object]:
+    """Reads the ``[path, offset, count]`` triples given as JSON on stdin; their bytes in hex."""
+    nfs = libnfs.NFS(url)
+    out = []
+    for path, offset, count in json.loads(sys.stdin.read()):
+        f = nfs.open(path, "rb")
+        f.seek(offset)
+        out.append(f.read(count).hex())
+        f.close()
+    return {"hex": out}
+
+
 if __name__ == "__main__":
-    fn = {"session": session, "sparse_tail": sparse_tail}[sys.argv[1]]
+    fn = {"session": session, "sparse_tail": sparse_tail, "preads": preads}[sys.argv[1]]
     print(json.dumps(fn(sys.argv[2])))
