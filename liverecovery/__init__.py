@@ -66,7 +66,7 @@ from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
 from liverecovery.job.states import State
 from liverecovery.nfs.client import NfsClient
-from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.nfs.filesystem import FileRange, FileRangeReader, Filesystem
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery import LiveRecovery
@@ -99,6 +99,8 @@ __all__ = [
     "ExportInfo",
     "Extent",
     "ExtentKind",
+    "FileRange",
+    "FileRangeReader",
     "Filesystem",
     "FreBuilder",
     "JobCancelledError",
