@@ -52,6 +52,7 @@ from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import DEFAULT_CACHE_MAX_OPEN_FILES, GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
+from liverecovery.nfs.filesystem import FileRange
 from liverecovery.nfs.inline_io import run_read
 from liverecovery.private_dirs import make_private_dirs
 
@@ -530,6 +531,33 @@ class DiskBlockCache:
         if self._entries.get(key) is entry:
             self._touch(key)
         return data
+
+    async def file_range(
+        self, key: BlockKey, start: int, length: int, *, eof: bool = False
+    ) -> FileRange | None:
+        """``length`` bytes at ``start`` of a verified block as a range of its file, for the NFS
+        server to splice to the socket without copying (see ``read_range`` for which blocks
+        qualify; None otherwise). The range's descriptor is a duplicate the caller owns: it
+        stays valid after the block is evicted, since a block file is never rewritten in place
+        (each stored copy is a new file), only unlinked."""
+        if self._closed:
+            raise CacheError(f"cache {self.root} is closed")
+        kept = self._fds.get(key)
+        if kept is not None:
+            fd, entry = kept
+            self._fds.move_to_end(key)
+        else:
+            entry_or_none = self._entries.get(key)
+            if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
+                return None
+            entry = entry_or_none
+            fd = self._keep_open(key, entry)
+        if fd < 0 or start < 0 or length <= 0 or start + length > entry.length:
+            return None
+        rng = FileRange(os.dup(fd), start, length, eof)  # no await since taking ``fd``
+        self._hits += 1
+        self._touch(key)
+        return rng
 
     async def _read_range_in_thread(
         self, key: BlockKey, entry: IndexEntry, fd: int, start: int, length: int

@@ -19,7 +19,7 @@ import anyio.lowlevel
 import attrs
 
 from liverecovery.backends import BlockCache, BlockKey, DiskReader, Extent, ExtentKind
-from liverecovery.nfs.filesystem import Stability, WriteData
+from liverecovery.nfs.filesystem import FileRange, Stability, WriteData
 
 __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
@@ -61,6 +61,24 @@ class RangeCache(Protocol):
     read and checked."""
 
     async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None: ...
+
+
+@runtime_checkable
+class FileRangeCache(Protocol):
+    """A ``BlockCache`` whose verified blocks can be handed out as ranges of their files
+    (``DiskBlockCache.file_range``), for the NFS server to splice without copying."""
+
+    async def file_range(
+        self, key: BlockKey, start: int, length: int, *, eof: bool = False
+    ) -> FileRange | None: ...
+
+
+@runtime_checkable
+class OverlayRanges(Protocol):
+    """A ``DiskOverlay`` that can say a range holds none of its writes (so the range may be
+    served from the cache's block file as it is)."""
+
+    def holds_any(self, offset: int, length: int) -> bool: ...
 
 
 OverlayOpener = Callable[[ReadBase], Awaitable[DiskOverlay]]
@@ -180,6 +198,7 @@ class FlatDisk:
         self._block = cache.block_size
         self._overlay = overlay
         self._ranges = cache if isinstance(cache, RangeCache) else None
+        self._file_ranges = cache if isinstance(cache, FileRangeCache) else None
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
         self._keys: dict[int, BlockKey] = {}
@@ -310,6 +329,31 @@ class FlatDisk:
             gate.leave()
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
+
+    async def read_file_range(self, offset: int, count: int) -> FileRange | None:
+        """A foreground read as a range of one cache block file (see ``FileRangeReader``), or
+        None: the range spans blocks, the overlay holds part of it, the block is not verified
+        in the cache yet, or the cache cannot give file ranges. No bytes enter Python."""
+        cache = self._file_ranges
+        if cache is None or offset >= self.size or count <= 0:
+            return None
+        length = count if count < self.size - offset else self.size - offset
+        bs = self._block
+        index = offset // bs
+        lo = offset - index * bs
+        if lo + length > bs:
+            return None
+        overlay = self._overlay
+        if overlay is not None and (
+            not isinstance(overlay, OverlayRanges) or overlay.holds_any(offset, length)
+        ):
+            return None
+        eof = offset + length >= self.size
+        rng = await cache.file_range(self._key(index), lo, length, eof=eof)
+        if rng is not None:
+            self.stats.cache_hits += 1
+            self.stats.bytes_served += length
+        return rng
 
     async def write(self, offset: int, data: WriteData, stability: Stability) -> Stability:
         """Write into the overlay (the backup is never written).

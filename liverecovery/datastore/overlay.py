@@ -264,6 +264,11 @@ class WriteOverlay:
         """Whether block ``index`` is held by the overlay (its reads never reach the base)."""
         return index in self._blocks
 
+    def holds_any(self, offset: int, length: int) -> bool:
+        """Whether the overlay holds any byte of ``[offset, offset + length)``."""
+        bs, blocks = self._block_size, self._blocks
+        return any(i in blocks for i in range(offset // bs, (offset + length - 1) // bs + 1))
+
     # -- writing -------------------------------------------------------------------------------
 
     async def write(

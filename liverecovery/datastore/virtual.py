@@ -22,6 +22,8 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    FileRange,
+    FileRangeReader,
     Filesystem,
     FileType,
     FsStat,
@@ -41,6 +43,7 @@ class VirtualDatastore:
 
     def __init__(self, inner: Filesystem, disks: dict[str, FlatDisk]) -> None:
         self._inner = inner
+        self._inner_ranges = inner.read_file_range if isinstance(inner, FileRangeReader) else None
         self._names = list(disks)
         self._disks = {VIRTUAL_ID_BASE + i + 1: disks[n] for i, n in enumerate(self._names)}
         self._ids = {n: VIRTUAL_ID_BASE + i + 1 for i, n in enumerate(self._names)}
@@ -135,6 +138,18 @@ class VirtualDatastore:
         if disk is None:
             return await self._inner.read(fileid, offset, count)
         return await disk.read(offset, count)
+
+    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+        """A flat disk's cached block, or the inner filesystem's file, as a file range to
+        splice (``FileRangeReader``); None: the server reads the bytes."""
+        disk = self._disks.get(fileid)
+        if disk is not None and fileid not in self._removed:
+            return await disk.read_file_range(offset, count)
+        disk = self._virtual(fileid)
+        if disk is not None:
+            return await disk.read_file_range(offset, count)
+        inner = self._inner_ranges
+        return None if inner is None else await inner(fileid, offset, count)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

@@ -140,11 +140,16 @@ class FileRange:
     ``fd`` is owned by whoever receives the value (a private duplicate): ``close`` it once done.
     ``count`` may exceed what the file holds by the time the bytes are sent (a concurrent
     truncate); the server then sends what is there and sets the eof flag.
+
+    ``eof`` is for a range of a file that holds part of the served one (a cache block of a
+    virtual disk): whether the range reaches the end of the served file. None: the end of the
+    range's own file decides.
     """
 
     fd: int
     offset: int
     count: int
+    eof: bool | None = None
 
     def close(self) -> None:
         os.close(self.fd)

@@ -241,6 +241,8 @@ def _fill(pipe: _Pipe, rng: FileRange) -> tuple[int, bool]:
         if n == 0:
             break
         got += n
+    if rng.eof is not None:  # part of a larger file: its end is not this file's end
+        return got, rng.eof and got == rng.count
     size = os.fstat(rng.fd).st_size
     return got, rng.offset + got >= size
 

@@ -365,6 +365,11 @@ class MemoryOverlay:
     def written_bytes(self) -> int:
         return self._written
 
+    def holds_any(self, offset: int, length: int) -> bool:
+        """Whether the overlay holds any byte of ``[offset, offset + length)``."""
+        bs = self.block_size
+        return any(i in self.blocks for i in range(offset // bs, (offset + length - 1) // bs + 1))
+
     async def read(self, offset: int, length: int) -> bytes:
         read_base, bs = self.read_base, self.block_size
         first, last = offset // bs, (offset + length - 1) // bs

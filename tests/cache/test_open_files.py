@@ -343,3 +343,38 @@ KeptFilesAgainstModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_kept_files_against_model = KeptFilesAgainstModel.TestCase
+
+
+async def test_a_file_range_handed_out_keeps_the_verified_bytes_through_eviction(
+    tmp_path: Path,
+) -> None:
+    """``file_range`` gives a duplicate descriptor: it reads the block it was taken from even
+    after eviction and a refetch of other bytes, and only verified blocks are handed out."""
+    root = tmp_path / "c"
+    probe = CapacityProbe(root / "blocks", capacity_bytes=100 * BS)
+    cache = await open_cache(root, probe=probe, min_free_percent=10.0)
+    src = VersionedSource()
+    key = BlockKey("d", 3)
+    assert await cache.file_range(key, 0, 10) is None  # not cached
+    first = await cache.get_or_fetch(key, src.fetcher(key))
+    assert await cache.file_range(key, 0, BS + 1) is None  # past the block
+    rng = await cache.file_range(key, 100, 1000, eof=True)
+    assert rng is not None and (rng.offset, rng.count, rng.eof) == (100, 1000, True)
+    try:
+        probe.other_used_bytes = 100 * BS
+        assert await cache.prune() == 1
+        assert await cache.file_range(key, 0, 10) is None  # evicted: no new ranges
+        probe.other_used_bytes = 0
+        second = await cache.get_or_fetch(key, src.fetcher(key))
+        assert second != first
+        assert os.pread(rng.fd, 1000, rng.offset) == first[100:1100]
+    finally:
+        rng.close()
+    again = await cache.file_range(key, 0, BS)
+    assert again is not None
+    try:
+        assert os.pread(again.fd, BS, 0) == second
+    finally:
+        again.close()
+    await cache.aclose()
+    assert open_block_files(root) == []  # the handed-out duplicates were closed by their owner
