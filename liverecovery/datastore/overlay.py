@@ -39,7 +39,7 @@ import attrs
 
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
-from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
+from liverecovery.nfs.inline_io import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
@@ -428,7 +428,8 @@ class WriteOverlay:
             pos = stop
         ranges = [(start, stop - start) for mine, start, stop in runs if mine]
         try:
-            overlay_parts = await run_read(self._pread_all, ranges)
+            fd = os.dup(self._data.fileno())  # the thread's own: aclose cannot pull it away
+            overlay_parts = await run_read(on_own_fd, _pread_all, fd, ranges)
         except OSError as exc:
             raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
         parts: list[bytes] = []
@@ -444,16 +445,6 @@ class WriteOverlay:
         if len(data) < length:
             data = bytes(data) + bytes(length - len(data))
         return bytes(data[:length])
-
-    def _pread_all(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        fd = self._data.fileno()
-        out = []
-        for start, length in ranges:
-            data = os.pread(fd, length, start)
-            if len(data) < length:  # the sparse file ends before an all-zero tail
-                data += bytes(length - len(data))
-            out.append(data)
-        return out
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -477,3 +468,13 @@ class WriteOverlay:
             return await run_write(lambda: fn(*args, **kwargs))
         except OSError as exc:
             raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
+
+
+def _pread_all(fd: int, ranges: list[tuple[int, int]]) -> list[bytes]:
+    out = []
+    for start, length in ranges:
+        data = os.pread(fd, length, start)
+        if len(data) < length:  # the sparse file ends before an all-zero tail
+            data += bytes(length - len(data))
+        out.append(data)
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -111,6 +112,20 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 _READS = _Pool(max_threads=16)
 _WRITES = _Pool(max_threads=8)  # its own threads: a slow fsync never queues a read
+
+
+def on_own_fd(fn: Callable[..., _T], fd: int, *args: Any) -> _T:
+    """``fn(fd, *args)``, then close ``fd``: for a worker thread given a private duplicate.
+
+    The event loop may close its own descriptor (an LRU eviction, a REMOVE, a close) while a
+    thread waits or runs, and the number may then be reused by any file the process opens: a
+    thread using the shared number could read, write or fsync the wrong file. A thread that
+    ``run_read`` abandoned still closes its duplicate when it ends.
+    """
+    try:
+        return fn(fd, *args)
+    finally:
+        os.close(fd)
 
 
 async def run_read(fn: Callable[..., _T], *args: Any) -> _T:

@@ -21,7 +21,7 @@ import stat
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio.to_thread
 
@@ -39,7 +39,7 @@ from liverecovery.nfs.filesystem import (
     Stability,
     WriteData,
 )
-from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
+from liverecovery.nfs.inline_io import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.nfs.names import check_name
 
 __all__ = ["LocalFilesystem"]
@@ -75,11 +75,19 @@ _TYPES: Final = {
     stat.S_IFSOCK: FileType.SOCK,
     stat.S_IFIFO: FileType.FIFO,
 }
+_T = TypeVar("_T")
 _MAX_OPEN: Final = 128
 _NOWAIT: Final = getattr(os, "RWF_NOWAIT", None)
 _INLINE_MAX: Final = 1 << 20
 _NS: Final = 1_000_000_000
 _INLINE_WRITE_MAX: Final = 1 << 20
+
+
+def _dup(fd: int) -> int:
+    try:
+        return os.dup(fd)
+    except OSError as exc:
+        raise _nfs_error(exc, "dup") from None
 
 
 def _nfs_error(exc: OSError, where: str) -> NfsError:
@@ -274,7 +282,15 @@ class LocalFilesystem:
             if a.size is not None:
                 if not stat.S_ISREG(st.st_mode):
                     raise NfsError(NfsStatus.INVAL, "size can only be set on a regular file")
-                os.truncate(self._fd(fileid), a.size)
+                # Its own descriptor: this runs in a worker thread, and the kept ones belong
+                # to the event loop.
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    if os.fstat(fd).st_ino != fileid:
+                        raise NfsError(NfsStatus.STALE, f"file id {fileid} was replaced")
+                    os.ftruncate(fd, a.size)
+                finally:
+                    os.close(fd)
             if a.atime_ns is not None or a.mtime_ns is not None:
                 now = time.time_ns()
                 cur = os.lstat(path)
@@ -323,7 +339,7 @@ class LocalFilesystem:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
-        return await run_read(self._read, fd, offset, count)
+        return await run_read(on_own_fd, self._read, _dup(fd), offset, count)
 
     async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
         """The READ's bytes as a range of the file (a duplicate descriptor), for splicing;
@@ -363,14 +379,14 @@ class LocalFilesystem:
         self._writable()
         fd = self._fd(fileid)
         if stability != Stability.UNSTABLE:
-            await run_write(self._write, fd, offset, data, stability)
+            await run_write(on_own_fd, self._write, _dup(fd), offset, data, stability)
             return stability
         self._dirty.add(fileid)
         if self._inline.allowed(len(data)):
             # An UNSTABLE write only copies into the page cache (a COMMIT makes it durable).
             self._inline.run(self._write, fd, offset, data, stability)
             return stability
-        await run_write(self._write, fd, offset, data, stability)
+        await run_write(on_own_fd, self._write, _dup(fd), offset, data, stability)
         return stability
 
     @staticmethod
@@ -392,7 +408,7 @@ class LocalFilesystem:
         if self._read_only:
             return
         fd = self._fd(fileid)
-        await run_write(os.fsync, fd)
+        await run_write(on_own_fd, os.fsync, _dup(fd))
         self._dirty.discard(fileid)
 
     async def create(
