@@ -497,15 +497,10 @@ class DiskBlockCache:
         newest = hot is not None and hot[0] is key
         if hot is not None and newest:
             _key, fd, entry = hot
-        elif (kept := self._fds.get(key)) is not None:
-            fd, entry = kept
-            self._fds.move_to_end(key)
+        elif (found := self._verified_fd(key)) is not None:
+            fd, entry = found
         else:
-            entry_or_none = self._entries.get(key)
-            if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
-                return None
-            entry = entry_or_none
-            fd = self._keep_open(key, entry)
+            return None
         if start < 0 or length <= 0 or start + length > entry.length:
             return None
         if fd >= 0 and self._nowait:
@@ -542,16 +537,10 @@ class DiskBlockCache:
         (each stored copy is a new file), only unlinked."""
         if self._closed:
             raise CacheError(f"cache {self.root} is closed")
-        kept = self._fds.get(key)
-        if kept is not None:
-            fd, entry = kept
-            self._fds.move_to_end(key)
-        else:
-            entry_or_none = self._entries.get(key)
-            if entry_or_none is None or self._verified.get(key) != entry_or_none.gen:
-                return None
-            entry = entry_or_none
-            fd = self._keep_open(key, entry)
+        found = self._verified_fd(key)
+        if found is None:
+            return None
+        fd, entry = found
         if fd < 0 or start < 0 or length <= 0 or start + length > entry.length:
             return None
         rng = FileRange(os.dup(fd), start, length, eof)  # no await since taking ``fd``
@@ -584,6 +573,18 @@ class DiskBlockCache:
                 self._close_fd(key)
             return None
         return data
+
+    def _verified_fd(self, key: BlockKey) -> tuple[int, IndexEntry] | None:
+        """The kept descriptor (-1: cannot be opened) and entry of a block verified in this
+        process, opening and keeping its file if needed; None when not cached or not verified."""
+        kept = self._fds.get(key)
+        if kept is not None:
+            self._fds.move_to_end(key)
+            return kept
+        entry = self._entries.get(key)
+        if entry is None or self._verified.get(key) != entry.gen:
+            return None
+        return self._keep_open(key, entry), entry
 
     def _keep_open(self, key: BlockKey, entry: IndexEntry) -> int:
         """Open the block's file and keep it among the LRU of open files; -1 when it cannot be
