@@ -4,6 +4,7 @@ references and ``qemu-img map`` output."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -120,6 +121,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Image]:
     for name, (vmdk, size, marks) in made.items():
         run("qemu-img", "convert", "-f", "vmdk", "-O", "raw", vmdk, f"{name}.raw", cwd=d)
         result[name] = Image(name, d / vmdk, d / f"{name}.raw", size, tuple(sorted(set(marks))))
+    # Flush before any test compares allocation maps: the holes SEEK_DATA/SEEK_HOLE report for
+    # freshly written files can change while writeback runs, so our map and a later `qemu-img
+    # map` could see different states (a suspected cause of rare allocation-test failures).
+    os.sync()
     return result
 
 
