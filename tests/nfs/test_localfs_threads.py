@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,32 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LocalFilesyst
     return LocalFilesystem(root), root
 
 
+async def while_held(
+    fs: LocalFilesystem,
+    root: Path,
+    held: HeldThreads,
+    target: int,
+    op: Callable[[], Awaitable[object]],
+) -> object:
+    """Run ``op`` (whose worker thread ``held`` stops at its start), evict the target's kept
+    descriptor and get its number reused meanwhile, then let the thread go. ``op``'s result."""
+    victim_fd = fs._fd(target)
+    result: list[object] = []
+
+    async def run() -> None:
+        result.append(await op())
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await anyio.to_thread.run_sync(held.started.wait)
+            bystanders = await evict_and_reuse(fs, root, target, victim_fd)
+            held.go.set()
+        for fd in bystanders:
+            os.close(fd)
+    return result[0]
+
+
 async def test_a_thread_read_is_not_redirected_to_a_file_that_reused_the_number(
     tree: tuple[LocalFilesystem, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -84,21 +110,15 @@ async def test_a_thread_read_is_not_redirected_to_a_file_that_reused_the_number(
     held = HeldThreads(LocalFilesystem._read)
     monkeypatch.setattr(LocalFilesystem, "_read", staticmethod(held))
     target = await fs.lookup(fs.root_id, "target")
-    victim_fd = fs._fd(target)
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            result: list[tuple[bytes, bool]] = []
-
-            async def read() -> None:
-                result.append(await fs.read(target, 0, 2 << 20))  # > inline: a thread
-
-            tg.start_soon(read)
-            await anyio.to_thread.run_sync(held.started.wait)
-            bystanders = await evict_and_reuse(fs, root, target, victim_fd)
-            held.go.set()
-        for fd in bystanders:
-            os.close(fd)
-    data, _eof = result[0]
+    result = await while_held(
+        fs,
+        root,
+        held,
+        target,
+        lambda: fs.read(target, 0, 2 << 20),  # > inline: a thread
+    )
+    assert isinstance(result, tuple)
+    data, _eof = result
     assert data == b"T" * (2 << 20)
 
 
@@ -109,14 +129,8 @@ async def test_a_thread_write_never_lands_in_a_file_that_reused_the_number(
     held = HeldThreads(LocalFilesystem._write)
     monkeypatch.setattr(LocalFilesystem, "_write", staticmethod(held))
     target = await fs.lookup(fs.root_id, "target")
-    victim_fd = fs._fd(target)
-    with anyio.fail_after(30):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(fs.write, target, 0, b"W" * 4096, Stability.FILE_SYNC)
-            await anyio.to_thread.run_sync(held.started.wait)
-            bystanders = await evict_and_reuse(fs, root, target, victim_fd)
-            held.go.set()
-        for fd in bystanders:
-            os.close(fd)
+    await while_held(
+        fs, root, held, target, lambda: fs.write(target, 0, b"W" * 4096, Stability.FILE_SYNC)
+    )
     assert others_untouched(root)
     assert (root / "target").read_bytes()[:4096] == b"W" * 4096  # the write reached its file
