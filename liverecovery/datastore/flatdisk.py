@@ -28,6 +28,10 @@ ReadBase = Callable[[int, int], Awaitable[bytes]]
 _KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
 
 
+def _holds_everything(_offset: int, _length: int) -> bool:
+    return True
+
+
 @runtime_checkable
 class DiskOverlay(Protocol):
     """**Protocol:** the copy-on-write layer that receives the VM's writes to one disk.
@@ -196,7 +200,7 @@ class FlatDisk:
         self._holes = holes
         self._cache = cache
         self._block = cache.block_size
-        self._overlay = overlay
+        self._set_overlay(overlay)
         self._ranges = cache if isinstance(cache, RangeCache) else None
         self._file_ranges = cache if isinstance(cache, FileRangeCache) else None
         self.gate = gate or ForegroundGate()
@@ -217,7 +221,7 @@ class FlatDisk:
         holes = HoleMap(await reader.allocation())
         disk = cls(source=source, reader=reader, holes=holes, cache=cache, gate=gate)
         if overlay is not None:
-            disk._overlay = await overlay(disk.read_base)
+            disk._set_overlay(await overlay(disk.read_base))
         return disk
 
     @property
@@ -256,6 +260,18 @@ class FlatDisk:
         else:
             self.stats.cache_hits += 1
         return data
+
+    def _set_overlay(self, overlay: DiskOverlay | None) -> None:
+        """Use ``overlay``; whether it holds a range is looked up once here, not per READ (an
+        overlay that cannot say counts as holding every range: nothing is spliced past it)."""
+        self._overlay = overlay
+        self._overlay_holds: Callable[[int, int], bool] | None
+        if overlay is None:
+            self._overlay_holds = None
+        elif isinstance(overlay, OverlayRanges):
+            self._overlay_holds = overlay.holds_any
+        else:
+            self._overlay_holds = _holds_everything
 
     def _key(self, index: int) -> BlockKey:
         """The cache key of block ``index``, reused while hot (making one costs more than a
@@ -343,10 +359,8 @@ class FlatDisk:
         lo = offset - index * bs
         if lo + length > bs:
             return None
-        overlay = self._overlay
-        if overlay is not None and (
-            not isinstance(overlay, OverlayRanges) or overlay.holds_any(offset, length)
-        ):
+        holds = self._overlay_holds
+        if holds is not None and holds(offset, length):
             return None
         eof = offset + length >= self.size
         rng = await cache.file_range(self._key(index), lo, length, eof=eof)
