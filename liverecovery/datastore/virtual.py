@@ -23,13 +23,13 @@ from liverecovery.nfs.filesystem import (
     DirPage,
     FileAttributes,
     FileRange,
-    FileRangeReader,
     Filesystem,
     FileType,
     FsStat,
     SetAttributes,
     Stability,
     WriteData,
+    range_reader_of,
 )
 
 __all__ = ["VIRTUAL_ID_BASE", "VirtualDatastore"]
@@ -43,7 +43,7 @@ class VirtualDatastore:
 
     def __init__(self, inner: Filesystem, disks: dict[str, FlatDisk]) -> None:
         self._inner = inner
-        self._inner_ranges = inner.read_file_range if isinstance(inner, FileRangeReader) else None
+        self._inner_ranges = range_reader_of(inner)
         self._names = list(disks)
         self._disks = {VIRTUAL_ID_BASE + i + 1: disks[n] for i, n in enumerate(self._names)}
         self._ids = {n: VIRTUAL_ID_BASE + i + 1 for i, n in enumerate(self._names)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 import attrs
@@ -23,13 +23,14 @@ from liverecovery.nfs.filesystem import (
     DirPage,
     FileAttributes,
     FileRange,
-    FileRangeReader,
     Filesystem,
     FileType,
     FsStat,
+    RangeReader,
     SetAttributes,
     Stability,
     WriteData,
+    range_reader_of,
 )
 from liverecovery.nfs.names import check_name
 
@@ -49,14 +50,11 @@ class _Mounted:
     fs: Filesystem
     overflow_to_sub: dict[int, int] = attrs.field(factory=dict)
     sub_to_overflow: dict[int, int] = attrs.field(factory=dict)
-    range_reader: Callable[[int, int, int], Awaitable[FileRange | None]] | None = attrs.field(
-        init=False
-    )
+    range_reader: RangeReader | None = attrs.field(init=False)
     """``fs.read_file_range`` when the folder's filesystem has it (looked up once)."""
 
     def __attrs_post_init__(self) -> None:
-        fs = self.fs
-        self.range_reader = fs.read_file_range if isinstance(fs, FileRangeReader) else None
+        self.range_reader = range_reader_of(self.fs)
 
 
 def _preferred_slot(folder: str) -> int:

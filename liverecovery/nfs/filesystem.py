@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
@@ -26,10 +26,12 @@ __all__ = [
     "FileType",
     "Filesystem",
     "FsStat",
+    "RangeReader",
     "SERVER_TIME",
     "SetAttributes",
     "Stability",
     "WriteData",
+    "range_reader_of",
 ]
 
 WriteData: TypeAlias = bytes | bytearray | memoryview
@@ -165,6 +167,16 @@ class FileRangeReader(Protocol):
         None when those bytes are not one range of one regular file (the server then calls
         ``read``). Raises what ``read`` would raise for a bad ``fileid``."""
         ...
+
+
+RangeReader: TypeAlias = Callable[[int, int, int], Awaitable[FileRange | None]]
+"""A bound ``read_file_range``."""
+
+
+def range_reader_of(fs: object) -> RangeReader | None:
+    """``fs.read_file_range`` when ``fs`` has it, else None; callers look it up once (an
+    ``isinstance`` on a runtime protocol costs too much for every READ)."""
+    return fs.read_file_range if isinstance(fs, FileRangeReader) else None
 
 
 @runtime_checkable

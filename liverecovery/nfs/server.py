@@ -41,10 +41,10 @@ from liverecovery.nfs.composite import CompositeFilesystem
 from liverecovery.nfs.connection import RpcServerProtocol
 from liverecovery.nfs.filesystem import (
     FileAttributes,
-    FileRange,
-    FileRangeReader,
     Filesystem,
     FileType,
+    RangeReader,
+    range_reader_of,
 )
 from liverecovery.nfs.handles import HandleCodec, load_or_create_key
 from liverecovery.nfs.names import NAME_MAX, check_name
@@ -106,17 +106,13 @@ class _Export:
     clients: tuple[str, ...]
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     composite: CompositeFilesystem | None
-    range_reader: Callable[[int, int, int], Awaitable[FileRange | None]] | None = attrs.field(
-        init=False
-    )
+    range_reader: RangeReader | None = attrs.field(init=False)
     """``fs.read_file_range`` when the filesystem has it (looked up once, not per READ)."""
     _allowed: dict[str, bool] = attrs.field(factory=dict, init=False)
+    """Answers of ``allows`` by peer address (every call asks); cleared when clients change."""
 
     def __attrs_post_init__(self) -> None:
-        fs = self.fs
-        self.range_reader = fs.read_file_range if isinstance(fs, FileRangeReader) else None
-
-    """Answers of ``allows`` by peer address (every call asks); cleared when clients change."""
+        self.range_reader = range_reader_of(self.fs)
 
     def allows(self, address: str) -> bool:
         known = self._allowed.get(address)
@@ -705,7 +701,7 @@ class NfsServer:
     async def _read_piped(
         self,
         exp: _Export,
-        reader: Callable[[int, int, int], Awaitable[FileRange | None]],
+        reader: RangeReader,
         fid: int,
         offset: int,
         count: int,
