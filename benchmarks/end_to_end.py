@@ -42,7 +42,7 @@ from liverecovery import LiveRecovery, Settings, State, StateChanged
 from liverecovery.backends import DiskInfo, DiskReader, Extent, RestorePoint, VmRef
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import GiB, MiB
-from liverecovery.embedded import embedded_environment
+from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing.samples import SampleVm, expected_read, sample_vm
 
 DATA = 64 * MiB

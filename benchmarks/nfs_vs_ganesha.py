@@ -7,7 +7,7 @@ for 20 s. Each figure is the median of ``--runs`` runs. Both servers run as sepa
 
 Scenario "virtual" (what matters most for the product): ESXi running the VM from its backup.
 Our server serves the VM's ``-flat.vmdk`` through the virtual datastore as
-``liverecovery.embedded`` builds it (``VirtualDatastore`` > ``FlatDisk`` > durable
+``liverecovery.sim.embedded`` builds it (``VirtualDatastore`` > ``FlatDisk`` > durable
 ``WriteOverlay`` over a warm ``DiskBlockCache`` of a monolithicSparse backup); Ganesha serves the
 same bytes as a plain raw file. 64 KiB random READs, then 64 KiB random FILE_SYNC WRITEs (ESXi
 writes to NFS datastores synchronously), at queue depths 1, 4 and 16 on one connection.

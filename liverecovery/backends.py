@@ -15,7 +15,10 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from liverecovery.config import Settings
+from liverecovery.nfs.exports import ExportInfo
 from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.spec import RecoverySpec
 
 __all__ = [
     "Backends",
@@ -23,8 +26,10 @@ __all__ = [
     "BlockKey",
     "CacheSpace",
     "CatalogReader",
+    "DatastoreBuilder",
     "DiskInfo",
     "DiskReader",
+    "DiskStats",
     "ExportInfo",
     "Extent",
     "ExtentKind",
@@ -32,6 +37,9 @@ __all__ = [
     "NfsExporter",
     "ProgressCallback",
     "RestorePoint",
+    "ServedDisk",
+    "StagedVm",
+    "StagingContext",
     "VSphereClient",
     "VSphereInventory",
     "VmRef",
@@ -206,14 +214,6 @@ class BlockCache(Protocol):
 # -- NFS export ----------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class ExportInfo:
-    """An NFS export: the path a client mounts and the addresses allowed to mount it."""
-
-    path: str
-    clients: tuple[str, ...]
-
-
 @runtime_checkable
 class NfsExporter(Protocol):
     """**Protocol:** exposes folders to ESX hosts over NFSv3.
@@ -243,6 +243,87 @@ class NfsExporter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- staging -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class DiskStats:
+    """What one disk's reads cost: the per-job statistics are sums of these."""
+
+    bytes_served: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    bytes_fetched: int = 0
+    bytes_restored: int = 0
+    holes_skipped: int = 0
+
+
+@runtime_checkable
+class ServedDisk(Protocol):
+    """**Protocol:** one disk a staged VM serves through the cache: what the job reports and
+    what its background restore copies, foreground reads first."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def stats(self) -> DiskStats: ...
+
+    @property
+    def overlay_bytes(self) -> int:
+        """Bytes the VM has written to this disk's overlay."""
+        ...
+
+    @property
+    def data_runs(self) -> Sequence[tuple[int, int]]:
+        """``(start, end)`` byte runs that hold data, ascending."""
+        ...
+
+    async def wait_quiet(self, grace_s: float) -> bool:
+        """Wait until no foreground read has been in flight for ``grace_s``; whether it waited."""
+        ...
+
+    async def restore_block(self, index: int) -> None:
+        """Bring block ``index`` into the cache (a no-op when it is there)."""
+        ...
+
+
+@attrs.frozen
+class StagingContext:
+    """What a builder may use: the job, its restore point and the backends it reads through."""
+
+    job_id: str
+    spec: RecoverySpec
+    point: RestorePoint
+    settings: Settings
+    catalog: CatalogReader
+    datastore: str
+    folder: str
+
+
+@attrs.frozen
+class StagedVm:
+    """The built VM folder, the name of its .vmx inside it, and its served disks (if any)."""
+
+    filesystem: Filesystem
+    vmx_name: str
+    disks: Mapping[str, ServedDisk] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class DatastoreBuilder(Protocol):
+    """**Protocol:** builds the VM folder one job publishes (the seed's staging step)."""
+
+    async def build(self, ctx: StagingContext) -> StagedVm: ...
+
+    async def discard(self, ctx: StagingContext) -> None:
+        """Remove what ``build`` left on disk (the overlay), after the folder is unpublished."""
+        ...
 
 
 # -- vSphere -------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import JobCancelledError, LiveRecovery, Settings, State, StateChanged
+from liverecovery import LiveRecovery, Settings, State, StateChanged
 from liverecovery.config import GiB, MiB
-from liverecovery.embedded import embedded_environment, verify_disk
+from liverecovery.errors import JobCancelledError
 from liverecovery.job.job import RecoveryJob
+from liverecovery.sim.embedded import embedded_environment, verify_disk
 from liverecovery.testing import MemoryCatalog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]

@@ -11,8 +11,8 @@ from liverecovery import Backends, LiveRecovery, RecoverySpec, Settings, State
 from liverecovery.config import MiB
 from liverecovery.datastore.builder import FreBuilder
 from liverecovery.nfs.server import NfsServer
+from liverecovery.sim.esx_host import SimulatedEsxHost
 from liverecovery.testing import MemoryBlockCache, MemoryCatalog
-from liverecovery.vsphere.simulated import SimulatedEsxHost
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 

@@ -19,8 +19,8 @@ from liverecovery import Backends, LiveRecovery, Settings, State, Timeouts
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.datastore.builder import FreBuilder
-from liverecovery.embedded import embedded_environment
 from liverecovery.job.states import TERMINAL_STATES
+from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing import FaultPlan, faulty
 from liverecovery.testing.samples import sample_vm, tree_digests
 

@@ -52,9 +52,9 @@ from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import DEFAULT_CACHE_MAX_OPEN_FILES, GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
-from liverecovery.nfs.filesystem import FileRange
-from liverecovery.nfs.inline_io import run_read
-from liverecovery.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.ranges import FileRange
+from liverecovery.io.threads import run_read
 
 __all__ = ["CacheStats", "DiskBlockCache"]
 

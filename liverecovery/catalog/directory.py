@@ -25,7 +25,7 @@ from liverecovery.backends import DiskInfo, DiskReader, RestorePoint
 from liverecovery.catalog.point_meta import CATALOG_FILE, PointMeta, parse_point_meta
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import VmdkDisk, open_vmdk
-from liverecovery.datastore.vmx import VmxFile
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
 __all__ = ["MAX_SMALL_FILE", "DirectoryCatalog"]

@@ -17,7 +17,7 @@ from liverecovery.catalog.point_meta import PointMeta
 from liverecovery.catalog.synth_vmx import synthesize_vmx
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import FileWindow, VmdkDisk, open_vmdk
-from liverecovery.datastore.vmx import VmxFile
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
 __all__ = [

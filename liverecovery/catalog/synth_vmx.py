@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from liverecovery.catalog.vm_config import VmConfig
-from liverecovery.datastore.vmx import vmx_escape
+from liverecovery.catalog.vmx import vmx_escape
 
 __all__ = ["guest_id_to_vmx", "synthesize_vmx"]
 

@@ -9,7 +9,7 @@ import re
 
 import attrs
 
-from liverecovery.datastore.vmx import VmxFile
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
 __all__ = ["DiskRef", "VmConfig", "config_from_vmx"]

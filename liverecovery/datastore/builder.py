@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import anyio
 import attrs
 
-from liverecovery.backends import BlockCache, DiskInfo
+from liverecovery.backends import BlockCache, DiskInfo, StagedVm, StagingContext
 from liverecovery.datastore.flatdisk import (
     DiskOverlay,
     FlatDisk,
@@ -28,9 +28,8 @@ from liverecovery.datastore.flatdisk import (
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
-from liverecovery.job.staging import StagedVm, StagingContext
+from liverecovery.io.private_dirs import make_private_dirs
 from liverecovery.nfs.localfs import LocalFilesystem
-from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
 

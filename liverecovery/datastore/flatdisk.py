@@ -16,10 +16,17 @@ from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
-import attrs
 
-from liverecovery.backends import BlockCache, BlockKey, DiskReader, Extent, ExtentKind
-from liverecovery.nfs.filesystem import FileRange, Stability, WriteData
+from liverecovery.backends import (
+    BlockCache,
+    BlockKey,
+    DiskReader,
+    DiskStats,
+    Extent,
+    ExtentKind,
+)
+from liverecovery.io.ranges import FileRange
+from liverecovery.nfs.filesystem import Stability, WriteData
 
 __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
 
@@ -87,18 +94,6 @@ class OverlayRanges(Protocol):
 
 OverlayOpener = Callable[[ReadBase], Awaitable[DiskOverlay]]
 """Opens a disk's overlay given the disk's ``read_base``."""
-
-
-@attrs.define
-class DiskStats:
-    """What one disk's reads cost: the per-job statistics are sums of these."""
-
-    bytes_served: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    bytes_fetched: int = 0
-    bytes_restored: int = 0
-    holes_skipped: int = 0
 
 
 class ForegroundGate:
@@ -236,6 +231,15 @@ class FlatDisk:
     @property
     def block_size(self) -> int:
         return self._block
+
+    @property
+    def data_runs(self) -> Sequence[tuple[int, int]]:
+        """``(start, end)`` byte runs that hold data, ascending: what a restore must copy."""
+        return self._holes.data_runs
+
+    async def wait_quiet(self, grace_s: float) -> bool:
+        """Wait until no foreground read has been in flight for ``grace_s``; whether it waited."""
+        return await self.gate.wait_quiet(grace_s)
 
     async def _block_bytes(self, index: int, *, background: bool = False) -> bytes:
         start = index * self._block

@@ -38,9 +38,9 @@ import anyio.to_thread
 import attrs
 
 from liverecovery.errors import OverlayError
+from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.threads import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.nfs.filesystem import Stability
-from liverecovery.nfs.inline_io import InlineWrites, on_own_fd, run_read, run_write
-from liverecovery.private_dirs import make_private_dirs
 
 __all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
 

@@ -14,22 +14,22 @@ from collections.abc import Iterator, Sequence
 import anyio
 import anyio.lowlevel
 
-from liverecovery.datastore.flatdisk import FlatDisk
+from liverecovery.backends import ServedDisk
 
 __all__ = ["BackgroundRestore", "allocated_blocks"]
 
 
-def allocated_blocks(disk: FlatDisk) -> Iterator[int]:
+def allocated_blocks(disk: ServedDisk) -> Iterator[int]:
     """Indices of the disk's blocks that hold data, ascending, each once."""
     bs = disk.block_size
     last = -1
-    for start, end in disk.holes.data_runs:
+    for start, end in disk.data_runs:
         for index in range(max(start // bs, last + 1), (end - 1) // bs + 1):
             last = index
             yield index
 
 
-def _block_len(disk: FlatDisk, index: int) -> int:
+def _block_len(disk: ServedDisk, index: int) -> int:
     start = index * disk.block_size
     return min(disk.size, start + disk.block_size) - start
 
@@ -39,7 +39,7 @@ class BackgroundRestore:
 
     def __init__(
         self,
-        disks: Sequence[FlatDisk],
+        disks: Sequence[ServedDisk],
         *,
         bandwidth_bps: float | None = None,
         quiet_s: float = 0.01,
@@ -56,7 +56,7 @@ class BackgroundRestore:
         started = time.monotonic()
         for disk in self._disks:
             for index in allocated_blocks(disk):
-                if await disk.gate.wait_quiet(self._quiet_s):
+                if await disk.wait_quiet(self._quiet_s):
                     self.yields += 1
                 await disk.restore_block(index)
                 self.done_bytes += _block_len(disk, index)

@@ -17,12 +17,12 @@ import anyio.lowlevel
 
 from liverecovery.datastore.flatdisk import FlatDisk
 from liverecovery.errors import NfsError, NfsStatus
+from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import (
     CreateMode,
     DirEntry,
     DirPage,
     FileAttributes,
-    FileRange,
     Filesystem,
     FileType,
     FsStat,

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import attrs
 
 from liverecovery.backends import DiskInfo
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.datastore.descriptor import FlatDescriptor
-from liverecovery.datastore.vmx import VmxFile
 
 __all__ = ["VmxOptions", "flat_descriptor", "rewrite_vmx"]
 

@@ -22,7 +22,15 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from liverecovery.backends import Backends, RestorePoint, VmRef, VSphereInventory
+from liverecovery.backends import (
+    Backends,
+    DatastoreBuilder,
+    RestorePoint,
+    StagedVm,
+    StagingContext,
+    VmRef,
+    VSphereInventory,
+)
 from liverecovery.config import Settings
 from liverecovery.datastore.restore import BackgroundRestore
 from liverecovery.errors import (
@@ -49,9 +57,8 @@ from liverecovery.job.migration import MigrationPolicy
 from liverecovery.job.resume import plan_resume
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares, datastore_name_for
-from liverecovery.job.spec import RecoverySpec
-from liverecovery.job.staging import DatastoreBuilder, StagedVm, StagingContext
 from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
+from liverecovery.spec import RecoverySpec
 
 __all__ = ["JobContext", "JobStats", "JobSummary", "RecoveryJob"]
 

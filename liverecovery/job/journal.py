@@ -20,8 +20,8 @@ from typing import Any
 import anyio
 import attrs
 
-from liverecovery.job.spec import RecoverySpec
-from liverecovery.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.spec import RecoverySpec
 
 __all__ = [
     "Journal",

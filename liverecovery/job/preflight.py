@@ -17,7 +17,7 @@ from liverecovery.errors import (
     PasskeyError,
     TapeBackupError,
 )
-from liverecovery.job.spec import RecoverySpec
+from liverecovery.spec import RecoverySpec
 
 __all__ = [
     "check_cache_space",

@@ -17,12 +17,12 @@ from typing import Final
 import attrs
 
 from liverecovery.errors import NfsError, NfsStatus
+from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import (
     CreateMode,
     DirEntry,
     DirPage,
     FileAttributes,
-    FileRange,
     Filesystem,
     FileType,
     FsStat,

@@ -10,18 +10,18 @@ NUL, are ``.``/``..`` where not allowed, or exceed 255 bytes before they reach a
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeAlias, runtime_checkable
 
 import attrs
+
+from liverecovery.io.ranges import FileRange
 
 __all__ = [
     "CreateMode",
     "DirEntry",
     "DirPage",
     "FileAttributes",
-    "FileRange",
     "FileRangeReader",
     "FileType",
     "Filesystem",
@@ -132,29 +132,6 @@ class FsStat:
     total_files: int
     free_files: int
     avail_files: int
-
-
-@attrs.frozen
-class FileRange:
-    """The bytes of a READ as a range of one regular file, so the server can move them from the
-    file to the socket without copying them through Python (``splice``).
-
-    ``fd`` is owned by whoever receives the value (a private duplicate): ``close`` it once done.
-    ``count`` may exceed what the file holds by the time the bytes are sent (a concurrent
-    truncate); the server then sends what is there and sets the eof flag.
-
-    ``eof`` is for a range of a file that holds part of the served one (a cache block of a
-    virtual disk): whether the range reaches the end of the served file. None: the end of the
-    range's own file decides.
-    """
-
-    fd: int
-    offset: int
-    count: int
-    eof: bool | None = None
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from typing import Final
 import attrs
 
 from liverecovery.errors import NfsError, NfsStatus
-from liverecovery.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs
 
 __all__ = ["FileHandle", "HandleCodec", "load_or_create_key"]
 

@@ -26,20 +26,20 @@ from typing import Final, TypeVar
 import anyio.to_thread
 
 from liverecovery.errors import NfsError, NfsStatus
+from liverecovery.io.ranges import FileRange
+from liverecovery.io.threads import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.nfs.filesystem import (
     SERVER_TIME,
     CreateMode,
     DirEntry,
     DirPage,
     FileAttributes,
-    FileRange,
     FileType,
     FsStat,
     SetAttributes,
     Stability,
     WriteData,
 )
-from liverecovery.nfs.inline_io import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.nfs.names import check_name
 
 __all__ = ["LocalFilesystem"]

@@ -31,7 +31,6 @@ import anyio
 import anyio.abc
 import attrs
 
-from liverecovery.backends import ExportInfo
 from liverecovery.errors import BackendError, NfsError, NfsStatus
 from liverecovery.nfs import mount_codec as mnt
 from liverecovery.nfs import nfs3_codec as n3
@@ -39,6 +38,7 @@ from liverecovery.nfs import portmap_codec as pm
 from liverecovery.nfs import zero_copy
 from liverecovery.nfs.composite import CompositeFilesystem
 from liverecovery.nfs.connection import RpcServerProtocol
+from liverecovery.nfs.exports import ExportInfo
 from liverecovery.nfs.filesystem import (
     FileAttributes,
     Filesystem,

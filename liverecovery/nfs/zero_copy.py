@@ -28,8 +28,8 @@ import platform
 import threading
 from typing import Any, Final
 
-from liverecovery.nfs.filesystem import FileRange
-from liverecovery.nfs.inline_io import submit_read
+from liverecovery.io.ranges import FileRange
+from liverecovery.io.threads import submit_read
 
 __all__ = ["PipePool", "PipedData", "load", "resident", "zero_copy_supported"]
 

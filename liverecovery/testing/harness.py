@@ -45,9 +45,9 @@ from liverecovery.config import Settings
 from liverecovery.errors import JobStateError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.migration import ManualMigration
-from liverecovery.job.spec import RecoverySpec
 from liverecovery.job.states import TERMINAL_STATES, State
-from liverecovery.recovery import LiveRecovery
+from liverecovery.recovery.live import LiveRecovery
+from liverecovery.spec import RecoverySpec
 from liverecovery.testing.faults import FaultPlan
 from liverecovery.testing.memory import (
     MemoryBlockCache,

@@ -14,7 +14,7 @@ from liverecovery.backends import CatalogReader, DiskInfo, MediaKind
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.catalog.ova import ova_config
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
-from liverecovery.datastore.vmx import VmxFile
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
 DATA = Path(__file__).parent / "data"

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from liverecovery.catalog.synth_vmx import guest_id_to_vmx, synthesize_vmx
 from liverecovery.catalog.vm_config import DiskRef, VmConfig, config_from_vmx
-from liverecovery.datastore.vmx import VmxFile
+from liverecovery.catalog.vmx import VmxFile
 
 buses = st.sampled_from(
     [("scsi", "lsilogic"), ("scsi", "pvscsi"), ("sata", "sata"), ("ide", "ide"), ("nvme", "nvme")]

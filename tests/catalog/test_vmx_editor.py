@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liverecovery.datastore.vmx import VmxFile, vmx_escape, vmx_unescape
+from liverecovery.catalog.vmx import VmxFile, vmx_escape, vmx_unescape
 
 DATA = Path(__file__).parent / "data"
 CORPUS = sorted(DATA.glob("*.vmx"))

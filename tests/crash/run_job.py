@@ -30,7 +30,7 @@ from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.datastore.builder import FreBuilder, durable_overlay
 from liverecovery.job.job import RecoveryJob
 from liverecovery.nfs.server import NfsServer
-from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost
+from liverecovery.sim.remote import RemoteSimulatedHost
 
 
 async def report(job: RecoveryJob) -> None:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import anyio
 
+from liverecovery.backends import StagingContext
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder
-from liverecovery.job.spec import RecoverySpec
-from liverecovery.job.staging import StagingContext
 from liverecovery.nfs.server import NfsServer
+from liverecovery.spec import RecoverySpec
 
 
 async def main(work: Path) -> None:

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from liverecovery.backends import VmRef
 from liverecovery.job.journal import unfinished_journals
+from liverecovery.sim.remote import RemoteSimulatedHost
 from liverecovery.testing.samples import Runs, expected_read, sample_vm, tree_digests
-from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600)]
 
@@ -95,7 +95,7 @@ async def test_a_killed_job_is_resumed_to_its_end(
     socket = root / "esx.sock"
     esx = Process(
         "-m",
-        "liverecovery.vsphere.simulated_remote",
+        "liverecovery.sim.remote",
         socket,
         root,
         "--name",

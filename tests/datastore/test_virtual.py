@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liverecovery import NfsError, NfsStatus
 from liverecovery.config import GiB, MiB
 from liverecovery.datastore.flatdisk import FlatDisk, HoleMap
 from liverecovery.datastore.memfs import MemoryFilesystem
 from liverecovery.datastore.virtual import VIRTUAL_ID_BASE, VirtualDatastore
+from liverecovery.errors import NfsError, NfsStatus
 from liverecovery.nfs.filesystem import FileType, SetAttributes, Stability
 from liverecovery.testing import MemoryBlockCache, MemoryDisk
 

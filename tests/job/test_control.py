@@ -8,8 +8,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import BackendError, LiveRecovery, ManualMigration, State, StateChanged
-from liverecovery.job.control import ControlServer, request, socket_path
+from liverecovery import BackendError, LiveRecovery, State, StateChanged
+from liverecovery.job.migration import ManualMigration
+from liverecovery.recovery.control import ControlServer, request, socket_path
 
 from .helpers import World, fast_settings, spec
 

@@ -9,17 +9,15 @@ import pytest
 
 from liverecovery import (
     BackendError,
-    BackendTimeoutError,
     CompensationRan,
-    JobCancelledError,
     LiveRecovery,
-    ManualMigration,
     Progress,
-    RollbackError,
     StateChanged,
     Timeouts,
 )
+from liverecovery.errors import BackendTimeoutError, JobCancelledError, RollbackError
 from liverecovery.job.job import RecoveryJob
+from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import (
     ACTIVE_STATES,
     HAPPY_PATH,

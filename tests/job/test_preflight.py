@@ -7,22 +7,18 @@ import logging
 import anyio
 import pytest
 
-from liverecovery import (
+from liverecovery import LiveRecovery, Passkey, PreflightError, RecoverySpec, State
+from liverecovery.backends import MediaKind
+from liverecovery.config import GiB
+from liverecovery.errors import (
     ArchivedVmError,
     CacheSpaceError,
     ConcurrentSessionError,
-    LiveRecovery,
-    ManualMigration,
-    MediaKind,
     MultipleVmsError,
-    Passkey,
     PasskeyError,
-    PreflightError,
-    RecoverySpec,
-    State,
     TapeBackupError,
 )
-from liverecovery.config import GiB
+from liverecovery.job.migration import ManualMigration
 
 from .helpers import World, fast_settings, spec
 

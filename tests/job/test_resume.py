@@ -11,17 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import (
-    JobInterruptedError,
-    LiveRecovery,
-    ManualMigration,
-    State,
-    StateChanged,
-)
+from liverecovery import LiveRecovery, State, StateChanged
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder
+from liverecovery.errors import JobInterruptedError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import JournalContents, JournalRecord, unfinished_journals
+from liverecovery.job.migration import ManualMigration
 from liverecovery.job.resume import plan_resume
 from liverecovery.job.sharing import datastore_name_for
 from liverecovery.testing import Pause

@@ -18,10 +18,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import ConcurrentSessionError, LiveRecovery, ManualMigration, State, StateChanged
+from liverecovery import LiveRecovery, State, StateChanged
 from liverecovery.config import Settings
+from liverecovery.errors import ConcurrentSessionError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import unfinished_journals
+from liverecovery.job.migration import ManualMigration
 from liverecovery.job.session_files import SessionFiles
 from liverecovery.job.sessions import SessionKind, SessionRegistry, sessions_dir
 from liverecovery.testing.samples import sample_vm

@@ -5,8 +5,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from liverecovery import LiveRecovery, ManualMigration, State, StateChanged
+from liverecovery import LiveRecovery, State, StateChanged
 from liverecovery.job.job import RecoveryJob
+from liverecovery.job.migration import ManualMigration
 
 from .helpers import HOST, World, fast_settings, spec
 

@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from liverecovery.errors import NfsError, NfsStatus
+from liverecovery.io.threads import InlineWrites, run_read, run_write
 from liverecovery.nfs.handles import HandleCodec
-from liverecovery.nfs.inline_io import InlineWrites, run_read, run_write
 
 pytestmark = pytest.mark.anyio
 

@@ -23,10 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liverecovery.datastore.memfs import MemoryFilesystem
+from liverecovery.io.ranges import FileRange
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs import zero_copy
 from liverecovery.nfs.client import NfsClient
-from liverecovery.nfs.filesystem import FileRange, SetAttributes, Stability
+from liverecovery.nfs.filesystem import SetAttributes, Stability
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.rpc import AuthSys, RecordReader, decode_reply, encode_call
 from liverecovery.nfs.server import MAX_IO, NfsServer

@@ -21,9 +21,9 @@ import pytest
 
 from liverecovery import LiveRecovery, Settings, State, StateChanged
 from liverecovery.config import MiB, Passkey
-from liverecovery.embedded import Embedded, embedded_environment
 from liverecovery.errors import BackendError, PasskeyError
 from liverecovery.job.job import RecoveryJob
+from liverecovery.sim.embedded import Embedded, embedded_environment
 from liverecovery.testing import MemoryCatalog
 from liverecovery.testing.faults import FaultPlan
 from liverecovery.testing.faulty import faulty

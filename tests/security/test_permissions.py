@@ -20,12 +20,12 @@ from liverecovery.backends import BlockKey
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.config import MiB
 from liverecovery.datastore.overlay import WriteOverlay
-from liverecovery.embedded import embedded_environment
+from liverecovery.io.private_dirs import make_private_dirs
 from liverecovery.job.journal import Journal
 from liverecovery.nfs.handles import load_or_create_key
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
-from liverecovery.private_dirs import make_private_dirs
+from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing import MemoryCatalog
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]

@@ -20,8 +20,8 @@ import pytest
 from vsphere.conftest import HOST, Simulator, simulator  # noqa: F401 - the simulator fixture
 
 from liverecovery.cli import build_parser
+from liverecovery.cli.recover import RecoverConfig
 from liverecovery.errors import BackendError, VSphereError
-from liverecovery.job.recover_cli import RecoverConfig
 from liverecovery.vsphere.connection import ssl_context
 from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from liverecovery import (
-    Backends,
-    ExportInfo,
-    Filesystem,
-    LiveRecovery,
-    RecoverySpec,
-    Settings,
-    State,
-    VSphereError,
-)
+from liverecovery import Backends, LiveRecovery, RecoverySpec, Settings, State
+from liverecovery.errors import VSphereError
 from liverecovery.job.sharing import datastore_name_for
-from liverecovery.nfs.filesystem import FileType
+from liverecovery.nfs.exports import ExportInfo
+from liverecovery.nfs.filesystem import Filesystem, FileType
 from liverecovery.testing import FaultPlan, MemoryBlockCache, MemoryCatalog, faulty
 from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 

@@ -7,15 +7,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import VSphereError
 from liverecovery.config import MiB
 from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
 from liverecovery.datastore.virtual import VirtualDatastore
+from liverecovery.errors import VSphereError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
+from liverecovery.sim.esx_host import _CHUNK, SimulatedEsxHost, _RegionLocks
+from liverecovery.sim.remote import RemoteSimulatedHost, SimulatedHostServer
 from liverecovery.testing import MemoryBlockCache, MemoryDisk, MemoryOverlay
-from liverecovery.vsphere.simulated import _CHUNK, SimulatedEsxHost, _RegionLocks
-from liverecovery.vsphere.simulated_remote import RemoteSimulatedHost, SimulatedHostServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import anyio
 
+from liverecovery.cli.signals import wait_for_stop_signal
 from liverecovery.config import default_job_results_dir
 from liverecovery.errors import SettingsError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
-from liverecovery.signals import wait_for_stop_signal
 
 __all__ = ["register", "run"]
 

@@ -18,17 +18,17 @@ from typing import Any
 
 import anyio
 
+from liverecovery.backends import StagingContext
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.cli.serve import _listen
+from liverecovery.cli.signals import wait_for_stop_signal
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder
 from liverecovery.errors import SettingsError
 from liverecovery.job.sessions import SessionKind, SessionRegistry
-from liverecovery.job.spec import RecoverySpec
-from liverecovery.job.staging import StagingContext
-from liverecovery.nfs.serve_cli import _listen
 from liverecovery.nfs.server import NfsServer
-from liverecovery.signals import wait_for_stop_signal
+from liverecovery.spec import RecoverySpec
 
 __all__ = ["register", "run"]
 

@@ -11,7 +11,7 @@ import anyio
 
 from liverecovery.config import Settings
 from liverecovery.errors import JobStateError
-from liverecovery.job.control import request, socket_path
+from liverecovery.recovery.control import request, socket_path
 
 __all__ = ["register"]
 

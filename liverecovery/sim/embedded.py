@@ -19,9 +19,9 @@ from liverecovery.backends import Backends, BlockCache, CatalogReader, DiskReade
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.config import MiB, Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
-from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.server import NfsServer
-from liverecovery.vsphere.simulated import GuestWrite, SimulatedEsxHost
+from liverecovery.sim.esx_host import GuestWrite, SimulatedEsxHost
+from liverecovery.spec import RecoverySpec
 
 __all__ = ["Embedded", "embedded_environment", "verify_disk"]
 

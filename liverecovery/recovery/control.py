@@ -19,8 +19,8 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from liverecovery.errors import BackendError, JobStateError
-from liverecovery.private_dirs import make_private_dirs
-from liverecovery.recovery import LiveRecovery
+from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.recovery.live import LiveRecovery
 
 __all__ = ["ControlServer", "request", "socket_path"]
 

@@ -1,7 +1,7 @@
 """The simulated ESX host in a process of its own, so a test can kill the process serving a
 live recovery while the host, its NFS mount and its running VM carry on, as in production.
 
-    python -m liverecovery.vsphere.simulated_remote SOCKET ROOT [--name esx01] ...
+    python -m liverecovery.sim.remote SOCKET ROOT [--name esx01] ...
 
 serves a ``SimulatedEsxHost`` on the unix socket ``SOCKET`` (one JSON request per connection,
 then progress lines and one result line) and prints ``ready`` once it listens.
@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from liverecovery.backends import ProgressCallback, VmRef
 from liverecovery.errors import BackendError, LiveRecoveryError, VSphereError
-from liverecovery.vsphere.simulated import GuestWrite, SimulatedEsxHost
+from liverecovery.sim.esx_host import GuestWrite, SimulatedEsxHost
 
 __all__ = ["RemoteSimulatedHost", "SimulatedHostServer", "main"]
 

@@ -22,12 +22,12 @@ import anyio
 
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import GiB, MiB, Settings
-from liverecovery.embedded import embedded_environment, verify_disk
 from liverecovery.errors import LiveRecoveryError, SettingsError
 from liverecovery.job.events import StateChanged
 from liverecovery.job.states import State
-from liverecovery.progress import show_progress
-from liverecovery.recovery import LiveRecovery
+from liverecovery.recovery.live import LiveRecovery
+from liverecovery.recovery.progress import show_progress
+from liverecovery.sim.embedded import embedded_environment, verify_disk
 from liverecovery.testing.samples import sample_vm, tree_digests
 
 __all__ = ["parse_size", "register", "run"]

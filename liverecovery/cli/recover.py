@@ -32,12 +32,12 @@ from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder
 from liverecovery.errors import LiveRecoveryError, SettingsError
-from liverecovery.job.control import ControlServer, socket_path
 from liverecovery.job.job import RecoveryJob
-from liverecovery.job.spec import RecoverySpec
 from liverecovery.nfs.server import NfsServer
-from liverecovery.progress import show_progress
-from liverecovery.recovery import LiveRecovery
+from liverecovery.recovery.control import ControlServer, socket_path
+from liverecovery.recovery.live import LiveRecovery
+from liverecovery.recovery.progress import show_progress
+from liverecovery.spec import RecoverySpec
 from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 
 __all__ = ["RecoverConfig", "register"]

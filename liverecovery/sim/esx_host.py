@@ -30,8 +30,8 @@ import attrs
 
 from liverecovery.backends import ProgressCallback, VmRef
 from liverecovery.catalog.vmdk.descriptor import ExtentType, parse_descriptor
+from liverecovery.catalog.vmx import VmxFile
 from liverecovery.config import MiB
-from liverecovery.datastore.vmx import VmxFile
 from liverecovery.errors import (
     CatalogError,
     LiveRecoveryError,
@@ -41,7 +41,7 @@ from liverecovery.errors import (
     VSphereError,
 )
 from liverecovery.nfs.filesystem import SetAttributes, Stability
-from liverecovery.vsphere.hard_mount import HardMount
+from liverecovery.sim.hard_mount import HardMount
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 

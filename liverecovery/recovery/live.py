@@ -19,8 +19,9 @@ from types import TracebackType
 import anyio
 import anyio.abc
 
-from liverecovery.backends import Backends
+from liverecovery.backends import Backends, DatastoreBuilder
 from liverecovery.config import Settings
+from liverecovery.datastore.copying import CopyingBuilder
 from liverecovery.errors import (
     BackendError,
     ConcurrentSessionError,
@@ -37,8 +38,7 @@ from liverecovery.job.migration import (
 )
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
-from liverecovery.job.spec import RecoverySpec
-from liverecovery.job.staging import CopyingBuilder, DatastoreBuilder
+from liverecovery.spec import RecoverySpec
 
 __all__ = ["LiveRecovery"]
 

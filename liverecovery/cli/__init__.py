@@ -24,10 +24,7 @@ Subparsers = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from liverecovery.catalog import inspect_cli
-    from liverecovery.datastore import browse_cli
-    from liverecovery.job import control_cli, demo_cli, recover_cli
-    from liverecovery.nfs import serve_cli
+    from liverecovery.cli import browse, control, demo, inspect, recover, serve
 
     parser = argparse.ArgumentParser(
         prog="liverecovery",
@@ -35,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (
-        demo_cli.register,
-        control_cli.register,
-        serve_cli.register,
-        inspect_cli.register,
-        recover_cli.register,
-        browse_cli.register,
+        demo.register,
+        control.register,
+        serve.register,
+        inspect.register,
+        recover.register,
+        browse.register,
     ):
         register(sub)
     return parser
