@@ -39,7 +39,7 @@ from typing import Any
 import anyio
 
 from liverecovery import LiveRecovery, Settings, State, StateChanged
-from liverecovery.backends import DiskInfo, DiskReader, Extent, RestorePoint, VmRef
+from liverecovery.backends import AllocationRun, DiskInfo, DiskReader, RestorePoint, VmRef
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import GiB, MiB
 from liverecovery.sim.embedded import embedded_environment
@@ -64,7 +64,7 @@ class CountingReader:
         self._counter.disk_bytes += len(data)
         return data
 
-    async def allocation(self) -> Sequence[Extent]:
+    async def allocation(self) -> Sequence[AllocationRun]:
         return await self._inner.allocation()
 
     async def aclose(self) -> None:

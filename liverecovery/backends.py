@@ -31,8 +31,8 @@ __all__ = [
     "DiskReader",
     "DiskStats",
     "ExportInfo",
-    "Extent",
-    "ExtentKind",
+    "AllocationRun",
+    "RunKind",
     "MediaKind",
     "NfsExporter",
     "ProgressCallback",
@@ -97,7 +97,7 @@ class RestorePoint:
         return sum(d.capacity_bytes for d in self.disks)
 
 
-class ExtentKind(enum.StrEnum):
+class RunKind(enum.StrEnum):
     """What a run of a disk holds: ``DATA`` must be read, ``ZERO`` and ``UNALLOCATED`` read as zeros."""
 
     DATA = "data"
@@ -106,12 +106,12 @@ class ExtentKind(enum.StrEnum):
 
 
 @attrs.frozen
-class Extent:
+class AllocationRun:
     """A run of ``length`` bytes at ``offset`` of one kind."""
 
     offset: int
     length: int
-    kind: ExtentKind
+    kind: RunKind
 
 
 @runtime_checkable
@@ -127,7 +127,7 @@ class DiskReader(Protocol):
         """Exactly ``length`` bytes (zeros for holes), shorter only at the end of the disk."""
         ...
 
-    async def allocation(self) -> Sequence[Extent]:
+    async def allocation(self) -> Sequence[AllocationRun]:
         """Data/zero/unallocated runs covering the disk, from metadata only (no data reads)."""
         ...
 

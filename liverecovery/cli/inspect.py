@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from liverecovery.backends import ExtentKind
+from liverecovery.backends import RunKind
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.catalog.vmdk import VmdkDisk
 from liverecovery.errors import CatalogError
@@ -49,7 +49,7 @@ async def _points(catalog: DirectoryCatalog, name: str) -> list[dict[str, Any]]:
             reader = await catalog.open_disk(point, disk)
             try:
                 runs = await reader.allocation()
-                allocated = sum(r.length for r in runs if r.kind is ExtentKind.DATA)
+                allocated = sum(r.length for r in runs if r.kind is RunKind.DATA)
                 fmt = reader.create_type if isinstance(reader, VmdkDisk) else ""
             finally:
                 await reader.aclose()

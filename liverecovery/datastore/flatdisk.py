@@ -18,12 +18,12 @@ import anyio
 import anyio.lowlevel
 
 from liverecovery.backends import (
+    AllocationRun,
     BlockCache,
     BlockKey,
     DiskReader,
     DiskStats,
-    Extent,
-    ExtentKind,
+    RunKind,
 )
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import Stability, WriteData
@@ -153,8 +153,8 @@ class ForegroundGate:
 class HoleMap:
     """Answers "does this byte range hold any data?" from an allocation map, in O(log n)."""
 
-    def __init__(self, extents: Sequence[Extent]) -> None:
-        runs = sorted((e.offset, e.offset + e.length) for e in extents if e.kind is ExtentKind.DATA)
+    def __init__(self, extents: Sequence[AllocationRun]) -> None:
+        runs = sorted((e.offset, e.offset + e.length) for e in extents if e.kind is RunKind.DATA)
         merged: list[tuple[int, int]] = []
         for start, end in runs:
             if merged and start <= merged[-1][1]:

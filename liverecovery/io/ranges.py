@@ -20,7 +20,7 @@ class FileRange:
     from the file to the socket without copying them through Python (``splice``).
 
     ``fd`` is owned by whoever receives the value (a private duplicate): ``close`` it once done.
-    ``count`` may exceed what the file holds by the time the bytes are sent (a concurrent
+    ``length`` may exceed what the file holds by the time the bytes are sent (a concurrent
     truncate); the server then sends what is there and sets the eof flag.
 
     ``eof`` is for a range of a file that holds part of the served one (a cache block of a
@@ -30,7 +30,7 @@ class FileRange:
 
     fd: int
     offset: int
-    count: int
+    length: int
     eof: bool | None = None
 
     def close(self) -> None:

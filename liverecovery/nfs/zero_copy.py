@@ -227,12 +227,12 @@ class PipedData:
 def _fill(pipe: _Pipe, rng: FileRange) -> tuple[int, bool]:
     """Splice the range into the pipe: the bytes there (fewer at end of file) and the eof flag."""
     got = 0
-    while got < rng.count:
+    while got < rng.length:
         try:
             n = os.splice(
                 rng.fd,
                 pipe.write_fd,
-                rng.count - got,
+                rng.length - got,
                 offset_src=rng.offset + got,
                 flags=_SPLICE_F_NONBLOCK,
             )
@@ -242,7 +242,7 @@ def _fill(pipe: _Pipe, rng: FileRange) -> tuple[int, bool]:
             break
         got += n
     if rng.eof is not None:  # part of a larger file: its end is not this file's end
-        return got, rng.eof and got == rng.count
+        return got, rng.eof and got == rng.length
     size = os.fstat(rng.fd).st_size
     return got, rng.offset + got >= size
 
@@ -253,12 +253,12 @@ async def load(pool: PipePool, rng: FileRange) -> tuple[PipedData, bool] | None:
 
     Takes ownership of ``rng`` (its descriptor is closed).
     """
-    pipe = pool.acquire(rng.offset, rng.count) if rng.count > 0 else None
+    pipe = pool.acquire(rng.offset, rng.length) if rng.length > 0 else None
     if pipe is None:
         rng.close()
         return None
     try:
-        if resident(rng.fd, rng.offset, rng.count):
+        if resident(rng.fd, rng.offset, rng.length):
             got, eof = _fill(pipe, rng)
         else:
             future = submit_read(_fill, pipe, rng)

@@ -18,16 +18,16 @@ import anyio
 import attrs
 
 from liverecovery.backends import (
+    AllocationRun,
     Backends,
     BlockKey,
     CacheSpace,
     DiskInfo,
     DiskReader,
     ExportInfo,
-    Extent,
-    ExtentKind,
     ProgressCallback,
     RestorePoint,
+    RunKind,
     VmRef,
 )
 from liverecovery.config import GiB, MiB
@@ -131,17 +131,17 @@ class MemoryDisk:
         self.bytes_read += len(data)
         return data
 
-    async def allocation(self) -> Sequence[Extent]:
+    async def allocation(self) -> Sequence[AllocationRun]:
         await anyio.lowlevel.checkpoint()
-        out: list[Extent] = []
+        out: list[AllocationRun] = []
         pos = 0
         for off, data in self._runs.items():
             if off > pos:
-                out.append(Extent(pos, off - pos, ExtentKind.UNALLOCATED))
-            out.append(Extent(off, len(data), ExtentKind.DATA))
+                out.append(AllocationRun(pos, off - pos, RunKind.UNALLOCATED))
+            out.append(AllocationRun(off, len(data), RunKind.DATA))
             pos = off + len(data)
         if pos < self._size:
-            out.append(Extent(pos, self._size - pos, ExtentKind.UNALLOCATED))
+            out.append(AllocationRun(pos, self._size - pos, RunKind.UNALLOCATED))
         return out
 
     async def aclose(self) -> None:

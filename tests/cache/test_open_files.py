@@ -359,7 +359,7 @@ async def test_a_file_range_handed_out_keeps_the_verified_bytes_through_eviction
     first = await cache.get_or_fetch(key, src.fetcher(key))
     assert await cache.file_range(key, 0, BS + 1) is None  # past the block
     rng = await cache.file_range(key, 100, 1000, eof=True)
-    assert rng is not None and (rng.offset, rng.count, rng.eof) == (100, 1000, True)
+    assert rng is not None and (rng.offset, rng.length, rng.eof) == (100, 1000, True)
     try:
         probe.other_used_bytes = 100 * BS
         assert await cache.prune() == 1

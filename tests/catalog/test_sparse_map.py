@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from liverecovery.backends import ExtentKind
+from liverecovery.backends import RunKind
 from liverecovery.catalog.vmdk import extents, open_vmdk
 from liverecovery.config import MiB
 from liverecovery.testing.vmdk_writer import GRAIN_SECTORS, GTES_PER_GT, write_monolithic_sparse
@@ -29,7 +29,7 @@ TABLES = 80  # more than two 32-table comparison chunks
 SIZE = TABLES * GTES_PER_GT * GRAIN  # 2.5 GiB, a sparse file of a few hundred KiB
 GD_OFFSET_AT = 56
 
-Run = tuple[int, int, ExtentKind]
+Run = tuple[int, int, RunKind]
 
 
 def reference_map(path: Path) -> list[Run]:
@@ -47,13 +47,7 @@ def reference_map(path: Path) -> list[Run]:
             if table
             else 0
         )
-        kind = (
-            ExtentKind.UNALLOCATED
-            if entry == 0
-            else ExtentKind.ZERO
-            if entry == 1
-            else ExtentKind.DATA
-        )
+        kind = RunKind.UNALLOCATED if entry == 0 else RunKind.ZERO if entry == 1 else RunKind.DATA
         if runs and runs[-1][2] is kind:
             runs[-1] = (runs[-1][0], runs[-1][1] + GRAIN, kind)
         else:
@@ -158,9 +152,9 @@ def test_unused_grain_tables_that_are_holes_are_not_read(
 
     monkeypatch.setattr(extents.FileWindow, "_pread", counting)
     runs = reader_map(path)
-    assert [r for r in runs if r[2] is ExtentKind.DATA] == [
-        (0, MiB, ExtentKind.DATA),
-        (700 << 30, GRAIN, ExtentKind.DATA),
+    assert [r for r in runs if r[2] is RunKind.DATA] == [
+        (0, MiB, RunKind.DATA),
+        (700 << 30, GRAIN, RunKind.DATA),
     ]
     assert sum(runs[i][1] for i in range(len(runs))) == 1 << 40
     assert sum(read) < 2 * MiB, f"read {sum(read)} bytes to map the disk"

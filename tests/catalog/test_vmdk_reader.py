@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from liverecovery.backends import DiskReader, Extent, ExtentKind
+from liverecovery.backends import AllocationRun, DiskReader, RunKind
 from liverecovery.catalog.vmdk import open_vmdk
 
 from .conftest import GiB, Image, MiB
@@ -112,9 +112,9 @@ def _normalise_qemu(entries: list[dict[str, object]]) -> list[tuple[int, int, st
     return _merge(runs)
 
 
-def _normalise_ours(extents: list[Extent]) -> list[tuple[int, int, str]]:
+def _normalise_ours(extents: list[AllocationRun]) -> list[tuple[int, int, str]]:
     return _merge(
-        [(e.offset, e.length, "data" if e.kind is ExtentKind.DATA else "zero") for e in extents]
+        [(e.offset, e.length, "data" if e.kind is RunKind.DATA else "zero") for e in extents]
     )
 
 
@@ -154,19 +154,19 @@ def test_allocation_kinds_match_qemu_present_flag(images: dict[str, Image], name
     expected = []
     for e in image.qemu_map():
         if e["zero"]:
-            kind = ExtentKind.ZERO if e["present"] else ExtentKind.UNALLOCATED
+            kind = RunKind.ZERO if e["present"] else RunKind.UNALLOCATED
         else:
-            kind = ExtentKind.DATA
+            kind = RunKind.DATA
         expected.append((e["start"], e["length"], kind))
     assert ours == _merge_kinds(expected)
     if name == "zeroed":
-        assert any(k is ExtentKind.ZERO for _, _, k in ours)
+        assert any(k is RunKind.ZERO for _, _, k in ours)
 
 
 def _merge_kinds(
-    runs: list[tuple[object, object, ExtentKind]],
-) -> list[tuple[int, int, ExtentKind]]:
-    out: list[tuple[int, int, ExtentKind]] = []
+    runs: list[tuple[object, object, RunKind]],
+) -> list[tuple[int, int, RunKind]]:
+    out: list[tuple[int, int, RunKind]] = []
     for start, length, kind in runs:
         s, n = int(start), int(length)  # type: ignore[call-overload]
         if out and out[-1][2] is kind and out[-1][0] + out[-1][1] == s:
@@ -243,7 +243,7 @@ def test_hand_written_descriptor_flat_offset_and_zero_extent(tmp_path: Path) -> 
         assert disk.read_sync(0, disk.size) == ref[:MiB] + bytes(2 * MiB) + ref[MiB:]
         assert disk.read_sync(MiB - 5, 10) == ref[MiB - 5 : MiB] + bytes(5)
         kinds = [(e.offset, e.length, e.kind) for e in disk.allocation_sync()]
-        assert (MiB, 2 * MiB, ExtentKind.ZERO) in kinds
+        assert (MiB, 2 * MiB, RunKind.ZERO) in kinds
     finally:
         disk.close()
 
@@ -266,15 +266,15 @@ def test_allocation_of_whole_grain_tables(tmp_path: Path) -> None:
     finally:
         disk.close()
     assert runs == [
-        (0, 32 * MiB, ExtentKind.DATA),
-        (32 * MiB, 32 * MiB, ExtentKind.ZERO),
-        (64 * MiB, 6 * MiB, ExtentKind.UNALLOCATED),
-        (70 * MiB, MiB, ExtentKind.DATA),
-        (71 * MiB, 29 * MiB, ExtentKind.UNALLOCATED),
+        (0, 32 * MiB, RunKind.DATA),
+        (32 * MiB, 32 * MiB, RunKind.ZERO),
+        (64 * MiB, 6 * MiB, RunKind.UNALLOCATED),
+        (70 * MiB, MiB, RunKind.DATA),
+        (71 * MiB, 29 * MiB, RunKind.UNALLOCATED),
     ]
     image = Image("full", tmp_path / "full.vmdk", tmp_path / "x", 100 * MiB, ())
     assert _normalise_qemu(image.qemu_map()) == _normalise_ours(
-        [Extent(o, n, k) for o, n, k in runs]
+        [AllocationRun(o, n, k) for o, n, k in runs]
     )
 
 
@@ -287,7 +287,7 @@ def test_batched_grain_table_reads_give_the_same_map(
     batched read really happens for files laid out that way."""
     from liverecovery.catalog.vmdk import extents
 
-    def map_of(path: Path) -> list[tuple[int, int, ExtentKind]]:
+    def map_of(path: Path) -> list[tuple[int, int, RunKind]]:
         disk = open_vmdk(path)
         try:
             return [(e.offset, e.length, e.kind) for e in disk.allocation_sync()]

@@ -7,7 +7,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from liverecovery.backends import ExtentKind
+from liverecovery.backends import RunKind
 from liverecovery.catalog.vmdk import open_vmdk
 
 MiB = 1 << 20
@@ -77,9 +77,9 @@ def test_cowd_delta_on_flat_parent_matches_qemu(tmp_path: Path) -> None:
         assert disk.read_sync(700 * 512 - 3, 10) == reference[700 * 512 - 3 : 700 * 512 + 7]
         runs = disk.allocation_sync()
         # everything is data: grains from the redo log, the rest from the flat parent
-        assert [(r.offset, r.length, r.kind) for r in runs] == [(0, disk.size, ExtentKind.DATA)]
+        assert [(r.offset, r.length, r.kind) for r in runs] == [(0, disk.size, RunKind.DATA)]
         assert disk.parent is not None
         own = list(disk._extents[0].runs())
-        assert sum(n for _, n, k in own if k is ExtentKind.DATA) == len(grains) * 512
+        assert sum(n for _, n, k in own if k is RunKind.DATA) == len(grains) * 512
     finally:
         disk.close()

@@ -40,15 +40,15 @@ async def flat(disk: MemoryDisk, cache: MemoryBlockCache | None = None) -> FlatD
 
 
 def test_hole_map() -> None:
-    from liverecovery.backends import Extent, ExtentKind
+    from liverecovery.backends import AllocationRun, RunKind
 
     holes = HoleMap(
         [
-            Extent(0, 10, ExtentKind.DATA),
-            Extent(10, 10, ExtentKind.DATA),
-            Extent(20, 80, ExtentKind.UNALLOCATED),
-            Extent(100, 5, ExtentKind.DATA),
-            Extent(105, 50, ExtentKind.ZERO),
+            AllocationRun(0, 10, RunKind.DATA),
+            AllocationRun(10, 10, RunKind.DATA),
+            AllocationRun(20, 80, RunKind.UNALLOCATED),
+            AllocationRun(100, 5, RunKind.DATA),
+            AllocationRun(105, 50, RunKind.ZERO),
         ]
     )
     assert holes.data_runs == [(0, 20), (100, 105)]

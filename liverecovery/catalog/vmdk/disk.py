@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import anyio.to_thread
 
-from liverecovery.backends import Extent, ExtentKind
+from liverecovery.backends import AllocationRun, RunKind
 from liverecovery.catalog.vmdk.descriptor import (
     MAX_DESCRIPTOR_BYTES,
     SECTOR,
@@ -143,30 +143,30 @@ class VmdkDisk:
 
     # -- allocation ------------------------------------------------------------------------
 
-    def allocation_sync(self) -> list[Extent]:
+    def allocation_sync(self) -> list[AllocationRun]:
         """Data/zero/unallocated runs covering the disk, merged, from metadata alone.
 
         Ranges a delta does not hold take the parent's kind, as ``qemu-img map`` reports them.
         """
-        runs: list[tuple[int, int, ExtentKind]] = []
+        runs: list[tuple[int, int, RunKind]] = []
         parent_runs = self.parent.allocation_sync() if self.parent is not None else None
         parent_starts = [r.offset for r in parent_runs] if parent_runs else []
         for start, extent in zip(self._starts, self._extents, strict=True):
             for off, length, kind in extent.runs():
                 at = start + off
-                if kind is ExtentKind.UNALLOCATED and parent_runs:
+                if kind is RunKind.UNALLOCATED and parent_runs:
                     runs.extend(_slice(parent_runs, parent_starts, at, at + length))
                 else:
                     runs.append((at, length, kind))
         return _merge(runs)
 
-    async def allocation(self) -> Sequence[Extent]:
+    async def allocation(self) -> Sequence[AllocationRun]:
         """Data/zero/unallocated runs covering the disk (no data reads)."""
         return await anyio.to_thread.run_sync(self.allocation_sync)
 
     def allocated_bytes(self) -> int:
         """Bytes in DATA runs: what a full copy would have to read."""
-        return sum(r.length for r in self.allocation_sync() if r.kind is ExtentKind.DATA)
+        return sum(r.length for r in self.allocation_sync() if r.kind is RunKind.DATA)
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -183,9 +183,9 @@ class VmdkDisk:
 
 
 def _slice(
-    runs: list[Extent], starts: list[int], begin: int, end: int
-) -> list[tuple[int, int, ExtentKind]]:
-    out: list[tuple[int, int, ExtentKind]] = []
+    runs: list[AllocationRun], starts: list[int], begin: int, end: int
+) -> list[tuple[int, int, RunKind]]:
+    out: list[tuple[int, int, RunKind]] = []
     index = max(0, bisect.bisect_right(starts, begin) - 1)
     pos = begin
     while pos < end and index < len(runs):
@@ -196,14 +196,14 @@ def _slice(
             pos = stop
         index += 1
     if pos < end:
-        out.append((pos, end - pos, ExtentKind.UNALLOCATED))
+        out.append((pos, end - pos, RunKind.UNALLOCATED))
     return out
 
 
-def _merge(runs: list[tuple[int, int, ExtentKind]]) -> list[Extent]:
-    merged: list[Extent] = []
+def _merge(runs: list[tuple[int, int, RunKind]]) -> list[AllocationRun]:
+    merged: list[AllocationRun] = []
     cur_off = cur_len = 0
-    cur_kind: ExtentKind | None = None
+    cur_kind: RunKind | None = None
     for off, length, kind in runs:
         if length <= 0:
             continue
@@ -211,10 +211,10 @@ def _merge(runs: list[tuple[int, int, ExtentKind]]) -> list[Extent]:
             cur_len += length
             continue
         if cur_kind is not None:
-            merged.append(Extent(cur_off, cur_len, cur_kind))
+            merged.append(AllocationRun(cur_off, cur_len, cur_kind))
         cur_off, cur_len, cur_kind = off, length, kind
     if cur_kind is not None:
-        merged.append(Extent(cur_off, cur_len, cur_kind))
+        merged.append(AllocationRun(cur_off, cur_len, cur_kind))
     return merged
 
 

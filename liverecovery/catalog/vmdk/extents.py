@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from liverecovery.backends import ExtentKind
+from liverecovery.backends import RunKind
 from liverecovery.catalog.vmdk.descriptor import MAX_DESCRIPTOR_BYTES
 from liverecovery.catalog.vmdk.grain_cache import GrainCache
 from liverecovery.catalog.vmdk.sparse_header import (
@@ -58,7 +58,7 @@ def zeros(length: int) -> list[Piece]:
     return [bytes(length)]
 
 
-Run = tuple[int, int, ExtentKind]
+Run = tuple[int, int, RunKind]
 
 _GTE_ZERO = 1
 _GRAIN_MARKER = struct.Struct("<QI")
@@ -212,7 +212,7 @@ class ZeroExtent:
 
     def runs(self) -> Iterator[Run]:
         if self.size:
-            yield (0, self.size, ExtentKind.ZERO)
+            yield (0, self.size, RunKind.ZERO)
 
     def close(self) -> None:
         return None
@@ -244,7 +244,7 @@ class FlatExtent:
         seek_hole = getattr(os, "SEEK_HOLE", None)
         if seek_data is None or seek_hole is None:
             if self.size:
-                yield (0, self.size, ExtentKind.DATA)
+                yield (0, self.size, RunKind.DATA)
             return
         while pos < end:
             try:
@@ -253,11 +253,11 @@ class FlatExtent:
                 data = end  # ENXIO: only a hole remains
             data = min(data, end)
             if data > pos:
-                yield (pos - self.base, data - pos, ExtentKind.ZERO)
+                yield (pos - self.base, data - pos, RunKind.ZERO)
             if data >= end:
                 break
             hole = min(self._file.seek(data, seek_hole), end)
-            yield (data - self.base, hole - data, ExtentKind.DATA)
+            yield (data - self.base, hole - data, RunKind.DATA)
             pos = hole
 
     def close(self) -> None:
@@ -587,9 +587,9 @@ class SparseExtent:
         tables = min(len(self._gd), -(-limit // span))
         out: list[Run] = []
         run_start = 0
-        run_kind: ExtentKind | None = None
+        run_kind: RunKind | None = None
 
-        def add(start: int, kind: ExtentKind) -> None:
+        def add(start: int, kind: RunKind) -> None:
             """A run of ``kind`` starts at ``start`` (it ends where the next kind starts)."""
             nonlocal run_start, run_kind
             if kind is not run_kind:
@@ -603,15 +603,15 @@ class SparseExtent:
             for first, _count, empty in groups:
                 base = first * span
                 if empty:
-                    add(base, ExtentKind.UNALLOCATED)
+                    add(base, RunKind.UNALLOCATED)
                     continue
                 gt = self._gts[first]
                 assert gt is not None
                 low, high = min(gt), max(gt)
                 if low > _GTE_ZERO:
-                    add(base, ExtentKind.DATA)
+                    add(base, RunKind.DATA)
                 elif low == high == _GTE_ZERO:
-                    add(base, ExtentKind.ZERO)
+                    add(base, RunKind.ZERO)
                 else:
                     pos = base
                     for entry in gt:
@@ -619,11 +619,11 @@ class SparseExtent:
                             break
                         add(
                             pos,
-                            ExtentKind.UNALLOCATED
+                            RunKind.UNALLOCATED
                             if entry == 0
-                            else ExtentKind.ZERO
+                            else RunKind.ZERO
                             if entry == _GTE_ZERO
-                            else ExtentKind.DATA,
+                            else RunKind.DATA,
                         )
                         pos += gbytes
             index = groups[-1][0] + groups[-1][1]
@@ -631,7 +631,7 @@ class SparseExtent:
         if run_kind is not None:
             out.append((run_start, end - run_start, run_kind))
         if self.size > limit:
-            out.append((limit, self.size - limit, ExtentKind.ZERO))
+            out.append((limit, self.size - limit, RunKind.ZERO))
         return out
 
     def embedded_descriptor(self) -> str | None:
