@@ -30,8 +30,8 @@ import attrs
 from liverecovery.nfs.xdr import Packer, Unpacker, XdrError
 
 __all__ = [
-    "BOOL",
     "Array",
+    "BOOL",
     "Bool",
     "Choice",
     "Codec",
