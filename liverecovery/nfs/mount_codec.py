@@ -1,14 +1,15 @@
-"""MOUNT v3 (RFC 1813 appendix I) messages: pure XDR codecs."""
+"""MOUNT v3 (RFC 1813 appendix I) messages: pure XDR codecs, declared once (``xdr_spec``)."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Final
+from typing import Annotated, Final
 
 import attrs
 
-from liverecovery.nfs.xdr import Packer, Unpacker, XdrError
+from liverecovery.nfs import xdr_spec as xs
+from liverecovery.nfs.xdr import Packer, Unpacker
 
 __all__ = [
     "MOUNT_PROGRAM",
@@ -55,92 +56,62 @@ class MountStatus(enum.IntEnum):
     SERVERFAULT = 10006
 
 
+_OK: Final = xs.When("status", MountStatus.OK)
+
+
+_DIRPATH: Final = xs.codec(xs.String(MNTPATHLEN))
+
+
 def pack_dirpath(p: Packer, path: str) -> None:
-    p.string(path)
+    _DIRPATH.pack(p, path)
 
 
 def unpack_dirpath(u: Unpacker) -> str:
     return u.string(MNTPATHLEN)
 
 
+@xs.message
 @attrs.frozen
-class MountRes:
-    status: MountStatus
-    fh: bytes = b""
-    auth_flavors: tuple[int, ...] = ()
-
-    def pack(self, p: Packer) -> None:
-        p.u32(self.status)
-        if self.status == MountStatus.OK:
-            p.opaque(self.fh)
-            p.u32(len(self.auth_flavors))
-            for f in self.auth_flavors:
-                p.u32(f)
-
-    @classmethod
-    def unpack(cls, u: Unpacker) -> MountRes:
-        value = u.u32()
-        try:
-            status = MountStatus(value)
-        except ValueError:
-            raise XdrError(f"mountstat3: unknown value {value}") from None
-        if status != MountStatus.OK:
-            return cls(status)
-        fh = u.opaque(64)
-        flavors = tuple(u.u32() for _ in range(u.array_length(64)))
-        return cls(status, fh, flavors)
+class MountRes(xs.Message):
+    status: Annotated[MountStatus, xs.Enum(MountStatus, "mountstat3", "unknown value")]
+    fh: Annotated[bytes, xs.Opaque(64), _OK] = b""
+    auth_flavors: Annotated[tuple[int, ...], xs.Array(xs.U32, 64), _OK] = ()
 
 
+@xs.message
 @attrs.frozen
 class MountEntry:
-    hostname: str
-    directory: str
+    hostname: Annotated[str, xs.String(MNTNAMLEN)]
+    directory: Annotated[str, xs.String(MNTPATHLEN)]
 
 
+@xs.message
 @attrs.frozen
 class MountExport:
-    directory: str
-    groups: tuple[str, ...] = ()
+    directory: Annotated[str, xs.String(MNTPATHLEN)]
+    groups: Annotated[
+        tuple[str, ...],
+        xs.List(xs.String(MNTNAMLEN), _LIST_BOUND, "export group list too long", tuple),
+    ] = ()
+
+
+_MOUNTLIST: Final = xs.codec(xs.List(xs.spec(MountEntry), _LIST_BOUND, "mount list too long"))
+_EXPORTS: Final = xs.codec(xs.List(xs.spec(MountExport), _LIST_BOUND, "export list too long"))
 
 
 def pack_mountlist(p: Packer, entries: Sequence[MountEntry]) -> None:
-    for e in entries:
-        p.u32(1)
-        p.string(e.hostname)
-        p.string(e.directory)
-    p.u32(0)
+    _MOUNTLIST.pack(p, entries)
 
 
 def unpack_mountlist(u: Unpacker) -> list[MountEntry]:
-    out: list[MountEntry] = []
-    while u.boolean():
-        if len(out) >= _LIST_BOUND:
-            raise XdrError("mount list too long")
-        out.append(MountEntry(u.string(MNTNAMLEN), u.string(MNTPATHLEN)))
+    out: list[MountEntry] = _MOUNTLIST.unpack(u)
     return out
 
 
 def pack_exports(p: Packer, exports: Sequence[MountExport]) -> None:
-    for e in exports:
-        p.u32(1)
-        p.string(e.directory)
-        for g in e.groups:
-            p.u32(1)
-            p.string(g)
-        p.u32(0)
-    p.u32(0)
+    _EXPORTS.pack(p, exports)
 
 
 def unpack_exports(u: Unpacker) -> list[MountExport]:
-    out: list[MountExport] = []
-    while u.boolean():
-        if len(out) >= _LIST_BOUND:
-            raise XdrError("export list too long")
-        directory = u.string(MNTPATHLEN)
-        groups: list[str] = []
-        while u.boolean():
-            if len(groups) >= _LIST_BOUND:
-                raise XdrError("export group list too long")
-            groups.append(u.string(MNTNAMLEN))
-        out.append(MountExport(directory, tuple(groups)))
+    out: list[MountExport] = _EXPORTS.unpack(u)
     return out

@@ -1,15 +1,15 @@
-"""PORTMAP v2 (RFC 1833 section 3) messages: pure XDR codecs."""
+"""PORTMAP v2 (RFC 1833 section 3) messages: pure XDR codecs, declared once (``xdr_spec``)."""
 
 from __future__ import annotations
 
 import enum
-import struct
 from collections.abc import Sequence
-from typing import Final
+from typing import Annotated, Final
 
 import attrs
 
-from liverecovery.nfs.xdr import Packer, Unpacker, XdrError
+from liverecovery.nfs import xdr_spec as xs
+from liverecovery.nfs.xdr import Packer, Unpacker
 
 __all__ = ["IPPROTO_TCP", "IPPROTO_UDP", "Mapping", "PMAP_PROGRAM", "PMAP_VERSION", "PmapProc"]
 
@@ -17,7 +17,6 @@ PMAP_PROGRAM: Final = 100000
 PMAP_VERSION: Final = 2
 IPPROTO_TCP: Final = 6
 IPPROTO_UDP: Final = 17
-_MAPPING: Final = struct.Struct(">IIII")
 _LIST_BOUND: Final = 100_000
 
 
@@ -30,32 +29,22 @@ class PmapProc(enum.IntEnum):
     CALLIT = 5
 
 
+@xs.message
 @attrs.frozen
-class Mapping:
-    prog: int
-    vers: int
-    prot: int
-    port: int
+class Mapping(xs.Message):
+    prog: Annotated[int, xs.U32]
+    vers: Annotated[int, xs.U32]
+    prot: Annotated[int, xs.U32]
+    port: Annotated[int, xs.U32]
 
-    def pack(self, p: Packer) -> None:
-        p.pack_struct(_MAPPING, self.prog, self.vers, self.prot, self.port)
 
-    @classmethod
-    def unpack(cls, u: Unpacker) -> Mapping:
-        return cls(*u.unpack_struct(_MAPPING))
+_MAPPING_LIST: Final = xs.codec(xs.List(xs.spec(Mapping), _LIST_BOUND, "portmap list too long"))
 
 
 def pack_mapping_list(p: Packer, mappings: Sequence[Mapping]) -> None:
-    for m in mappings:
-        p.u32(1)
-        m.pack(p)
-    p.u32(0)
+    _MAPPING_LIST.pack(p, mappings)
 
 
 def unpack_mapping_list(u: Unpacker) -> list[Mapping]:
-    out: list[Mapping] = []
-    while u.boolean():
-        if len(out) >= _LIST_BOUND:
-            raise XdrError("portmap list too long")
-        out.append(Mapping.unpack(u))
+    out: list[Mapping] = _MAPPING_LIST.unpack(u)
     return out

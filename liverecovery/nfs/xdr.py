@@ -159,6 +159,11 @@ class Packer:
     def opaque(self, data: Buffer) -> None:
         n = memoryview(data).nbytes
         self._buf += _U32.pack(n)
+        self.opaque_body(data, n)
+
+    def opaque_body(self, data: Buffer, n: int) -> None:
+        """The ``n`` bytes of an opaque whose length was packed already (with the fixed-size
+        items before it, in one struct)."""
         if n >= _LARGE:
             self._chunks.append(self._buf)
             self._chunks.append(data)
