@@ -161,6 +161,11 @@ class SimulatedVm:
     """Why the guest stopped writing (its datastore stayed unreachable past the APD timeout)."""
     busy: anyio.Lock = attrs.field(factory=anyio.Lock)
     """Held by a power operation, an unregistration or a storage vMotion: one task per VM."""
+    lock_files: anyio.Lock = attrs.field(factory=anyio.Lock)
+    """Held while the ``.lck-*`` files are refreshed or deleted: a heartbeat's refresh must not
+    recreate a lock file the storage vMotion's switch-over has just removed."""
+    source_released: bool = False
+    """The storage vMotion switched over and deleted the source files: no more lock refreshes."""
 
 
 class SimulatedEsxHost:
@@ -509,6 +514,11 @@ class SimulatedEsxHost:
         vm.log_offset += len(line)
 
     async def _refresh_locks(self, vm: SimulatedVm, mount: _Mount) -> None:
+        async with vm.lock_files:
+            if not vm.source_released:
+                await self._rewrite_locks(vm, mount)
+
+    async def _rewrite_locks(self, vm: SimulatedVm, mount: _Mount) -> None:
         folder_fh = await mount.client.lookup_path(mount.root, vm.folder)
         targets = [vm.vmx_name] + [d.flat_name for d in vm.disks]
         for target in targets:
@@ -716,13 +726,15 @@ class SimulatedEsxHost:
 
     async def _delete_source(self, vm: SimulatedVm, mount: _Mount, folder_fh: bytes) -> None:
         """ESXi deletes the source files once a storage vMotion has switched over."""
-        names = [
-            *vm.locks,
-            vm.vmx_name,
-            *(d.descriptor for d in vm.disks),
-            *(d.flat_name for d in vm.disks),
-        ]
-        vm.locks.clear()
+        async with vm.lock_files:
+            vm.source_released = True
+            names = [
+                *vm.locks,
+                vm.vmx_name,
+                *(d.descriptor for d in vm.disks),
+                *(d.flat_name for d in vm.disks),
+            ]
+            vm.locks.clear()
         for name in names:
             with contextlib.suppress(NfsError):
                 await mount.client.remove(folder_fh, name)
