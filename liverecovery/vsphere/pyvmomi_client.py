@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
+from anyio.abc import AsyncResource
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
@@ -60,7 +61,7 @@ def _subject(vm: VmRef) -> str:
     return f"VM {vm.name} ({vm.moref})"
 
 
-class PyvmomiVSphereClient:
+class PyvmomiVSphereClient(AsyncResource):
     """**VSphereClient** for vCenter Server or a standalone ESXi host.
 
     Build it with :meth:`connect` (or from an existing pyVmomi session and its content).
@@ -176,12 +177,6 @@ class PyvmomiVSphereClient:
         si = self._si
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
             await run_sync(pyvim_connect.Disconnect, si, abandon_on_cancel=True)
-
-    async def __aenter__(self) -> PyvmomiVSphereClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     @property
     def service_instance(self) -> vim.ServiceInstance:
