@@ -173,18 +173,12 @@ async def test_from_settings_recovers_a_generated_vm_through_the_on_disk_cache(
     from liverecovery import RecoverySpec
     from liverecovery.cache.block_cache import DiskBlockCache
     from liverecovery.catalog.directory import DirectoryCatalog
-    from liverecovery.nfs.server import NfsServer
     from liverecovery.sim.esx_host import SimulatedEsxHost
     from liverecovery.testing.samples import sample_vm
 
     sample_vm("vm", disk_sizes=(32 * MiB,)).write(tmp_path / "backup")
     before = {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()}
     esx = SimulatedEsxHost(tmp_path / "esx", write_interval_s=0.01)
-
-    def mounting_from(server: NfsServer) -> SimulatedEsxHost:
-        esx.portmap_port = server.portmap_port
-        return esx
-
     ours = settings(
         tmp_path,
         backup_root=tmp_path / "backup",
@@ -193,7 +187,7 @@ async def test_from_settings_recovers_a_generated_vm_through_the_on_disk_cache(
         portmap_port=0,
         nfs_address="127.0.0.1",
     )
-    async with LiveRecovery.from_settings(ours, vsphere=mounting_from) as lr:
+    async with LiveRecovery.from_settings(ours, vsphere=esx.mounting_from) as lr:
         assert lr.assembly is not None
         server = lr.assembly.server
         assert isinstance(lr.assembly.cache, DiskBlockCache)

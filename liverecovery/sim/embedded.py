@@ -78,13 +78,9 @@ async def embedded_environment(
         write_interval_s=write_interval_s,
     )
 
-    def mounting_from(server: NfsServer) -> SimulatedEsxHost:
-        esx.portmap_port = server.portmap_port
-        return esx
-
     async with assemble(
         settings,
-        vsphere=mounting_from,
+        vsphere=esx.mounting_from,
         catalog=catalog,
         cache=cache,
         overlay_factory=overlay_factory or durable_overlay,

@@ -42,6 +42,7 @@ from liverecovery.errors import (
 )
 from liverecovery.io.threads import run_sync
 from liverecovery.nfs.filesystem import SetAttributes, Stability
+from liverecovery.nfs.server import NfsServer
 from liverecovery.sim.hard_mount import HardMount
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
@@ -231,6 +232,13 @@ class SimulatedEsxHost:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+
+    def mounting_from(self, server: NfsServer) -> SimulatedEsxHost:
+        """This host, set to find ``server``'s portmapper: a ``VSphereFactory`` for
+        ``LiveRecovery.from_settings(settings, vsphere=esx.mounting_from)`` when the server
+        listens on an OS-chosen port (a real ESX host asks port 111)."""
+        self.portmap_port = server.portmap_port
+        return self
 
     async def aclose(self) -> None:
         """Stop every workload and heartbeat and close the NFS connections."""
