@@ -9,6 +9,8 @@ Which one to use:
 - ``run_sync``: everything else that blocks, off the data path: a directory scan, a small
   metadata file, a pyVmomi SOAP call, a fsync of a journal. It is ``anyio.to_thread.run_sync``
   (capacity limiter, cancellation policy), named once here so there is one way to hand off.
+- Not here: small control-plane files read or written whole (.vmx, ``catalog.json``) use
+  ``aiofiles``, whose file API reads better than a hand-off per call and costs the same.
 
 The data path's hand-offs, measured:
 
