@@ -158,6 +158,9 @@ class Settings:
     """Everything an operator can tune. Validated on construction; errors name the setting."""
 
     job_results_dir: Path = attrs.field(factory=default_job_results_dir, converter=Path)
+    backup_root: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
+    """Where ``LiveRecovery.from_settings`` reads backups (a ``DirectoryCatalog``) when it is
+    given no catalog: a backup root, one VM folder or one .ova."""
     cache_root: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     cache_min_free_percent: float = attrs.field(default=5.0, validator=_percent)
     job_space_floor_bytes: int = attrs.field(default=20 * GiB, validator=_non_negative_int)
@@ -171,6 +174,8 @@ class Settings:
     nfs_listen_host: str = "0.0.0.0"
     nfs_port: int = attrs.field(default=2049, validator=_port)
     portmap_port: int = attrs.field(default=111, validator=_port)
+    """The portmapper's own listener; equal to ``nfs_port``, the portmapper shares the NFS
+    listener (with both 0: one OS-chosen port, as on loopback)."""
     nfs_grace_s: float = attrs.field(default=90.0, validator=_non_negative_float())
     """After a restart, how long the NFS server asks clients to retry (NFS3ERR_JUKEBOX) for
     exports and folders that resumed jobs have not restored yet, instead of failing them."""

@@ -83,3 +83,27 @@ def test_bad_toml_names_file_and_problem(tmp_path: Path, text: str, problem: str
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read settings"):
         Settings.from_toml(tmp_path / "nope.toml")
+
+
+def test_backup_root_is_a_path_read_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('backup_root = "/backups/vms"\n')
+    assert Settings.from_toml(path).backup_root == Path("/backups/vms")
+    assert Settings().backup_root is None
+
+
+def test_from_settings_needs_a_catalog_or_a_backup_root(tmp_path: Path) -> None:
+    import anyio
+
+    from liverecovery import LiveRecovery
+    from liverecovery.testing import memory_backends
+
+    backends, _ = memory_backends()
+
+    async def main() -> None:
+        settings = Settings(job_results_dir=tmp_path / "results", nfs_port=0, portmap_port=0)
+        with pytest.raises(SettingsError, match="backup_root"):
+            async with LiveRecovery.from_settings(settings, vsphere=backends.vsphere):
+                pass
+
+    anyio.run(main)

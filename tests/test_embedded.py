@@ -165,3 +165,49 @@ async def test_recovered_disks_equal_backup_plus_guest_writes(
             await reader.aclose()
     await catalog.aclose()
     assert {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()} == before
+
+
+async def test_from_settings_recovers_a_generated_vm_through_the_on_disk_cache(
+    tmp_path: Path,
+) -> None:
+    from liverecovery import RecoverySpec
+    from liverecovery.cache.block_cache import DiskBlockCache
+    from liverecovery.catalog.directory import DirectoryCatalog
+    from liverecovery.sim.esx_host import SimulatedEsxHost
+    from liverecovery.testing.samples import sample_vm
+
+    sample_vm("vm", disk_sizes=(32 * MiB,)).write(tmp_path / "backup")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()}
+    esx = SimulatedEsxHost(tmp_path / "esx", write_interval_s=0.01)
+    ours = settings(
+        tmp_path,
+        backup_root=tmp_path / "backup",
+        nfs_listen_host="127.0.0.1",
+        nfs_port=0,
+        portmap_port=0,
+        nfs_address="127.0.0.1",
+    )
+    async with LiveRecovery.from_settings(ours, vsphere=esx.mounting_from) as lr:
+        assert lr.assembly is not None
+        server = lr.assembly.server
+        assert isinstance(lr.assembly.cache, DiskBlockCache)
+        job = await lr.start(
+            RecoverySpec(
+                vm="vm", esx_host="esx-sim", esx_address="127.0.0.1", datastore="datastore1"
+            )
+        )
+        summary = await job.wait()
+        assert summary.state is State.COMPLETED and summary.vm_ref is not None
+        assert job.stats.bytes_fetched > 0  # the backup was read through the block cache
+        cache_files = [p for p in (tmp_path / "results" / "3dfs-cache").rglob("*") if p.is_file()]
+        assert len(cache_files) > 1
+        await esx.power_off(summary.vm_ref)
+        writes = esx.guest_writes(summary.vm_ref)
+        assert writes
+        async with DirectoryCatalog(tmp_path / "backup") as catalog:
+            point = await catalog.restore_point("vm")
+            reader = await catalog.open_disk(point, point.disks[0])
+            assert await verify_disk(esx, summary.vm_ref, 0, reader, writes)
+            await reader.aclose()
+        assert not server.exports() and not esx.mounts
+    assert {p.name: p.read_bytes() for p in (tmp_path / "backup" / "vm").iterdir()} == before

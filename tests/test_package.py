@@ -56,3 +56,8 @@ def test_cli_reports_errors_without_a_traceback() -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_importing_the_package_does_not_import_pyvmomi() -> None:
+    code = "import liverecovery, sys; assert 'pyVmomi' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], timeout=60, check=True)

@@ -12,14 +12,17 @@ The root itself may also be one VM folder, or one .ova file. Each restore point 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import anyio.to_thread
+import aiofiles
+import aiofiles.os
 import attrs
+from anyio.abc import AsyncResource
 
 from liverecovery.backends import DiskInfo, DiskReader, RestorePoint
 from liverecovery.catalog.point_meta import CATALOG_FILE, PointMeta, parse_point_meta
@@ -27,6 +30,7 @@ from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import VmdkDisk, open_vmdk
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
+from liverecovery.io.threads import run_sync
 
 __all__ = ["MAX_SMALL_FILE", "DirectoryCatalog"]
 
@@ -41,7 +45,7 @@ class _Point:
     ova: Path | None = None
 
 
-class DirectoryCatalog:
+class DirectoryCatalog(AsyncResource):
     """Restore points found under ``root`` (see the module docstring for the layouts)."""
 
     def __init__(self, root: str | os.PathLike[str], *, grain_cache_bytes: int = 64 << 20) -> None:
@@ -53,31 +57,93 @@ class DirectoryCatalog:
 
     async def vm_names(self) -> Sequence[str]:
         """Names (folder names) of the VMs with at least one restore point."""
-        return await anyio.to_thread.run_sync(self._vm_names)
+        return await run_sync(self._vm_names)
 
     async def restore_points(self, vm_name: str) -> Sequence[RestorePoint]:
         """Restore points of ``vm_name``, oldest first. :raises CatalogError: unknown VM."""
-        points = await anyio.to_thread.run_sync(self._points, vm_name)
-        return [p.point for p in points]
+        return [p.point for p in await self._points(vm_name)]
 
     async def restore_point(self, vm_name: str, point_id: str | None = None) -> RestorePoint:
         """One restore point, the newest when ``point_id`` is None. :raises CatalogError:"""
-        return (await anyio.to_thread.run_sync(self._find, vm_name, point_id)).point
+        return (await self._find(vm_name, point_id)).point
 
     async def read_file(self, point: RestorePoint, name: str) -> bytes:
         """A small file of the restore point's folder. :raises CatalogError:"""
-        found = await anyio.to_thread.run_sync(self._find, point.vm_name, point.point_id)
-        return await anyio.to_thread.run_sync(self._read_small, found, name)
+        found = await self._find(point.vm_name, point.point_id)
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
+        if found.ova is not None:
+            from liverecovery.catalog.ova import read_ova_file
+
+            return await run_sync(
+                functools.partial(read_ova_file, found.ova, name, limit=MAX_SMALL_FILE)
+            )
+        return await _read_bounded(found.folder / name)
 
     async def open_disk(self, point: RestorePoint, disk: DiskInfo) -> DiskReader:
         """Open one disk of a restore point read-only. :raises CatalogError:"""
-        found = await anyio.to_thread.run_sync(self._find, point.vm_name, point.point_id)
-        return await anyio.to_thread.run_sync(self._open_disk, found, disk.file_name)
+        found = await self._find(point.vm_name, point.point_id)
+        return await run_sync(self._open_disk, found, disk.file_name)
 
     async def aclose(self) -> None:
+        """Nothing to release: every disk opened is closed by its reader."""
         return None
 
-    # -- scanning (sync, run in a worker thread) -----------------------------------------------
+    # -- restore points: folders scanned in a worker thread, small files read with aiofiles ----
+
+    async def _points(self, vm_name: str) -> list[_Point]:
+        found = await run_sync(self._point_candidates, vm_name)
+        points = [await self._load(vm_name, folder, ova) for folder, ova in found]
+        points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
+        return points
+
+    async def _find(self, vm_name: str, point_id: str | None) -> _Point:
+        points = await self._points(vm_name)
+        if point_id is None:
+            return points[-1]
+        for p in points:
+            if p.point.point_id == point_id:
+                return p
+        raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path=str(self.root))
+
+    async def _load(self, vm_name: str, folder: Path, ova: Path | None) -> _Point:
+        meta = await _meta(folder)
+        if ova is not None:
+            from liverecovery.catalog.ova import load_ova_point
+
+            point_id = folder.name if folder.name != vm_name else ova.stem
+            created = meta.created or _dated(folder.name) or await _mtime(ova)
+            meta = attrs.evolve(meta, created=created)
+            point = await run_sync(
+                functools.partial(
+                    load_ova_point, ova, vm_name=vm_name, point_id=point_id, meta=meta
+                )
+            )
+            return _Point(point, folder, ova)
+        vmx_path = await run_sync(_single_vmx, folder)
+        config = config_from_vmx(VmxFile.parse(await _read_bounded(vmx_path)), path=str(vmx_path))
+        created = meta.created or _dated(folder.name) or await _mtime(vmx_path)
+        disks = await run_sync(_disk_infos, folder, config)
+        nvram = config.nvram_name
+        if nvram is not None and not await aiofiles.os.path.isfile(folder / nvram):
+            nvram = None
+        point = RestorePoint(
+            vm_name=vm_name,
+            point_id=folder.name,
+            vmx_name=vmx_path.name,
+            disks=disks,
+            media=meta.media,
+            archived=meta.archived,
+            passkey_required=meta.passkey_required,
+            created=created,
+            guest_os=config.guest_os,
+            memory_mb=config.memory_mb,
+            num_cpus=config.num_cpus,
+            nvram_name=nvram,
+        )
+        return _Point(point, folder)
+
+    # -- scanning (sync, run in a worker thread) -------------------------------------------
 
     def _is_single_vm(self) -> bool:
         return _has_vmx(self.root)
@@ -123,69 +189,17 @@ class DirectoryCatalog:
                     found.extend((sub, ova) for ova in sorted(sub.glob("*.ova")))
         return found
 
-    def _points(self, vm_name: str) -> list[_Point]:
+    def _point_candidates(self, vm_name: str) -> list[tuple[Path, Path | None]]:
+        """(folder, ova file or None) of each restore point of ``vm_name``, unread yet."""
         if self._is_single_ova():
             if vm_name != self.root.stem:
                 raise CatalogError(f"no VM {vm_name!r} in the OVA", path=str(self.root))
-            return [self._load(vm_name, self.root.parent, self.root)]
+            return [(self.root.parent, self.root)]
         folder = self._vm_folder(vm_name)
-        points = [self._load(vm_name, f, ova) for f, ova in self._point_folders(folder)]
-        if not points:
+        found = self._point_folders(folder)
+        if not found:
             raise CatalogError(f"VM {vm_name!r} has no restore points", path=str(folder))
-        points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
-        return points
-
-    def _find(self, vm_name: str, point_id: str | None) -> _Point:
-        points = self._points(vm_name)
-        if point_id is None:
-            return points[-1]
-        for p in points:
-            if p.point.point_id == point_id:
-                return p
-        raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path=str(self.root))
-
-    def _load(self, vm_name: str, folder: Path, ova: Path | None) -> _Point:
-        meta = _meta(folder)
-        if ova is not None:
-            from liverecovery.catalog.ova import load_ova_point
-
-            point_id = folder.name if folder.name != vm_name else ova.stem
-            created = meta.created or _dated(folder.name) or _mtime(ova)
-            meta = attrs.evolve(meta, created=created)
-            point = load_ova_point(ova, vm_name=vm_name, point_id=point_id, meta=meta)
-            return _Point(point, folder, ova)
-        vmx_path = _single_vmx(folder)
-        data = _read_bounded(vmx_path)
-        config = config_from_vmx(VmxFile.parse(data), path=str(vmx_path))
-        created = meta.created or _dated(folder.name) or _mtime(vmx_path)
-        disks = tuple(_disk_info(folder, d.key, d.file_name, d.adapter) for d in config.disks)
-        nvram = config.nvram_name
-        if nvram is not None and not (folder / nvram).is_file():
-            nvram = None
-        point = RestorePoint(
-            vm_name=vm_name,
-            point_id=folder.name,
-            vmx_name=vmx_path.name,
-            disks=disks,
-            media=meta.media,
-            archived=meta.archived,
-            passkey_required=meta.passkey_required,
-            created=created,
-            guest_os=config.guest_os,
-            memory_mb=config.memory_mb,
-            num_cpus=config.num_cpus,
-            nvram_name=nvram,
-        )
-        return _Point(point, folder)
-
-    def _read_small(self, found: _Point, name: str) -> bytes:
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
-        if found.ova is not None:
-            from liverecovery.catalog.ova import read_ova_file
-
-            return read_ova_file(found.ova, name, limit=MAX_SMALL_FILE)
-        return _read_bounded(found.folder / name)
+        return found
 
     def _open_disk(self, found: _Point, file_name: str) -> VmdkDisk:
         if found.ova is not None:
@@ -215,10 +229,11 @@ def _single_vmx(folder: Path) -> Path:
     return found[0]
 
 
-def _read_bounded(path: Path) -> bytes:
+async def _read_bounded(path: Path) -> bytes:
+    """A small control-plane file, whole (aiofiles: no data-path hand-off needed here)."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SMALL_FILE + 1)
+        async with aiofiles.open(path, "rb") as f:
+            data = await f.read(MAX_SMALL_FILE + 1)
     except FileNotFoundError:
         raise CatalogError("file is missing", path=str(path)) from None
     except OSError as exc:
@@ -228,11 +243,11 @@ def _read_bounded(path: Path) -> bytes:
     return data
 
 
-def _meta(folder: Path) -> PointMeta:
+async def _meta(folder: Path) -> PointMeta:
     path = folder / CATALOG_FILE
-    if not path.is_file():
+    if not await aiofiles.os.path.isfile(path):
         return PointMeta()
-    return parse_point_meta(_read_bounded(path), path=str(path))
+    return parse_point_meta(await _read_bounded(path), path=str(path))
 
 
 def _dated(name: str) -> datetime | None:
@@ -242,8 +257,8 @@ def _dated(name: str) -> datetime | None:
     return datetime.strptime(match["when"], "%Y-%m-%d_%H-%M-%S").replace(tzinfo=UTC)
 
 
-def _mtime(path: Path) -> datetime:
-    return datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+async def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp((await aiofiles.os.stat(path)).st_mtime, tz=UTC)
 
 
 def _disk_info(folder: Path, key: str, file_name: str, adapter: str) -> DiskInfo:
@@ -255,7 +270,11 @@ def _disk_info(folder: Path, key: str, file_name: str, adapter: str) -> DiskInfo
     return DiskInfo(key=key, file_name=file_name, capacity_bytes=size, adapter=adapter)
 
 
-def config_of(folder: Path) -> VmConfig:
+def _disk_infos(folder: Path, config: VmConfig) -> tuple[DiskInfo, ...]:
+    return tuple(_disk_info(folder, d.key, d.file_name, d.adapter) for d in config.disks)
+
+
+async def config_of(folder: Path) -> VmConfig:
     """The configuration of the VM folder ``folder`` (its single .vmx)."""
-    vmx_path = _single_vmx(folder)
-    return config_from_vmx(VmxFile.parse(_read_bounded(vmx_path)), path=str(vmx_path))
+    vmx_path = await run_sync(_single_vmx, folder)
+    return config_from_vmx(VmxFile.parse(await _read_bounded(vmx_path)), path=str(vmx_path))

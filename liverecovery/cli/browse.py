@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 
-from liverecovery.backends import StagingContext
-from liverecovery.cache.block_cache import DiskBlockCache
+from liverecovery.backends import RestorePoint, StagingContext
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.serve import _listen
 from liverecovery.cli.signals import wait_for_stop_signal
 from liverecovery.config import Settings
-from liverecovery.datastore.builder import FreBuilder
 from liverecovery.errors import SettingsError
 from liverecovery.job.sessions import SessionKind, SessionRegistry
-from liverecovery.nfs.server import NfsServer
+from liverecovery.recovery.assembly import Assembly, assemble
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["register", "run"]
@@ -50,34 +49,48 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the ``nfs://`` URL."""
     settings = Settings.from_toml(args.settings, table="settings") if args.settings else Settings()
-    catalog = DirectoryCatalog(args.backup)
-    vm = args.vm
-    if vm is None:
-        names = list(await catalog.vm_names())
-        if len(names) != 1:
-            raise SettingsError(f"{args.backup} holds VMs {names}: choose one with --vm")
-        vm = names[0]
-    point = await catalog.restore_point(vm, args.point)
-    browse_id = f"browse-{uuid.uuid4().hex[:8]}"
-    sessions = SessionRegistry.for_settings(settings)
-    sessions.acquire(vm, SessionKind.BROWSE, browse_id)
     host, port = args.listen
-    cache = await DiskBlockCache.from_settings(settings)
-    builder = FreBuilder(cache, read_only=True)
+    # The NFS server listens on --listen alone (the portmapper shares it), with no grace period.
+    settings = attrs.evolve(
+        settings, nfs_listen_host=host, nfs_port=port, portmap_port=port, nfs_grace_s=0.0
+    )
+    async with DirectoryCatalog(args.backup) as catalog:
+        vm = args.vm
+        if vm is None:
+            names = list(await catalog.vm_names())
+            if len(names) != 1:
+                raise SettingsError(f"{args.backup} holds VMs {names}: choose one with --vm")
+            vm = names[0]
+        point = await catalog.restore_point(vm, args.point)
+        browse_id = f"browse-{uuid.uuid4().hex[:8]}"
+        sessions = SessionRegistry.for_settings(settings)
+        sessions.acquire(vm, SessionKind.BROWSE, browse_id)
+        try:
+            async with assemble(settings, vsphere=None, catalog=catalog, read_only=True) as parts:
+                await _serve(args, parts, vm, point, browse_id)
+        finally:
+            sessions.release(vm, browse_id)
+    return 0
+
+
+async def _serve(
+    args: argparse.Namespace, parts: Assembly, vm: str, point: RestorePoint, browse_id: str
+) -> None:
+    """Stage the read-only folder, export it and wait for a stop signal; discard it after."""
     folder = f"{vm}-{point.point_id}"
     ctx = StagingContext(
         job_id=browse_id,
         spec=RecoverySpec(vm=vm, esx_host="browse", datastore="browse"),
         point=point,
-        settings=settings,
-        catalog=catalog,
+        settings=parts.settings,
+        catalog=parts.catalog,
         datastore="browse",
         folder=folder,
     )
+    server, host = parts.server, parts.settings.nfs_listen_host
     try:
-        staged = await builder.build(ctx)
-        state = Path(settings.job_results_dir) / "nfs-state"
-        async with NfsServer(state, host=host, port=port) as server:
+        staged = await parts.builder.build(ctx)
+        try:
             path = f"/browse/{folder}"
             await server.export_filesystem(path, staged.filesystem, args.allow)
             shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
@@ -89,14 +102,9 @@ async def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             sys.stdout.flush()
-            try:
-                await wait_for_stop_signal()
-            finally:
-                await staged.filesystem.aclose()
+            await wait_for_stop_signal()
+        finally:
+            await staged.filesystem.aclose()
     finally:
         with anyio.CancelScope(shield=True):
-            await builder.discard(ctx)
-            await cache.aclose()
-            await catalog.aclose()
-            sessions.release(vm, browse_id)
-    return 0
+            await parts.builder.discard(ctx)

@@ -23,6 +23,7 @@ import anyio
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import GiB, MiB, Settings
 from liverecovery.errors import LiveRecoveryError, SettingsError
+from liverecovery.io.threads import run_sync
 from liverecovery.job.events import StateChanged
 from liverecovery.job.states import State
 from liverecovery.recovery.live import LiveRecovery
@@ -76,8 +77,8 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="liverecovery-demo-") as tmp:
         work = Path(tmp)
         backup_root = work / "backup"
-        await anyio.to_thread.run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
-        before = await anyio.to_thread.run_sync(tree_digests, backup_root)
+        await run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
+        before = await run_sync(tree_digests, backup_root)
         catalog = DirectoryCatalog(backup_root)
         point = await catalog.restore_point(args.vm)
         settings = Settings(
@@ -124,7 +125,7 @@ async def run(args: argparse.Namespace) -> int:
                         await reader.aclose()
                     verified &= ok
         await catalog.aclose()
-        unchanged = await anyio.to_thread.run_sync(tree_digests, backup_root) == before
+        unchanged = await run_sync(tree_digests, backup_root) == before
     stats = job.stats
     result = summary.to_json() | {
         "time_to_power_on_s": round(marks.get("serving", 0.0), 6),

@@ -19,18 +19,14 @@ import signal
 import sys
 import tomllib
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import attrs
 
-from liverecovery.backends import Backends
-from liverecovery.cache.block_cache import DiskBlockCache
-from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.backends import VSphereClient
 from liverecovery.config import Settings
-from liverecovery.datastore.builder import FreBuilder
 from liverecovery.errors import LiveRecoveryError, SettingsError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.nfs.server import NfsServer
@@ -38,7 +34,6 @@ from liverecovery.recovery.control import ControlServer, socket_path
 from liverecovery.recovery.live import LiveRecovery
 from liverecovery.recovery.progress import show_progress
 from liverecovery.spec import RecoverySpec
-from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 
 __all__ = ["RecoverConfig", "register"]
 
@@ -147,39 +142,33 @@ class RecoverConfig:
 
 @asynccontextmanager
 async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery, NfsServer]]:
-    """The real backends: directory catalog, on-disk cache, our NFS server, pyvmomi."""
+    """``LiveRecovery.from_settings`` on the backup, pyvmomi, and the control socket."""
     settings = config.settings
     if config.nfs_address:
         settings = attrs.evolve(settings, nfs_address=config.nfs_address)
     if not settings.nfs_address:
         raise SettingsError("--nfs-address: the address the ESX host reaches this machine at")
+    settings = attrs.evolve(settings, backup_root=config.backup or settings.backup_root or ".")
     password = config.secret(config.password_env, "--password-env") or ""
-    async with AsyncExitStack() as stack:
-        catalog = DirectoryCatalog(config.backup or ".")
-        stack.push_async_callback(catalog.aclose)
-        cache = await DiskBlockCache.from_settings(settings)
-        stack.push_async_callback(cache.aclose)
-        server = await stack.enter_async_context(
-            NfsServer(
-                Path(settings.job_results_dir) / "nfs-state",
-                host=settings.nfs_listen_host,
-                port=settings.nfs_port,
-                portmap_port=settings.portmap_port,
-                grace_s=settings.nfs_grace_s,
-            )
-        )
-        vsphere = await PyvmomiVSphereClient.connect(
+
+    @asynccontextmanager
+    async def vcenter(_server: NfsServer) -> AsyncIterator[VSphereClient]:
+        # Imported here: pyVmomi loads only when a command talks to vSphere.
+        from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
+
+        async with await PyvmomiVSphereClient.connect(
             config.vcenter, config.user, password, insecure=config.insecure, ca_file=config.ca_file
-        )
-        stack.push_async_callback(vsphere.aclose)
-        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=vsphere)
-        lr = await stack.enter_async_context(
-            LiveRecovery(settings, backends, builder=FreBuilder(cache))
-        )
-        tg = await stack.enter_async_context(anyio.create_task_group())
+        ) as client:
+            yield client
+
+    async with (
+        LiveRecovery.from_settings(settings, vsphere=vcenter) as lr,
+        anyio.create_task_group() as tg,
+    ):
+        assert lr.assembly is not None
         await tg.start(ControlServer(lr, socket_path(settings.job_results_dir)).serve)
         try:
-            yield lr, server
+            yield lr, lr.assembly.server
         finally:
             tg.cancel_scope.cancel()
 

@@ -1,4 +1,18 @@
-"""The cheapest safe way to do blocking file I/O from the event loop, on the hot path.
+"""Every hand-off of blocking work from the event loop to a thread goes through here.
+
+Which one to use:
+
+- ``run_read`` (abandoned on cancel) and ``run_write`` (waited for, shielded): the data path's
+  lean pools (disk extents, cache blocks, overlays, NFS files), where a hand-off's cost shows in
+  every READ and WRITE. ``submit_read`` when the caller must know when the thread is done.
+- ``InlineWrites``: a page-cache write that may run on the loop while writes stay fast.
+- ``run_sync``: everything else that blocks, off the data path: a directory scan, a small
+  metadata file, a pyVmomi SOAP call, a fsync of a journal. It is ``anyio.to_thread.run_sync``
+  (capacity limiter, cancellation policy), named once here so there is one way to hand off.
+- Not here: small control-plane files read or written whole (.vmx, ``catalog.json``) use
+  ``aiofiles``, whose file API reads better than a hand-off per call and costs the same.
+
+The data path's hand-offs, measured:
 
 ``InlineWrites``: when a page-cache write may run on the event loop instead of a worker thread.
 ``run_read``/``run_write``: a lean hand-off of a blocking call to a worker thread (a thread round
@@ -25,8 +39,10 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import anyio
+import anyio.to_thread
+from anyio import CapacityLimiter
 
-__all__ = ["InlineWrites", "run_read", "run_write", "submit_read"]
+__all__ = ["InlineWrites", "run_read", "run_sync", "run_write", "submit_read"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -162,3 +178,21 @@ async def run_write(fn: Callable[..., _T], *args: Any) -> _T:
     with anyio.CancelScope(shield=True):
         result = await future
     return result
+
+
+async def run_sync(
+    fn: Callable[..., _T],
+    *args: Any,
+    limiter: CapacityLimiter | None = None,
+    abandon_on_cancel: bool = False,
+) -> _T:
+    """Run a blocking call that is not on the data path in a worker thread; its result.
+
+    anyio's default thread pool (40 threads, or ``limiter``). By default the caller waits for
+    the thread even when cancelled (a started call is never left running behind it); with
+    ``abandon_on_cancel`` it returns at once and the thread's result is dropped, for calls that
+    are harmless to abandon (a logout, a task's cancel request, a read of metadata).
+    """
+    return await anyio.to_thread.run_sync(
+        fn, *args, limiter=limiter, abandon_on_cancel=abandon_on_cancel
+    )

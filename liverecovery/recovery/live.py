@@ -8,18 +8,33 @@
 
 Leaving the ``async with`` block cancels the jobs still running and waits for their rollback,
 so nothing a job created outlives it. The caller owns the backends and closes them.
+
+``LiveRecovery.from_settings`` is the usual way in: it also starts (and closes) the real
+backends, our NFS server, the on-disk cache, the directory catalog and the File Recovery
+Enabler (``liverecovery.recovery.assembly``)::
+
+    vsphere = await PyvmomiVSphereClient.connect("vc.example", user, password)
+    async with vsphere, LiveRecovery.from_settings(settings, vsphere=vsphere) as lr:
+        job = await lr.start(spec)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from types import TracebackType
 
 import anyio
 import anyio.abc
 
-from liverecovery.backends import Backends, DatastoreBuilder
+from liverecovery.backends import (
+    Backends,
+    BlockCache,
+    CatalogReader,
+    DatastoreBuilder,
+    VSphereClient,
+)
 from liverecovery.config import Settings
 from liverecovery.datastore.copying import CopyingBuilder
 from liverecovery.errors import (
@@ -38,6 +53,7 @@ from liverecovery.job.migration import (
 )
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
+from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["LiveRecovery"]
@@ -86,7 +102,41 @@ class LiveRecovery:
         )
         self._jobs: dict[str, RecoveryJob] = {}
         self.resume_errors: list[str] = []
+        self.assembly: Assembly | None = None
+        """The parts ``from_settings`` started (the NFS server, cache, catalog, builder)."""
         self._tg: anyio.abc.TaskGroup | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        vsphere: VSphereClient | VSphereFactory,
+        catalog: CatalogReader | None = None,
+        cache: BlockCache | None = None,
+        migration_policy: MigrationPolicy | None = None,
+        nfs_state_dir: Path | None = None,
+    ) -> AbstractAsyncContextManager[LiveRecovery]:
+        """A ``LiveRecovery`` on the real backends, for ``async with``.
+
+        Starts our NFS server (``nfs_listen_host``, ``nfs_port``, ``portmap_port``), the on-disk
+        block cache, the catalog (a ``DirectoryCatalog`` at ``settings.backup_root`` unless
+        given) and the File Recovery Enabler with durable write overlays; leaving the block
+        rolls back the jobs still running, then closes every part it started. ``vsphere`` is a
+        client the caller keeps (``PyvmomiVSphereClient.connect(...)``) or a factory given the
+        started NFS server (see ``liverecovery.recovery.assembly``).
+
+        :raises SettingsError: no catalog and no ``backup_root``.
+        """
+        return _from_settings(
+            cls,
+            settings,
+            vsphere=vsphere,
+            catalog=catalog,
+            cache=cache,
+            migration_policy=migration_policy,
+            nfs_state_dir=nfs_state_dir,
+        )
 
     async def __aenter__(self) -> LiveRecovery:
         if self._tg is not None:
@@ -193,3 +243,25 @@ class LiveRecovery:
             yield
         finally:
             self.sessions.release(vm, owner)
+
+
+@asynccontextmanager
+async def _from_settings(
+    cls: type[LiveRecovery],
+    settings: Settings,
+    *,
+    vsphere: VSphereClient | VSphereFactory,
+    catalog: CatalogReader | None,
+    cache: BlockCache | None,
+    migration_policy: MigrationPolicy | None,
+    nfs_state_dir: Path | None,
+) -> AsyncIterator[LiveRecovery]:
+    async with assemble(
+        settings, vsphere=vsphere, catalog=catalog, cache=cache, nfs_state_dir=nfs_state_dir
+    ) as parts:
+        lr = cls(
+            parts.settings, parts.backends, builder=parts.builder, migration_policy=migration_policy
+        )
+        lr.assembly = parts
+        async with lr:
+            yield lr

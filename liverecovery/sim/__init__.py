@@ -2,5 +2,5 @@
 
 ``esx_host`` (a simulated ESX host that mounts our exports over real NFSv3/TCP, runs a guest and
 storage-vMotions it), ``remote`` (the same host in another process), ``hard_mount`` (its NFS
-client's retry rules) and ``embedded`` (server, cache and simulated host wired together).
+client's retry rules) and ``embedded`` (the assembled recovery parts with a simulated host).
 """

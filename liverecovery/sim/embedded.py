@@ -8,7 +8,6 @@ by ``liverecovery demo``, by tests, and by anyone who wants to try a backup with
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +15,10 @@ from pathlib import Path
 import attrs
 
 from liverecovery.backends import Backends, BlockCache, CatalogReader, DiskReader, VmRef
-from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.config import MiB, Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
 from liverecovery.nfs.server import NfsServer
+from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.esx_host import GuestWrite, SimulatedEsxHost
 from liverecovery.spec import RecoverySpec
 
@@ -57,29 +56,37 @@ async def embedded_environment(
     overlay_factory: OverlayFactory | None = None,
     write_interval_s: float = 0.01,
 ) -> AsyncIterator[Embedded]:
-    """Start the NFS server and the simulated ESX host under ``work_dir``; stop them after."""
+    """Start the NFS server and the simulated ESX host under ``work_dir``; stop them after.
+
+    The parts come from ``liverecovery.recovery.assembly``, with the NFS server on loopback
+    (one OS-chosen port for NFS, MOUNT and the portmapper, no grace period) whatever the
+    settings say.
+    """
     settings = settings or Settings(job_results_dir=work_dir / "results")
-    settings = attrs.evolve(settings, nfs_address="127.0.0.1")
-    async with contextlib.AsyncExitStack() as stack:
-        if cache is None:
-            disk_cache = await DiskBlockCache.from_settings(settings)
-            stack.push_async_callback(disk_cache.aclose)
-            cache = disk_cache
-        server = await stack.enter_async_context(
-            NfsServer(work_dir / "nfs-state", host="127.0.0.1")
-        )
-        esx = await stack.enter_async_context(
-            SimulatedEsxHost(
-                work_dir / "esx",
-                name=ESX_HOST,
-                local_datastores=(DESTINATION,),
-                portmap_port=server.portmap_port,
-                write_interval_s=write_interval_s,
-            )
-        )
-        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
-        builder = FreBuilder(cache, overlay_factory=overlay_factory or durable_overlay)
-        yield Embedded(settings, backends, builder, server, esx)
+    settings = attrs.evolve(
+        settings,
+        nfs_address="127.0.0.1",
+        nfs_listen_host="127.0.0.1",
+        nfs_port=0,
+        portmap_port=0,
+        nfs_grace_s=0.0,
+    )
+    esx = SimulatedEsxHost(
+        work_dir / "esx",
+        name=ESX_HOST,
+        local_datastores=(DESTINATION,),
+        write_interval_s=write_interval_s,
+    )
+
+    async with assemble(
+        settings,
+        vsphere=esx.mounting_from,
+        catalog=catalog,
+        cache=cache,
+        overlay_factory=overlay_factory or durable_overlay,
+        nfs_state_dir=work_dir / "nfs-state",
+    ) as parts:
+        yield Embedded(parts.settings, parts.backends, parts.builder, parts.server, esx)
 
 
 async def verify_disk(

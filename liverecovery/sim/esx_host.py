@@ -40,7 +40,9 @@ from liverecovery.errors import (
     NfsStatus,
     VSphereError,
 )
+from liverecovery.io.threads import run_sync
 from liverecovery.nfs.filesystem import SetAttributes, Stability
+from liverecovery.nfs.server import NfsServer
 from liverecovery.sim.hard_mount import HardMount
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
@@ -235,6 +237,13 @@ class SimulatedEsxHost:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+
+    def mounting_from(self, server: NfsServer) -> SimulatedEsxHost:
+        """This host, set to find ``server``'s portmapper: a ``VSphereFactory`` for
+        ``LiveRecovery.from_settings(settings, vsphere=esx.mounting_from)`` when the server
+        listens on an OS-chosen port (a real ESX host asks port 111)."""
+        self.portmap_port = server.portmap_port
+        return self
 
     async def aclose(self) -> None:
         """Stop every workload and heartbeat and close the NFS connections."""
@@ -595,7 +604,7 @@ class SimulatedEsxHost:
     ) -> None:
         async with disk.lock, disk.regions.hold(offset, offset + len(data)):
             if disk.local is not None:
-                await anyio.to_thread.run_sync(_pwrite, disk.local, offset, data)
+                await run_sync(_pwrite, disk.local, offset, data)
             else:
                 mount = self.mounts[vm.datastore]  # a hard mount: it retries through outages
                 if self._seq % 2:
@@ -607,7 +616,7 @@ class SimulatedEsxHost:
                         # unstable write may be lost, so it is sent again (RFC 1813 3.3.7).
                         await mount.client.write(disk.fh, offset, data, Stability.FILE_SYNC)
                 if disk.mirror is not None:
-                    await anyio.to_thread.run_sync(_pwrite, disk.mirror, offset, data)
+                    await run_sync(_pwrite, disk.mirror, offset, data)
             vm.writes.append(GuestWrite(index, offset, data))
 
     async def power_off(self, vm: VmRef) -> None:
@@ -665,7 +674,7 @@ class SimulatedEsxHost:
                 (dest / name).write_bytes(await self._read_all(client, fh))
             for disk in state.disks:
                 target = dest / disk.flat_name
-                await anyio.to_thread.run_sync(_create_sparse, target, disk.size)
+                await run_sync(_create_sparse, target, disk.size)
                 disk.mirror = target
                 done = await self._copy_disk(client, disk, target, done, total, progress)
             # Switch over: the guest's disks are now the local copies.
@@ -696,7 +705,7 @@ class SimulatedEsxHost:
         holes. Returns ``done`` plus the disk's size, reporting progress as chunks land."""
         offsets = iter(range(0, disk.size, _CHUNK))
         failures: list[Exception] = []
-        fd = await anyio.to_thread.run_sync(os.open, target, os.O_WRONLY)
+        fd = await run_sync(os.open, target, os.O_WRONLY)
 
         async def worker(scope: anyio.CancelScope) -> None:
             nonlocal done
@@ -706,7 +715,7 @@ class SimulatedEsxHost:
                     async with disk.regions.hold(offset, offset + length):
                         data = await self._read_exact(client, disk.fh, offset, length)
                         if data != _ZERO_CHUNK[: len(data)]:  # zero chunks stay holes
-                            await anyio.to_thread.run_sync(os.pwrite, fd, data, offset)
+                            await run_sync(os.pwrite, fd, data, offset)
                     done += length
                     if progress is not None:
                         progress(done, total)

@@ -1,6 +1,6 @@
 """The ``VSphereClient`` for real vCenter Server or standalone ESXi, through pyVmomi.
 
-pyVmomi is blocking, so every SOAP call runs in a worker thread (``anyio.to_thread``), a few at a
+pyVmomi is blocking, so every SOAP call runs in a worker thread (``io.threads.run_sync``), a few at a
 time. Long operations are vSphere tasks: they are polled until done, with a timeout, and their
 progress is passed to the caller's ``ProgressCallback``. Whatever vSphere or the network raises
 leaves as ``VSphereError`` (keeping the fault's type name) or ``BackendError``.
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
+from anyio.abc import AsyncResource
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
@@ -37,6 +38,7 @@ from liverecovery.errors import (
     NfsVolumeLimitError,
     VSphereError,
 )
+from liverecovery.io.threads import run_sync
 from liverecovery.vsphere.connection import parse_server, ssl_context
 from liverecovery.vsphere.faults import fault_error, translate
 from liverecovery.vsphere.inventory import DEFAULT_NFS_MAX_VOLUMES, VSphereInventory
@@ -59,7 +61,7 @@ def _subject(vm: VmRef) -> str:
     return f"VM {vm.name} ({vm.moref})"
 
 
-class PyvmomiVSphereClient:
+class PyvmomiVSphereClient(AsyncResource):
     """**VSphereClient** for vCenter Server or a standalone ESXi host.
 
     Build it with :meth:`connect` (or from an existing pyVmomi session and its content).
@@ -145,7 +147,7 @@ class PyvmomiVSphereClient:
             return si, si.RetrieveContent()
 
         try:
-            si, content = await anyio.to_thread.run_sync(login)
+            si, content = await run_sync(login)
         except Exception as exc:
             error = translate(exc, "vsphere.connect", where)
             if error is None:
@@ -174,13 +176,7 @@ class PyvmomiVSphereClient:
         self._closed = True
         si = self._si
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
-            await anyio.to_thread.run_sync(pyvim_connect.Disconnect, si, abandon_on_cancel=True)
-
-    async def __aenter__(self) -> PyvmomiVSphereClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+            await run_sync(pyvim_connect.Disconnect, si, abandon_on_cancel=True)
 
     @property
     def service_instance(self) -> vim.ServiceInstance:
@@ -194,7 +190,7 @@ class PyvmomiVSphereClient:
         if self._closed:
             raise BackendError(f"{operation}: the vSphere client is closed", operation=operation)
         try:
-            return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await run_sync(fn, limiter=self._limiter)
         except Exception as exc:
             error = translate(exc, operation, self._server, subject)
             if error is None:
@@ -256,7 +252,7 @@ class PyvmomiVSphereClient:
                 logger.warning("could not cancel vSphere task %s: %s", task._moId, exc)
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
-            await anyio.to_thread.run_sync(cancel, abandon_on_cancel=True)
+            await run_sync(cancel, abandon_on_cancel=True)
 
     async def _answer_question(self, operation: str, vm: vim.VirtualMachine, subject: str) -> None:
         def answer() -> vim.vm.QuestionInfo | None:

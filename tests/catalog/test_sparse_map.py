@@ -146,9 +146,9 @@ def test_unused_grain_tables_that_are_holes_are_not_read(
     read: list[int] = []
     real = extents.FileWindow._pread
 
-    def counting(self: extents.FileWindow, length: int, offset: int) -> bytes:
+    def counting(self: extents.FileWindow, offset: int, length: int) -> bytes:
         read.append(length)
-        return real(self, length, offset)
+        return real(self, offset, length)
 
     monkeypatch.setattr(extents.FileWindow, "_pread", counting)
     runs = reader_map(path)

@@ -1,7 +1,8 @@
 """A VMDK opened for reading: descriptor, extents stitched end to end, and the parent chain.
 
 ``VmdkDisk`` implements the ``DiskReader`` protocol. Its async methods run the synchronous
-ones (``read_sync``, ``allocation_sync``) in a worker thread; those are public too, for callers
+ones (``read_sync``, ``allocation_sync``) in a worker thread (reads on the data path's lean
+hand-off, ``io.threads.run_read``); those are public too, for callers
 that already run in a thread (benchmarks, converters). Every method is safe for concurrent use.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Sequence
-
-import anyio.to_thread
 
 from liverecovery.backends import AllocationRun, RunKind
 from liverecovery.catalog.vmdk.descriptor import (
@@ -34,6 +33,7 @@ from liverecovery.catalog.vmdk.extents import (
 )
 from liverecovery.catalog.vmdk.sparse_header import SPARSE_MAGIC
 from liverecovery.errors import CatalogError
+from liverecovery.io.threads import run_read, run_sync
 
 __all__ = ["MAX_CHAIN_DEPTH", "VmdkDisk", "open_vmdk"]
 
@@ -139,7 +139,7 @@ class VmdkDisk:
 
         :raises CatalogError: the disk's files are malformed where the read lands.
         """
-        return await anyio.to_thread.run_sync(self.read_sync, offset, length)
+        return await run_read(self.read_sync, offset, length)
 
     # -- allocation ------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ class VmdkDisk:
 
     async def allocation(self) -> Sequence[AllocationRun]:
         """Data/zero/unallocated runs covering the disk (no data reads)."""
-        return await anyio.to_thread.run_sync(self.allocation_sync)
+        return await run_sync(self.allocation_sync)
 
     def allocated_bytes(self) -> int:
         """Bytes in DATA runs: what a full copy would have to read."""
@@ -248,7 +248,7 @@ def _open(
     main = window if window is not None else FileWindow(path)
     extents: list[ExtentReader] = []
     try:
-        magic = main.pread(4, 0)
+        magic = main.pread(0, 4)
         if magic == SPARSE_MAGIC:
             sparse = SparseExtent(main, grain_cache_bytes=cache)
             extents.append(sparse)
@@ -289,7 +289,7 @@ def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
         raise CatalogError(
             "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
         )
-    raw = main.pread(main.size, 0)
+    raw = main.pread(0, main.size)
     text_end = len(raw.rstrip(b"\x00"))
     nul = raw.find(b"\x00", 0, text_end)
     if nul >= 0:

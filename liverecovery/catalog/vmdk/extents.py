@@ -145,7 +145,7 @@ class FileWindow:
                 os.close(self._fd)
                 self._fd = -1
 
-    def _pread(self, length: int, offset: int) -> bytes:
+    def _pread(self, offset: int, length: int) -> bytes:
         fd = self._enter()
         try:
             return os.pread(fd, length, self.start + offset)
@@ -156,24 +156,24 @@ class FileWindow:
         finally:
             self._leave()
 
-    def pread(self, length: int, offset: int) -> bytes:
+    def pread(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (short at the end of the window)."""
         length = max(0, min(length, self.size - offset))
-        return self._pread(length, offset) if length else b""
+        return self._pread(offset, length) if length else b""
 
-    def read_bytes(self, length: int, offset: int, what: str) -> bytes:
+    def read_bytes(self, offset: int, length: int, what: str) -> bytes:
         """Exactly ``length`` bytes at ``offset``. :raises CatalogError: past the end."""
         if offset < 0 or offset + length > self.size:
             raise CatalogError(
                 f"{what} at byte {offset} lies past the end of the file", path=self.path
             )
-        data = self._pread(length, offset)
+        data = self._pread(offset, length)
         done = len(data)
         if done == length:
             return data
         parts = [data]
         while done < length:  # a short read inside the file: keep going until EOF
-            more = self._pread(length - done, offset + done)
+            more = self._pread(offset + done, length - done)
             if not more:
                 raise CatalogError(
                     f"{what} at byte {offset} lies past the end of the file", path=self.path
@@ -234,7 +234,7 @@ class FlatExtent:
             )
 
     def read(self, offset: int, length: int, fallback: Fallback | None) -> list[Piece]:
-        return [self._file.read_bytes(length, self.base + offset, "flat data")]
+        return [self._file.read_bytes(self.base + offset, length, "flat data")]
 
     def runs(self) -> Iterator[Run]:
         """Data and holes of the file (SEEK_DATA/SEEK_HOLE), as DATA and ZERO runs."""
@@ -303,21 +303,21 @@ class SparseExtent:
     # -- metadata --------------------------------------------------------------------------
 
     def _pread(self, offset: int, length: int, what: str) -> bytes:
-        return self._file.read_bytes(length, offset, what)
+        return self._file.read_bytes(offset, length, what)
 
     def _load_header(self) -> SparseHeader:
-        head = self._file.pread(SECTOR, 0)
+        head = self._file.pread(0, SECTOR)
         header = parse_sparse_header(head, path=self.path, file_size=self._file_size)
         if header.gd_offset == GD_AT_END:
             # streamOptimized: the footer (a copy of the header with the real GD offset) sits
             # before the end-of-stream marker, behind a footer marker.
             if self._file_size < 3 * SECTOR:
                 raise CatalogError("streamOptimized file too short for its footer", path=self.path)
-            marker = self._file.pread(SECTOR, self._file_size - 3 * SECTOR)
+            marker = self._file.pread(self._file_size - 3 * SECTOR, SECTOR)
             _, size, kind = struct.unpack_from("<QII", marker)
             if size != 0 or kind != MARKER_FOOTER:
                 raise CatalogError("streamOptimized footer marker missing", path=self.path)
-            footer = self._file.pread(SECTOR, self._file_size - 2 * SECTOR)
+            footer = self._file.pread(self._file_size - 2 * SECTOR, SECTOR)
             header = parse_sparse_header(footer, path=self.path, file_size=self._file_size)
             if header.gd_offset == GD_AT_END:
                 raise CatalogError("streamOptimized footer has no grain directory", path=self.path)
@@ -487,7 +487,7 @@ class SparseExtent:
                     expect += gsectors
                     stop = min(stop + gbytes, capacity)
                 pieces.append(
-                    self._file.read_bytes(stop - pos, entry * SECTOR + within, "grain data")
+                    self._file.read_bytes(entry * SECTOR + within, stop - pos, "grain data")
                 )
             pos = stop
         if end > pos:
@@ -536,7 +536,7 @@ class SparseExtent:
         if cached is not None:
             return cached
         where = sector * SECTOR
-        head = self._file.pread(_FIRST_COMPRESSED_READ, where)
+        head = self._file.pread(where, _FIRST_COMPRESSED_READ)
         if self._markers:
             if len(head) < _GRAIN_MARKER.size:
                 raise CatalogError(f"grain {grain} lies past the end of the file", path=self.path)
