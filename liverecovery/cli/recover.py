@@ -172,7 +172,9 @@ async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery,
             config.vcenter, config.user, password, insecure=config.insecure, ca_file=config.ca_file
         )
         stack.push_async_callback(vsphere.aclose)
-        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=vsphere)
+        backends = Backends(
+            exporter=server, catalog=catalog, cache=cache, vsphere=vsphere, inventory=vsphere
+        )
         lr = await stack.enter_async_context(
             LiveRecovery(settings, backends, builder=FreBuilder(cache))
         )

@@ -77,7 +77,9 @@ async def embedded_environment(
                 write_interval_s=write_interval_s,
             )
         )
-        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
+        backends = Backends(
+            exporter=server, catalog=catalog, cache=cache, vsphere=esx, inventory=esx
+        )
         builder = FreBuilder(cache, overlay_factory=overlay_factory or durable_overlay)
         yield Embedded(settings, backends, builder, server, esx)
 
