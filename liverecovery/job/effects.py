@@ -20,18 +20,22 @@ import functools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+import anyio
 import attrs
 
 from liverecovery.backends import StagedVm, StagingContext, VmRef
-from liverecovery.errors import BackendError, VSphereError
+from liverecovery.config import Settings
+from liverecovery.errors import BackendError, BackendTimeoutError, VSphereError
 from liverecovery.job.context import JobContext
 
 __all__ = [
     "EFFECTS",
     "EFFECT_KIND",
+    "UNDONE_KIND",
     "Compensation",
     "Effect",
     "UndoTarget",
+    "attempt",
     "compensation",
     "effect",
     "has_undo",
@@ -39,6 +43,10 @@ __all__ = [
 
 EFFECT_KIND = "effect"
 """The journal record kind of every completed side effect (its ``effect`` field names it)."""
+
+UNDONE_KIND = "undone"
+"""The journal record kind of a compensation that succeeded (fields ``effect`` and ``name``):
+the journal then no longer counts the effect as in place."""
 
 
 @attrs.frozen
@@ -129,6 +137,30 @@ def compensation(
         raise ValueError(f"effect {name!r} records {row.fields}, not {tuple(data)}")
     undo = functools.partial(_UNDOS[row.undo], job, dict(data), adopted)
     return Compensation(row.name, row.undo, row.vm_bound, adopted, undo)
+
+
+async def attempt(comp: Compensation, settings: Settings) -> BaseException | None:
+    """Run ``comp`` until it succeeds, at most ``compensation_attempts`` times, each attempt
+    bounded by ``timeouts.compensation``; the last error, or None."""
+    error: BaseException | None = None
+    for i in range(settings.compensation_attempts):
+        if i:
+            await anyio.sleep(settings.compensation_retry_delay_s * i)
+        with anyio.move_on_after(settings.timeouts.compensation) as deadline:
+            try:
+                await comp.undo()
+                error = None
+            except Exception as exc:
+                error = exc
+        if deadline.cancelled_caught:
+            error = BackendTimeoutError(
+                f"{comp.name} did not finish within timeouts.compensation = "
+                f"{settings.timeouts.compensation:g} s",
+                operation=comp.name,
+            )
+        if error is None:
+            break
+    return error
 
 
 def has_undo(row: Effect) -> bool:

@@ -1,11 +1,15 @@
 """One recovery job: runs each step's I/O outside the state machine and records the outcome.
 
-Every completed step pushes the compensation that undoes it. A failure or a cancel pops them in
-reverse (power off, unregister, unpublish, unmount, unexport, release the cache reservation);
-cleanup after a migration pops the ones that remain. Once the storage vMotion has finished the
-VM lives on its destination datastore, so its power-off and unregister compensations are dropped:
-a rollback never takes a migrated VM down. A compensation that keeps failing is recorded and
-the rollback goes on with the rest; the job then ends ``failed`` with every error attached.
+The lifecycle is data (``states.py``, driven by ``machine.py``); this module is its driver: in
+each step state it runs the step, then fires ``advance``, ``fail`` or ``cancel``. Every side
+effect a step completes is journaled and pushes its compensation, built from the effects table
+(``effects.py``). A failure or a cancel pops them in reverse (power off, unregister, unpublish,
+unmount, unexport, release the cache reservation); cleanup after a migration pops the ones that
+remain. Once the storage vMotion has finished the VM lives on its destination datastore, so its
+``vm_bound`` compensations (power-off, unregister) are dropped: a rollback never takes a
+migrated VM down. A compensation that keeps failing is recorded and the rollback goes on with
+the rest; the job then ends ``failed`` with every error attached. After a restart,
+``reconcile.py`` rebuilds the same compensations from the journal.
 """
 
 from __future__ import annotations
@@ -19,10 +23,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import attrs
 
 from liverecovery.backends import RestorePoint, StagedVm, StagingContext, VmRef
-from liverecovery.datastore.restore import BackgroundRestore
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
@@ -32,6 +34,7 @@ from liverecovery.errors import (
     RollbackError,
 )
 from liverecovery.job import effects, preflight, reconcile
+from liverecovery.job.background import Background
 from liverecovery.job.context import JobContext
 from liverecovery.job.events import (
     CompensationRan,
@@ -45,54 +48,10 @@ from liverecovery.job.journal import Journal, JournalContents, spec_record
 from liverecovery.job.machine import JobMachine
 from liverecovery.job.sessions import SessionKind
 from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
+from liverecovery.job.summary import JobStats, JobSummary
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["JobContext", "JobStats", "JobSummary", "RecoveryJob"]
-
-
-@attrs.frozen
-class JobStats:
-    """The job's statistics at one moment; they feed its progress events.
-
-    ``bytes_to_restore`` is what background restore must bring in (the allocated bytes of the
-    served disks; the VM's total disk size when no disk is served through the cache).
-    """
-
-    bytes_served: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    bytes_fetched: int = 0
-    bytes_restored: int = 0
-    bytes_to_restore: int = 0
-    bytes_migrated: int = 0
-    overlay_bytes: int = 0
-
-
-@attrs.frozen
-class JobSummary:
-    """How a job ended: its final state, the states it went through and how long each took."""
-
-    job_id: str
-    vm: str
-    state: State
-    states_visited: tuple[State, ...]
-    timings: dict[str, float]
-    compensations: tuple[str, ...]
-    errors: tuple[str, ...]
-    vm_ref: VmRef | None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "job_id": self.job_id,
-            "vm": self.vm,
-            "state": self.state.value,
-            "states_visited": [s.value for s in self.states_visited],
-            "timings": self.timings,
-            "compensations": list(self.compensations),
-            "errors": list(self.errors),
-            "vm_moref": self.vm_ref.moref if self.vm_ref else None,
-        }
 
 
 _CANCELLED = object()
@@ -126,10 +85,8 @@ class RecoveryJob:
         self._migrate_now = anyio.Event()
         self._session_held = False
         self._journal: Journal | None = None
-        self._bg_scopes: list[anyio.CancelScope] = []
-        self._bg_stopped = False
+        self._background = Background(ctx.settings, self._progress)
         self._tg: anyio.abc.TaskGroup | None = None
-        self._restore: BackgroundRestore | None = None
         self._migrated_fraction = 0.0
         self.point: RestorePoint | None = None
         self.export_path: str | None = None
@@ -189,8 +146,9 @@ class RecoveryJob:
         """Live statistics summed over the job's served disks."""
         disks = list(self.staged.disks.values()) if self.staged else []
         total = self.point.total_disk_bytes if self.point else 0
-        to_restore = self._restore.total_bytes if self._restore else total
-        restored = self._restore.done_bytes if self._restore else 0
+        restore = self._background.restore
+        to_restore = restore.total_bytes if restore else total
+        restored = restore.done_bytes if restore else 0
         if self.migrated:
             restored = to_restore
         return JobStats(
@@ -440,29 +398,9 @@ class RecoveryJob:
             )
         )
 
-    def _background_scope(self) -> anyio.CancelScope:
-        scope = anyio.CancelScope()
-        if self._bg_stopped:
-            scope.cancel()
-        self._bg_scopes.append(scope)
-        return scope
-
     def _stop_background(self) -> None:
         """Stop background restore and progress reports (before cleanup or rollback)."""
-        self._bg_stopped = True
-        for scope in self._bg_scopes:
-            scope.cancel()
-
-    async def _report_progress(self) -> None:
-        with self._background_scope():
-            while True:
-                await anyio.sleep(self._ctx.settings.progress_interval_s)
-                self._progress()
-
-    async def _background_restore(self, restore: BackgroundRestore) -> None:
-        with self._background_scope():
-            await restore.run()
-            self._progress()
+        self._background.stop()
 
     def _failure(self) -> BaseException:
         if self._step_error is not None:
@@ -477,29 +415,13 @@ class RecoveryJob:
 
     async def _compensate(self, comp: effects.Compensation) -> BaseException | None:
         """Run one compensation with retries; record it; return its last error, if any."""
-        settings = self._ctx.settings
-        error: BaseException | None = None
-        for attempt in range(settings.compensation_attempts):
-            if attempt:
-                await anyio.sleep(settings.compensation_retry_delay_s * attempt)
-            with anyio.move_on_after(settings.timeouts.compensation) as deadline:
-                try:
-                    await comp.undo()
-                    error = None
-                except Exception as exc:
-                    error = exc
-            if deadline.cancelled_caught:
-                error = BackendTimeoutError(
-                    f"{comp.name} did not finish within timeouts.compensation = "
-                    f"{settings.timeouts.compensation:g} s",
-                    operation=comp.name,
-                )
-            if error is None:
-                break
+        error = await effects.attempt(comp, self._ctx.settings)
         self._compensations_run.append(comp.name)
         self._events.append(CompensationRan(self.id, comp.name, str(error) if error else ""))
         if error is None:
-            await self._record("undone", strict=False, effect=comp.effect, name=comp.name)
+            await self._record(
+                effects.UNDONE_KIND, strict=False, effect=comp.effect, name=comp.name
+            )
         return error
 
     async def _rollback(self) -> None:
@@ -640,13 +562,7 @@ class RecoveryJob:
     def _start_background(self) -> None:
         """Background restore and progress reports, from power-on until cleanup."""
         assert self._tg is not None
-        if self.staged is not None and self.staged.disks:
-            self._restore = BackgroundRestore(
-                list(self.staged.disks.values()),
-                bandwidth_bps=self._ctx.settings.restore_bandwidth_bps or None,
-            )
-            self._tg.start_soon(self._background_restore, self._restore)
-        self._tg.start_soon(self._report_progress)
+        self._background.start(self._tg, list(self.staged.disks.values()) if self.staged else [])
 
     async def _serve(self) -> None:
         async def policy() -> None:
