@@ -372,7 +372,8 @@ class VSphereClient(Protocol):
 @runtime_checkable
 class VSphereInventory(Protocol):
     """**Protocol:** what a ``VSphereClient`` can also report; resume uses it to reconcile a
-    journal with reality. Optional: without it, the journal is taken as the truth."""
+    journal with reality. Optional (``Backends.inventory``): without it, the journal is taken as
+    the truth."""
 
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn``, ``poweredOff`` or ``suspended``.
@@ -393,12 +394,15 @@ class VSphereInventory(Protocol):
 
 @attrs.frozen
 class Backends:
-    """The four backends one ``LiveRecovery`` drives."""
+    """The four backends one ``LiveRecovery`` drives, and the optional ``inventory`` (usually
+    the ``vsphere`` client itself) that resume asks what vSphere really holds; without it the
+    journal is taken as the truth."""
 
     exporter: NfsExporter
     catalog: CatalogReader
     cache: BlockCache
     vsphere: VSphereClient
+    inventory: VSphereInventory | None = None
 
     async def aclose(self) -> None:
         """Close every backend, even when one of them fails to close."""

@@ -43,7 +43,9 @@ async def test_full_job_over_nfs_with_the_simulated_host(tmp_path: Path) -> None
             write_interval_s=0.005,
         ) as esx,
     ):
-        backends = Backends(exporter=server, catalog=catalog, cache=cache, vsphere=esx)
+        backends = Backends(
+            exporter=server, catalog=catalog, cache=cache, vsphere=esx, inventory=esx
+        )
         builder = FreBuilder(cache)  # the durable on-disk overlay
         async with LiveRecovery(settings(tmp_path), backends, builder=builder) as lr:
             job = await lr.start(

@@ -81,11 +81,13 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
     catalog = DirectoryCatalog(tmp_path / "backup")
     cache = await DiskBlockCache.from_settings(settings)
     async with embedded_environment(tmp_path, catalog, settings=settings, cache=cache) as env:
+        vsphere = faulty(env.esx, faults, "vsphere")
         backends = Backends(
             exporter=faulty(env.backends.exporter, faults, "exporter"),
             catalog=faulty(catalog, faults, "catalog"),
             cache=faulty(cache, faults, "cache"),
-            vsphere=faulty(env.esx, faults, "vsphere"),
+            vsphere=vsphere,
+            inventory=vsphere,
         )
         builder = FreBuilder(backends.cache)
         async with LiveRecovery(env.settings, backends, builder=builder) as lr:

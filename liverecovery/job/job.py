@@ -1,11 +1,15 @@
 """One recovery job: runs each step's I/O outside the state machine and records the outcome.
 
-Every completed step pushes the compensation that undoes it. A failure or a cancel pops them in
-reverse (power off, unregister, unpublish, unmount, unexport, release the cache reservation);
-cleanup after a migration pops the ones that remain. Once the storage vMotion has finished the
-VM lives on its destination datastore, so its power-off and unregister compensations are dropped:
-a rollback never takes a migrated VM down. A compensation that keeps failing is recorded and
-the rollback goes on with the rest; the job then ends ``failed`` with every error attached.
+The lifecycle is data (``states.py``, driven by ``machine.py``); this module is its driver: in
+each step state it runs the step, then fires ``advance``, ``fail`` or ``cancel``. Every side
+effect a step completes is journaled and pushes its compensation, built from the effects table
+(``effects.py``). A failure or a cancel pops them in reverse (power off, unregister, unpublish,
+unmount, unexport, release the cache reservation); cleanup after a migration pops the ones that
+remain. Once the storage vMotion has finished the VM lives on its destination datastore, so its
+``vm_bound`` compensations (power-off, unregister) are dropped: a rollback never takes a
+migrated VM down. A compensation that keeps failing is recorded and the rollback goes on with
+the rest; the job then ends ``failed`` with every error attached. After a restart,
+``reconcile.py`` rebuilds the same compensations from the journal.
 """
 
 from __future__ import annotations
@@ -14,25 +18,13 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import attrs
 
-from liverecovery.backends import (
-    Backends,
-    DatastoreBuilder,
-    RestorePoint,
-    StagedVm,
-    StagingContext,
-    VmRef,
-    VSphereInventory,
-)
-from liverecovery.config import Settings
-from liverecovery.datastore.restore import BackgroundRestore
+from liverecovery.backends import RestorePoint, StagedVm, StagingContext, VmRef
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
@@ -40,9 +32,10 @@ from liverecovery.errors import (
     JobInterruptedError,
     JobStateError,
     RollbackError,
-    VSphereError,
 )
-from liverecovery.job import preflight
+from liverecovery.job import effects, preflight, reconcile
+from liverecovery.job.background import Background
+from liverecovery.job.context import JobContext
 from liverecovery.job.events import (
     CompensationRan,
     Event,
@@ -53,81 +46,12 @@ from liverecovery.job.events import (
 )
 from liverecovery.job.journal import Journal, JournalContents, spec_record
 from liverecovery.job.machine import JobMachine
-from liverecovery.job.migration import MigrationPolicy
-from liverecovery.job.resume import plan_resume
-from liverecovery.job.sessions import SessionKind, SessionRegistry
-from liverecovery.job.sharing import HostShares, datastore_name_for
+from liverecovery.job.sessions import SessionKind
 from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
+from liverecovery.job.summary import JobStats, JobSummary
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["JobContext", "JobStats", "JobSummary", "RecoveryJob"]
-
-
-@attrs.frozen
-class JobContext:
-    """What a job shares with the other jobs of one ``LiveRecovery``."""
-
-    settings: Settings
-    backends: Backends
-    shares: HostShares
-    sessions: SessionRegistry
-    builder: DatastoreBuilder
-    migration_policy: MigrationPolicy
-    space_lock: anyio.Lock
-    journal_dir: Path | None = None
-
-
-@attrs.frozen
-class JobStats:
-    """The job's statistics at one moment; they feed its progress events.
-
-    ``bytes_to_restore`` is what background restore must bring in (the allocated bytes of the
-    served disks; the VM's total disk size when no disk is served through the cache).
-    """
-
-    bytes_served: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    bytes_fetched: int = 0
-    bytes_restored: int = 0
-    bytes_to_restore: int = 0
-    bytes_migrated: int = 0
-    overlay_bytes: int = 0
-
-
-@attrs.frozen
-class JobSummary:
-    """How a job ended: its final state, the states it went through and how long each took."""
-
-    job_id: str
-    vm: str
-    state: State
-    states_visited: tuple[State, ...]
-    timings: dict[str, float]
-    compensations: tuple[str, ...]
-    errors: tuple[str, ...]
-    vm_ref: VmRef | None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {
-            "job_id": self.job_id,
-            "vm": self.vm,
-            "state": self.state.value,
-            "states_visited": [s.value for s in self.states_visited],
-            "timings": self.timings,
-            "compensations": list(self.compensations),
-            "errors": list(self.errors),
-            "vm_moref": self.vm_ref.moref if self.vm_ref else None,
-        }
-
-
-@attrs.frozen
-class _Compensation:
-    name: str
-    undo: Callable[[], Awaitable[None]]
-    vm_bound: bool = False
-    effect: str = ""
 
 
 _CANCELLED = object()
@@ -150,7 +74,7 @@ class RecoveryJob:
         )
         self._errors: list[BaseException] = []
         self._step_error: BaseException | None = None
-        self._compensations: list[_Compensation] = []
+        self._compensations: list[effects.Compensation] = []
         self._compensations_run: list[str] = []
         self._states: list[State] = [initial]
         self._entered: dict[State, float] = {initial: time.monotonic()}
@@ -161,10 +85,8 @@ class RecoveryJob:
         self._migrate_now = anyio.Event()
         self._session_held = False
         self._journal: Journal | None = None
-        self._bg_scopes: list[anyio.CancelScope] = []
-        self._bg_stopped = False
+        self._background = Background(ctx.settings, self._progress)
         self._tg: anyio.abc.TaskGroup | None = None
-        self._restore: BackgroundRestore | None = None
         self._migrated_fraction = 0.0
         self.point: RestorePoint | None = None
         self.export_path: str | None = None
@@ -190,6 +112,11 @@ class RecoveryJob:
     @property
     def state(self) -> State:
         return self._machine.state
+
+    @property
+    def context(self) -> JobContext:
+        """What the job shares with the other jobs of its ``LiveRecovery``."""
+        return self._ctx
 
     @property
     def done(self) -> bool:
@@ -219,8 +146,9 @@ class RecoveryJob:
         """Live statistics summed over the job's served disks."""
         disks = list(self.staged.disks.values()) if self.staged else []
         total = self.point.total_disk_bytes if self.point else 0
-        to_restore = self._restore.total_bytes if self._restore else total
-        restored = self._restore.done_bytes if self._restore else 0
+        restore = self._background.restore
+        to_restore = restore.total_bytes if restore else total
+        restored = restore.done_bytes if restore else 0
         if self.migrated:
             restored = to_restore
         return JobStats(
@@ -447,18 +375,14 @@ class RecoveryJob:
         self._states.append(state)
         self._events.append(StateChanged(self.id, previous, state, self._events.elapsed()))
 
-    async def _did(
-        self,
-        effect: str,
-        undo_name: str,
-        undo: Callable[[], Awaitable[None]],
-        *,
-        vm_bound: bool = False,
-        **data: Any,
-    ) -> None:
-        """A side effect completed: remember how to undo it, and journal it."""
-        self._compensations.append(_Compensation(undo_name, undo, vm_bound, effect))
-        await self._record("effect", effect=effect, **data)
+    async def _did(self, effect: str, *, adopted: bool = False, **data: Any) -> None:
+        """A side effect is in place: hold its undo (from the effects table), and journal it.
+        ``adopted``: a previous process made it (resume)."""
+        self._compensations.append(effects.compensation(effect, data, self, adopted=adopted))
+        await self._record(effects.effect(effect).kind, effect=effect, **data)
+
+    async def _adopt(self, effect: str, data: Mapping[str, Any]) -> None:
+        await self._did(effect, adopted=True, **data)
 
     def _progress(self) -> None:
         s = self.stats
@@ -474,29 +398,9 @@ class RecoveryJob:
             )
         )
 
-    def _background_scope(self) -> anyio.CancelScope:
-        scope = anyio.CancelScope()
-        if self._bg_stopped:
-            scope.cancel()
-        self._bg_scopes.append(scope)
-        return scope
-
     def _stop_background(self) -> None:
         """Stop background restore and progress reports (before cleanup or rollback)."""
-        self._bg_stopped = True
-        for scope in self._bg_scopes:
-            scope.cancel()
-
-    async def _report_progress(self) -> None:
-        with self._background_scope():
-            while True:
-                await anyio.sleep(self._ctx.settings.progress_interval_s)
-                self._progress()
-
-    async def _background_restore(self, restore: BackgroundRestore) -> None:
-        with self._background_scope():
-            await restore.run()
-            self._progress()
+        self._background.stop()
 
     def _failure(self) -> BaseException:
         if self._step_error is not None:
@@ -509,31 +413,15 @@ class RecoveryJob:
 
     # -- compensations -------------------------------------------------------------------------
 
-    async def _compensate(self, comp: _Compensation) -> BaseException | None:
+    async def _compensate(self, comp: effects.Compensation) -> BaseException | None:
         """Run one compensation with retries; record it; return its last error, if any."""
-        settings = self._ctx.settings
-        error: BaseException | None = None
-        for attempt in range(settings.compensation_attempts):
-            if attempt:
-                await anyio.sleep(settings.compensation_retry_delay_s * attempt)
-            with anyio.move_on_after(settings.timeouts.compensation) as deadline:
-                try:
-                    await comp.undo()
-                    error = None
-                except Exception as exc:
-                    error = exc
-            if deadline.cancelled_caught:
-                error = BackendTimeoutError(
-                    f"{comp.name} did not finish within timeouts.compensation = "
-                    f"{settings.timeouts.compensation:g} s",
-                    operation=comp.name,
-                )
-            if error is None:
-                break
+        error = await effects.attempt(comp, self._ctx.settings)
         self._compensations_run.append(comp.name)
         self._events.append(CompensationRan(self.id, comp.name, str(error) if error else ""))
         if error is None:
-            await self._record("undone", strict=False, effect=comp.effect, name=comp.name)
+            await self._record(
+                effects.UNDONE_KIND, strict=False, effect=comp.effect, name=comp.name
+            )
         return error
 
     async def _rollback(self) -> None:
@@ -559,37 +447,26 @@ class RecoveryJob:
         async with ctx.space_lock:
             await preflight.check_cache_space(ctx.settings, ctx.backends.cache, point, self.id)
         reserved = ctx.backends.cache.reservations().get(self.id, 0)
-        await self._did(
-            "cache_reserved",
-            "release_cache_reservation",
-            lambda: ctx.backends.cache.release(self.id),
-            bytes=reserved,
-            point_id=point.point_id,
-        )
+        await self._did("cache_reserved", bytes=reserved, point_id=point.point_id)
 
     async def _export(self) -> None:
-        host, shares = self.spec.esx_host, self._ctx.shares
-        self.export_path = await shares.acquire_export(host, self.spec.client_address, self.id)
-
-        async def unexport() -> None:
-            await shares.release_export(host, self.id)
-
-        await self._did("exported", "unexport", unexport, host=host, path=self.export_path)
+        host = self.spec.esx_host
+        self.export_path = await self._ctx.shares.acquire_export(
+            host, self.spec.client_address, self.id
+        )
+        await self._did("exported", host=host, path=self.export_path)
 
     async def _mount(self) -> None:
-        host, shares = self.spec.esx_host, self._ctx.shares
+        host = self.spec.esx_host
         remote = self._ctx.settings.nfs_address or "127.0.0.1"
-        self.datastore = await shares.acquire_mount(host, remote, self.id)
-
-        async def unmount() -> None:
-            await shares.release_mount(host, self.id)
-
-        await self._did("mounted", "unmount", unmount, host=host, datastore=self.datastore)
+        self.datastore = await self._ctx.shares.acquire_mount(host, remote, self.id)
+        await self._did("mounted", host=host, datastore=self.datastore)
 
     async def _stage(self) -> None:
         await self._build_and_publish()
 
-    def _staging_context(self, datastore: str | None = None) -> StagingContext:
+    def staging_context(self, datastore: str | None = None) -> StagingContext:
+        """What the datastore builder is given to build (or discard) this job's VM folder."""
         datastore = datastore or self.datastore
         assert self.point is not None and datastore is not None
         ctx = self._ctx
@@ -607,7 +484,7 @@ class RecoveryJob:
         """Build the VM folder and publish it (``replace``: unpublish a stale one first)."""
         assert self.point is not None and self.datastore and self.export_path
         ctx = self._ctx
-        staging = self._staging_context()
+        staging = self.staging_context()
         try:
             staged = await ctx.builder.build(staging)
         except BaseException:
@@ -626,100 +503,49 @@ class RecoveryJob:
                 await ctx.builder.discard(staging)
             raise
         self.staged = staged
+        await self._did("published", path=path, folder=self.folder)
 
-        async def unpublish() -> None:
-            await exporter.unpublish(path, self.folder)
-            await staged.filesystem.aclose()
-            if not ctx.settings.keep_overlay:
-                await ctx.builder.discard(staging)
+    async def _register(self) -> None:
+        assert self.staged is not None
+        vsphere = self._ctx.backends.vsphere
+        vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
+        # Journaled first: a restart finds a registration that finished after a crash by path.
+        await self._record(effects.effect("registered").intent, vmx_path=vmx_path)
+        vm = await vsphere.register_vm(
+            self.spec.esx_host, vmx_path, self.spec.vm + self.spec.name_suffix
+        )
+        self.vm = vm
+        await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
 
-        await self._did("published", "unpublish", unpublish, path=path, folder=self.folder)
+    async def _power_on(self) -> None:
+        assert self.vm is not None
+        await self._ctx.backends.vsphere.power_on(self.vm)
+        await self._did("powered_on", moref=self.vm.moref)
+        self._progress()
+        self._start_background()
 
     # -- resuming after a restart ------------------------------------------------------------------
 
     async def _reconcile(self, contents: JournalContents) -> None:
-        """Compare the journal with reality, re-establish what a continuing job holds (export
-        with the same path and handles, the datastore mount, the VM folder), rebuild the undo
-        list for what is in place, and move the machine to where the job goes on."""
-        ctx, spec = self._ctx, self.spec
-        backends, host = ctx.backends, spec.esx_host
-        inventory = backends.vsphere if isinstance(backends.vsphere, VSphereInventory) else None
-        ctx.sessions.acquire(spec.vm, SessionKind.RECOVERY, self.id)
+        """Compare the journal with reality (``reconcile.py``), re-establish what a continuing
+        job holds and adopt the undos of what is in place, then move the machine along the
+        table to where the job goes on."""
+        ctx = self._ctx
+        ctx.sessions.acquire(self.spec.vm, SessionKind.RECOVERY, self.id)
         self._session_held = True
-        facts = plan_resume(contents, vm_running=None).effects
-        found: dict[str, dict[str, Any]] = {}
-        if inventory is not None:
-            found = await self._found_effects(contents, facts, inventory)
-        if "registered" in facts or "registered" in found:
-            r = facts.get("registered") or found["registered"]
-            self.vm = VmRef(str(r["moref"]), str(r["name"]), str(r["vmx_path"]))
-        vm_running: bool | None = None
-        if inventory is not None and self.vm is not None:
-            try:
-                vm_running = await inventory.power_state(self.vm) == "poweredOn"
-            except VSphereError:
-                vm_running = False
-            if vm_running and "powered_on" not in facts:
-                found["powered_on"] = {"effect": "powered_on", "moref": self.vm.moref}
-        plan = plan_resume(contents, vm_running=vm_running, found=found)
+        found = await reconcile.survey(contents, self.spec, ctx.backends.inventory)
+        plan = found.plan
+        self.vm = found.vm
         await self._record("reconciled", target=plan.target.value, reason=plan.reason)
         self._events.append(JobWarning(self.id, f"resumed: {plan.reason}"))
         if plan.last_state in TERMINAL_STATES:
             return
-        effects, continuing = plan.effects, plan.target is not State.ROLLING_BACK
-        if "cache_reserved" in effects:
-            c = effects["cache_reserved"]
-            self.point = await backends.catalog.restore_point(spec.vm, c.get("point_id"))
-            if continuing:
-                await backends.cache.reserve(self.id, int(c.get("bytes", 0)))
-            await self._did(
-                "cache_reserved",
-                "release_cache_reservation",
-                lambda: backends.cache.release(self.id),
-                bytes=int(c.get("bytes", 0)),
-                point_id=c.get("point_id"),
-            )
-        if "exported" in effects:
-            path = str(effects["exported"]["path"])
-            if continuing or path in backends.exporter.exports():
-                await ctx.shares.adopt_export(host, spec.client_address, self.id, path)
-                self.export_path = path
-
-                async def unexport() -> None:
-                    await ctx.shares.release_export(host, self.id)
-
-                await self._did("exported", "unexport", unexport, host=host, path=path)
-        if "mounted" in effects and (self.export_path or not continuing):
-            # Rolling back, a mount is undone even though the export died with the process.
-            datastore = str(effects["mounted"]["datastore"])
-            mounted = True
-            if inventory is not None:
-                mounted = datastore in await inventory.nfs_datastores(host)
-            if continuing or mounted:
-                remote = ctx.settings.nfs_address or "127.0.0.1"
-                await ctx.shares.adopt_mount(host, remote, self.id, datastore, mounted)
-                self.datastore = datastore
-
-                async def unmount() -> None:
-                    await ctx.shares.release_mount(host, self.id)
-
-                await self._did("mounted", "unmount", unmount, host=host, datastore=datastore)
-        if "published" in effects and self.point and self.datastore and self.export_path:
-            if continuing and plan.migrated is None:
-                await self._build_and_publish(replace=True)
-            else:
-                await self._adopt_folder()
-        elif self.point is not None and not ctx.settings.keep_overlay:
-            # Killed while staging: a half-built overlay directory may be there.
-            await ctx.builder.discard(self._staging_context(datastore_name_for(host)))
-        if plan.migrated is not None:
-            m = plan.migrated
-            name = self.vm.name if self.vm else spec.vm
-            self.vm = VmRef(str(m["moref"]), name, str(m["vmx_path"]))
-            self.migrated = True
-        elif self.vm is not None:
-            await self._adopt_vm(effects, inventory, running=vm_running is not False)
-        # Move the machine along the table to where the job goes on.
+        await reconcile.reestablish(
+            self,
+            found,
+            adopt=self._adopt,
+            publish_again=lambda: self._build_and_publish(replace=True),
+        )
         if plan.target is State.ROLLING_BACK:
             self._step_error = JobInterruptedError(
                 f"job {self.id} was interrupted ({plan.reason}); rolled back what it had done"
@@ -733,140 +559,10 @@ class RecoveryJob:
         if plan.target in (State.SERVING, State.MIGRATING):
             self._start_background()
 
-    async def _found_effects(
-        self,
-        contents: JournalContents,
-        facts: Mapping[str, Mapping[str, Any]],
-        inventory: VSphereInventory,
-    ) -> dict[str, dict[str, Any]]:
-        """Side effects vSphere shows that the journal lacks: the process died between the
-        call and its journal record (a datastore mount or a VM registration in flight)."""
-        found: dict[str, dict[str, Any]] = {}
-        host, last = self.spec.esx_host, State(contents.last_state)
-        if last is State.MOUNTING and "mounted" not in facts and "exported" in facts:
-            datastore = datastore_name_for(host)
-            if datastore in await inventory.nfs_datastores(host):
-                found["mounted"] = {"effect": "mounted", "host": host, "datastore": datastore}
-        if last is State.REGISTERING and "registered" not in facts:
-            intent = next(
-                (r.data for r in reversed(contents.records) if r.kind == "registering"), None
-            )
-            if intent is not None:
-                vm = await inventory.find_vm(str(intent["vmx_path"]))
-                if vm is not None:
-                    found["registered"] = {
-                        "effect": "registered",
-                        "moref": vm.moref,
-                        "name": vm.name,
-                        "vmx_path": vm.vmx_path,
-                    }
-        return found
-
-    async def _adopt_folder(self) -> None:
-        """Undo for a folder published before the restart: unpublish if still there, then
-        remove the overlay directory."""
-        assert self.point is not None and self.datastore and self.export_path
-        ctx, path = self._ctx, self.export_path
-        staging = self._staging_context()
-
-        async def unpublish() -> None:
-            with contextlib.suppress(BackendError):
-                await ctx.backends.exporter.unpublish(path, self.folder)
-            if not ctx.settings.keep_overlay:
-                await ctx.builder.discard(staging)
-
-        await self._did("published", "unpublish", unpublish, path=path, folder=self.folder)
-
-    async def _adopt_vm(
-        self,
-        effects: Mapping[str, Mapping[str, Any]],
-        inventory: VSphereInventory | None,
-        *,
-        running: bool,
-    ) -> None:
-        """Undo for the VM registered (and powered on) before the restart, skipping whatever
-        vSphere says is already undone."""
-        vsphere = self._ctx.backends.vsphere
-
-        async def state() -> str | None:
-            if inventory is None or self.vm is None:
-                return "unknown"
-            try:
-                return await inventory.power_state(self.vm)
-            except VSphereError:
-                return None
-
-        async def unregister() -> None:
-            now = await state()
-            if self.vm is not None and now is not None:
-                if now == "poweredOn":
-                    # A power-on that was in flight at the crash finished after it.
-                    await vsphere.power_off(self.vm)
-                await vsphere.unregister_vm(self.vm)
-
-        async def power_off() -> None:
-            if self.vm is not None and await state() in ("poweredOn", "unknown"):
-                await vsphere.power_off(self.vm)
-
-        assert self.vm is not None
-        await self._registered(unregister)
-        if "powered_on" in effects and running:
-            await self._did(
-                "powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref
-            )
-
-    async def _registered(self, unregister: Callable[[], Awaitable[None]]) -> None:
-        """The VM is registered: journal where, and remember how to unregister it."""
-        assert self.vm is not None
-        await self._did(
-            "registered",
-            "unregister",
-            unregister,
-            vm_bound=True,
-            moref=self.vm.moref,
-            name=self.vm.name,
-            vmx_path=self.vm.vmx_path,
-        )
-
-    async def _register(self) -> None:
-        assert self.staged is not None
-        vsphere = self._ctx.backends.vsphere
-        vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
-        # Journaled first: a restart finds a registration that finished after a crash by path.
-        await self._record("registering", vmx_path=vmx_path)
-        self.vm = await vsphere.register_vm(
-            self.spec.esx_host, vmx_path, self.spec.vm + self.spec.name_suffix
-        )
-
-        async def unregister() -> None:
-            assert self.vm is not None
-            await vsphere.unregister_vm(self.vm)
-
-        await self._registered(unregister)
-
-    async def _power_on(self) -> None:
-        assert self.vm is not None
-        vsphere = self._ctx.backends.vsphere
-        await vsphere.power_on(self.vm)
-
-        async def power_off() -> None:
-            assert self.vm is not None
-            await vsphere.power_off(self.vm)
-
-        await self._did("powered_on", "power_off", power_off, vm_bound=True, moref=self.vm.moref)
-        self._progress()
-        self._start_background()
-
     def _start_background(self) -> None:
         """Background restore and progress reports, from power-on until cleanup."""
         assert self._tg is not None
-        if self.staged is not None and self.staged.disks:
-            self._restore = BackgroundRestore(
-                list(self.staged.disks.values()),
-                bandwidth_bps=self._ctx.settings.restore_bandwidth_bps or None,
-            )
-            self._tg.start_soon(self._background_restore, self._restore)
-        self._tg.start_soon(self._report_progress)
+        self._background.start(self._tg, list(self.staged.disks.values()) if self.staged else [])
 
     async def _serve(self) -> None:
         async def policy() -> None:

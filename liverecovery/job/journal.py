@@ -5,10 +5,19 @@ one line ``<crc32 hex> <json>``; it is flushed and fsynced before ``append`` ret
 crash the journal says exactly which side effects happened. A torn or corrupt tail (a crash in
 the middle of a write, a flipped bit) is detected by the checksum: reading stops there and says
 where, never raises. The passkey is never written: the spec is recorded without it.
+
+An open journal does its file I/O with ``aiofiles`` (asyncio's default thread pool). Each append
+and the open/close are shielded from cancellation: a write the pool has started always finishes
+before the caller goes on, so a cancelled job never acts on an effect whose record is not yet on
+disk, and two records never interleave. ``read_journal`` and ``unfinished_journals`` stay
+synchronous: they run once, at startup, from the CLI and from ``LiveRecovery.resume`` before any
+job of the process runs, on files capped at 64 MiB; parsing (``_parse``) is shared, pure, with
+the asynchronous read ``Journal.open`` does.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -17,8 +26,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiofiles
+import aiofiles.os
 import anyio
 import attrs
+from aiofiles.threadpool.binary import AsyncFileIO
 
 from liverecovery.io.private_dirs import make_private_dirs
 from liverecovery.spec import RecoverySpec
@@ -113,16 +125,43 @@ def _encode(record: dict[str, Any]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
+def _too_large(p: Path, size: int) -> JournalContents | None:
+    if size > _MAX_JOURNAL:
+        return JournalContents(p, (), f"{p}: larger than {_MAX_JOURNAL} bytes")
+    return None
+
+
+def _unreadable(p: Path, exc: OSError) -> JournalContents:
+    return JournalContents(p, (), f"{p}: cannot read: {exc.strerror}")
+
+
 def read_journal(path: str | os.PathLike[str]) -> JournalContents:
     """Every intact record of a journal, up to the first torn or corrupt one."""
     p = Path(path)
-    records: list[JournalRecord] = []
     try:
-        if p.stat().st_size > _MAX_JOURNAL:
-            return JournalContents(p, (), f"{p}: larger than {_MAX_JOURNAL} bytes")
+        if (too_large := _too_large(p, p.stat().st_size)) is not None:
+            return too_large
         raw = p.read_bytes()
     except OSError as exc:
-        return JournalContents(p, (), f"{p}: cannot read: {exc.strerror}")
+        return _unreadable(p, exc)
+    return _parse(p, raw)
+
+
+async def _aread_journal(p: Path) -> JournalContents:
+    """``read_journal`` through aiofiles."""
+    try:
+        if (too_large := _too_large(p, (await aiofiles.os.stat(p)).st_size)) is not None:
+            return too_large
+        async with aiofiles.open(p, "rb") as f:
+            raw = await f.read()
+    except OSError as exc:
+        return _unreadable(p, exc)
+    return _parse(p, raw)
+
+
+def _parse(p: Path, raw: bytes) -> JournalContents:
+    """The intact records of ``raw`` (the bytes of journal ``p``)."""
+    records: list[JournalRecord] = []
     offset = 0
 
     def stop(problem: str) -> JournalContents:
@@ -167,9 +206,9 @@ def unfinished_journals(job_results_dir: str | os.PathLike[str]) -> list[Journal
 class Journal:
     """An open journal; ``append`` returns once the record is on stable storage."""
 
-    def __init__(self, path: Path, fd: int, seq: int) -> None:
+    def __init__(self, path: Path, file: AsyncFileIO, seq: int) -> None:
         self.path = path
-        self._fd = fd
+        self._file: AsyncFileIO | None = file
         self._seq = seq
         self._lock = anyio.Lock()
 
@@ -180,37 +219,47 @@ class Journal:
         A corrupt tail is cut off first, so new records follow the last good one.
         """
         p = Path(path)
-
-        def do_open() -> tuple[int, int]:
-            make_private_dirs(p.parent)
-            contents = read_journal(p) if p.exists() else JournalContents(p, ())
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            good = contents.intact_bytes
-            if os.fstat(fd).st_size != good:
-                os.ftruncate(fd, good)
-                os.fsync(fd)
-            os.lseek(fd, good, os.SEEK_SET)
-            return fd, len(contents.records)
-
-        fd, seq = await anyio.to_thread.run_sync(do_open)
-        return cls(p, fd, seq)
+        with anyio.CancelScope(shield=True):
+            await _make_private_dirs(p.parent)
+            exists = await aiofiles.os.path.exists(p)
+            contents = await _aread_journal(p) if exists else JournalContents(p, ())
+            file = await aiofiles.open(p, "r+b", buffering=0, opener=_open_private)
+            try:
+                good = contents.intact_bytes
+                if (await aiofiles.os.stat(file.fileno())).st_size != good:
+                    await file.truncate(good)
+                    await _fsync(file.fileno())
+                await file.seek(good)
+            except BaseException:
+                await file.close()
+                raise
+        return cls(p, file, len(contents.records))
 
     async def append(self, kind: str, **data: Any) -> None:
         """Write one record and fsync it."""
         async with self._lock:
+            if self._file is None:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF), str(self.path))
             self._seq += 1
             line = _encode({"seq": self._seq, "kind": kind, "data": data, "at": time.time()})
-            await anyio.to_thread.run_sync(_write_sync, self._fd, line)
+            with anyio.CancelScope(shield=True):
+                view = memoryview(line)
+                while view:
+                    n = await self._file.write(view)
+                    view = view[n:]
+                await _fsync(self._file.fileno())
 
     async def aclose(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            await anyio.to_thread.run_sync(os.close, fd)
+        file, self._file = self._file, None
+        if file is not None:
+            with anyio.CancelScope(shield=True):
+                await file.close()
 
 
-def _write_sync(fd: int, line: bytes) -> None:
-    view = memoryview(line)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-    os.fsync(fd)
+def _open_private(path: str, _flags: int) -> int:
+    """Read-write, created owner-only, never truncated: appends go after the intact records."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+_fsync = aiofiles.os.wrap(os.fsync)
+_make_private_dirs = aiofiles.os.wrap(make_private_dirs)

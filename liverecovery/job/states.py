@@ -2,8 +2,8 @@
 
 The happy path follows the seed's eight steps; any active state can ``fail`` or be ``cancel``-led
 into ``rolling_back``, which ends ``failed`` when any error was recorded and ``cancelled``
-otherwise. The machine (``machine.py``), the diagram (``mermaid()``) and the tests are all
-generated from these tables, so they cannot disagree.
+otherwise. The machine (``machine.py``), the diagram (``diagram.py``, copied into the README)
+and the tests are all generated from these tables, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = [
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Transition",
-    "mermaid",
 ]
 
 
@@ -110,17 +109,3 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("rolled_back", State.ROLLING_BACK, State.FAILED, conditions=("has_errors",)),
     Transition("rolled_back", State.ROLLING_BACK, State.CANCELLED, unless=("has_errors",)),
 )
-
-
-def mermaid() -> str:
-    """A Mermaid state diagram of ``TRANSITIONS`` (for the docs)."""
-    lines = ["stateDiagram-v2", f"    [*] --> {State.CREATED}"]
-    for t in TRANSITIONS:
-        guard = ""
-        if t.conditions:
-            guard = f" [{' and '.join(t.conditions)}]"
-        elif t.unless:
-            guard = f" [not {' and '.join(t.unless)}]"
-        lines.append(f"    {t.source} --> {t.dest}: {t.trigger}{guard}")
-    lines.extend(f"    {s} --> [*]" for s in sorted(TERMINAL_STATES))
-    return "\n".join(lines)

@@ -22,7 +22,13 @@ from typing import TypeAlias
 
 import attrs
 
-from liverecovery.backends import Backends, BlockCache, CatalogReader, VSphereClient
+from liverecovery.backends import (
+    Backends,
+    BlockCache,
+    CatalogReader,
+    VSphereClient,
+    VSphereInventory,
+)
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.config import Settings
@@ -53,8 +59,15 @@ class Assembly:
         """The four backends a ``LiveRecovery`` runs on. :raises JobStateError: no vSphere."""
         if self.vsphere is None:
             raise JobStateError("this assembly was started without a vSphere client")
+        # Looked up once, here: the pyVmomi client and the simulated host report inventory
+        # (what resume reconciles a journal with); an embedder's own client may not.
+        inventory = self.vsphere if isinstance(self.vsphere, VSphereInventory) else None
         return Backends(
-            exporter=self.server, catalog=self.catalog, cache=self.cache, vsphere=self.vsphere
+            exporter=self.server,
+            catalog=self.catalog,
+            cache=self.cache,
+            vsphere=self.vsphere,
+            inventory=inventory,
         )
 
 

@@ -118,11 +118,13 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
         catalog = MemoryCatalog(faults)
         for vm in self.vms:
             catalog.add_vm(vm, disk_sizes=(4 << 30,))
+        vsphere = MemoryVSphere(faults, hosts=tuple(self.hosts))
         return Backends(
             exporter=MemoryExporter(faults),
             catalog=catalog,
             cache=MemoryBlockCache(faults),
-            vsphere=MemoryVSphere(faults, hosts=tuple(self.hosts)),
+            vsphere=vsphere,
+            inventory=vsphere,
         )
 
     def leftovers(self) -> dict[str, object]:

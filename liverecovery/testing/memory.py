@@ -567,10 +567,12 @@ def memory_backends(
 ) -> tuple[Backends, FaultPlan]:
     """Four in-memory backends sharing one ``FaultPlan`` (an empty catalog: add VMs to it)."""
     faults = faults or FaultPlan()
+    vsphere = MemoryVSphere(faults, hosts=hosts)
     backends = Backends(
         exporter=MemoryExporter(faults),
         catalog=MemoryCatalog(faults),
         cache=MemoryBlockCache(faults, capacity=cache_capacity),
-        vsphere=MemoryVSphere(faults, hosts=hosts),
+        vsphere=vsphere,
+        inventory=vsphere,
     )
     return backends, faults

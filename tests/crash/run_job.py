@@ -66,7 +66,11 @@ async def main(work: Path, socket: Path, host: str, mode: str) -> None:
         port_file.write_text(str(server.port))
         await vsphere.set_portmap_port(server.portmap_port)
         backends = Backends(
-            exporter=server, catalog=DirectoryCatalog(work / "backup"), cache=cache, vsphere=vsphere
+            exporter=server,
+            catalog=DirectoryCatalog(work / "backup"),
+            cache=cache,
+            vsphere=vsphere,
+            inventory=vsphere,
         )
         builder = FreBuilder(cache, overlay_factory=durable_overlay)
         async with LiveRecovery(settings, backends, builder=builder) as lr:

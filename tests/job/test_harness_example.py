@@ -24,11 +24,13 @@ class MyProductHarness(LiveRecoveryHarness):
         catalog = MemoryCatalog()  # your CatalogReader
         for vm in self.vms:
             catalog.add_vm(vm)
+        vsphere = faulty(MemoryVSphere(hosts=self.hosts), faults, "vsphere")  # your VSphereClient
         return Backends(
             exporter=faulty(MemoryExporter(), faults, "exporter"),  # your NfsExporter
             catalog=faulty(catalog, faults, "catalog"),
             cache=faulty(MemoryBlockCache(), faults, "cache"),  # your BlockCache
-            vsphere=faulty(MemoryVSphere(hosts=self.hosts), faults, "vsphere"),
+            vsphere=vsphere,
+            inventory=vsphere,  # when it also implements VSphereInventory
         )
 
 

@@ -16,6 +16,7 @@ from liverecovery import (
     Timeouts,
 )
 from liverecovery.errors import BackendTimeoutError, JobCancelledError, RollbackError
+from liverecovery.job.diagram import mermaid
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import (
@@ -25,7 +26,6 @@ from liverecovery.job.states import (
     TERMINAL_STATES,
     TRANSITIONS,
     State,
-    mermaid,
 )
 
 from .helpers import STEP_CALL, World, expected_rollback, fast_settings, spec

@@ -303,7 +303,7 @@ async def test_a_half_built_overlay_is_removed_when_staging_was_interrupted(
     world.catalog.add_vm("web01")
     settings = fast_settings(job_results_dir=tmp_path)
     job = await _crash_during(world, settings, "exporter.publish")
-    overlay = FreBuilder(world.cache).job_dir(job._staging_context())
+    overlay = FreBuilder(world.cache).job_dir(job.staging_context())
     (overlay / "folder").mkdir(parents=True)  # what a builder had written when it died
     (overlay / "folder" / "web01.vmx").write_text("half")
     async with LiveRecovery(settings, world.backends, builder=FreBuilder(world.cache)) as lr2:

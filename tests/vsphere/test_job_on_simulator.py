@@ -80,11 +80,13 @@ def world(simulator: Simulator, vsphere: PyvmomiVSphereClient, faults: FaultPlan
     catalog = MemoryCatalog()
     catalog.add_vm(vm, disk_sizes=())
     exporter = DirectoryExporter(root)
+    client = faulty(vsphere, faults, "vsphere")
     backends = Backends(
         exporter=exporter,
         catalog=catalog,
         cache=MemoryBlockCache(),
-        vsphere=faulty(vsphere, faults, "vsphere"),
+        vsphere=client,
+        inventory=client,
     )
     return backends, exporter
 

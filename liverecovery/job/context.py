@@ -1,0 +1,31 @@
+"""What a job shares with the other jobs of one ``LiveRecovery``; its own module so that the
+effects table and reconciliation can name it without importing the job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import attrs
+
+from liverecovery.backends import Backends, DatastoreBuilder
+from liverecovery.config import Settings
+from liverecovery.job.migration import MigrationPolicy
+from liverecovery.job.sessions import SessionRegistry
+from liverecovery.job.sharing import HostShares
+
+__all__ = ["JobContext"]
+
+
+@attrs.frozen
+class JobContext:
+    """What a job shares with the other jobs of one ``LiveRecovery``."""
+
+    settings: Settings
+    backends: Backends
+    shares: HostShares
+    sessions: SessionRegistry
+    builder: DatastoreBuilder
+    migration_policy: MigrationPolicy
+    space_lock: anyio.Lock
+    journal_dir: Path | None = None
