@@ -18,6 +18,7 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    Filesystem,
     FileType,
     FsStat,
     SetAttributes,
@@ -47,7 +48,7 @@ class _Node:
     ctime_ns: int = attrs.field(factory=time.time_ns)
 
 
-class MemoryFilesystem:
+class MemoryFilesystem(Filesystem):
     """A tree of files in memory; ``read_only`` refuses every change with ROFS."""
 
     def __init__(self, *, read_only: bool = False, capacity: int = 1 << 40) -> None:
@@ -194,12 +195,12 @@ class MemoryFilesystem:
             raise NfsError(NfsStatus.NOENT, name)
         return node.children[name]
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
         await anyio.lowlevel.checkpoint()
         node = self._get(fileid)
         if node.type is FileType.DIR:
             raise NfsError(NfsStatus.ISDIR)
-        data = bytes(node.data[offset : offset + count])
+        data = bytes(node.data[offset : offset + length])
         return data, offset + len(data) >= len(node.data)
 
     async def write(

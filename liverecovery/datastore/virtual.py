@@ -29,7 +29,6 @@ from liverecovery.nfs.filesystem import (
     SetAttributes,
     Stability,
     WriteData,
-    range_reader_of,
 )
 
 __all__ = ["VIRTUAL_ID_BASE", "VirtualDatastore"]
@@ -38,12 +37,12 @@ VIRTUAL_ID_BASE = 1 << 46
 _VIRTUAL_COOKIE_BASE = 0xFFFF_FFFF_0000_0000
 
 
-class VirtualDatastore:
+class VirtualDatastore(Filesystem):
     """A ``Filesystem``: ``inner`` plus one virtual flat file per disk in its root."""
 
     def __init__(self, inner: Filesystem, disks: dict[str, FlatDisk]) -> None:
         self._inner = inner
-        self._inner_ranges = range_reader_of(inner)
+        self._inner_ranges = inner.read_file_range
         self._names = list(disks)
         self._disks = {VIRTUAL_ID_BASE + i + 1: disks[n] for i, n in enumerate(self._names)}
         self._ids = {n: VIRTUAL_ID_BASE + i + 1 for i, n in enumerate(self._names)}
@@ -148,8 +147,7 @@ class VirtualDatastore:
         disk = self._virtual(fileid)
         if disk is not None:
             return await disk.read_file_range(offset, count)
-        inner = self._inner_ranges
-        return None if inner is None else await inner(fileid, offset, count)
+        return await self._inner_ranges(fileid, offset, count)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

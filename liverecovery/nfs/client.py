@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from types import TracebackType
 from typing import Any, Final, Protocol, TypeVar
 
 import anyio
@@ -64,7 +63,7 @@ class _Waiter:
     record: bytes | bytearray | None = None
 
 
-class RpcConnection:
+class RpcConnection(anyio.abc.AsyncResource):
     """ONC RPC calls over one TCP stream, several in flight at once."""
 
     def __init__(self, stream: anyio.abc.SocketStream, cred: OpaqueAuth, timeout: float) -> None:
@@ -201,7 +200,7 @@ def _check(res: _R) -> _R:
     return res
 
 
-class NfsClient:
+class NfsClient(anyio.abc.AsyncResource):
     """An NFSv3 client bound to one server; ``mount`` gives root handles."""
 
     def __init__(self, nfs: RpcConnection, mount: RpcConnection, host: str) -> None:
@@ -282,17 +281,6 @@ class NfsClient:
             return await NfsClient._getport(pmap, prog, vers)
         finally:
             await pmap.aclose()
-
-    async def __aenter__(self) -> NfsClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._nfs.aclose()
@@ -379,10 +367,10 @@ class NfsClient:
         )
         return res.target
 
-    async def read(self, fh: bytes, offset: int, count: int) -> tuple[bytes, bool]:
-        """``count`` bytes at ``offset`` (fewer at end of file) and whether EOF was reached."""
+    async def read(self, fh: bytes, offset: int, length: int) -> tuple[bytes, bool]:
+        """``length`` bytes at ``offset`` (fewer at end of file) and whether EOF was reached."""
         res: n3.ReadRes = await self._call(
-            n3.Proc.READ, n3.ReadArgs(fh, offset, count), n3.ReadRes.unpack
+            n3.Proc.READ, n3.ReadArgs(fh, offset, length), n3.ReadRes.unpack
         )
         data = res.data
         assert isinstance(data, (bytes, bytearray, memoryview))  # decoded: never a Payload
@@ -513,10 +501,11 @@ class NfsClient:
         )
         return res
 
-    async def commit(self, fh: bytes, offset: int = 0, count: int = 0) -> bytes:
-        """Make UNSTABLE writes durable; returns the write verifier."""
+    async def commit(self, fh: bytes, offset: int = 0, length: int = 0) -> bytes:
+        """Make UNSTABLE writes (``length`` bytes at ``offset``; 0: all) durable; returns the
+        write verifier."""
         res: n3.CommitRes = await self._call(
-            n3.Proc.COMMIT, n3.CommitArgs(fh, offset, count), n3.CommitRes.unpack
+            n3.Proc.COMMIT, n3.CommitArgs(fh, offset, length), n3.CommitRes.unpack
         )
         return res.verifier
 

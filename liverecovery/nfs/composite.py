@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, TypeAlias
 
 import attrs
 
@@ -26,11 +26,9 @@ from liverecovery.nfs.filesystem import (
     Filesystem,
     FileType,
     FsStat,
-    RangeReader,
     SetAttributes,
     Stability,
     WriteData,
-    range_reader_of,
 )
 from liverecovery.nfs.names import check_name
 
@@ -42,6 +40,8 @@ _SUB_MASK: Final = (1 << _SLOT_SHIFT) - 1
 _OVERFLOW: Final = 1 << 47
 _SLOTS: Final = 1 << 16
 
+RangeReader: TypeAlias = Callable[[int, int, int], Awaitable[FileRange | None]]
+
 
 @attrs.define
 class _Mounted:
@@ -50,11 +50,11 @@ class _Mounted:
     fs: Filesystem
     overflow_to_sub: dict[int, int] = attrs.field(factory=dict)
     sub_to_overflow: dict[int, int] = attrs.field(factory=dict)
-    range_reader: RangeReader | None = attrs.field(init=False)
-    """``fs.read_file_range`` when the folder's filesystem has it (looked up once)."""
+    read_file_range: RangeReader = attrs.field(init=False)
+    """``fs.read_file_range``, bound once (not looked up per READ)."""
 
     def __attrs_post_init__(self) -> None:
-        self.range_reader = range_reader_of(self.fs)
+        self.read_file_range = self.fs.read_file_range
 
 
 def _preferred_slot(folder: str) -> int:
@@ -62,7 +62,7 @@ def _preferred_slot(folder: str) -> int:
     return int.from_bytes(digest, "big") % (_SLOTS - 1) + 1
 
 
-class CompositeFilesystem:
+class CompositeFilesystem(Filesystem):
     """Root directory of an export; folders in it are other filesystems. The root is read-only."""
 
     def __init__(self, space: Filesystem | None = None) -> None:
@@ -178,19 +178,18 @@ class CompositeFilesystem:
             return ROOT_ID
         return self._to_composite(m, await m.fs.lookup(sub, name))
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
         if fileid == ROOT_ID:
             raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
         m, sub = self._split(fileid)
-        return await m.fs.read(sub, offset, count)
+        return await m.fs.read(sub, offset, length)
 
-    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
-        """The sub-filesystem's file range when it has ``read_file_range`` (else None)."""
+    async def read_file_range(self, fileid: int, offset: int, length: int) -> FileRange | None:
+        """The folder's filesystem's file range (None when it has none to give)."""
         if fileid == ROOT_ID:
             raise NfsError(NfsStatus.ISDIR, "the export root is a directory")
         m, sub = self._split(fileid)
-        reader = m.range_reader
-        return None if reader is None else await reader(sub, offset, count)
+        return await m.read_file_range(sub, offset, length)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

@@ -27,7 +27,7 @@ from liverecovery.nfs.rpc import RecordReader, RecordTooLarge, record_header
 from liverecovery.nfs.xdr import Buffer, Part
 from liverecovery.nfs.zero_copy import PipedData, zero_copy_supported
 
-__all__ = ["Dispatch", "RpcServerProtocol"]
+__all__ = ["Dispatch", "RpcServerProtocol", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -360,3 +360,32 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+async def listen(
+    host: str,
+    port: int,
+    dispatch: Dispatch,
+    connections: set[RpcServerProtocol],
+    *,
+    max_in_flight: int,
+    max_record: int,
+    partial_record_timeout: float,
+) -> asyncio.Server:
+    """A TCP listener whose every connection is an ``RpcServerProtocol`` answering through
+    ``dispatch``; ``connections`` holds the open ones (to drop them all on close).
+
+    :raises OSError: the port is taken.
+    """
+
+    def accept() -> RpcServerProtocol:
+        return RpcServerProtocol(
+            dispatch,
+            max_in_flight=max_in_flight,
+            max_record=max_record,
+            connections=connections,
+            partial_record_timeout=partial_record_timeout,
+        )
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(accept, host, port, reuse_address=True)

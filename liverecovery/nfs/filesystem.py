@@ -9,11 +9,13 @@ NUL, are ``.``/``..`` where not allowed, or exceed 255 bytes before they reach a
 
 from __future__ import annotations
 
+import abc
 import enum
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeAlias, runtime_checkable
+from collections.abc import Sequence
+from typing import TypeAlias
 
 import attrs
+from anyio.abc import AsyncResource
 
 from liverecovery.io.ranges import FileRange
 
@@ -22,16 +24,13 @@ __all__ = [
     "DirEntry",
     "DirPage",
     "FileAttributes",
-    "FileRangeReader",
     "FileType",
     "Filesystem",
     "FsStat",
-    "RangeReader",
     "SERVER_TIME",
     "SetAttributes",
     "Stability",
     "WriteData",
-    "range_reader_of",
 ]
 
 WriteData: TypeAlias = bytes | bytearray | memoryview
@@ -134,65 +133,63 @@ class FsStat:
     avail_files: int
 
 
-@runtime_checkable
-class FileRangeReader(Protocol):
-    """**Optional protocol** next to ``Filesystem``: READs that can be served straight from a
-    file. A filesystem without it is always read through ``read``."""
+class Filesystem(AsyncResource):
+    """**Base class:** a tree of files keyed by stable 64-bit file ids.
 
-    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
-        """The file range holding ``count`` bytes at ``offset`` (fewer at end of file), or
-        None when those bytes are not one range of one regular file (the server then calls
-        ``read``). Raises what ``read`` would raise for a bad ``fileid``."""
-        ...
-
-
-RangeReader: TypeAlias = Callable[[int, int, int], Awaitable[FileRange | None]]
-"""A bound ``read_file_range``."""
-
-
-def range_reader_of(fs: object) -> RangeReader | None:
-    """``fs.read_file_range`` when ``fs`` has it, else None; callers look it up once (an
-    ``isinstance`` on a runtime protocol costs too much for every READ)."""
-    return fs.read_file_range if isinstance(fs, FileRangeReader) else None
-
-
-@runtime_checkable
-class Filesystem(Protocol):
-    """**Protocol:** a tree of files keyed by stable 64-bit file ids.
+    Every implementation subclasses it (like a Rust trait, nfsserve's ``vfs.rs``): the abstract
+    methods are the contract, and optional capabilities are methods with a default
+    (``read_file_range``), so the server calls them without probing what a filesystem can do.
+    ``async with`` a filesystem closes it (``aclose``) on the way out.
 
     File ids must stay the same for the life of the data (across server restarts), because the
     server derives file handles from them and ESXi keeps using old handles.
     """
 
+    __slots__ = ()
+
     @property
+    @abc.abstractmethod
     def root_id(self) -> int:
         """The file id of the export's root directory."""
         ...
 
     @property
+    @abc.abstractmethod
     def read_only(self) -> bool:
         """True when every mutating call raises ``NfsError(ROFS)``."""
         ...
 
+    @abc.abstractmethod
     async def getattr(self, fileid: int) -> FileAttributes:
         """:raises NfsError: STALE when the file no longer exists."""
         ...
 
+    @abc.abstractmethod
     async def setattr(self, fileid: int, attributes: SetAttributes) -> FileAttributes:
         """Apply ``attributes`` (a size truncates or extends) and return the new attributes."""
         ...
 
+    @abc.abstractmethod
     async def lookup(self, dir_id: int, name: str) -> int:
         """:raises NfsError: NOENT, NOTDIR."""
         ...
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
-        """Return up to ``count`` bytes and whether the read reached end of file.
+    @abc.abstractmethod
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
+        """Return up to ``length`` bytes and whether the read reached end of file.
 
-        Returns exactly ``count`` bytes unless the end of file is reached.
+        Returns exactly ``length`` bytes unless the end of file is reached.
         """
         ...
 
+    async def read_file_range(self, fileid: int, offset: int, length: int) -> FileRange | None:
+        """**Optional:** the file range holding ``length`` bytes at ``offset`` (fewer at end of
+        file), for the server to splice to the socket; None when those bytes are not one range
+        of one regular file. The default says None always: the server reads through ``read``.
+        Raises what ``read`` would raise for a bad ``fileid``."""
+        return None
+
+    @abc.abstractmethod
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability
     ) -> Stability:
@@ -204,10 +201,12 @@ class Filesystem(Protocol):
         """
         ...
 
+    @abc.abstractmethod
     async def commit(self, fileid: int) -> None:
         """Make every UNSTABLE write to ``fileid`` durable."""
         ...
 
+    @abc.abstractmethod
     async def create(
         self,
         dir_id: int,
@@ -223,42 +222,52 @@ class Filesystem(Protocol):
         """
         ...
 
+    @abc.abstractmethod
     async def mkdir(self, dir_id: int, name: str, attributes: SetAttributes) -> int:
         """:raises NfsError: EXIST."""
         ...
 
+    @abc.abstractmethod
     async def symlink(self, dir_id: int, name: str, target: str, attributes: SetAttributes) -> int:
         """:raises NfsError: NOTSUPP when the filesystem has no symlinks."""
         ...
 
+    @abc.abstractmethod
     async def readlink(self, fileid: int) -> str:
         """:raises NfsError: INVAL when ``fileid`` is not a symlink."""
         ...
 
+    @abc.abstractmethod
     async def link(self, fileid: int, dir_id: int, name: str) -> None:
         """:raises NfsError: NOTSUPP when the filesystem has no hard links."""
         ...
 
+    @abc.abstractmethod
     async def remove(self, dir_id: int, name: str) -> None:
         """Remove a non-directory. :raises NfsError: NOENT, ISDIR."""
         ...
 
+    @abc.abstractmethod
     async def rmdir(self, dir_id: int, name: str) -> None:
         """:raises NfsError: NOENT, NOTDIR, NOTEMPTY."""
         ...
 
+    @abc.abstractmethod
     async def rename(self, from_dir: int, from_name: str, to_dir: int, to_name: str) -> None:
         """Atomically rename, replacing a compatible target."""
         ...
 
+    @abc.abstractmethod
     async def readdir(self, dir_id: int, cookie: int, max_entries: int) -> DirPage:
         """Entries after ``cookie`` (0 = from the start), at most ``max_entries``."""
         ...
 
+    @abc.abstractmethod
     async def fsstat(self) -> FsStat:
         """Real capacity figures for FSSTAT."""
         ...
 
+    @abc.abstractmethod
     async def aclose(self) -> None:
         """Release open files; the filesystem is not used afterwards."""
         ...

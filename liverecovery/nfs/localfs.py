@@ -6,7 +6,7 @@ Directory cookies are a hash of the entry's name, so they stay valid while the d
 and across restarts. Blocking I/O runs in worker threads, except reads the page cache holds
 (``RWF_NOWAIT``) and UNSTABLE writes while they stay fast (``inline_io``); FILE_SYNC/DATA_SYNC
 writes and COMMIT fsync, in a worker thread, before returning. Large READs are answered with
-``read_file_range`` (a ``FileRangeReader``): the server splices the bytes from the file to the
+``read_file_range`` (overriding the ``Filesystem`` default): the server splices the bytes from the file to the
 socket without copying them (``zero_copy``).
 """
 
@@ -34,6 +34,7 @@ from liverecovery.nfs.filesystem import (
     DirEntry,
     DirPage,
     FileAttributes,
+    Filesystem,
     FileType,
     FsStat,
     SetAttributes,
@@ -128,7 +129,7 @@ class _Listing:
         self.cookies = [e.cookie for e in entries]
 
 
-class LocalFilesystem:
+class LocalFilesystem(Filesystem):
     """Serves the directory ``root``; ``read_only`` refuses every change with ROFS."""
 
     def __init__(self, root: str | os.PathLike[str], *, read_only: bool = False) -> None:
@@ -320,15 +321,15 @@ class LocalFilesystem:
         except OSError as exc:
             raise _nfs_error(exc, name) from None
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
         fd = self._fd(fileid)
-        if _NOWAIT is not None and 0 < count <= _INLINE_MAX:
+        if _NOWAIT is not None and 0 < length <= _INLINE_MAX:
             # Small reads of data already in the page cache are copied inline (memory speed);
             # only a read that would wait for the disk pays for a worker thread. Large reads
             # always use the thread: copying 1 MiB would hold the event loop too long.
             try:
                 size = os.fstat(fd).st_size
-                want = max(0, min(count, size - offset))
+                want = max(0, min(length, size - offset))
                 if want == 0:
                     return b"", True
                 buf = bytearray(want)
@@ -339,15 +340,15 @@ class LocalFilesystem:
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise _nfs_error(exc, "read") from None
-        return await run_read(on_own_fd, self._read, _dup(fd), offset, count)
+        return await run_read(on_own_fd, self._read, _dup(fd), offset, length)
 
-    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+    async def read_file_range(self, fileid: int, offset: int, length: int) -> FileRange | None:
         """The READ's bytes as a range of the file (a duplicate descriptor), for splicing;
         None at or past end of file (``read`` answers those)."""
         fd = self._fd(fileid)
         try:
             st = os.fstat(fd)
-            want = min(count, st.st_size - offset)
+            want = min(length, st.st_size - offset)
             if want <= 0 or not stat.S_ISREG(st.st_mode):
                 return None
             return FileRange(os.dup(fd), offset, want)
@@ -355,14 +356,14 @@ class LocalFilesystem:
             raise _nfs_error(exc, "read") from None
 
     @staticmethod
-    def _read(fd: int, offset: int, count: int) -> tuple[bytes, bool]:
+    def _read(fd: int, offset: int, length: int) -> tuple[bytes, bool]:
         try:
-            data = os.pread(fd, count, offset)
-            if 0 < len(data) < count:
+            data = os.pread(fd, length, offset)
+            if 0 < len(data) < length:
                 parts = [data]
                 got = len(data)
-                while got < count:
-                    more = os.pread(fd, count - got, offset + got)
+                while got < length:
+                    more = os.pread(fd, length - got, offset + got)
                     if not more:
                         break
                     parts.append(more)

@@ -69,9 +69,9 @@ class _Residency:
                 self._syscall = ctypes.CDLL(None, use_errno=True).syscall
         self._local = threading.local()  # the call's structures, one set per thread
 
-    def __call__(self, fd: int, offset: int, count: int) -> bool:
+    def __call__(self, fd: int, offset: int, length: int) -> bool:
         syscall = self._syscall
-        if syscall is None or count <= 0:
+        if syscall is None or length <= 0:
             return False
         local = self._local
         try:
@@ -79,7 +79,7 @@ class _Residency:
         except AttributeError:
             range_, stat_ = local.structs = (_CachestatRange(), _Cachestat())
         first = offset // _PAGE
-        pages = (offset + count - 1) // _PAGE - first + 1
+        pages = (offset + length - 1) // _PAGE - first + 1
         range_.off = first * _PAGE
         range_.len = pages * _PAGE
         if syscall(_CACHESTAT_NR, fd, ctypes.byref(range_), ctypes.byref(stat_), 0) != 0:
@@ -90,7 +90,7 @@ class _Residency:
 
 
 resident = _Residency()
-"""``resident(fd, offset, count)``: True when every page of the range is in the page cache
+"""``resident(fd, offset, length)``: True when every page of the range is in the page cache
 (reading it will not wait for the disk); False when unknown."""
 
 
@@ -151,11 +151,11 @@ class PipePool:
         self._slots = slots if not self._slots else min(self._slots, slots)
         return pipe
 
-    def acquire(self, offset: int, count: int) -> _Pipe | None:
+    def acquire(self, offset: int, length: int) -> _Pipe | None:
         """An empty pipe that can hold the range, or None (pool exhausted or range too wide)."""
         if self._closed or self._out >= self._max:
             return None
-        pages = (offset + count - 1) // _PAGE - offset // _PAGE + 1
+        pages = (offset + length - 1) // _PAGE - offset // _PAGE + 1
         if self._slots and pages > self._slots:
             return None
         pipe = self._free.pop() if self._free else self._new()

@@ -38,10 +38,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server = NfsServer(tmp / "state", max_record_size=256 * 1024, max_in_flight=8)
         portal.call(server.start)
         portal.call(server.export_filesystem, "/e", LocalFilesystem(tmp / "data"), ["127.0.0.1"])
-        exp = server._exports["/e"]
-        root = server._fh(exp, exp.fs.root_id)
+        exp = server.registry.get("/e")
+        assert exp is not None
+        root = server.registry.handle(exp, exp.fs.root_id)
         fid = (tmp / "data" / "f").stat().st_ino
-        yield Live(server.port, root, server._fh(exp, fid))
+        yield Live(server.port, root, server.registry.handle(exp, fid))
         portal.call(server.aclose)
 
 

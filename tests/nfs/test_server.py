@@ -11,11 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
+from liverecovery.datastore.memfs import MemoryFilesystem
 from liverecovery.errors import NfsClientError, NfsError, NfsStatus
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import (
     CreateMode,
+    Filesystem,
     FileType,
     SetAttributes,
     Stability,
@@ -140,6 +142,38 @@ async def test_max_size_io(client: NfsClient) -> None:
     assert (await client.write(fh, 0, blob)).count == 1 << 20
     assert await client.read(fh, 0, 1 << 20) == (blob, True)
     assert await client.read(fh, 0, 4 << 20) == (blob, True)  # clamped to rtmax
+
+
+class CountedReads(MemoryFilesystem):
+    """A filesystem that keeps ``Filesystem``'s default ``read_file_range``; counts ``read``."""
+
+    reads = 0
+
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
+        self.reads += 1
+        return await super().read(fileid, offset, length)
+
+
+async def test_a_filesystem_without_read_file_range_is_served_through_read(
+    tmp_path: Path,
+) -> None:
+    fs = CountedReads()
+    assert type(fs).read_file_range is Filesystem.read_file_range
+    assert await fs.read_file_range(fs.root_id, 0, 1) is None
+    blob = os.urandom(512 * 1024)
+    fid = await fs.create(fs.root_id, "f.bin", SetAttributes())
+    await fs.write(fid, 0, blob, Stability.FILE_SYNC)
+    async with NfsServer(tmp_path / "state") as server:
+        await server.export_filesystem("/m", fs, ["127.0.0.1"])
+        async with await NfsClient.connect("127.0.0.1", server.port) as c:
+            fh, _ = await c.lookup(await c.mount("/m"), "f.bin")
+            half = len(blob) // 2
+            assert await c.read(fh, 0, half) == (blob[:half], False)
+            assert await c.read(fh, half, half) == (blob[half:], True)
+            assert await c.read(fh, 0, 100) == (blob[:100], False)
+        assert fs.reads == 3
+        pool = server._pipes
+        assert pool is None or pool.loaded == 0  # nothing spliced
 
 
 class SlowReads(LocalFilesystem):

@@ -1,0 +1,79 @@
+"""From one RPC record to the program that answers it.
+
+Programs are looked up by (program, version) in one table; a known program asked for another
+version gets PROG_MISMATCH, an unknown one PROG_UNAVAIL. A program raises ``GarbageArgs`` for
+arguments that do not decode; any other failure is answered SYSTEM_ERR, so nothing a client
+sends crashes the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeAlias
+
+from liverecovery.nfs.rpc import (
+    AcceptStat,
+    Call,
+    CallRejected,
+    RpcError,
+    decode_call,
+    encode_accepted,
+)
+from liverecovery.nfs.xdr import Part, Unpacker
+
+__all__ = ["GarbageArgs", "Program", "RpcDispatcher", "proc_unavailable"]
+
+log = logging.getLogger(__name__)
+
+Program: TypeAlias = Callable[[int, int, Unpacker, str], Awaitable[list[Part]]]
+"""One version of an RPC program: ``(xid, proc, args, peer)`` to the reply's parts (buffers, or
+``PipedData`` for spliced READ data). :raises GarbageArgs: the arguments do not decode."""
+
+
+class GarbageArgs(Exception):
+    """Arguments that do not decode: answer GARBAGE_ARGS."""
+
+
+def proc_unavailable(xid: int) -> list[Part]:
+    """The reply to a procedure number the program does not have."""
+    return encode_accepted(xid, AcceptStat.PROC_UNAVAIL).parts()
+
+
+class RpcDispatcher:
+    """Answers records with the programs of ``programs``, keyed by (program, version)."""
+
+    def __init__(self, programs: Mapping[tuple[int, int], Program]) -> None:
+        self._programs = dict(programs)
+        self._versions: dict[int, tuple[int, int]] = {}
+        for prog, vers in self._programs:
+            low, high = self._versions.get(prog, (vers, vers))
+            self._versions[prog] = (min(low, vers), max(high, vers))
+
+    async def dispatch(self, record: bytes | bytearray, peer: str) -> list[Part] | None:
+        """The reply to one record; None when it is not an RPC call (the connection closes)."""
+        try:
+            call = decode_call(record)
+        except CallRejected as exc:
+            log.debug("rejected call: %s", exc)
+            return [exc.reply]
+        except RpcError as exc:
+            log.info("closing connection from %s: %s", peer, exc)
+            return None
+        program = self._programs.get((call.prog, call.vers))
+        if program is None:
+            return [self._unavailable(call)]
+        try:
+            return await program(call.xid, call.proc, call.args, peer)
+        except GarbageArgs as exc:
+            log.debug("garbage arguments from %s: %s", peer, exc)
+            return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
+        except Exception:
+            log.exception("call %s/%s from %s failed", call.prog, call.proc, peer)
+            return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
+
+    def _unavailable(self, call: Call) -> bytes:
+        versions = self._versions.get(call.prog)
+        if versions is None:
+            return encode_accepted(call.xid, AcceptStat.PROG_UNAVAIL).getvalue()
+        return encode_accepted(call.xid, AcceptStat.PROG_MISMATCH, versions).getvalue()
