@@ -194,12 +194,12 @@ class MemoryFilesystem:
             raise NfsError(NfsStatus.NOENT, name)
         return node.children[name]
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
         await anyio.lowlevel.checkpoint()
         node = self._get(fileid)
         if node.type is FileType.DIR:
             raise NfsError(NfsStatus.ISDIR)
-        data = bytes(node.data[offset : offset + count])
+        data = bytes(node.data[offset : offset + length])
         return data, offset + len(data) >= len(node.data)
 
     async def write(
