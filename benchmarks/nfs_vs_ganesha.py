@@ -41,7 +41,7 @@ import anyio
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.datastore.builder import durable_overlay
-from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.errors import NfsError
 from liverecovery.nfs.client import NfsClient
@@ -209,8 +209,8 @@ async def serve_virtual(work: Path, port: int) -> None:
     cache = await DiskBlockCache.open(work / "cache", block_size=MiB)
     reader = await catalog.open_disk(point, point.disks[0])
 
-    async def overlay(read_base: ReadBase) -> DiskOverlay:
-        return await durable_overlay(work / "overlay", reader.size, read_base)
+    async def overlay() -> DiskOverlay:
+        return await durable_overlay(work / "overlay", reader.size)
 
     flat = await FlatDisk.open(source="bench/disk", reader=reader, cache=cache, overlay=overlay)
     (work / "folder").mkdir(exist_ok=True)

@@ -9,13 +9,14 @@ subclass) for failures of the outside system; the job layer adds timeouts around
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from liverecovery.config import Settings
+from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.exports import ExportInfo
 from liverecovery.nfs.filesystem import Filesystem
 from liverecovery.spec import RecoverySpec
@@ -183,7 +184,14 @@ class CacheSpace:
 
 @runtime_checkable
 class BlockCache(Protocol):
-    """**Protocol:** the circular block cache (the seed's 3DFS cache)."""
+    """**Protocol:** the circular block cache (the seed's 3DFS cache).
+
+    It never reads the backup itself: a ``lookup`` that misses makes its caller the block's
+    filler, who reads the block from the backup and hands it over with ``fill`` (or gives up
+    with ``abandon``). Meanwhile every other ``lookup`` of that block waits for those bytes, so
+    concurrent misses of one block read the backup once. ``file_range`` is optional: the default
+    cannot give ranges of files. Subclass explicitly to inherit it.
+    """
 
     @property
     def block_size(self) -> int: ...
@@ -204,9 +212,32 @@ class BlockCache(Protocol):
         """Job id to reserved bytes, for every job holding a reservation."""
         ...
 
-    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The block's bytes from the cache, or from ``fetch`` (called once for concurrent misses)."""
+    async def lookup(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        """Bytes ``[offset, offset + length)`` of the block (shorter where the block ends), or
+        None: a miss, and the caller must now ``fill`` or ``abandon`` the block.
+
+        :raises Exception: the error the filler of this block abandoned it with.
+        """
         ...
+
+    async def fill(self, key: BlockKey, data: bytes) -> None:
+        """Store the block's bytes (the whole block) and hand them to the lookups waiting.
+
+        :raises CacheError: more than ``block_size`` bytes (the waiters get it too).
+        """
+        ...
+
+    def abandon(self, key: BlockKey, error: Exception | None = None) -> None:
+        """Give up filling the block: waiting lookups raise ``error``, or (None, e.g. the
+        filler was cancelled) look up again, one of them becoming the filler."""
+        ...
+
+    async def file_range(
+        self, key: BlockKey, offset: int, length: int, *, eof: bool = False
+    ) -> FileRange | None:
+        """Bytes of a block as a range of a file to splice, or None (a miss, or a cache that
+        cannot: this default). Never makes the caller a filler."""
+        return None
 
     async def aclose(self) -> None: ...
 

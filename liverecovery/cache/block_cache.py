@@ -8,14 +8,15 @@ of the same block. The index (``index.py``) maps keys to (generation, length, CR
 * A hit costs one ``pread`` and one CRC-32 in a worker thread (zlib's CRC-32 runs at several GB/s,
   3x blake2b, and catches every burst error up to 32 bits). A block whose length or CRC does not
   match is discarded and fetched again; it is never served.
-* Once verified in this process, a block is read with ``read_range`` through a descriptor kept
+* Once verified in this process, a block is read (``lookup``, ``read_range``) through a descriptor kept
   open in a bounded LRU (``max_open_files``): a page-cached range is copied on the event loop with
   ``preadv(RWF_NOWAIT)``, no open/close per read. Kept descriptors are used and closed only on the
   event loop, never across an ``await``, so a read can never meet a closed or reused descriptor
   number; a descriptor is closed when its block is forgotten (evicted, found corrupt or unreadable)
   and when the cache closes. Block files are never rewritten in place (every stored copy gets a
   new generation and a new name), so a kept descriptor always reads the bytes that were verified.
-* Concurrent misses on one key share a single ``fetch`` call; later callers wait for its result.
+* A ``lookup`` that misses makes its caller the block's filler (``fill`` or ``abandon``); other
+  lookups of that block wait for the filler's bytes (``fills.py``), so the backup is read once.
 * After every insert (and on ``prune()``) the least-recently-used unpinned blocks are deleted until
   the filesystem has ``min_free_percent`` free again. A block being read is pinned; callers may pin
   more with ``pinned()``. If even that is not enough, the new block is served but not stored.
@@ -38,23 +39,24 @@ import resource
 import sqlite3
 import zlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 import anyio
-import anyio.to_thread
 import attrs
+from anyio.abc import AsyncResource
 
-from liverecovery.backends import BlockKey, CacheSpace
+from liverecovery.backends import BlockCache, BlockKey, CacheSpace
+from liverecovery.cache.fills import Fills
 from liverecovery.cache.index import BlockIndex, IndexEntry, LoadedIndex
 from liverecovery.cache.space import SpaceProbe, StatvfsProbe, allocated_size
 from liverecovery.config import DEFAULT_CACHE_MAX_OPEN_FILES, GiB, MiB, Settings
 from liverecovery.errors import CacheError, CacheSpaceError, SettingsError
 from liverecovery.io.private_dirs import make_private_dirs
 from liverecovery.io.ranges import FileRange
-from liverecovery.io.threads import run_read
+from liverecovery.io.threads import run_read, run_write
 
 __all__ = ["CacheStats", "DiskBlockCache"]
 
@@ -68,8 +70,9 @@ _BLOCKS_DIR = "blocks"
 class CacheStats:
     """Counters since the cache was opened, plus what it currently holds.
 
-    ``hits`` were served from disk, ``misses`` called ``fetch``, ``shared_misses`` waited for
-    another caller's fetch, ``corrupt_blocks`` failed their checksum and were refetched,
+    ``hits`` were served from disk, ``misses`` made their caller the block's filler,
+    ``shared_misses`` waited for another caller's fill, ``corrupt_blocks`` failed their checksum
+    and were refetched,
     ``unstored_blocks`` were served but not kept for lack of space.
     """
 
@@ -81,13 +84,6 @@ class CacheStats:
     unstored_blocks: int
     blocks: int
     cached_bytes: int
-
-
-@attrs.define
-class _Inflight:
-    event: anyio.Event = attrs.Factory(anyio.Event)
-    data: bytes | None = None
-    error: Exception | None = None
 
 
 def _human(nbytes: int) -> str:
@@ -144,7 +140,7 @@ def _read_verified(path: str, length: int, crc: int) -> bytes | None:
     return data
 
 
-class DiskBlockCache:
+class DiskBlockCache(AsyncResource, BlockCache):
     """The on-disk circular block cache. Open with ``await DiskBlockCache.open(root)``.
 
     :raises CacheError: from every method once closed, or when the cache directory is unusable.
@@ -171,7 +167,7 @@ class DiskBlockCache:
         self._pins: dict[BlockKey, int] = {}
         self._verified: dict[BlockKey, int] = {}
         """Generation of each block whose file passed its CRC (or was written) in this process."""
-        self._inflight: dict[BlockKey, _Inflight] = {}
+        self._fills: Fills[BlockKey] = Fills()
         self._max_fds = _open_file_budget(max_open_files)
         self._fds: OrderedDict[BlockKey, tuple[int, IndexEntry]] = OrderedDict()
         """Kept-open descriptors of verified blocks (least recently read first), with the entry
@@ -226,7 +222,7 @@ class DiskBlockCache:
                 f"cache_min_free_percent must be in [0, 100), got {min_free_percent!r}"
             )
         root_path = Path(root)
-        index, loaded = await anyio.to_thread.run_sync(cls._open_index, root_path, block_size)
+        index, loaded = await run_write(cls._open_index, root_path, block_size)
         cache = cls(  # constructed on the event loop: it owns anyio primitives
             root_path,
             block_size=block_size,
@@ -243,7 +239,7 @@ class DiskBlockCache:
         cache._reservations = dict(loaded.reservations)
         cache._next_gen = loaded.next_gen
         cache._used_seq = loaded.last_used
-        await anyio.to_thread.run_sync(cache._remove_orphans)
+        await run_write(cache._remove_orphans)
         return cache
 
     @classmethod
@@ -283,35 +279,84 @@ class DiskBlockCache:
     def block_size(self) -> int:
         return self._block_size
 
-    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The block's bytes from the cache, or from ``fetch`` (called once for concurrent misses).
+    async def lookup(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        """Bytes ``[offset, offset + length)`` of the block (shorter where it ends), or None: a
+        miss, and the caller is now the block's filler (``fill`` or ``abandon``).
 
-        :raises CacheError: ``fetch`` returned more than ``block_size`` bytes, or the cache is closed.
-        :raises Exception: whatever ``fetch`` raised (every waiter on that fetch gets it too).
+        A block verified in this process is read through its kept descriptor (inline when the
+        page cache holds the range, see ``read_range``); another stored block is read whole and
+        checked against its CRC first (a block that fails is forgotten: a miss); a block being
+        filled is waited for.
+
+        :raises CacheError: the cache is closed.
+        :raises ValueError: a negative offset or a non-positive length.
+        :raises Exception: the error the block's filler abandoned it with.
         """
-        self._check_open()
-        while True:
-            entry = self._entries.get(key)
-            if entry is not None:
-                data = await self._read_entry(key, entry)
+        if self._closed:
+            raise CacheError(f"cache {self.root} is closed")
+        data = self._read_inline(key, offset, length)
+        if data is not None:
+            return data
+        return await self._lookup_slow(key, offset, length)
+
+    async def _lookup_slow(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        if offset < 0 or length <= 0:
+            raise ValueError(f"lookup of {key} at {offset} of {length} bytes")
+        entry = self._entries.get(key)
+        if entry is not None:
+            if offset >= entry.length:
+                return b""
+            if self._verified.get(key) == entry.gen:
+                data = await self.read_range(key, offset, min(length, entry.length - offset))
                 if data is not None:
                     return data
-            inflight = self._inflight.get(key)
-            if inflight is None:
-                break
-            await inflight.event.wait()
-            if inflight.data is not None:
-                self._shared += 1
-                return inflight.data
-            if inflight.error is not None:
-                raise inflight.error
-            # The fetching task was cancelled: try again, possibly fetching ourselves.
-        return await self._fetch_and_store(key, fetch)
+            entry = self._entries.get(key)
+            if entry is not None:
+                block = await self._read_entry(key, entry)
+                if block is not None:
+                    return block[offset : offset + length]
+        shared = await self._fills.join(key)
+        if shared is None:
+            self._misses += 1
+            return None
+        self._shared += 1
+        return shared[offset : offset + length]
+
+    async def fill(self, key: BlockKey, data: bytes) -> None:
+        """Store the block's bytes and hand them to the lookups waiting for them. A block that
+        cannot be stored (no space, an I/O error) is still handed over.
+
+        :raises CacheError: more than ``block_size`` bytes, or the cache is closed (the waiters
+            get the error too).
+        """
+        if self._closed or len(data) > self._block_size:
+            error = CacheError(
+                f"cache {self.root} is closed"
+                if self._closed
+                else f"fill of {key}: {len(data)} bytes, more than the block size "
+                f"{self._block_size}"
+            )
+            self._fills.end(key, error)
+            raise error
+        self._fills.hand_over(key, data)  # waiters need not wait for the store
+        try:
+            if data:
+                try:
+                    await self._store(key, data)
+                except (OSError, sqlite3.Error) as exc:  # e.g. ENOSPC: serve it uncached
+                    self._unstored += 1
+                    log.warning("%s: cannot store block %s: %s", self.root, key, exc)
+        finally:
+            self._fills.end(key)
+
+    def abandon(self, key: BlockKey, error: Exception | None = None) -> None:
+        """Give up filling the block (see ``BlockCache.abandon``)."""
+        self._fills.end(key, error)
 
     async def space(self) -> CacheSpace:
         """Current size and free space of the cache's filesystem and outstanding reservations."""
         self._check_open()
-        usage = await anyio.to_thread.run_sync(self._probe.usage)
+        usage = await run_read(self._probe.usage)
         return CacheSpace(
             total_bytes=usage.total_bytes,
             free_bytes=usage.free_bytes,
@@ -333,7 +378,7 @@ class DiskBlockCache:
         if not isinstance(nbytes, int) or nbytes < 0:
             raise ValueError(f"reservation for job {job_id!r} must be >= 0 bytes, got {nbytes!r}")
         async with self._store_lock:
-            usage = await anyio.to_thread.run_sync(self._probe.usage)
+            usage = await run_read(self._probe.usage)
             min_free = self._min_free(usage.total_bytes)
             others = sum(v for k, v in self._reservations.items() if k != job_id)
             reclaimable = self._cached_bytes - sum(
@@ -348,7 +393,7 @@ class DiskBlockCache:
                     f"cached blocks, {_human(min_free)} kept free "
                     f"({self.min_free_percent:g} %), {_human(others)} reserved by other jobs"
                 )
-            await anyio.to_thread.run_sync(self._index.set_reservation, job_id, nbytes)
+            await run_write(self._index.set_reservation, job_id, nbytes)
             self._reservations[job_id] = nbytes
 
     async def release(self, job_id: str) -> None:
@@ -357,7 +402,7 @@ class DiskBlockCache:
         if job_id not in self._reservations:
             return
         async with self._store_lock:
-            await anyio.to_thread.run_sync(self._index.set_reservation, job_id, None)
+            await run_write(self._index.set_reservation, job_id, None)
             self._reservations.pop(job_id, None)
 
     def reservations(self) -> Mapping[str, int]:
@@ -372,7 +417,7 @@ class DiskBlockCache:
         self._close_all_fds()
         async with self._store_lock:
             touched, self._touched = self._touched, {}
-            await anyio.to_thread.run_sync(self._close_sync, touched)
+            await run_write(self._close_sync, touched)
 
     def _close_sync(self, touched: dict[BlockKey, int]) -> None:
         try:
@@ -454,7 +499,7 @@ class DiskBlockCache:
         path = self._block_path(key, entry)
         self._pins[key] = self._pins.get(key, 0) + 1
         try:
-            data = await anyio.to_thread.run_sync(_read_verified, path, entry.length, entry.crc)
+            data = await run_read(_read_verified, path, entry.length, entry.crc)
         except OSError as exc:  # e.g. EIO from a failing cache disk: serve from the source
             log.warning("%s: cannot read cached block %s: %s", path, key, exc)
             data = None
@@ -466,7 +511,7 @@ class DiskBlockCache:
             if self._entries.get(key) is entry:
                 self._forget(key)
                 with contextlib.suppress(OSError):
-                    await anyio.to_thread.run_sync(self._delete_sync, [(key, entry)])
+                    await run_write(self._delete_sync, [(key, entry)])
             return None
         self._hits += 1
         if self._entries.get(key) is entry:
@@ -480,19 +525,40 @@ class DiskBlockCache:
         self._touched[key] = self._used_seq
         self._hot = None
 
-    async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None:
-        """``length`` bytes at ``start`` within a cached block, without reading the whole block.
+    async def read_range(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        """``length`` bytes at ``offset`` within a cached block, without reading the whole block.
 
         Only for a block whose file passed its CRC check (or was written) earlier in this
         process: the CRC catches a block file that did not reach the disk before a crash, which
         a block verified since the start cannot be. Returns None when the block is not cached,
-        not verified yet, or the range is outside it: use ``get_or_fetch`` (which verifies).
+        not verified yet, or the range is outside it (``lookup`` verifies, and makes a miss's
+        caller the filler; this never does).
 
         The block file stays open for the next read (see the module docstring); a range the page
         cache holds is copied inline, anything else is read in a worker thread.
         """
         if self._closed:
             raise CacheError(f"cache {self.root} is closed")
+        data = self._read_inline(key, offset, length)
+        if data is not None:
+            return data
+        found = self._verified_fd(key)
+        if found is None:
+            return None
+        fd, entry = found
+        if offset < 0 or length <= 0 or offset + length > entry.length:
+            return None
+        data = await self._read_range_in_thread(key, entry, fd, offset, length)
+        if data is None:
+            return None
+        self._hits += 1
+        if self._entries.get(key) is entry:
+            self._touch(key)
+        return data
+
+    def _read_inline(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        """The hit path: the range of a verified block copied on the event loop, when the page
+        cache holds all of it (``RWF_NOWAIT``); None when it cannot be served that way."""
         hot = self._hot
         newest = hot is not None and hot[0] is key
         if hot is not None and newest:
@@ -501,36 +567,35 @@ class DiskBlockCache:
             fd, entry = found
         else:
             return None
-        if start < 0 or length <= 0 or start + length > entry.length:
+        if (
+            fd < 0
+            or not self._nowait
+            or offset < 0
+            or length <= 0
+            or offset + length > entry.length
+        ):
             return None
-        if fd >= 0 and self._nowait:
-            # No await between taking ``fd`` and this read: nothing can close it meanwhile (nor
-            # reuse the scratch buffer, which saves allocating and zeroing one per read).
-            buf = self._scratch[:length]
-            try:
-                done = os.preadv(fd, (buf,), start, _NOWAIT)
-            except OSError as exc:  # EAGAIN: not all in the page cache
-                done = -1
-                if exc.errno == errno.EOPNOTSUPP:  # no RWF_NOWAIT on this filesystem
-                    self._nowait = False
-            if done == length:
-                self._hits += 1
-                if not newest:
-                    self._touch(key)
-                    self._hot = (key, fd, entry)
-                return bytes(buf)
-        data = await self._read_range_in_thread(key, entry, fd, start, length)
-        if data is None:
+        # No await between taking ``fd`` and this read: nothing can close it meanwhile (nor
+        # reuse the scratch buffer, which saves allocating and zeroing one per read).
+        buf = self._scratch[:length]
+        try:
+            done = os.preadv(fd, (buf,), offset, _NOWAIT)
+        except OSError as exc:  # EAGAIN: not all in the page cache
+            if exc.errno == errno.EOPNOTSUPP:  # no RWF_NOWAIT on this filesystem
+                self._nowait = False
+            return None
+        if done != length:
             return None
         self._hits += 1
-        if self._entries.get(key) is entry:
+        if not newest:
             self._touch(key)
-        return data
+            self._hot = (key, fd, entry)
+        return bytes(buf)
 
     async def file_range(
-        self, key: BlockKey, start: int, length: int, *, eof: bool = False
+        self, key: BlockKey, offset: int, length: int, *, eof: bool = False
     ) -> FileRange | None:
-        """``length`` bytes at ``start`` of a verified block as a range of its file, for the NFS
+        """``length`` bytes at ``offset`` of a verified block as a range of its file, for the NFS
         server to splice to the socket without copying (see ``read_range`` for which blocks
         qualify; None otherwise). The range's descriptor is a duplicate the caller owns: it
         stays valid after the block is evicted, since a block file is never rewritten in place
@@ -541,9 +606,9 @@ class DiskBlockCache:
         if found is None:
             return None
         fd, entry = found
-        if fd < 0 or start < 0 or length <= 0 or start + length > entry.length:
+        if fd < 0 or offset < 0 or length <= 0 or offset + length > entry.length:
             return None
-        rng = FileRange(os.dup(fd), start, length, eof)  # no await since taking ``fd``
+        rng = FileRange(os.dup(fd), offset, length, eof)  # no await since taking ``fd``
         self._hits += 1
         self._touch(key)
         return rng
@@ -568,7 +633,7 @@ class DiskBlockCache:
         finally:
             self._unpin(key)
         if data is None or len(data) != length:
-            if self._entries.get(key) is entry:  # get_or_fetch checks it again
+            if self._entries.get(key) is entry:  # lookup checks it again
                 self._verified.pop(key, None)
                 self._close_fd(key)
             return None
@@ -632,33 +697,6 @@ class DiskBlockCache:
         self._touched.pop(key, None)
         return entry
 
-    async def _fetch_and_store(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        inflight = self._inflight[key] = _Inflight()
-        self._misses += 1
-        try:
-            try:
-                data = bytes(await fetch())
-                if len(data) > self._block_size:
-                    raise CacheError(
-                        f"fetch for {key} returned {len(data)} bytes, "
-                        f"more than the block size {self._block_size}"
-                    )
-            except Exception as exc:
-                inflight.error = exc
-                raise
-            inflight.data = data
-            inflight.event.set()  # waiters need not wait for the store
-            if data:
-                try:
-                    await self._store(key, data)
-                except (OSError, sqlite3.Error) as exc:  # e.g. ENOSPC: serve it uncached
-                    self._unstored += 1
-                    log.warning("%s: cannot store block %s: %s", self.root, key, exc)
-            return data
-        finally:
-            del self._inflight[key]
-            inflight.event.set()
-
     async def _store(self, key: BlockKey, data: bytes) -> None:
         async with self._store_lock:
             if self._closed or key in self._entries:
@@ -671,9 +709,7 @@ class DiskBlockCache:
             self._used_seq += 1
             touched, self._touched = self._touched, {}
             try:
-                entry = await anyio.to_thread.run_sync(
-                    self._write_sync, key, entry, data, self._used_seq, touched
-                )
+                entry = await run_write(self._write_sync, key, entry, data, self._used_seq, touched)
             except BaseException:
                 self._touched = touched | self._touched
                 raise
@@ -714,7 +750,7 @@ class DiskBlockCache:
         """Evict LRU unpinned blocks until storing ``incoming`` more bytes keeps the minimum free
         space; False when that is impossible. Called with the store lock held."""
         while True:
-            usage = await anyio.to_thread.run_sync(self._probe.usage)
+            usage = await run_read(self._probe.usage)
             deficit = self._min_free(usage.total_bytes) - (usage.free_bytes - incoming)
             if deficit <= 0:
                 return True
@@ -732,7 +768,7 @@ class DiskBlockCache:
             for key, _entry in victims:
                 self._forget(key)
             self._evicted += len(victims)
-            await anyio.to_thread.run_sync(self._delete_sync, victims)
+            await run_write(self._delete_sync, victims)
 
     def _delete_sync(self, victims: list[tuple[BlockKey, IndexEntry]]) -> None:
         self._index.delete(victims)

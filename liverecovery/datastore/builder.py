@@ -18,13 +18,7 @@ import anyio
 import attrs
 
 from liverecovery.backends import BlockCache, DiskInfo, StagedVm, StagingContext
-from liverecovery.datastore.flatdisk import (
-    DiskOverlay,
-    FlatDisk,
-    ForegroundGate,
-    OverlayOpener,
-    ReadBase,
-)
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ForegroundGate, OverlayOpener
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
@@ -33,14 +27,13 @@ from liverecovery.nfs.localfs import LocalFilesystem
 
 __all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
 
-OverlayFactory = Callable[[Path, int, ReadBase], Awaitable[DiskOverlay]]
-"""Opens (or reopens after a restart) the overlay of one disk: (directory, disk size, the
-disk's read_base) -> overlay."""
+OverlayFactory = Callable[[Path, int], Awaitable[DiskOverlay]]
+"""Opens (or reopens after a restart) the overlay of one disk: (directory, disk size) -> overlay."""
 
 
-async def durable_overlay(directory: Path, size: int, read_base: ReadBase) -> DiskOverlay:
+async def durable_overlay(directory: Path, size: int) -> DiskOverlay:
     """The on-disk write overlay: stable writes survive a crash of the process."""
-    return await WriteOverlay.open(directory, size=size, read_base=read_base)
+    return await WriteOverlay.open(directory, size=size)
 
 
 def flat_names(disk: DiskInfo) -> tuple[str, str]:
@@ -116,8 +109,8 @@ class FreBuilder:
         if factory is None:
             return None
 
-        async def open_overlay(read_base: ReadBase) -> DiskOverlay:
-            return await factory(directory, size, read_base)
+        async def open_overlay() -> DiskOverlay:
+            return await factory(directory, size)
 
         return open_overlay
 

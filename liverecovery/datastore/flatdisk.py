@@ -1,21 +1,26 @@
 """One disk presented as a flat ``-flat.vmdk``: reads merge overlay ▶ cache ▶ backup.
 
-Reads go through the circular cache block by block; a block that lies entirely in a hole of the
-backup (unallocated or zero runs of the allocation map) is never fetched and reads as zeros, so
-the bytes fetched before power-on do not depend on the disk's size. Writes go to the job's
-overlay, never to the backup. Foreground reads register with a ``ForegroundGate`` so background
-restore can step aside while the VM waits.
+``FlatDisk`` composes the three layers itself and visits each at most once per READ; none of them
+calls back up. It asks the overlay which parts of the range it holds, the cache for the rest
+(block by block), and on a miss reads the block from the backup (``DiskReader``) and fills the
+cache with it; then it splices the overlay's bytes over the cache's. A block that lies entirely
+in a hole of the backup (unallocated or zero runs of the allocation map) is never fetched and
+reads as zeros, so the bytes fetched before power-on do not depend on the disk's size. Writes go
+to the overlay, never to the backup: the flat disk hands it the base bytes a partially written
+new block needs. Foreground reads register with a ``ForegroundGate`` so background restore can
+step aside while the VM waits.
 """
 
 from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import AsyncResource
 
 from liverecovery.backends import (
     AllocationRun,
@@ -28,31 +33,52 @@ from liverecovery.backends import (
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import Stability, WriteData
 
-__all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap"]
-
-ReadBase = Callable[[int, int], Awaitable[bytes]]
+__all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap", "OverlayOpener"]
 
 _KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
 
 
-def _holds_everything(_offset: int, _length: int) -> bool:
-    return True
-
-
-@runtime_checkable
 class DiskOverlay(Protocol):
     """**Protocol:** the copy-on-write layer that receives the VM's writes to one disk.
 
-    It is opened with the disk's ``read_base`` (the backup's bytes through the cache), which it
-    reads to fill partially written blocks and to serve what it does not hold.
+    It never reads the backup: its user asks which parts of a range it holds (``held``) and
+    reads the rest elsewhere, and hands it the base bytes of each new block a write covers only
+    partly (``to_fill``). ``holds_any`` has a default; subclass explicitly to inherit it.
     """
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``: overlay blocks over the base's bytes."""
+    def held(self, offset: int, length: int) -> Sequence[tuple[int, int]]:
+        """``(offset, length)`` runs of ``[offset, offset + length)`` the overlay holds,
+        ascending and merged (empty: it holds none of it).
+
+        :raises OverlayError: the overlay is closed.
+        """
         ...
 
-    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
-        """Store ``data``; durable before returning unless UNSTABLE."""
+    def holds_any(self, offset: int, length: int) -> bool:
+        """Whether the overlay holds any byte of ``[offset, offset + length)``."""
+        return bool(self.held(offset, length))
+
+    def to_fill(self, offset: int, length: int) -> Sequence[tuple[int, int]]:
+        """``(offset, length)`` of each block a write of ``[offset, offset + length)`` would
+        create without covering it whole: the base bytes ``write`` needs.
+
+        :raises ValueError: the range is outside the disk.
+        """
+        ...
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """The overlay's bytes of ``[offset, offset + length)``, zeros where it holds none."""
+        ...
+
+    async def write(
+        self,
+        offset: int,
+        data: bytes,
+        stability: Stability,
+        base: Mapping[int, bytes] | None = None,
+    ) -> Stability:
+        """Store ``data``; durable before returning unless UNSTABLE. ``base`` maps the offset of
+        each block ``to_fill`` named to its base bytes."""
         ...
 
     async def commit(self) -> None:
@@ -65,35 +91,8 @@ class DiskOverlay(Protocol):
     def written_bytes(self) -> int: ...
 
 
-@runtime_checkable
-class RangeCache(Protocol):
-    """A ``BlockCache`` that can also serve part of a block it already verified
-    (``DiskBlockCache.read_range``): a 64 KiB read then costs 64 KiB, not a whole 1 MiB block
-    read and checked."""
-
-    async def read_range(self, key: BlockKey, start: int, length: int) -> bytes | None: ...
-
-
-@runtime_checkable
-class FileRangeCache(Protocol):
-    """A ``BlockCache`` whose verified blocks can be handed out as ranges of their files
-    (``DiskBlockCache.file_range``), for the NFS server to splice without copying."""
-
-    async def file_range(
-        self, key: BlockKey, start: int, length: int, *, eof: bool = False
-    ) -> FileRange | None: ...
-
-
-@runtime_checkable
-class OverlayRanges(Protocol):
-    """A ``DiskOverlay`` that can say a range holds none of its writes (so the range may be
-    served from the cache's block file as it is)."""
-
-    def holds_any(self, offset: int, length: int) -> bool: ...
-
-
-OverlayOpener = Callable[[ReadBase], Awaitable[DiskOverlay]]
-"""Opens a disk's overlay given the disk's ``read_base``."""
+OverlayOpener = Callable[[], Awaitable[DiskOverlay]]
+"""Opens a disk's overlay (once the disk's allocation map was read)."""
 
 
 class ForegroundGate:
@@ -176,8 +175,8 @@ class HoleMap:
         return i + 1 < len(self._runs) and self._runs[i + 1][0] < end
 
 
-class FlatDisk:
-    """The bytes of one disk as the ESX host sees them."""
+class FlatDisk(AsyncResource):
+    """The bytes of one disk as the ESX host sees them (a ``ServedDisk``)."""
 
     def __init__(
         self,
@@ -195,9 +194,7 @@ class FlatDisk:
         self._holes = holes
         self._cache = cache
         self._block = cache.block_size
-        self._set_overlay(overlay)
-        self._ranges = cache if isinstance(cache, RangeCache) else None
-        self._file_ranges = cache if isinstance(cache, FileRangeCache) else None
+        self._overlay = overlay
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
         self._keys: dict[int, BlockKey] = {}
@@ -212,12 +209,12 @@ class FlatDisk:
         overlay: OverlayOpener | None = None,
         gate: ForegroundGate | None = None,
     ) -> FlatDisk:
-        """Read the allocation map (metadata only), build the disk, open its overlay."""
+        """Read the allocation map (metadata only), open the overlay, build the disk."""
         holes = HoleMap(await reader.allocation())
-        disk = cls(source=source, reader=reader, holes=holes, cache=cache, gate=gate)
-        if overlay is not None:
-            disk._set_overlay(await overlay(disk.read_base))
-        return disk
+        opened = None if overlay is None else await overlay()
+        return cls(
+            source=source, reader=reader, holes=holes, cache=cache, overlay=opened, gate=gate
+        )
 
     @property
     def overlay_bytes(self) -> int:
@@ -241,42 +238,6 @@ class FlatDisk:
         """Wait until no foreground read has been in flight for ``grace_s``; whether it waited."""
         return await self.gate.wait_quiet(grace_s)
 
-    async def _block_bytes(self, index: int, *, background: bool = False) -> bytes:
-        start = index * self._block
-        end = min(self.size, start + self._block)
-        if not self._holes.has_data(start, end):
-            self.stats.holes_skipped += 1
-            return bytes(end - start)
-        fetched = False
-
-        async def fetch() -> bytes:
-            nonlocal fetched
-            fetched = True
-            data = await self._reader.read(start, end - start)
-            self.stats.bytes_fetched += len(data)
-            if background:
-                self.stats.bytes_restored += len(data)
-            return data
-
-        data = await self._cache.get_or_fetch(self._key(index), fetch)
-        if fetched:
-            self.stats.cache_misses += 1
-        else:
-            self.stats.cache_hits += 1
-        return data
-
-    def _set_overlay(self, overlay: DiskOverlay | None) -> None:
-        """Use ``overlay``; whether it holds a range is looked up once here, not per READ (an
-        overlay that cannot say counts as holding every range: nothing is spliced past it)."""
-        self._overlay = overlay
-        self._overlay_holds: Callable[[int, int], bool] | None
-        if overlay is None:
-            self._overlay_holds = None
-        elif isinstance(overlay, OverlayRanges):
-            self._overlay_holds = overlay.holds_any
-        else:
-            self._overlay_holds = _holds_everything
-
     def _key(self, index: int) -> BlockKey:
         """The cache key of block ``index``, reused while hot (making one costs more than a
         cache-hit read's bookkeeping)."""
@@ -287,103 +248,146 @@ class FlatDisk:
             key = self._keys[index] = BlockKey(self.source, index)
         return key
 
-    async def _block_part(self, index: int, lo: int, hi: int, *, ranges: bool = True) -> bytes:
-        """Bytes ``lo:hi`` of block ``index``: straight from the cache file when the block was
-        verified in this process (whole blocks too), else through ``get_or_fetch``.
+    # -- the backup's bytes: cache ▶ backup --------------------------------------------------
 
-        ``read_range`` comes first (unless the caller just tried it), without consulting the
-        hole map: a block verified in this process was fetched or checked through
-        ``_block_bytes``, so it holds data.
-        """
-        if ranges and self._ranges is not None:
-            data = await self._ranges.read_range(self._key(index), lo, hi - lo)
-            if data is not None:
-                self.stats.cache_hits += 1
-                return data
-        block = await self._block_bytes(index)
-        return block if lo == 0 and hi >= len(block) else block[lo:hi]
+    async def _miss(
+        self, index: int, key: BlockKey, lo: int, length: int, *, background: bool = False
+    ) -> bytes:
+        """Bytes ``lo:lo + length`` of block ``index``, whose lookup missed: this task is the
+        block's filler. A block in a hole is zeros (and never cached); any other is read from
+        the backup and filled into the cache."""
+        start = index * self._block
+        end = min(self.size, start + self._block)
+        cache = self._cache
+        if not self._holes.has_data(start, end):
+            cache.abandon(key)
+            self.stats.holes_skipped += 1
+            return bytes(min(length, end - start - lo))
+        try:
+            block = await self._reader.read(start, end - start)
+        except BaseException as exc:
+            cache.abandon(key, exc if isinstance(exc, Exception) else None)
+            raise
+        stats = self.stats
+        stats.cache_misses += 1
+        stats.bytes_fetched += len(block)
+        if background:
+            stats.bytes_restored += len(block)
+        await cache.fill(key, block)
+        return block if lo == 0 and length >= len(block) else block[lo : lo + length]
 
-    async def read_base(self, offset: int, length: int) -> bytes:
-        """The backup's bytes (through the cache) at ``offset``, ignoring the overlay."""
-        end = offset + length
-        if end > self.size:
-            end = self.size
-        if end <= offset:
-            return b""
+    async def _block_part(self, index: int, lo: int, length: int) -> bytes:
+        key = self._key(index)
+        data = await self._cache.lookup(key, lo, length)
+        if data is not None:
+            self.stats.cache_hits += 1
+            return data
+        return await self._miss(index, key, lo, length)
+
+    async def _base(self, offset: int, length: int) -> bytes:
+        """The backup's bytes (through the cache) of ``[offset, offset + length)``, within the
+        disk, ignoring the overlay."""
         bs = self._block
         first = offset // bs
         lo = offset - first * bs
-        if lo + end - offset <= bs:  # within one block: the cache-hit path, kept short
-            if self._ranges is not None:
-                data = await self._ranges.read_range(self._key(first), lo, end - offset)
-                if data is not None:
-                    self.stats.cache_hits += 1
-                    return data
-            return await self._block_part(first, lo, lo + end - offset, ranges=False)
+        if lo + length <= bs:  # within one block: the cache-hit path, kept short
+            key = self._key(first)
+            data = await self._cache.lookup(key, lo, length)
+            if data is not None:
+                self.stats.cache_hits += 1
+                return data
+            return await self._miss(first, key, lo, length)
+        end = offset + length
         last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 
         async def one(i: int) -> None:
             lo, hi = max(offset, i * bs) - i * bs, min(end, (i + 1) * bs) - i * bs
-            parts[i - first] = await self._block_part(i, lo, hi)
+            parts[i - first] = await self._block_part(i, lo, hi - lo)
 
         async with anyio.create_task_group() as tg:
             for i in range(first, last + 1):
                 tg.start_soon(one, i)
         return b"".join(parts)
 
-    async def read(self, offset: int, count: int) -> tuple[bytes, bool]:
-        """A foreground read: exactly ``count`` bytes unless the end of the disk is reached."""
-        if offset >= self.size or count <= 0:
+    async def _merged(
+        self, overlay: DiskOverlay, held: Sequence[tuple[int, int]], offset: int, length: int
+    ) -> bytes:
+        """The overlay's bytes where it holds ``held``, the base's elsewhere."""
+        data = await overlay.read(offset, length)
+        if len(held) == 1 and held[0] == (offset, length):
+            return data
+        out = bytearray(data)
+        pos, end = offset, offset + length
+        for start, n in (*held, (end, 0)):
+            if start > pos:
+                out[pos - offset : start - offset] = await self._base(pos, start - pos)
+            pos = start + n
+        return bytes(out)
+
+    # -- the served file ------------------------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> tuple[bytes, bool]:
+        """A foreground read: exactly ``length`` bytes unless the end of the disk is reached."""
+        if offset >= self.size or length <= 0:
             await anyio.lowlevel.checkpoint()
-            return b"", offset + max(count, 0) >= self.size
-        length = count if count < self.size - offset else self.size - offset
+            return b"", offset + max(length, 0) >= self.size
+        if length > self.size - offset:
+            length = self.size - offset
         gate = self.gate
         gate.enter()
         try:
-            if self._overlay is not None:
-                data = await self._overlay.read(offset, length)
+            overlay = self._overlay
+            if overlay is not None and (held := overlay.held(offset, length)):
+                data = await self._merged(overlay, held, offset, length)
             else:
-                data = await self.read_base(offset, length)
+                data = await self._base(offset, length)
         finally:
             gate.leave()
         self.stats.bytes_served += len(data)
         return data, offset + len(data) >= self.size
 
-    async def read_file_range(self, offset: int, count: int) -> FileRange | None:
-        """A foreground read as a range of one cache block file (see ``FileRangeReader``), or
+    async def read_file_range(self, offset: int, length: int) -> FileRange | None:
+        """A foreground read as a range of one cache block file (see ``Filesystem.read_file_range``), or
         None: the range spans blocks, the overlay holds part of it, the block is not verified
         in the cache yet, or the cache cannot give file ranges. No bytes enter Python."""
-        cache = self._file_ranges
-        if cache is None or offset >= self.size or count <= 0:
+        if offset >= self.size or length <= 0:
             return None
-        length = count if count < self.size - offset else self.size - offset
+        if length > self.size - offset:
+            length = self.size - offset
         bs = self._block
         index = offset // bs
         lo = offset - index * bs
         if lo + length > bs:
             return None
-        holds = self._overlay_holds
-        if holds is not None and holds(offset, length):
+        overlay = self._overlay
+        if overlay is not None and overlay.holds_any(offset, length):
             return None
         eof = offset + length >= self.size
-        rng = await cache.file_range(self._key(index), lo, length, eof=eof)
+        rng = await self._cache.file_range(self._key(index), lo, length, eof=eof)
         if rng is not None:
             self.stats.cache_hits += 1
             self.stats.bytes_served += length
         return rng
 
     async def write(self, offset: int, data: WriteData, stability: Stability) -> Stability:
-        """Write into the overlay (the backup is never written).
+        """Write into the overlay (the backup is never written), with the base bytes of the
+        new blocks it covers only partly (read through the cache).
 
         ``data`` is copied once for the overlay (which may keep it while it fills a block).
 
         :raises PermissionError: the disk has no overlay (a read-only presentation).
         """
-        if self._overlay is None:
+        overlay = self._overlay
+        if overlay is None:
             raise PermissionError(f"{self.source} is read-only")
         payload = data if isinstance(data, bytes) else bytes(data)
-        return await self._overlay.write(offset, payload, stability)
+        base: dict[int, bytes] | None = None
+        for start, n in overlay.to_fill(offset, len(payload)):
+            if base is None:
+                base = {}
+            base[start] = await self._base(start, min(n, self.size - start))
+        return await overlay.write(offset, payload, stability, base)
 
     async def commit(self) -> None:
         if self._overlay is not None:
@@ -391,7 +395,13 @@ class FlatDisk:
 
     async def restore_block(self, index: int) -> None:
         """Bring one block into the cache for the background restore."""
-        await self._block_bytes(index, background=True)
+        start = index * self._block
+        length = min(self.size, start + self._block) - start
+        key = self._key(index)
+        if await self._cache.lookup(key, 0, length) is not None:
+            self.stats.cache_hits += 1
+            return
+        await self._miss(index, key, 0, length, background=True)
 
     async def aclose(self) -> None:
         try:

@@ -1,8 +1,10 @@
 """``WriteOverlay``: a per-disk copy-on-write overlay at block granularity.
 
-Writes to a disk served from a backup land here; the backup is never touched. The first write to a
-block copies the whole block from the base (``read_base``, e.g. cache ▶ backup) merged with the new
-bytes; later writes to that block go straight to it. Reads merge overlay blocks over the base.
+Writes to a disk served from a backup land here; the backup is never touched, nor read: the first
+write to a block stores the whole block, the new bytes merged into the base bytes its user hands
+down (``to_fill`` names the blocks that need them; ``FlatDisk`` reads them through the cache);
+later writes to that block go straight to it. Reads return the blocks the overlay holds
+(``held``); its user reads the rest from the base.
 
 On disk, in a directory of its own (owner-only):
 
@@ -15,7 +17,7 @@ data has been ``fdatasync``\\ ed, and a stable write returns only after the reco
 ``fdatasync``\\ ed too. So a record never points at data that did not reach the disk, and a crash can
 only lose blocks no stable write was acknowledged for. UNSTABLE writes go to the page cache and
 their new blocks' records wait in memory until ``commit()`` (or the next stable write): after a
-crash those blocks read from the base again, as NFS allows for uncommitted writes (the client
+crash those blocks are not held any more (they read from the base again), as NFS allows for uncommitted writes (the client
 resends them). A torn record at the end of the map (a crash during an append) is dropped; a bad
 record followed by good ones means the map was damaged, and ``open`` raises ``OverlayError``
 rather than guess.
@@ -29,23 +31,21 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import anyio
-import anyio.to_thread
 import attrs
+from anyio.abc import AsyncResource
 
+from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.errors import OverlayError
 from liverecovery.io.private_dirs import make_private_dirs
 from liverecovery.io.threads import InlineWrites, on_own_fd, run_read, run_write
 from liverecovery.nfs.filesystem import Stability
 
-__all__ = ["OverlayStats", "ReadBase", "WriteOverlay"]
-
-ReadBase = Callable[[int, int], Awaitable[bytes]]
-"""``read_base(offset, length)``: the underlying disk's bytes (shorter only at its end)."""
+__all__ = ["OverlayStats", "WriteOverlay"]
 
 _MAGIC = b"LRWOMAP1"
 _HEADER = struct.Struct("<8sQQI")  # magic, block size, disk size, reserved; then CRC-32
@@ -94,11 +94,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class WriteOverlay:
+class WriteOverlay(AsyncResource, DiskOverlay):
     """Copy-on-write overlay of one disk of ``size`` bytes. Open with ``await WriteOverlay.open``.
 
-    Safe for concurrent use from one event loop: concurrent first writes to one block copy it from
-    the base once, and never lose each other's bytes.
+    Safe for concurrent use from one event loop: concurrent first writes to one block create it
+    once, from the first writer's base bytes, and never lose each other's bytes.
     """
 
     def __init__(
@@ -107,7 +107,6 @@ class WriteOverlay:
         *,
         size: int,
         block_size: int,
-        read_base: ReadBase,
         data: io.FileIO,
         map_file: io.FileIO,
         durable: set[int],
@@ -115,7 +114,6 @@ class WriteOverlay:
         self.directory = directory
         self._size = size
         self._block_size = block_size
-        self._read_base = read_base
         self._data = data
         self._map = map_file
         self._blocks = set(durable)  # every block present (durable or pending)
@@ -137,7 +135,6 @@ class WriteOverlay:
         directory: str | os.PathLike[str],
         *,
         size: int,
-        read_base: ReadBase,
         block_size: int = 64 * 1024,
     ) -> WriteOverlay:
         """Open the overlay in ``directory``, creating it (mode 0o700) if needed.
@@ -151,14 +148,11 @@ class WriteOverlay:
         if not isinstance(block_size, int) or block_size <= 0:
             raise ValueError(f"overlay block size must be positive, got {block_size!r}")
         path = Path(directory)
-        data, map_file, durable = await anyio.to_thread.run_sync(
-            cls._open_files, path, size, block_size
-        )
+        data, map_file, durable = await run_write(cls._open_files, path, size, block_size)
         return cls(
             path,
             size=size,
             block_size=block_size,
-            read_base=read_base,
             data=data,
             map_file=map_file,
             durable=durable,
@@ -269,24 +263,83 @@ class WriteOverlay:
         bs, blocks = self._block_size, self._blocks
         return any(i in blocks for i in range(offset // bs, (offset + length - 1) // bs + 1))
 
+    def held(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """``(offset, length)`` runs of the range (within the disk) the overlay holds, ascending
+        and merged.
+
+        :raises OverlayError: the overlay is closed.
+        """
+        self._check_open()
+        end = min(offset + length, self._size)
+        if offset < 0 or offset >= end:
+            return []
+        bs, blocks = self._block_size, self._blocks
+        first, last = offset // bs, (end - 1) // bs
+        if (
+            (first not in blocks)
+            if first == last
+            else not any(map(blocks.__contains__, range(first, last + 1)))
+        ):
+            return []
+        runs: list[tuple[int, int]] = []
+        for block in range(first, last + 1):
+            if block in blocks:
+                lo, hi = max(offset, block * bs), min(end, (block + 1) * bs)
+                if runs and sum(runs[-1]) == lo:
+                    runs[-1] = (runs[-1][0], hi - runs[-1][0])
+                else:
+                    runs.append((lo, hi - lo))
+        return runs
+
+    def to_fill(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """``(offset, length)`` of each block a write of the range would create without covering
+        it whole (at most its first and last block): the base bytes ``write`` needs.
+
+        :raises ValueError: the range is outside the disk.
+        :raises OverlayError: the overlay is closed.
+        """
+        self._check_open()
+        self._check_range(offset, length)
+        if length == 0:
+            return []
+        bs, end = self._block_size, offset + length
+        out = []
+        for block in dict.fromkeys((offset // bs, (end - 1) // bs)):
+            start = block * bs
+            stop = min(start + bs, self._size)
+            if block not in self._blocks and (offset > start or end < stop):
+                out.append((start, stop - start))
+        return out
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or offset + length > self._size:
+            raise ValueError(
+                f"{self.directory}: write of {length} bytes at offset {offset} is outside "
+                f"the disk of {self._size} bytes"
+            )
+
     # -- writing -------------------------------------------------------------------------------
 
     async def write(
-        self, offset: int, data: bytes, stability: Stability = Stability.UNSTABLE
+        self,
+        offset: int,
+        data: bytes,
+        stability: Stability = Stability.UNSTABLE,
+        base: Mapping[int, bytes] | None = None,
     ) -> Stability:
         """Write ``data`` at ``offset``; FILE_SYNC and DATA_SYNC are durable before returning.
 
+        ``base`` maps the offset of each block ``to_fill`` named to its base bytes (asked before
+        this call: a block other writers create meanwhile needs none).
+
         :returns: the stability achieved (FILE_SYNC for any stable request, else UNSTABLE).
         :raises ValueError: the range is outside the disk.
-        :raises OverlayError: an I/O error on the overlay's files (names the file).
+        :raises OverlayError: an I/O error on the overlay's files (names the file), or the base
+            bytes of a new block partly written are missing.
         """
         self._check_open()
+        self._check_range(offset, len(data))
         end = offset + len(data)
-        if offset < 0 or end > self._size:
-            raise ValueError(
-                f"{self.directory}: write of {len(data)} bytes at offset {offset} is outside "
-                f"the disk of {self._size} bytes"
-            )
         bs = self._block_size
         view = memoryview(data)
         segments: list[tuple[int, int, memoryview]] = []  # (block, offset in block, bytes)
@@ -301,7 +354,7 @@ class WriteOverlay:
             writes: list[tuple[int, bytes | memoryview]] = []
             for block, within, chunk in segments:
                 if block in claimed:
-                    writes.append((block * bs, await self._new_block(block, within, chunk)))
+                    writes.append((block * bs, self._new_block(block, within, chunk, base)))
                 else:
                     writes.append((block * bs + within, chunk))
             size = sum(len(chunk) for _, chunk in writes)
@@ -343,12 +396,19 @@ class WriteOverlay:
             raise
         return claimed
 
-    async def _new_block(self, block: int, within: int, chunk: memoryview) -> bytes:
+    def _new_block(
+        self, block: int, within: int, chunk: memoryview, bases: Mapping[int, bytes] | None
+    ) -> bytes:
         start = block * self._block_size
         length = min(self._block_size, self._size - start)
         if within == 0 and len(chunk) == length:
             return bytes(chunk)
-        base = await self._read_base(start, length)
+        base = None if bases is None else bases.get(start)
+        if base is None:
+            raise OverlayError(
+                f"{self.directory}: block {block} is new and partly written, but its base bytes "
+                "were not given (ask to_fill before write)"
+            )
         if len(base) < length:
             base = base + bytes(length - len(base))
         return b"".join((base[:within], chunk, base[within + len(chunk) : length]))
@@ -394,7 +454,8 @@ class WriteOverlay:
     # -- reading -------------------------------------------------------------------------------
 
     async def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset``, overlay blocks over the base; shorter at end of disk.
+        """The overlay's bytes of ``[offset, offset + length)`` (shorter at the end of the
+        disk), zeros where it holds none: its user reads those from the base (see ``held``).
 
         :raises ValueError: a negative offset or length.
         :raises OverlayError: an I/O error on the overlay's data file.
@@ -405,46 +466,20 @@ class WriteOverlay:
         end = min(offset + length, self._size)
         if offset >= end:
             return b""
-        bs = self._block_size
-        first, last = offset // bs, (end - 1) // bs
-        blocks = self._blocks
-        if (
-            (first not in blocks)
-            if first == last
-            else not any(map(blocks.__contains__, range(first, last + 1)))
-        ):
-            return await self._base(offset, end - offset)
-        # Runs of consecutive blocks of the same kind: (from overlay?, start, end).
-        runs: list[tuple[bool, int, int]] = []
-        pos = offset
-        while pos < end:
-            block = pos // bs
-            mine = block in blocks
-            stop = min(end, (block + 1) * bs)
-            if runs and runs[-1][0] == mine and runs[-1][2] == pos:
-                runs[-1] = (mine, runs[-1][1], stop)
-            else:
-                runs.append((mine, pos, stop))
-            pos = stop
-        ranges = [(start, stop - start) for mine, start, stop in runs if mine]
+        runs = self.held(offset, end - offset)
+        if not runs:
+            return bytes(end - offset)
         try:
             fd = os.dup(self._data.fileno())  # the thread's own: aclose cannot pull it away
-            overlay_parts = await run_read(on_own_fd, _pread_all, fd, ranges)
+            parts: list[bytes] = await run_read(on_own_fd, _pread_all, fd, runs)
         except OSError as exc:
             raise OverlayError(f"{self.directory}: overlay I/O failed: {exc}") from exc
-        parts: list[bytes] = []
-        for mine, start, stop in runs:
-            if mine:
-                parts.append(overlay_parts.pop(0))
-            else:
-                parts.append(await self._base(start, stop - start))
-        return b"".join(parts)
-
-    async def _base(self, offset: int, length: int) -> bytes:
-        data = await self._read_base(offset, length)
-        if len(data) < length:
-            data = bytes(data) + bytes(length - len(data))
-        return bytes(data[:length])
+        if len(runs) == 1 and runs[0] == (offset, end - offset):
+            return parts[0]
+        out = bytearray(end - offset)
+        for (start, n), part in zip(runs, parts, strict=True):
+            out[start - offset : start - offset + n] = part
+        return bytes(out)
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -129,25 +129,25 @@ class VirtualDatastore(Filesystem):
             raise NfsError(NfsStatus.NOTDIR)
         return await self._inner.lookup(dir_id, name)
 
-    async def read(self, fileid: int, offset: int, count: int) -> tuple[bytes, bool]:
+    async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
         disk = self._disks.get(fileid)  # the hot path: a visible flat disk, one lookup
         if disk is not None and fileid not in self._removed:
-            return await disk.read(offset, count)
+            return await disk.read(offset, length)
         disk = self._virtual(fileid)
         if disk is None:
-            return await self._inner.read(fileid, offset, count)
-        return await disk.read(offset, count)
+            return await self._inner.read(fileid, offset, length)
+        return await disk.read(offset, length)
 
-    async def read_file_range(self, fileid: int, offset: int, count: int) -> FileRange | None:
+    async def read_file_range(self, fileid: int, offset: int, length: int) -> FileRange | None:
         """A flat disk's cached block, or the inner filesystem's file, as a file range to
-        splice (``FileRangeReader``); None: the server reads the bytes."""
+        splice (``Filesystem.read_file_range``); None: the server reads the bytes."""
         disk = self._disks.get(fileid)
         if disk is not None and fileid not in self._removed:
-            return await disk.read_file_range(offset, count)
+            return await disk.read_file_range(offset, length)
         disk = self._virtual(fileid)
         if disk is not None:
-            return await disk.read_file_range(offset, count)
-        return await self._inner_ranges(fileid, offset, count)
+            return await disk.read_file_range(offset, length)
+        return await self._inner_ranges(fileid, offset, length)
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability

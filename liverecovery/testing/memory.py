@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import attrs
@@ -20,6 +20,7 @@ import attrs
 from liverecovery.backends import (
     AllocationRun,
     Backends,
+    BlockCache,
     BlockKey,
     CacheSpace,
     DiskInfo,
@@ -30,7 +31,9 @@ from liverecovery.backends import (
     RunKind,
     VmRef,
 )
+from liverecovery.cache.fills import Fills
 from liverecovery.config import GiB, MiB
+from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
 from liverecovery.nfs.filesystem import Filesystem, Stability
 from liverecovery.testing.faults import FaultPlan
@@ -265,7 +268,7 @@ class MemoryCatalog:
 # -- cache ---------------------------------------------------------------------------------------
 
 
-class MemoryBlockCache:
+class MemoryBlockCache(BlockCache):
     """An LRU block cache with a settable capacity standing in for its filesystem."""
 
     def __init__(
@@ -284,8 +287,9 @@ class MemoryBlockCache:
         self._min_free_percent = min_free_percent
         self._blocks: OrderedDict[BlockKey, bytes] = OrderedDict()
         self._reservations: dict[str, int] = {}
-        self._inflight: dict[BlockKey, anyio.Event] = {}
+        self._fills: Fills[BlockKey] = Fills()
         self.fetches = 0
+        """Lookups that missed (each made its caller read the backup)."""
 
     @property
     def block_size(self) -> int:
@@ -317,28 +321,31 @@ class MemoryBlockCache:
     def reservations(self) -> Mapping[str, int]:
         return dict(self._reservations)
 
-    async def get_or_fetch(self, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]) -> bytes:
-        await self.faults.hit("cache.get_or_fetch")
-        while True:
-            if key in self._blocks:
-                self._blocks.move_to_end(key)
-                return self._blocks[key]
-            waiting = self._inflight.get(key)
-            if waiting is None:
-                break
-            await waiting.wait()
-        done = self._inflight[key] = anyio.Event()
+    async def lookup(self, key: BlockKey, offset: int, length: int) -> bytes | None:
+        await self.faults.hit("cache.lookup")
+        block = self._blocks.get(key)
+        if block is None:
+            block = await self._fills.join(key)
+            if block is None:
+                self.fetches += 1
+                return None
+        else:
+            self._blocks.move_to_end(key)
+        return block if offset == 0 and length >= len(block) else block[offset : offset + length]
+
+    async def fill(self, key: BlockKey, data: bytes) -> None:
+        await self.faults.hit("cache.fill")
+        self._fills.hand_over(key, data)
         try:
-            self.fetches += 1
-            data = await fetch()
             self._blocks[key] = data
             keep = math.ceil(self.capacity * self._min_free_percent / 100)
             while self._free() < keep and len(self._blocks) > 1:
                 self._blocks.popitem(last=False)
-            return data
         finally:
-            del self._inflight[key]
-            done.set()
+            self._fills.end(key)
+
+    def abandon(self, key: BlockKey, error: Exception | None = None) -> None:
+        self._fills.end(key, error)
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()
@@ -347,16 +354,14 @@ class MemoryBlockCache:
 # -- overlay -------------------------------------------------------------------------------------
 
 
-class MemoryOverlay:
+class MemoryOverlay(DiskOverlay):
     """A block-granular copy-on-write overlay held in memory (a ``DiskOverlay``).
 
-    A partially written block is first filled from the base, as the durable overlay does.
+    A partially written new block is first filled from the base bytes its user hands down, as
+    the durable overlay does.
     """
 
-    def __init__(
-        self, read_base: Callable[[int, int], Awaitable[bytes]], block_size: int = 64 * 1024
-    ) -> None:
-        self.read_base = read_base
+    def __init__(self, block_size: int = 64 * 1024) -> None:
         self.block_size = block_size
         self.blocks: dict[int, bytearray] = {}
         self._written = 0
@@ -365,36 +370,54 @@ class MemoryOverlay:
     def written_bytes(self) -> int:
         return self._written
 
-    def holds_any(self, offset: int, length: int) -> bool:
-        """Whether the overlay holds any byte of ``[offset, offset + length)``."""
-        bs = self.block_size
-        return any(i in self.blocks for i in range(offset // bs, (offset + length - 1) // bs + 1))
+    def held(self, offset: int, length: int) -> list[tuple[int, int]]:
+        bs, end = self.block_size, offset + length
+        runs: list[tuple[int, int]] = []
+        for i in range(offset // bs, (end - 1) // bs + 1) if length > 0 else ():
+            if i in self.blocks:
+                lo, hi = max(offset, i * bs), min(end, (i + 1) * bs)
+                if runs and runs[-1][0] + runs[-1][1] == lo:
+                    runs[-1] = (runs[-1][0], hi - runs[-1][0])
+                else:
+                    runs.append((lo, hi - lo))
+        return runs
+
+    def to_fill(self, offset: int, length: int) -> list[tuple[int, int]]:
+        bs, end = self.block_size, offset + length
+        return [
+            (i * bs, bs)
+            for i in {offset // bs, (end - 1) // bs}
+            if length > 0 and i not in self.blocks and (offset > i * bs or end < (i + 1) * bs)
+        ]
 
     async def read(self, offset: int, length: int) -> bytes:
-        read_base, bs = self.read_base, self.block_size
-        first, last = offset // bs, (offset + length - 1) // bs
-        if length <= 0 or not any(i in self.blocks for i in range(first, last + 1)):
-            return await read_base(offset, length)
-        out = bytearray()
-        for i in range(first, last + 1):
-            lo, hi = max(offset, i * bs), min(offset + length, (i + 1) * bs)
+        await anyio.lowlevel.checkpoint()
+        bs, end = self.block_size, offset + length
+        out = bytearray(max(0, length))
+        for i in range(offset // bs, (end - 1) // bs + 1) if length > 0 else ():
             block = self.blocks.get(i)
-            if block is None:
-                out += await read_base(lo, hi - lo)
-            else:
-                out += block[lo - i * bs : hi - i * bs]
+            if block is not None:
+                lo, hi = max(offset, i * bs), min(end, (i + 1) * bs)
+                out[lo - offset : hi - offset] = block[lo - i * bs : hi - i * bs]
         return bytes(out)
 
-    async def write(self, offset: int, data: bytes, stability: Stability) -> Stability:
-        read_base, bs, pos = self.read_base, self.block_size, 0
+    async def write(
+        self,
+        offset: int,
+        data: bytes,
+        stability: Stability,
+        base: Mapping[int, bytes] | None = None,
+    ) -> Stability:
+        await anyio.lowlevel.checkpoint()
+        bs, pos = self.block_size, 0
         while pos < len(data):
             i = (offset + pos) // bs
             within = (offset + pos) - i * bs
             n = min(bs - within, len(data) - pos)
             block = self.blocks.get(i)
             if block is None:
-                base = await read_base(i * bs, bs)
-                block = self.blocks[i] = bytearray(base.ljust(bs, b"\0"))
+                below = b"" if base is None else base.get(i * bs, b"")
+                block = self.blocks[i] = bytearray(below.ljust(bs, b"\0"))
             block[within : within + n] = data[pos : pos + n]
             pos += n
         self._written += len(data)

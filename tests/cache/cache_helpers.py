@@ -1,4 +1,5 @@
-"""Shared helpers for the block cache tests: deterministic block contents and counting fetchers."""
+"""Shared helpers for the block cache tests: deterministic block contents, counting fetchers, and
+``read_through`` (a cache-then-backup read as ``FlatDisk`` does it)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from liverecovery.backends import BlockKey
+from liverecovery.backends import BlockCache, BlockKey
 
 
 def block_bytes(key: BlockKey, length: int) -> bytes:
     """Deterministic, key-specific contents standing in for the backup's bytes."""
     seed = hashlib.sha256(f"{key.source}/{key.index}".encode()).digest()
     return (seed * (length // len(seed) + 1))[:length]
+
+
+async def read_through(
+    cache: BlockCache, key: BlockKey, fetch: Callable[[], Awaitable[bytes]]
+) -> bytes:
+    """The whole block from the cache or, on a miss, from ``fetch`` (then filled), the way
+    ``FlatDisk`` reads: one lookup; its filler fetches; concurrent lookups wait for the fill."""
+    data = await cache.lookup(key, 0, cache.block_size)
+    if data is not None:
+        return data
+    try:
+        data = await fetch()
+    except BaseException as exc:
+        cache.abandon(key, exc if isinstance(exc, Exception) else None)
+        raise
+    await cache.fill(key, data)
+    return data
 
 
 class CountingSource:

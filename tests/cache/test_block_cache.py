@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from cache_helpers import CountingSource, block_bytes
+from cache_helpers import CountingSource, block_bytes, read_through
 
 from liverecovery.backends import BlockCache, BlockKey
 from liverecovery.cache import CapacityProbe, DiskBlockCache
@@ -40,8 +40,8 @@ async def test_implements_protocol_and_hit_after_miss(tmp_path: Path) -> None:
     cache = await open_cache(tmp_path / "c")
     assert isinstance(cache, BlockCache)
     key = BlockKey("disk-a", 3)
-    first = await cache.get_or_fetch(key, src.fetcher(key))
-    second = await cache.get_or_fetch(key, src.fetcher(key))
+    first = await read_through(cache, key, src.fetcher(key))
+    second = await read_through(cache, key, src.fetcher(key))
     assert first == second == block_bytes(key, BS)
     assert src.fetches[key] == 1
     assert (cache.stats.hits, cache.stats.misses, cache.stats.blocks) == (1, 1, 1)
@@ -53,9 +53,9 @@ async def test_short_last_block_and_distinct_sources(tmp_path: Path) -> None:
     cache = await open_cache(tmp_path / "c")
     keys = [BlockKey("a", 9), BlockKey("b", 9), BlockKey("a", 0)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     for key in keys:
-        assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, src.length(key))
+        assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, src.length(key))
     assert all(n == 1 for n in src.fetches.values())
     await cache.aclose()
 
@@ -65,7 +65,7 @@ async def test_files_are_owner_only(tmp_path: Path) -> None:
     src = CountingSource(lambda k: BS)
     cache = await open_cache(root)
     for i in range(3):
-        await cache.get_or_fetch(BlockKey("x", i), src.fetcher(BlockKey("x", i)))
+        await read_through(cache, BlockKey("x", i), src.fetcher(BlockKey("x", i)))
     assert_owner_only(root, min_files=6)  # three blocks, the index, its -wal and -shm
     await cache.aclose()
     assert_owner_only(root, min_files=4)
@@ -83,17 +83,21 @@ async def test_corrupt_block_is_refetched_not_served(tmp_path: Path) -> None:
     src = CountingSource(lambda k: BS)
     cache = await open_cache(tmp_path / "c")
     key = BlockKey("d", 1)
-    good = await cache.get_or_fetch(key, src.fetcher(key))
+    good = await read_through(cache, key, src.fetcher(key))
     [path] = block_files(tmp_path / "c")
     raw = bytearray(path.read_bytes())
     raw[1234] ^= 0x01
     path.write_bytes(raw)
-    again = await cache.get_or_fetch(key, src.fetcher(key))
+    # A block verified in this process is trusted (the cache never rewrites a block file):
+    # damage is found when the block is next read after an open, as after a crash.
+    await cache.aclose()
+    cache = await open_cache(tmp_path / "c")
+    again = await read_through(cache, key, src.fetcher(key))
     assert again == good
     assert src.fetches[key] == 2
     assert cache.stats.corrupt_blocks == 1
     # The replacement was stored and is served without another fetch.
-    assert await cache.get_or_fetch(key, src.fetcher(key)) == good
+    assert await read_through(cache, key, src.fetcher(key)) == good
     assert src.fetches[key] == 2
     assert len(block_files(tmp_path / "c")) == 1
     await cache.aclose()
@@ -104,7 +108,7 @@ async def test_damaged_block_file_is_refetched(tmp_path: Path, damage: str) -> N
     src = CountingSource(lambda k: BS)
     cache = await open_cache(tmp_path / "c")
     key = BlockKey("d", 2)
-    good = await cache.get_or_fetch(key, src.fetcher(key))
+    good = await read_through(cache, key, src.fetcher(key))
     [path] = block_files(tmp_path / "c")
     if damage == "truncate":
         os.truncate(path, BS - 1)
@@ -113,7 +117,9 @@ async def test_damaged_block_file_is_refetched(tmp_path: Path, damage: str) -> N
             f.write(b"\0")
     else:
         path.unlink()
-    assert await cache.get_or_fetch(key, src.fetcher(key)) == good
+    await cache.aclose()  # found at the next open (see above)
+    cache = await open_cache(tmp_path / "c")
+    assert await read_through(cache, key, src.fetcher(key)) == good
     assert src.fetches[key] == 2
     await cache.aclose()
 
@@ -124,8 +130,8 @@ async def test_restart_keeps_blocks_and_lru_order(tmp_path: Path) -> None:
     keys = [BlockKey("r", i) for i in range(4)]
     cache = await open_cache(root)
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
-    await cache.get_or_fetch(keys[0], src.fetcher(keys[0]))  # now most recently used
+        await read_through(cache, key, src.fetcher(key))
+    await read_through(cache, keys[0], src.fetcher(keys[0]))  # now most recently used
     await cache.reserve("job-1", 1234)
     await cache.aclose()
 
@@ -133,7 +139,7 @@ async def test_restart_keeps_blocks_and_lru_order(tmp_path: Path) -> None:
     assert cache.keys() == [keys[1], keys[2], keys[3], keys[0]]
     assert dict(cache.reservations()) == {"job-1": 1234}
     for key in keys:
-        assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
+        assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, BS)
     assert all(src.fetches[k] == 1 for k in keys)
     await cache.aclose()
 
@@ -145,13 +151,13 @@ async def test_restart_after_crash_keeps_stored_blocks(tmp_path: Path) -> None:
     cache = await open_cache(root)
     keys = [BlockKey("k", i) for i in range(3)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     del cache  # no aclose: the sqlite connection is dropped with the object
 
     cache = await open_cache(root)
     assert set(cache.keys()) == set(keys)
     for key in keys:
-        assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
+        assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, BS)
     assert all(src.fetches[k] == 1 for k in keys)
     await cache.aclose()
 
@@ -173,7 +179,7 @@ async def test_other_block_size_or_broken_index_empties_the_cache(tmp_path: Path
     src = CountingSource(lambda k: BS)
     key = BlockKey("z", 0)
     cache = await open_cache(root)
-    await cache.get_or_fetch(key, src.fetcher(key))
+    await read_through(cache, key, src.fetcher(key))
     await cache.aclose()
 
     cache = await open_cache(root, block_size=2 * BS)
@@ -184,7 +190,7 @@ async def test_other_block_size_or_broken_index_empties_the_cache(tmp_path: Path
     overwrite_index_with_garbage(root)
     cache = await open_cache(root, block_size=2 * BS)
     assert cache.keys() == []
-    assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
+    assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, BS)
     await cache.aclose()
 
 
@@ -203,7 +209,7 @@ async def test_fifty_concurrent_misses_fetch_once(tmp_path: Path) -> None:
     results: list[bytes] = []
 
     async def reader() -> None:
-        results.append(await cache.get_or_fetch(key, slow_fetch))
+        results.append(await read_through(cache, key, slow_fetch))
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -234,7 +240,7 @@ async def test_fetch_error_reaches_every_waiter_then_retries(tmp_path: Path) -> 
 
     async def reader() -> None:
         try:
-            await cache.get_or_fetch(key, failing_fetch)
+            await read_through(cache, key, failing_fetch)
         except OSError as exc:
             errors.append(exc)
 
@@ -251,7 +257,7 @@ async def test_fetch_error_reaches_every_waiter_then_retries(tmp_path: Path) -> 
     async def good_fetch() -> bytes:
         return b"ok"
 
-    assert await cache.get_or_fetch(key, good_fetch) == b"ok"
+    assert await read_through(cache, key, good_fetch) == b"ok"
     await cache.aclose()
 
 
@@ -270,7 +276,7 @@ async def test_cancelled_fetcher_lets_a_waiter_fetch(tmp_path: Path) -> None:
     result: list[bytes] = []
 
     async def waiter() -> None:
-        result.append(await cache.get_or_fetch(key, quick_fetch))
+        result.append(await read_through(cache, key, quick_fetch))
 
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
@@ -278,7 +284,7 @@ async def test_cancelled_fetcher_lets_a_waiter_fetch(tmp_path: Path) -> None:
 
             async def leader() -> None:
                 with leader_scope:
-                    await cache.get_or_fetch(key, hanging_fetch)
+                    await read_through(cache, key, hanging_fetch)
 
             tg.start_soon(leader)
             await anyio.wait_all_tasks_blocked()
@@ -297,7 +303,7 @@ async def test_oversized_fetch_is_refused(tmp_path: Path) -> None:
         return b"x" * (BS + 1)
 
     with pytest.raises(CacheError, match=r"4097 bytes, more than the block size 4096"):
-        await cache.get_or_fetch(BlockKey("big", 0), big)
+        await read_through(cache, BlockKey("big", 0), big)
     await cache.aclose()
 
 
@@ -310,7 +316,7 @@ async def test_lru_eviction_keeps_min_free_and_spares_pinned(tmp_path: Path) -> 
     keys = [BlockKey("e", i) for i in range(60)]
     async with cache.pinned([keys[0]]):
         for key in keys:
-            assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
+            assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, BS)
             usage = probe.usage()
             assert usage.free_bytes >= 4 * BS
     assert cache.stats.blocks == 36
@@ -327,8 +333,8 @@ async def test_prune_reacts_to_a_filling_filesystem(tmp_path: Path) -> None:
     src = CountingSource(lambda k: BS)
     keys = [BlockKey("f", i) for i in range(20)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
-    await cache.get_or_fetch(keys[0], src.fetcher(keys[0]))
+        await read_through(cache, key, src.fetcher(key))
+    await read_through(cache, keys[0], src.fetcher(keys[0]))
     assert await cache.prune() == 0
     probe.other_used_bytes = 85 * BS  # something else filled the disk
     evicted = await cache.prune()
@@ -344,7 +350,7 @@ async def test_block_not_stored_when_no_room_at_all(tmp_path: Path) -> None:
     cache = await open_cache(root, probe=probe)
     src = CountingSource(lambda k: BS)
     key = BlockKey("g", 0)
-    assert await cache.get_or_fetch(key, src.fetcher(key)) == block_bytes(key, BS)
+    assert await read_through(cache, key, src.fetcher(key)) == block_bytes(key, BS)
     assert key not in cache
     assert cache.stats.unstored_blocks == 1
     await cache.aclose()
@@ -393,7 +399,7 @@ async def test_cached_unpinned_blocks_count_as_reclaimable(tmp_path: Path) -> No
     src = CountingSource(lambda k: BS)
     keys = [BlockKey("h", i) for i in range(60)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     await cache.reserve("job", 100 * BS)  # 40 free + 60 reclaimable
     await cache.release("job")
     async with cache.pinned(keys[:10]):
@@ -408,8 +414,8 @@ async def test_closed_cache_refuses(tmp_path: Path) -> None:
     await cache.aclose()
     await cache.aclose()
     with pytest.raises(CacheError, match="closed"):
-        await cache.get_or_fetch(
-            BlockKey("a", 0), CountingSource(lambda k: 1).fetcher(BlockKey("a", 0))
+        await read_through(
+            cache, BlockKey("a", 0), CountingSource(lambda k: 1).fetcher(BlockKey("a", 0))
         )
 
 
@@ -446,7 +452,9 @@ async def test_concurrent_readers_under_eviction_pressure_get_correct_bytes(tmp_
     async def reader(n: int) -> None:
         for step in range(60):
             key = keys[(n * 7 + step * (n + 3)) % len(keys)]
-            if await cache.get_or_fetch(key, src.fetcher(key)) != block_bytes(key, src.length(key)):
+            if await read_through(cache, key, src.fetcher(key)) != block_bytes(
+                key, src.length(key)
+            ):
                 wrong.append(key)
 
     with anyio.fail_after(30):
@@ -466,15 +474,15 @@ async def test_read_range_serves_only_blocks_verified_in_this_process(tmp_path: 
     cache = await open_cache(tmp_path / "c")
     key, other = BlockKey("d", 1), BlockKey("d", 2)
     assert await cache.read_range(key, 0, 10) is None  # not cached
-    whole = await cache.get_or_fetch(key, src.fetcher(key))  # stored: verified
+    whole = await read_through(cache, key, src.fetcher(key))  # stored: verified
     assert await cache.read_range(key, 100, 200) == whole[100:300]
     assert await cache.read_range(key, BS - 1, 2) is None  # beyond the block
     assert await cache.read_range(key, -1, 2) is None
-    await cache.get_or_fetch(other, src.fetcher(other))
+    await read_through(cache, other, src.fetcher(other))
     await cache.aclose()
     reopened = await open_cache(tmp_path / "c")
     assert await reopened.read_range(key, 0, 10) is None  # a restart: not verified yet
-    assert await reopened.get_or_fetch(key, src.fetcher(key)) == whole  # checks the CRC
+    assert await read_through(reopened, key, src.fetcher(key)) == whole  # checks the CRC
     assert await reopened.read_range(key, 0, 10) == whole[:10]
     assert src.fetches[key] == 1
     # A block damaged before its first read after the restart is refetched, never served.
@@ -483,7 +491,7 @@ async def test_read_range_serves_only_blocks_verified_in_this_process(tmp_path: 
     raw[7] ^= 0x01
     path.write_bytes(raw)
     assert await reopened.read_range(other, 0, 10) is None
-    good = await reopened.get_or_fetch(other, src.fetcher(other))
+    good = await read_through(reopened, other, src.fetcher(other))
     assert good[7] != raw[7] and src.fetches[other] == 2
     assert await reopened.read_range(other, 0, 10) == good[:10]
     await reopened.aclose()
@@ -493,7 +501,7 @@ async def test_read_range_of_an_evicted_block_is_none(tmp_path: Path) -> None:
     src = CountingSource(lambda k: BS)
     cache = await open_cache(tmp_path / "c")
     key = BlockKey("d", 1)
-    await cache.get_or_fetch(key, src.fetcher(key))
+    await read_through(cache, key, src.fetcher(key))
     cache._forget(key)
     assert await cache.read_range(key, 0, 10) is None
     await cache.aclose()

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from cache_helpers import block_bytes
+from cache_helpers import block_bytes, read_through
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -87,7 +87,7 @@ async def test_hot_reads_keep_the_file_open_and_close_closes_it(tmp_path: Path) 
     src = VersionedSource()
     keys = [BlockKey("d", i) for i in range(5)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     assert open_block_files(root) == []  # stored, not read through read_range yet
     for _ in range(3):
         for key in keys:
@@ -105,7 +105,7 @@ async def test_at_most_max_open_files_stay_open(tmp_path: Path) -> None:
     src = VersionedSource()
     keys = [BlockKey("d", i) for i in range(10)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
         assert await cache.read_range(key, 0, BS) == src.expected(key)
         assert len(open_block_files(root)) <= 3
     # The three most recently read stay open: reading them again opens nothing new.
@@ -122,7 +122,7 @@ async def test_eviction_closes_the_file_and_a_refetch_reads_the_new_bytes(tmp_pa
     cache = await open_cache(root, probe=probe, min_free_percent=10.0)
     src = VersionedSource()
     key = BlockKey("d", 7)
-    first = await cache.get_or_fetch(key, src.fetcher(key))
+    first = await read_through(cache, key, src.fetcher(key))
     assert await cache.read_range(key, 0, BS) == first
     old_path = os.path.realpath(cache._block_path(key, cache._entries[key]))
     assert open_block_files(root) == [old_path]
@@ -133,7 +133,7 @@ async def test_eviction_closes_the_file_and_a_refetch_reads_the_new_bytes(tmp_pa
     assert await cache.read_range(key, 0, BS) is None
 
     probe.other_used_bytes = 0
-    second = await cache.get_or_fetch(key, src.fetcher(key))
+    second = await read_through(cache, key, src.fetcher(key))
     assert second != first and src.fetches[key] == 2
     assert await cache.read_range(key, 0, BS) == second
     assert await cache.read_range(key, 5, 50) == second[5:55]
@@ -155,7 +155,7 @@ async def test_a_closed_descriptor_is_never_read_even_when_its_number_is_reused(
     other = tmp_path / "other"
     other.write_bytes(b"\xee" * BS)
     for key in (a, b):
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
 
     # 1. The block is evicted right after a read.
     assert await cache.read_range(a, 0, BS) == src.expected(a)
@@ -170,7 +170,7 @@ async def test_a_closed_descriptor_is_never_read_even_when_its_number_is_reused(
 
     # 2. The block's descriptor leaves the LRU (max_open_files=1) for another block's.
     for key in (a, b):
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     assert await cache.read_range(a, 0, BS) == src.expected(a)
     assert await cache.read_range(b, BS, 1) is None  # opens b's file, closes a's; reads nothing
     fd = os.open(other, os.O_RDONLY)
@@ -186,17 +186,17 @@ async def test_a_block_found_corrupt_loses_its_kept_file(tmp_path: Path) -> None
     cache = await open_cache(root)
     src = VersionedSource()
     key = BlockKey("d", 1)
-    await cache.get_or_fetch(key, src.fetcher(key))
+    await read_through(cache, key, src.fetcher(key))
     assert await cache.read_range(key, 0, 10) is not None
     await cache.aclose()
-    # After a restart the block is verified again by get_or_fetch; damage makes it a miss,
+    # After a restart the block is verified again by a lookup; damage makes it a miss,
     # and the refetched copy is what read_range serves from then on.
     reopened = await open_cache(root)
     path = Path(reopened._block_path(key, reopened._entries[key]))
     raw = bytearray(path.read_bytes())
     raw[0] ^= 0xFF
     path.write_bytes(raw)
-    fresh = await reopened.get_or_fetch(key, src.fetcher(key))
+    fresh = await read_through(reopened, key, src.fetcher(key))
     assert src.fetches[key] == 2
     assert await reopened.read_range(key, 0, BS) == fresh
     assert open_block_files(root) == [
@@ -215,7 +215,7 @@ async def test_reads_that_miss_the_page_cache_go_to_a_thread_without_leaking(
     src = VersionedSource()
     keys = [BlockKey("d", i) for i in range(4)]
     for key in keys:
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
     before = len(os.listdir("/proc/self/fd"))
 
     async def read(key: BlockKey) -> None:
@@ -244,7 +244,7 @@ async def test_max_open_files_is_validated_and_capped_by_the_descriptor_limit(
     src = VersionedSource()
     for i in range(20):
         key = BlockKey("d", i)
-        await cache.get_or_fetch(key, src.fetcher(key))
+        await read_through(cache, key, src.fetcher(key))
         await cache.read_range(key, 0, 1)
     assert cache.open_files == len(open_block_files(root)) == 10  # a quarter of 40
     await cache.aclose()
@@ -302,7 +302,7 @@ class KeptFilesAgainstModel(RuleBasedStateMachine):
     def fetch(self, key: BlockKey) -> None:
         key = self._intern(key)
         held = key in self.cache
-        data = self.portal.call(self.cache.get_or_fetch, key, self.source.fetcher(key))
+        data = self.portal.call(read_through, self.cache, key, self.source.fetcher(key))
         assert data == self.source.expected(key)
         assert held or self.source.fetches[key] >= 1
         self._used(key)
@@ -356,7 +356,7 @@ async def test_a_file_range_handed_out_keeps_the_verified_bytes_through_eviction
     src = VersionedSource()
     key = BlockKey("d", 3)
     assert await cache.file_range(key, 0, 10) is None  # not cached
-    first = await cache.get_or_fetch(key, src.fetcher(key))
+    first = await read_through(cache, key, src.fetcher(key))
     assert await cache.file_range(key, 0, BS + 1) is None  # past the block
     rng = await cache.file_range(key, 100, 1000, eof=True)
     assert rng is not None and (rng.offset, rng.length, rng.eof) == (100, 1000, True)
@@ -365,7 +365,7 @@ async def test_a_file_range_handed_out_keeps_the_verified_bytes_through_eviction
         assert await cache.prune() == 1
         assert await cache.file_range(key, 0, 10) is None  # evicted: no new ranges
         probe.other_used_bytes = 0
-        second = await cache.get_or_fetch(key, src.fetcher(key))
+        second = await read_through(cache, key, src.fetcher(key))
         assert second != first
         assert os.pread(rng.fd, 1000, rng.offset) == first[100:1100]
     finally:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from liverecovery.catalog.vmdk import open_vmdk
 from liverecovery.config import MiB
-from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.nfs.client import NfsClient
@@ -46,8 +46,8 @@ async def served(image: Image, work: Path) -> AsyncIterator[tuple[NfsClient, byt
     folder, overlay_dir = work / "folder", work / "overlay"
     folder.mkdir(exist_ok=True)
 
-    async def overlay(read_base: ReadBase) -> DiskOverlay:
-        return await WriteOverlay.open(overlay_dir, size=image.size, read_base=read_base)
+    async def overlay() -> DiskOverlay:
+        return await WriteOverlay.open(overlay_dir, size=image.size)
 
     reader = open_vmdk(image.vmdk)
     flat = await FlatDisk.open(

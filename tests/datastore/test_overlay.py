@@ -1,5 +1,8 @@
 """WriteOverlay: copy-on-write semantics against a bytearray model, durability across restarts
-and crashes, damaged maps, concurrency, and a base that is never modified."""
+and crashes, damaged maps, concurrency, and a base that is never modified.
+
+The overlay never reads the base itself: each test serves it as its user does, a ``FlatDisk`` over
+the backup through a cache (``OverlaidDisk``), which hands it the base bytes of new blocks."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import stat
 import sys
 import tempfile
 import textwrap
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +25,13 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from liverecovery.backends import BlockKey
+from liverecovery.backends import AllocationRun, BlockCache, RunKind
 from liverecovery.cache import DiskBlockCache
-from liverecovery.datastore.overlay import WriteOverlay
+from liverecovery.datastore.flatdisk import FlatDisk, HoleMap
+from liverecovery.datastore.overlay import OverlayStats, WriteOverlay
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
+from liverecovery.testing import MemoryBlockCache
 
 BS = 4096
 SIZE = 5 * BS - 700  # a short last block
@@ -37,10 +42,11 @@ def base_pattern(size: int) -> bytes:
 
 
 class FileBase:
-    """The backup disk: a read-only file read with pread; counts calls."""
+    """The backup disk (a ``DiskReader``): a read-only file read with pread; counts calls."""
 
     def __init__(self, path: Path, size: int) -> None:
         path.write_bytes(base_pattern(size))
+        self.size = size
         self.path = path
         self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         self.fd = os.open(path, os.O_RDONLY)
@@ -50,9 +56,26 @@ class FileBase:
         self.calls.append((offset, length))
         return os.pread(self.fd, length, offset)
 
+    async def allocation(self) -> Sequence[AllocationRun]:
+        return [AllocationRun(0, self.size, RunKind.DATA)]
+
+    async def aclose(self) -> None:
+        pass
+
     def close_and_check_unchanged(self) -> None:
         os.close(self.fd)
         assert hashlib.sha256(self.path.read_bytes()).hexdigest() == self.sha256
+
+
+class SlowBase(FileBase):
+    """A backup whose reads take 10 ms."""
+
+    def __init__(self, base: FileBase) -> None:  # shares the file and the calls of ``base``
+        self.__dict__.update(base.__dict__)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        await anyio.sleep(0.01)
+        return await super().read(offset, length)
 
 
 @pytest.fixture
@@ -60,10 +83,44 @@ def base(tmp_path: Path) -> FileBase:
     return FileBase(tmp_path / "backup-flat.vmdk", SIZE)
 
 
+class OverlaidDisk:
+    """The overlay as the VM sees it: a ``FlatDisk`` over the backup, through a cache, that
+    writes to the overlay (closing it closes the overlay only)."""
+
+    def __init__(self, overlay: WriteOverlay, base: FileBase, cache: BlockCache) -> None:
+        self.overlay = overlay
+        self.flat = FlatDisk(
+            source="vm-flat.vmdk",
+            reader=base,
+            holes=HoleMap([AllocationRun(0, SIZE, RunKind.DATA)]),
+            cache=cache,
+            overlay=overlay,
+        )
+
+    @property
+    def stats(self) -> OverlayStats:
+        return self.overlay.stats
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return (await self.flat.read(offset, length))[0]
+
+    async def write(
+        self, offset: int, data: bytes, stability: Stability = Stability.UNSTABLE
+    ) -> Stability:
+        return await self.flat.write(offset, data, stability)
+
+    async def commit(self) -> None:
+        await self.overlay.commit()
+
+    async def aclose(self) -> None:
+        await self.overlay.aclose()
+
+
 async def open_overlay(
-    directory: Path, read_base: Callable[[int, int], Awaitable[bytes]]
-) -> WriteOverlay:
-    return await WriteOverlay.open(directory, size=SIZE, block_size=BS, read_base=read_base)
+    directory: Path, base: FileBase, cache: BlockCache | None = None
+) -> OverlaidDisk:
+    overlay = await WriteOverlay.open(directory, size=SIZE, block_size=BS)
+    return OverlaidDisk(overlay, base, cache or MemoryBlockCache(block_size=BS))
 
 
 # -- model-based: random writes, reads, commits, restarts and crashes --------------------------
@@ -103,7 +160,7 @@ async def run_model(
     # possible[i]: values byte i may hold after a crash (its durable value and any later
     # unstable, uncommitted ones).
     possible: list[set[int]] = [{b} for b in current]
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     for op in ops:
         if op[0] == "write":
             _, offset, length, seed, stability = op
@@ -128,17 +185,17 @@ async def run_model(
         else:
             await overlay.aclose()  # a clean restart keeps everything, committed or not
             possible = [{b} for b in current]
-            overlay = await open_overlay(directory, base.read)
+            overlay = await open_overlay(directory, base)
             assert await overlay.read(0, SIZE) == bytes(current)
     if crash_at_end:
         del overlay  # no commit, no close: the files are dropped with the object
-        overlay = await open_overlay(directory, base.read)
+        overlay = await open_overlay(directory, base)
         after = await overlay.read(0, SIZE)
         bad = [i for i in range(SIZE) if after[i] not in possible[i]]
         assert not bad, f"bytes {bad[:10]}... lost a durable write"
     else:
         await overlay.aclose()
-        overlay = await open_overlay(directory, base.read)
+        overlay = await open_overlay(directory, base)
         assert await overlay.read(0, SIZE) == bytes(current)
     await overlay.aclose()
 
@@ -153,7 +210,7 @@ def anyio_backend() -> str:
 
 @pytest.mark.anyio
 async def test_partial_write_copies_the_block_once(tmp_path: Path, base: FileBase) -> None:
-    overlay = await open_overlay(tmp_path / "ov", base.read)
+    overlay = await open_overlay(tmp_path / "ov", base)
     await overlay.write(BS + 10, b"abc", Stability.UNSTABLE)
     assert base.calls == [(BS, BS)]
     await overlay.write(BS + 100, b"def", Stability.FILE_SYNC)  # block already in the overlay
@@ -172,7 +229,7 @@ async def test_partial_write_copies_the_block_once(tmp_path: Path, base: FileBas
 
 @pytest.mark.anyio
 async def test_short_last_block_and_bounds(tmp_path: Path, base: FileBase) -> None:
-    overlay = await open_overlay(tmp_path / "ov", base.read)
+    overlay = await open_overlay(tmp_path / "ov", base)
     await overlay.write(SIZE - 5, b"12345", Stability.FILE_SYNC)
     assert overlay.stats.overlay_bytes == SIZE - 4 * BS
     assert await overlay.read(SIZE - 5, 100) == b"12345"
@@ -188,11 +245,7 @@ async def test_short_last_block_and_bounds(tmp_path: Path, base: FileBase) -> No
 async def test_concurrent_first_writes_to_one_block_keep_every_byte(
     tmp_path: Path, base: FileBase
 ) -> None:
-    async def slow_base(offset: int, length: int) -> bytes:
-        await anyio.sleep(0.01)
-        return await base.read(offset, length)
-
-    overlay = await open_overlay(tmp_path / "ov", slow_base)
+    overlay = await open_overlay(tmp_path / "ov", SlowBase(base))
     expected = bytearray(base_pattern(SIZE))
 
     async def writer(i: int) -> None:
@@ -211,7 +264,7 @@ async def test_concurrent_first_writes_to_one_block_keep_every_byte(
 @pytest.mark.anyio
 async def test_files_are_owner_only(tmp_path: Path, base: FileBase) -> None:
     directory = tmp_path / "ov"
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     await overlay.write(0, b"x", Stability.FILE_SYNC)
     await overlay.aclose()
     for path in (directory, *directory.iterdir()):
@@ -221,13 +274,13 @@ async def test_files_are_owner_only(tmp_path: Path, base: FileBase) -> None:
 @pytest.mark.anyio
 async def test_torn_map_tail_is_dropped(tmp_path: Path, base: FileBase) -> None:
     directory = tmp_path / "ov"
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     await overlay.write(0, b"stable", Stability.FILE_SYNC)
     await overlay.aclose()
     map_size = (directory / "map").stat().st_size
     with (directory / "map").open("ab") as f:
         f.write(b"\x07" * 17)  # a crash during an append of two records
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     assert await overlay.read(0, 6) == b"stable"
     assert (directory / "map").stat().st_size == map_size
     await overlay.aclose()
@@ -236,7 +289,7 @@ async def test_torn_map_tail_is_dropped(tmp_path: Path, base: FileBase) -> None:
 @pytest.mark.anyio
 async def test_damaged_map_refuses_to_open(tmp_path: Path, base: FileBase) -> None:
     directory = tmp_path / "ov"
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     await overlay.write(0, b"a", Stability.FILE_SYNC)
     await overlay.write(BS, b"b", Stability.FILE_SYNC)
     await overlay.aclose()
@@ -244,26 +297,26 @@ async def test_damaged_map_refuses_to_open(tmp_path: Path, base: FileBase) -> No
     raw[32 + 3] ^= 0xFF  # first record damaged, second intact
     (directory / "map").write_bytes(raw)
     with pytest.raises(OverlayError, match=r"map: block map record at byte 32 is damaged"):
-        await open_overlay(directory, base.read)
+        await open_overlay(directory, base)
 
 
 @pytest.mark.anyio
 async def test_other_geometry_refuses_to_open(tmp_path: Path, base: FileBase) -> None:
     directory = tmp_path / "ov"
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     await overlay.aclose()
     with pytest.raises(
         OverlayError, match=r"block size 4096 and disk size 19780, opened with block size 8192"
     ):
-        await WriteOverlay.open(directory, size=SIZE, block_size=2 * BS, read_base=base.read)
+        await WriteOverlay.open(directory, size=SIZE, block_size=2 * BS)
     (directory / "map").write_bytes(b"garbage" * 10)
     with pytest.raises(OverlayError, match="header is damaged"):
-        await open_overlay(directory, base.read)
+        await open_overlay(directory, base)
 
 
 @pytest.mark.anyio
 async def test_closed_overlay_refuses(tmp_path: Path, base: FileBase) -> None:
-    overlay = await open_overlay(tmp_path / "ov", base.read)
+    overlay = await open_overlay(tmp_path / "ov", base)
     await overlay.aclose()
     await overlay.aclose()
     with pytest.raises(OverlayError, match="closed"):
@@ -278,15 +331,15 @@ CHILD = textwrap.dedent(
 
     async def main(directory, base_path, size, bs):
         fd = os.open(base_path, os.O_RDONLY)
-        async def read_base(offset, length):
-            return os.pread(fd, length, offset)
-        overlay = await WriteOverlay.open(directory, size=size, block_size=bs, read_base=read_base)
+        overlay = await WriteOverlay.open(directory, size=size, block_size=bs)
         i = 0
         while True:
             offset = (i * 3001) % (size - 64)
             stability = Stability.FILE_SYNC if i % 3 == 0 else Stability.UNSTABLE
             print("start", i, flush=True)
-            await overlay.write(offset, i.to_bytes(4, "little") * 16, stability)
+            data = i.to_bytes(4, "little") * 16
+            base = {s: os.pread(fd, n, s) for s, n in overlay.to_fill(offset, len(data))}
+            await overlay.write(offset, data, stability, base)
             if stability == Stability.FILE_SYNC:
                 print("acked", i, flush=True)
             i += 1
@@ -333,7 +386,7 @@ async def test_sigkill_keeps_every_acknowledged_file_sync_write(
                     proc.send_signal(signal.SIGKILL)
                     killed = True
             await proc.wait()
-    overlay = await open_overlay(directory, base.read)
+    overlay = await open_overlay(directory, base)
     after = await overlay.read(0, SIZE)
     # For each byte: its last writer among every write the child started.
     owner: dict[int, int] = {}
@@ -364,7 +417,7 @@ def test_concurrent_disjoint_writes_all_land(cuts: list[int], stabilities: list[
     ranges = [(a, b) for a, b in itertools.pairwise(cuts) if b > a][::2]
 
     async def run(directory: Path, base: FileBase) -> None:
-        overlay = await open_overlay(directory, base.read)
+        overlay = await open_overlay(directory, base)
         expected = bytearray(base_pattern(SIZE))
 
         async def writer(i: int, start: int, stop: int) -> None:
@@ -378,7 +431,7 @@ def test_concurrent_disjoint_writes_all_land(cuts: list[int], stabilities: list[
                     tg.start_soon(writer, i, start, stop)
         assert await overlay.read(0, SIZE) == bytes(expected)
         await overlay.aclose()
-        overlay = await open_overlay(directory, base.read)
+        overlay = await open_overlay(directory, base)
         assert await overlay.read(0, SIZE) == bytes(expected)
         await overlay.aclose()
 
@@ -393,22 +446,7 @@ async def test_overlay_over_block_cache_over_backup(tmp_path: Path, base: FileBa
     """The read path of the datastore: overlay ▶ circular cache ▶ backup, with a cache block size
     (8 KiB) unlike the overlay's (4 KiB); the backup is read once per cache block."""
     cache = await DiskBlockCache.open(tmp_path / "cache", block_size=2 * BS)
-
-    async def through_cache(offset: int, length: int) -> bytes:
-        parts = []
-        for index in range(
-            offset // cache.block_size, (offset + length - 1) // cache.block_size + 1
-        ):
-            start = index * cache.block_size
-
-            async def fetch(start: int = start) -> bytes:
-                return await base.read(start, min(cache.block_size, SIZE - start))
-
-            parts.append(await cache.get_or_fetch(BlockKey("vm-flat.vmdk", index), fetch))
-        skip = offset % cache.block_size
-        return b"".join(parts)[skip : skip + length]
-
-    overlay = await open_overlay(tmp_path / "ov", through_cache)
+    overlay = await open_overlay(tmp_path / "ov", base, cache)
     expected = bytearray(base_pattern(SIZE))
     for offset, data in ((100, b"A" * 50), (BS * 3 - 10, b"B" * 30), (SIZE - 3, b"CCC")):
         await overlay.write(offset, data, Stability.FILE_SYNC)
@@ -428,7 +466,7 @@ async def test_concurrent_stable_writes_share_syncs_and_all_survive(
 ) -> None:
     """Group commit: concurrent FILE_SYNC writes need fewer syncs than writes, and every one of
     them is durable when acknowledged (the map is read back by a fresh open)."""
-    overlay = await open_overlay(tmp_path / "ov", base.read)
+    overlay = await open_overlay(tmp_path / "ov", base)
     expected = bytearray(base_pattern(SIZE))
     acknowledged: list[int] = []
 
@@ -448,7 +486,7 @@ async def test_concurrent_stable_writes_share_syncs_and_all_survive(
     assert len(acknowledged) == n
     assert overlay.stats.commits < n
     # Reopen without closing (no final commit): what a crash right now would find.
-    reopened = await open_overlay(tmp_path / "ov", base.read)
+    reopened = await open_overlay(tmp_path / "ov", base)
     assert await reopened.read(0, SIZE) == bytes(expected)
     await reopened.aclose()
     await overlay.aclose()

@@ -22,9 +22,9 @@ class RecordingCache(MemoryBlockCache):
         super().__init__(block_size=1 * MiB)
         self.order: list[BlockKey] = []
 
-    async def get_or_fetch(self, key, fetch):  # type: ignore[no-untyped-def]
+    async def lookup(self, key: BlockKey, offset: int, length: int) -> bytes | None:
         self.order.append(key)
-        return await super().get_or_fetch(key, fetch)
+        return await super().lookup(key, offset, length)
 
 
 async def two_disks(cache: MemoryBlockCache) -> list[FlatDisk]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.config import MiB
-from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.nfs.client import NfsClient
@@ -71,10 +71,8 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
     cache = await DiskBlockCache.open(tmp_path / "cache", block_size=BS)
     (tmp_path / "folder").mkdir()
 
-    async def overlay(read_base: ReadBase) -> DiskOverlay:
-        return await WriteOverlay.open(
-            tmp_path / "overlay", size=SIZE, read_base=read_base, block_size=OVERLAY_BS
-        )
+    async def overlay() -> DiskOverlay:
+        return await WriteOverlay.open(tmp_path / "overlay", size=SIZE, block_size=OVERLAY_BS)
 
     flat = await FlatDisk.open(source="vm/0", reader=backup, cache=cache, overlay=overlay)
     datastore = VirtualDatastore(LocalFilesystem(tmp_path / "folder"), {"vm-flat.vmdk": flat})

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from liverecovery.config import MiB
-from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ReadBase
+from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.errors import VSphereError
 from liverecovery.nfs.localfs import LocalFilesystem
@@ -40,8 +40,8 @@ scsi0:0.fileName = "vm.vmdk"
 """
 
 
-async def memory_overlay(read_base: ReadBase) -> DiskOverlay:
-    return MemoryOverlay(read_base)
+async def memory_overlay() -> DiskOverlay:
+    return MemoryOverlay()
 
 
 async def publish_vm(
