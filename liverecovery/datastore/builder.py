@@ -23,6 +23,7 @@ from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
 from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.threads import run_sync
 from liverecovery.nfs.localfs import LocalFilesystem
 
 __all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
@@ -61,7 +62,7 @@ class FreBuilder:
         root = self.job_dir(ctx)
         folder = root / "folder"
         overlays = root / "overlays"
-        await anyio.to_thread.run_sync(_make_private_dirs, folder, overlays)
+        await run_sync(_make_private_dirs, folder, overlays)
         vmx_text = await catalog.read_file(point, point.vmx_name)
         names = {d.key: flat_names(d) for d in point.disks}
         options = attrs.evolve(
@@ -81,7 +82,7 @@ class FreBuilder:
             files[point.nvram_name] = await catalog.read_file(point, point.nvram_name)
         for name, data in files.items():
             if not (folder / name).exists():  # a restart keeps what the ESX host changed
-                await anyio.to_thread.run_sync(_write_private, folder / name, data)
+                await run_sync(_write_private, folder / name, data)
         gate = ForegroundGate()
         disks: dict[str, FlatDisk] = {}
         try:
@@ -116,7 +117,7 @@ class FreBuilder:
 
     async def discard(self, ctx: StagingContext) -> None:
         """Remove the job's overlay directory (after the job, unless ``keep_overlay``)."""
-        await anyio.to_thread.run_sync(shutil.rmtree, self.job_dir(ctx), True)
+        await run_sync(shutil.rmtree, self.job_dir(ctx), True)
 
 
 def _make_private_dirs(*dirs: Path) -> None:

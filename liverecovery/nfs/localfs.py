@@ -23,11 +23,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Final, TypeVar
 
-import anyio.to_thread
-
 from liverecovery.errors import NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
-from liverecovery.io.threads import InlineWrites, on_own_fd, run_read, run_write
+from liverecovery.io.threads import InlineWrites, on_own_fd, run_read, run_sync, run_write
 from liverecovery.nfs.filesystem import (
     SERVER_TIME,
     CreateMode,
@@ -270,7 +268,7 @@ class LocalFilesystem(Filesystem):
 
     async def setattr(self, fileid: int, attributes: SetAttributes) -> FileAttributes:
         self._writable()
-        return await anyio.to_thread.run_sync(self._setattr, fileid, attributes)
+        return await run_sync(self._setattr, fileid, attributes)
 
     def _setattr(self, fileid: int, a: SetAttributes) -> FileAttributes:
         path = self._path(fileid)
@@ -422,7 +420,7 @@ class LocalFilesystem(Filesystem):
     ) -> int:
         self._writable()
         path = self._child(dir_id, name)
-        return await anyio.to_thread.run_sync(self._create, path, attributes, mode, verifier)
+        return await run_sync(self._create, path, attributes, mode, verifier)
 
     def _create(self, path: str, a: SetAttributes, mode: CreateMode, verifier: bytes) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -557,7 +555,7 @@ class LocalFilesystem(Filesystem):
 
     async def readdir(self, dir_id: int, cookie: int, max_entries: int) -> DirPage:
         dir_path = self._dir_path(dir_id)
-        listing = await anyio.to_thread.run_sync(self._listing, dir_id, dir_path)
+        listing = await run_sync(self._listing, dir_id, dir_path)
         start = bisect.bisect_right(listing.cookies, cookie) if cookie else 0
         end = start + max(max_entries, 0)
         page = listing.entries[start:end]
