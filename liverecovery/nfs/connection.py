@@ -72,6 +72,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         max_record: int,
         connections: set[RpcServerProtocol],
         partial_record_timeout: float = 60.0,
+        serving: Callable[[], bool] | None = None,
     ) -> None:
         self._partial_timeout = partial_record_timeout
         self._partial_timer: asyncio.TimerHandle | None = None
@@ -95,11 +96,19 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._outbox_bytes = 0
         self._outbox_full = False
         self._waiting_writable = False
+        self._serving = serving
+        """Whether the listener still serves; a connection made after it closed is aborted."""
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._serving is not None and not self._serving():
+            # Accepted by the kernel as the listener closed: asyncio still makes the
+            # connection after the server dropped every connection it knew of, and it must
+            # not outlive the server (a client would go on talking to its stale exports).
+            transport.abort()
+            return
         self._transport = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
         peer = transport.get_extra_info("peername")
@@ -379,13 +388,16 @@ async def listen(
     """
 
     def accept() -> RpcServerProtocol:
-        return RpcServerProtocol(
+        protocol = RpcServerProtocol(
             dispatch,
             max_in_flight=max_in_flight,
             max_record=max_record,
             connections=connections,
             partial_record_timeout=partial_record_timeout,
+            serving=lambda: listener.is_serving(),
         )
+        return protocol
 
     loop = asyncio.get_running_loop()
-    return await loop.create_server(accept, host, port, reuse_address=True)
+    listener = await loop.create_server(accept, host, port, reuse_address=True)
+    return listener
