@@ -117,3 +117,31 @@ def test_recover_names_a_missing_password(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "environment variable NOT_SET_ANYWHERE is not set" in out.stderr
+
+
+def test_placement_and_network_map_from_flags_and_job_file(tmp_path: Path) -> None:
+    from liverecovery.cli import build_parser
+    from liverecovery.cli.recover import RecoverConfig
+    from liverecovery.errors import SettingsError
+
+    base = ["recover", "--vcenter", "vc", "--user", "u", "--password-env", "PW", "--host", "h"]
+    base += [str(tmp_path), "--vm", "vm", "--datastore", "ds"]
+    flags = ["--folder", "Recovered", "--resource-pool", "Gold"]
+    flags += ["--network-map", "VM Network=DR Net", "--network-map", "Backup=DR Backup"]
+    parser = build_parser()
+    spec = RecoverConfig.from_args(parser.parse_args([*base, *flags]), need_job=True).spec()
+    assert (spec.folder, spec.resource_pool) == ("Recovered", "Gold")
+    assert spec.network_map == {"VM Network": "DR Net", "Backup": "DR Backup"}
+    job = tmp_path / "job.toml"
+    job.write_text(
+        'vcenter = "vc"\nuser = "u"\npassword_env = "PW"\nhost = "h"\nbackup = "b"\nvm = "vm"\n'
+        'datastore = "ds"\nfolder = "F"\n[network_map]\n"VM Network" = "DR Net"\n'
+    )
+    spec = RecoverConfig.from_args(
+        parser.parse_args(["recover", "--job-file", str(job)]), need_job=True
+    ).spec()
+    assert spec.folder == "F" and spec.network_map == {"VM Network": "DR Net"}
+    with pytest.raises(SettingsError, match="expected OLD=NEW"):
+        RecoverConfig.from_args(
+            parser.parse_args([*base, "--network-map", "nonsense"]), need_job=True
+        )
