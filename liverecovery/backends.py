@@ -27,11 +27,15 @@ __all__ = [
     "BlockKey",
     "CacheSpace",
     "CatalogReader",
+    "DEFAULT_NFS_MAX_VOLUMES",
+    "MAX_NFS_MAX_VOLUMES",
     "DatastoreBuilder",
+    "DatastoreFacts",
     "DiskInfo",
     "DiskReader",
     "DiskStats",
     "ExportInfo",
+    "HostFacts",
     "AllocationRun",
     "RunKind",
     "MediaKind",
@@ -41,6 +45,9 @@ __all__ = [
     "ServedDisk",
     "StagedVm",
     "StagingContext",
+    "Target",
+    "TargetFacts",
+    "TargetQuery",
     "VSphereClient",
     "VSphereInventory",
     "VmRef",
@@ -73,6 +80,9 @@ class DiskInfo:
     file_name: str
     capacity_bytes: int
     adapter: str = "lsilogic"
+    thin: bool = False
+    """Thin-provisioned in the backup: on the destination datastore it takes only its allocated
+    bytes, not its capacity (preflight's space rule)."""
 
 
 @attrs.frozen
@@ -369,6 +379,91 @@ class VmRef:
     vmx_path: str
 
 
+DEFAULT_NFS_MAX_VOLUMES = 32
+"""ESXi's default for the ``NFS.MaxVolumes`` advanced option (NFSv3 mounts per host) on ESXi
+6.0 to 8.0 (VMware KB 2239; 8 on 5.x and earlier). Used when a host does not report the option:
+the govmomi simulator, for one, has no ``NFS.*`` options."""
+
+MAX_NFS_MAX_VOLUMES = 256
+"""The largest ``NFS.MaxVolumes`` ESXi 5.0 to 8.0 accept."""
+
+
+@attrs.frozen(order=True)
+class Target:
+    """A vSphere object a job uses, named for messages: ``datastore 'ssd-01'``."""
+
+    kind: str
+    """``host``, ``datastore``, ``folder``, ``resource pool`` or ``network``."""
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name!r}" if self.name else f"the host's default {self.kind}"
+
+
+@attrs.frozen
+class TargetQuery:
+    """What preflight asks the ``VSphereClient`` about, all in one round: the host, the
+    datastores (destination, redirect), the port groups the VM's NICs use, the name the VM will
+    be registered under, the folder and pool when named, and the privileges needed per target."""
+
+    host: str
+    datastores: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    vm_name: str = ""
+    folder: str | None = None
+    resource_pool: str | None = None
+    privileges: Mapping[Target, tuple[str, ...]] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class HostFacts:
+    """The ESX host as vSphere reports it. ``found`` False: no host by that name (the rest
+    is then meaningless). ``connection_state`` is vSphere's ``connected``, ``disconnected``
+    or ``notResponding``."""
+
+    name: str
+    found: bool = True
+    connection_state: str = "connected"
+    maintenance: bool = False
+    nfs_datastores: tuple[str, ...] = ()
+    """Names of the NFSv3 datastores the host mounts now."""
+    nfs_max_volumes: int = DEFAULT_NFS_MAX_VOLUMES
+    networks: tuple[str, ...] = ()
+    """Names of the networks (standard and distributed port groups) the host has."""
+
+
+@attrs.frozen
+class DatastoreFacts:
+    """One datastore as the host sees it. ``exists``: somewhere in the inventory; ``mounted``:
+    on the job's host. Space in bytes; ``maintenance`` is vSphere's datastore maintenance
+    mode (``normal`` when not in one)."""
+
+    name: str
+    exists: bool = True
+    mounted: bool = True
+    accessible: bool = True
+    writable: bool = True
+    maintenance: str = "normal"
+    free_bytes: int = 0
+    capacity_bytes: int = 0
+    type: str = ""
+
+
+@attrs.frozen
+class TargetFacts:
+    """The answer to a ``TargetQuery``: plain facts, no decisions (``job/preflight.py``
+    decides). ``folder_found`` / ``resource_pool_found`` are None when the query named none;
+    ``granted`` holds, per target, the privileges of the query the session has, or is None when
+    the server cannot tell."""
+
+    host: HostFacts
+    datastores: Mapping[str, DatastoreFacts] = attrs.field(factory=dict, hash=False)
+    vm_name_taken: bool = False
+    folder_found: bool | None = None
+    resource_pool_found: bool | None = None
+    granted: Mapping[Target, frozenset[str]] | None = attrs.field(default=None, hash=False)
+
+
 @runtime_checkable
 class VSphereClient(Protocol):
     """**Protocol:** the calls a job makes to vCenter or an ESX host."""
@@ -381,8 +476,17 @@ class VSphereClient(Protocol):
 
     async def unmount_datastore(self, host: str, datastore: str) -> None: ...
 
-    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
-        """Register the VM whose .vmx is at ``vmx_path`` (``[datastore] folder/vm.vmx``)."""
+    async def register_vm(
+        self,
+        host: str,
+        vmx_path: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+    ) -> VmRef:
+        """Register the VM whose .vmx is at ``vmx_path`` (``[datastore] folder/vm.vmx``) into
+        the VM ``folder`` and ``resource_pool`` named (None: the client's defaults)."""
         ...
 
     async def unregister_vm(self, vm: VmRef) -> None: ...
@@ -395,6 +499,12 @@ class VSphereClient(Protocol):
         self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
     ) -> VmRef:
         """Storage vMotion every file of the running VM to ``datastore``."""
+        ...
+
+    async def describe(self, query: TargetQuery) -> TargetFacts:
+        """Facts about every target of a job, read before anything is touched (one round
+        trip where the API allows). Missing objects are facts (``found``/``exists`` False),
+        not errors. :raises VSphereError: the server could not be asked."""
         ...
 
     async def aclose(self) -> None: ...

@@ -18,11 +18,16 @@ __all__ = [
     "CacheSpaceError",
     "CatalogError",
     "ConcurrentSessionError",
+    "DatastoreSpaceError",
+    "DatastoreUnavailableError",
+    "FolderNotFoundError",
+    "HostUnavailableError",
     "JobCancelledError",
     "JobInterruptedError",
     "JobStateError",
     "LiveRecoveryError",
     "MultipleVmsError",
+    "NetworkNotFoundError",
     "NfsClientError",
     "NfsError",
     "NfsStatus",
@@ -30,10 +35,14 @@ __all__ = [
     "OverlayError",
     "PasskeyError",
     "PreflightError",
+    "PrivilegeError",
+    "ResourcePoolNotFoundError",
     "RollbackError",
     "SettingsError",
     "TapeBackupError",
+    "TargetError",
     "VSphereError",
+    "VmNameTakenError",
 ]
 
 
@@ -103,6 +112,48 @@ class PasskeyError(PreflightError):
 
 class CacheSpaceError(PreflightError):
     """The cache filesystem has less free space than the job needs."""
+
+
+class TargetError(PreflightError):
+    """A vSphere object the job would use is missing or unfit; ``target`` names it (``host
+    'esx01'``, ``datastore 'ssd-01'``...). Raised by preflight before anything is exported."""
+
+    def __init__(self, message: str, *, target: str = "") -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class HostUnavailableError(TargetError):
+    """The ESX host is not in the inventory, not connected, or in maintenance mode."""
+
+
+class DatastoreUnavailableError(TargetError):
+    """A datastore the job needs is missing, not mounted on the host, inaccessible, read-only
+    or in maintenance mode."""
+
+
+class DatastoreSpaceError(TargetError):
+    """A datastore has less free space than the recovered VM will take there."""
+
+
+class FolderNotFoundError(TargetError):
+    """The VM folder the spec names does not exist."""
+
+
+class ResourcePoolNotFoundError(TargetError):
+    """The resource pool the spec names does not exist."""
+
+
+class VmNameTakenError(TargetError):
+    """A VM with the name the recovered VM would be registered under already exists."""
+
+
+class NetworkNotFoundError(TargetError):
+    """A port group the VM's NICs connect to (after the spec's network map) is not on the host."""
+
+
+class PrivilegeError(TargetError):
+    """The vSphere session lacks a privilege the job needs on one of its targets."""
 
 
 class NfsVolumeLimitError(PreflightError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -23,6 +23,24 @@ def _nonempty(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
         raise SettingsError(f"RecoverySpec.{attr.name} must be a non-empty string")
 
 
+def _network_map(value: Mapping[str, str] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SettingsError("RecoverySpec.network_map must map old port group names to new ones")
+    for old, new in value.items():
+        if not isinstance(old, str) or not isinstance(new, str) or not old or not new.strip():
+            raise SettingsError(
+                f"RecoverySpec.network_map: {old!r} -> {new!r}: both must be non-empty strings"
+            )
+    return dict(value)
+
+
+def _optional_name(_inst: object, attr: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise SettingsError(f"RecoverySpec.{attr.name} must be a non-empty string when given")
+
+
 def _job_id(_inst: object, _attr: attrs.Attribute[str | None], value: str | None) -> None:
     if value is not None and not _NAME.match(value):
         raise SettingsError(
@@ -40,7 +58,10 @@ class RecoverySpec:
     datastore for the VM's writes (snapshot deltas, swap) instead of the NFS datastore.
     ``new_bios_uuid`` gives the recovered VM a new BIOS UUID (keep it, the default, when the VM
     replaces the original); ``disconnect_nics`` powers it on with its NICs disconnected (when
-    the original may still be on the network).
+    the original may still be on the network). ``folder`` and ``resource_pool`` name where the
+    VM is registered (default: the host's datacenter VM folder and its root pool);
+    ``network_map`` renames the port groups the .vmx names (old -> new), for a recovery site
+    whose networks differ.
     The passkey is never part of ``repr``.
     """
 
@@ -55,6 +76,9 @@ class RecoverySpec:
     new_bios_uuid: bool = False
     disconnect_nics: bool = False
     job_id: str | None = attrs.field(default=None, validator=_job_id)
+    folder: str | None = attrs.field(default=None, validator=_optional_name)
+    resource_pool: str | None = attrs.field(default=None, validator=_optional_name)
+    network_map: Mapping[str, str] = attrs.field(factory=dict, converter=_network_map, hash=False)
 
     @vms.validator
     def _check_vms(self, _attr: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
@@ -65,6 +89,11 @@ class RecoverySpec:
     def vm(self) -> str:
         """The VM to recover (the first, when several were given)."""
         return self.vms[0]
+
+    @property
+    def vm_name(self) -> str:
+        """The name the recovered VM is registered under."""
+        return self.vm + self.name_suffix
 
     @property
     def client_address(self) -> str:

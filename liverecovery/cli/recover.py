@@ -54,7 +54,25 @@ _KEYS = (
     "ca_file",
     "new_bios_uuid",
     "disconnect_nics",
+    "folder",
+    "resource_pool",
+    "network_map",
 )
+
+
+def _network_map(value: object) -> dict[str, str]:
+    """A job file's ``[network_map]`` table, or ``--network-map OLD=NEW`` flags."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs: dict[str, str] = {}
+    for item in value if isinstance(value, list) else [value]:
+        old, sep, new = str(item).partition("=")
+        if not sep or not old or not new:
+            raise SettingsError(f"--network-map {item!r}: expected OLD=NEW (port group names)")
+        pairs[old] = new
+    return pairs
 
 
 @attrs.frozen
@@ -77,6 +95,9 @@ class RecoverConfig:
     ca_file: str | None = None
     new_bios_uuid: bool = False
     disconnect_nics: bool = False
+    folder: str | None = None
+    resource_pool: str | None = None
+    network_map: dict[str, str] = attrs.field(factory=dict, converter=_network_map)
     settings: Settings = attrs.field(factory=Settings)
 
     @classmethod
@@ -137,6 +158,9 @@ class RecoverConfig:
             passkey=self.secret(self.passkey_env, "--passkey-env"),
             new_bios_uuid=self.new_bios_uuid,
             disconnect_nics=self.disconnect_nics,
+            folder=self.folder,
+            resource_pool=self.resource_pool,
+            network_map=self.network_map,
         )
 
 
@@ -227,6 +251,14 @@ def register(sub: Any) -> None:
     recover.add_argument("--new-bios-uuid", action="store_true", help="give the VM a new BIOS UUID")
     recover.add_argument(
         "--disconnect-nics", action="store_true", help="power on with the NICs disconnected"
+    )
+    recover.add_argument("--folder", help="the VM folder to register the VM in")
+    recover.add_argument("--resource-pool", help="the resource pool to register the VM in")
+    recover.add_argument(
+        "--network-map",
+        action="append",
+        metavar="OLD=NEW",
+        help="connect NICs on port group OLD to NEW instead (repeatable)",
     )
     _common(recover)
     recover.set_defaults(handler=run_recover)

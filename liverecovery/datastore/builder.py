@@ -72,6 +72,7 @@ class FreBuilder:
             folder=ctx.folder,
             regenerate_bios_uuid=self.options.regenerate_bios_uuid or ctx.spec.new_bios_uuid,
             disconnect_nics=self.options.disconnect_nics or ctx.spec.disconnect_nics,
+            network_map={**self.options.network_map, **ctx.spec.network_map},
         )
         vmx = rewrite_vmx(vmx_text, {k: v[0] for k, v in names.items()}, options)
         files: dict[str, bytes] = {point.vmx_name: vmx}

@@ -3,11 +3,13 @@
 The .vmx keeps every line it had (``VmxFile`` round-trips byte for byte) except the keys the
 recovery changes: each disk's ``fileName`` points at its flat descriptor; in the seed's second
 mode ``workingDir`` and ``sched.swap.dir`` send snapshot deltas and the swap file to an alternate
-datastore; optionally a display-name suffix, a new BIOS UUID, NICs that start disconnected.
+datastore; optionally a display-name suffix, a new BIOS UUID, NICs that start disconnected, and
+the port groups of the NICs renamed by the spec's network map (the recovery site's networks).
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 
@@ -17,7 +19,9 @@ from liverecovery.backends import DiskInfo
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.datastore.descriptor import FlatDescriptor
 
-__all__ = ["VmxOptions", "flat_descriptor", "rewrite_vmx"]
+__all__ = ["VmxOptions", "flat_descriptor", "nic_networks", "rewrite_vmx"]
+
+_NIC_NETWORK = re.compile(r"^(ethernet\d+)\.networkname$")
 
 
 @attrs.frozen
@@ -29,6 +33,29 @@ class VmxOptions:
     folder: str = ""
     regenerate_bios_uuid: bool = False
     disconnect_nics: bool = False
+    network_map: Mapping[str, str] = attrs.field(factory=dict, hash=False)
+    """Old port group name to new: each NIC's ``networkName`` found here is replaced."""
+
+
+def _present_nics(doc: VmxFile) -> dict[str, str]:
+    """``ethernetN`` to its ``networkName``, for the NICs present (``present`` not FALSE)."""
+    found: dict[str, str] = {}
+    for key, value in doc.with_prefix("ethernet").items():
+        match = _NIC_NETWORK.match(key)
+        if match is None:
+            continue
+        nic = match.group(1)
+        if (doc.get(f"{nic}.present") or "TRUE").strip().upper() == "FALSE":
+            continue
+        found[nic] = value
+    return dict(sorted(found.items()))
+
+
+def nic_networks(vmx: bytes, network_map: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The port group each present NIC (``ethernetN``) connects to, after ``network_map``: the
+    networks the ESX host must have for the VM to power on connected."""
+    mapping = network_map or {}
+    return {nic: mapping.get(name, name) for nic, name in _present_nics(VmxFile.parse(vmx)).items()}
 
 
 def rewrite_vmx(vmx: bytes, disk_files: Mapping[str, str], options: VmxOptions) -> bytes:
@@ -46,6 +73,10 @@ def rewrite_vmx(vmx: bytes, disk_files: Mapping[str, str], options: VmxOptions) 
         pairs = " ".join(f"{b:02x}" for b in uuid.uuid4().bytes)
         doc.set("uuid.bios", pairs[:23] + "-" + pairs[24:])
         doc.remove("uuid.location")
+    if options.network_map:
+        for nic, name in _present_nics(doc).items():
+            if name in options.network_map:
+                doc.set(f"{nic}.networkName", options.network_map[name])
     if options.disconnect_nics:
         nics = sorted({k.split(".", 1)[0] for k in doc.with_prefix("ethernet") if "." in k})
         for nic in nics:

@@ -47,6 +47,7 @@ from liverecovery.job.events import (
 from liverecovery.job.journal import Journal, JournalContents, spec_record
 from liverecovery.job.machine import JobMachine
 from liverecovery.job.sessions import SessionKind
+from liverecovery.job.sharing import datastore_name_for
 from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
 from liverecovery.job.summary import JobStats, JobSummary
 from liverecovery.spec import RecoverySpec
@@ -444,6 +445,14 @@ class RecoveryJob:
         self.point = point
         preflight.check_media(point)
         preflight.check_passkey(ctx.settings, point, spec.passkey)
+        await preflight.check_targets(
+            spec,
+            point,
+            ctx.settings,
+            ctx.backends.catalog,
+            ctx.backends.vsphere,
+            datastore_name_for(spec.esx_host),
+        )
         async with ctx.space_lock:
             await preflight.check_cache_space(ctx.settings, ctx.backends.cache, point, self.id)
         reserved = ctx.backends.cache.reservations().get(self.id, 0)
@@ -512,7 +521,11 @@ class RecoveryJob:
         # Journaled first: a restart finds a registration that finished after a crash by path.
         await self._record(effects.effect("registered").intent, vmx_path=vmx_path)
         vm = await vsphere.register_vm(
-            self.spec.esx_host, vmx_path, self.spec.vm + self.spec.name_suffix
+            self.spec.esx_host,
+            vmx_path,
+            self.spec.vm_name,
+            folder=self.spec.folder,
+            resource_pool=self.spec.resource_pool,
         )
         self.vm = vm
         await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)

@@ -28,7 +28,15 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.backends import (
+    DEFAULT_NFS_MAX_VOLUMES,
+    DatastoreFacts,
+    HostFacts,
+    ProgressCallback,
+    TargetFacts,
+    TargetQuery,
+    VmRef,
+)
 from liverecovery.catalog.vmdk.descriptor import ExtentType, parse_descriptor
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.config import MiB
@@ -180,7 +188,9 @@ class SimulatedEsxHost:
         name: str = "esx-sim",
         local_datastores: Sequence[str] = ("datastore1",),
         portmap_port: int = 111,
-        max_nfs_volumes: int = 8,
+        max_nfs_volumes: int = DEFAULT_NFS_MAX_VOLUMES,
+        networks: Sequence[str] = ("VM Network",),
+        local_datastore_bytes: int | None = 64 * 1024**4,
         heartbeat_s: float = 2.0,
         heartbeat_misses: int = 3,
         boot_read_bytes: int = 4 * MiB,
@@ -198,6 +208,19 @@ class SimulatedEsxHost:
             (self.root / ds).mkdir(parents=True, exist_ok=True)
         self.portmap_port = portmap_port
         self.max_nfs_volumes = max_nfs_volumes
+        self.local_datastore_bytes = local_datastore_bytes
+        """The capacity the local datastores report (64 TiB, VMFS's largest, by default: their
+        files are sparse, so free space is that less the bytes allocated under them); None:
+        measure the filesystem under ``datastore_root`` (statvfs)."""
+        self.networks: set[str] = set(networks)
+        """The port groups the host has (a test may change them)."""
+        self.maintenance = False
+        """In maintenance mode the host powers on no VM (a test may set it)."""
+        self.connection_state = "connected"
+        self.folders: set[str] = set()
+        self.resource_pools: set[str] = set()
+        self.datastore_facts: dict[str, DatastoreFacts] = {}
+        """Facts ``describe`` reports for a datastore instead of the measured ones."""
         self.heartbeat_s = heartbeat_s
         self.heartbeat_misses = heartbeat_misses
         self.boot_read_bytes = boot_read_bytes
@@ -426,10 +449,75 @@ class SimulatedEsxHost:
         while pending := [e for p, e in self._registering.items() if p.startswith(prefix)]:
             await pending[0].wait()
 
+    # -- preflight facts ---------------------------------------------------------------------------
+
+    async def describe(self, query: TargetQuery) -> TargetFacts:
+        """What the host knows of a job's targets: itself, its datastores (local ones measured
+        with statvfs, NFS ones with FSSTAT), its port groups and its VMs. A standalone host has
+        no users to ask about privileges: ``granted`` is None."""
+        await anyio.lowlevel.checkpoint()
+        if query.host != self.name:
+            return TargetFacts(host=HostFacts(query.host, found=False))
+        host = HostFacts(
+            self.name,
+            connection_state=self.connection_state,
+            maintenance=self.maintenance,
+            nfs_datastores=tuple(sorted(self.mounts)),
+            nfs_max_volumes=self.max_nfs_volumes,
+            networks=tuple(sorted(self.networks)),
+        )
+        datastores = {ds: await self._datastore_facts(ds) for ds in query.datastores}
+        return TargetFacts(
+            host=host,
+            datastores=datastores,
+            vm_name_taken=any(v.ref.name == query.vm_name for v in self.vms.values()),
+            folder_found=None if query.folder is None else query.folder in self.folders,
+            resource_pool_found=(
+                None if query.resource_pool is None else query.resource_pool in self.resource_pools
+            ),
+        )
+
+    async def _datastore_facts(self, name: str) -> DatastoreFacts:
+        if name in self.datastore_facts:
+            return self.datastore_facts[name]
+        if name in self.local_datastores:
+            if self.local_datastore_bytes is None:
+                st = await run_sync(os.statvfs, self.root / name)
+                free, capacity = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+            else:
+                capacity = self.local_datastore_bytes
+                free = max(0, capacity - await run_sync(_allocated_under, self.root / name))
+            return DatastoreFacts(name, free_bytes=free, capacity_bytes=capacity, type="VMFS")
+        mount = self.mounts.get(name)
+        if mount is None:
+            return DatastoreFacts(name, exists=False, mounted=False)
+        if not mount.accessible:
+            return DatastoreFacts(name, accessible=False, type="NFS")
+        with anyio.move_on_after(self.heartbeat_s):
+            stat = await mount.client.fsstat(mount.root)
+            return DatastoreFacts(
+                name, free_bytes=stat.abytes, capacity_bytes=stat.tbytes, type="NFS"
+            )
+        return DatastoreFacts(name, accessible=False, type="NFS")
+
     # -- registration ----------------------------------------------------------------------------
 
-    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+    async def register_vm(
+        self,
+        host: str,
+        vmx_path: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+    ) -> VmRef:
         self._check_host(host, "register_vm")
+        for kind, wanted, known in (
+            ("folder", folder, self.folders),
+            ("resource pool", resource_pool, self.resource_pools),
+        ):
+            if wanted is not None and wanted not in known:
+                raise self._fault("register_vm", f"{kind} {wanted!r} not found", "NotFound")
         m = re.match(r"^\[([^\]]+)\] (.+)/([^/]+\.vmx)$", vmx_path)
         if not m:
             raise self._fault(
@@ -545,6 +633,10 @@ class SimulatedEsxHost:
         async with self._vm_task(vm, "power_on") as state:
             if state.powered_on:
                 raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
+            if self.maintenance:
+                raise self._fault(
+                    "power_on", f"host {self.name} is in maintenance mode", "InvalidState"
+                )
             mount = await self._mount(state.datastore, "power_on")
             client = mount.client
             try:
@@ -777,6 +869,16 @@ class SimulatedEsxHost:
     def guest_writes(self, vm: VmRef) -> list[GuestWrite]:
         """Every write the guest made, in order."""
         return list(self._vm(vm, "guest_writes").writes)
+
+
+def _allocated_under(root: Path) -> int:
+    """Bytes allocated to the files under ``root`` (sparse files count their data only)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
 
 
 def _create_sparse(path: Path, size: int) -> None:

@@ -29,7 +29,15 @@ import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from liverecovery.backends import ProgressCallback, VmRef
+from liverecovery.backends import (
+    DatastoreFacts,
+    HostFacts,
+    ProgressCallback,
+    Target,
+    TargetFacts,
+    TargetQuery,
+    VmRef,
+)
 from liverecovery.errors import BackendError, LiveRecoveryError, VSphereError
 from liverecovery.sim.esx_host import GuestWrite, SimulatedEsxHost
 
@@ -44,6 +52,48 @@ def _vm(data: Any) -> VmRef:
 
 def _ref(vm: VmRef | None) -> dict[str, str] | None:
     return None if vm is None else attrs.asdict(vm)
+
+
+def _query_out(query: TargetQuery) -> dict[str, Any]:
+    data = attrs.asdict(query, recurse=False)
+    data["privileges"] = [[t.kind, t.name, list(p)] for t, p in query.privileges.items()]
+    return data
+
+
+def _query_in(data: dict[str, Any]) -> TargetQuery:
+    privileges = {Target(k, n): tuple(p) for k, n, p in data.pop("privileges")}
+    return TargetQuery(
+        **{**data, "datastores": tuple(data["datastores"]), "networks": tuple(data["networks"])},
+        privileges=privileges,
+    )
+
+
+def _facts_out(facts: TargetFacts) -> dict[str, Any]:
+    return {
+        "host": attrs.asdict(facts.host),
+        "datastores": [attrs.asdict(d) for d in facts.datastores.values()],
+        "vm_name_taken": facts.vm_name_taken,
+        "folder_found": facts.folder_found,
+        "resource_pool_found": facts.resource_pool_found,
+        "granted": None
+        if facts.granted is None
+        else [[t.kind, t.name, sorted(p)] for t, p in facts.granted.items()],
+    }
+
+
+def _facts_in(data: dict[str, Any]) -> TargetFacts:
+    host = dict(data["host"])
+    for key in ("nfs_datastores", "networks"):
+        host[key] = tuple(host[key])
+    granted = data["granted"]
+    return TargetFacts(
+        host=HostFacts(**host),
+        datastores={d["name"]: DatastoreFacts(**d) for d in data["datastores"]},
+        vm_name_taken=bool(data["vm_name_taken"]),
+        folder_found=data["folder_found"],
+        resource_pool_found=data["resource_pool_found"],
+        granted=None if granted is None else {Target(k, n): frozenset(p) for k, n, p in granted},
+    )
 
 
 class SimulatedHostServer:
@@ -122,7 +172,17 @@ class SimulatedHostServer:
             case "unmount_datastore":
                 return await host.unmount_datastore(p["host"], p["datastore"])
             case "register_vm":
-                return _ref(await host.register_vm(p["host"], p["vmx_path"], p["name"]))
+                return _ref(
+                    await host.register_vm(
+                        p["host"],
+                        p["vmx_path"],
+                        p["name"],
+                        folder=p.get("folder"),
+                        resource_pool=p.get("resource_pool"),
+                    )
+                )
+            case "describe":
+                return _facts_out(await host.describe(_query_in(p["query"])))
             case "unregister_vm":
                 return await host.unregister_vm(_vm(p["vm"]))
             case "power_on":
@@ -251,8 +311,28 @@ class RemoteSimulatedHost:
     async def unmount_datastore(self, host: str, datastore: str) -> None:
         await self.call("unmount_datastore", host=host, datastore=datastore)
 
-    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
-        return _vm(await self.call("register_vm", host=host, vmx_path=vmx_path, name=name))
+    async def register_vm(
+        self,
+        host: str,
+        vmx_path: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+    ) -> VmRef:
+        return _vm(
+            await self.call(
+                "register_vm",
+                host=host,
+                vmx_path=vmx_path,
+                name=name,
+                folder=folder,
+                resource_pool=resource_pool,
+            )
+        )
+
+    async def describe(self, query: TargetQuery) -> TargetFacts:
+        return _facts_in(await self.call("describe", query=_query_out(query)))
 
     async def unregister_vm(self, vm: VmRef) -> None:
         await self.call("unregister_vm", vm=_ref(vm))

@@ -18,17 +18,23 @@ import anyio
 import attrs
 
 from liverecovery.backends import (
+    DEFAULT_NFS_MAX_VOLUMES,
     AllocationRun,
     Backends,
     BlockCache,
     BlockKey,
     CacheSpace,
+    DatastoreFacts,
     DiskInfo,
     DiskReader,
     ExportInfo,
+    HostFacts,
     ProgressCallback,
     RestorePoint,
     RunKind,
+    Target,
+    TargetFacts,
+    TargetQuery,
     VmRef,
 )
 from liverecovery.cache.fills import Fills
@@ -442,6 +448,8 @@ class VmState:
     datastore: str
     powered_on: bool = False
     migrated: bool = False
+    folder: str | None = None
+    resource_pool: str | None = None
 
 
 def _datastore_of(vmx_path: str) -> str:
@@ -451,7 +459,13 @@ def _datastore_of(vmx_path: str) -> str:
 
 
 class MemoryVSphere:
-    """Hosts, NFS datastores and VMs in dictionaries, with vSphere's power-state rules."""
+    """Hosts, NFS datastores and VMs in dictionaries, with vSphere's power-state rules.
+
+    What ``describe`` reports can be set for tests: ``maintenance`` and ``disconnected`` hosts,
+    ``networks`` (port groups every host has), ``folders`` and ``resource_pools`` that exist,
+    ``datastore_facts`` (a datastore's facts by name, replacing the defaults: large, writable),
+    ``denied`` (privileges the session lacks per target) and ``privileges_known``.
+    """
 
     def __init__(
         self,
@@ -459,7 +473,8 @@ class MemoryVSphere:
         *,
         hosts: Sequence[str] = ("esx01",),
         local_datastores: Sequence[str] = ("datastore1",),
-        max_nfs_volumes: int = 8,
+        max_nfs_volumes: int = DEFAULT_NFS_MAX_VOLUMES,
+        networks: Sequence[str] = ("VM Network",),
     ) -> None:
         self.faults = faults or FaultPlan()
         self.hosts = set(hosts)
@@ -467,7 +482,54 @@ class MemoryVSphere:
         self.max_nfs_volumes = max_nfs_volumes
         self.datastores: dict[str, dict[str, tuple[str, str]]] = {h: {} for h in hosts}
         self.vms: dict[str, VmState] = {}
+        self.maintenance: set[str] = set()
+        self.disconnected: set[str] = set()
+        self.networks: set[str] = set(networks)
+        self.folders: set[str] = set()
+        self.resource_pools: set[str] = set()
+        self.datastore_facts: dict[str, DatastoreFacts] = {}
+        self.denied: dict[Target, set[str]] = {}
+        self.privileges_known = True
         self._next = 1
+
+    async def describe(self, query: TargetQuery) -> TargetFacts:
+        """The facts a ``TargetQuery`` asks for, from the dictionaries (and the settable ones)."""
+        await self.faults.hit("vsphere.describe")
+        name = query.host
+        if name not in self.hosts:
+            return TargetFacts(host=HostFacts(name, found=False))
+        host = HostFacts(
+            name,
+            connection_state="disconnected" if name in self.disconnected else "connected",
+            maintenance=name in self.maintenance,
+            nfs_datastores=tuple(sorted(self.datastores[name])),
+            nfs_max_volumes=self.max_nfs_volumes,
+            networks=tuple(sorted(self.networks)),
+        )
+        datastores: dict[str, DatastoreFacts] = {}
+        for ds in query.datastores:
+            if ds in self.datastore_facts:
+                datastores[ds] = self.datastore_facts[ds]
+            elif ds in self.local_datastores or ds in self.datastores[name]:
+                datastores[ds] = DatastoreFacts(
+                    ds, free_bytes=64 * 1024 * GiB, capacity_bytes=100 * 1024 * GiB
+                )
+            else:
+                datastores[ds] = DatastoreFacts(ds, exists=False, mounted=False)
+        granted = {
+            target: frozenset(p for p in wanted if p not in self.denied.get(target, set()))
+            for target, wanted in query.privileges.items()
+        }
+        return TargetFacts(
+            host=host,
+            datastores=datastores,
+            vm_name_taken=any(v.ref.name == query.vm_name for v in self.vms.values()),
+            folder_found=None if query.folder is None else query.folder in self.folders,
+            resource_pool_found=(
+                None if query.resource_pool is None else query.resource_pool in self.resource_pools
+            ),
+            granted=granted if self.privileges_known else None,
+        )
 
     def _fault(self, op: str, msg: str, fault: str) -> VSphereError:
         return VSphereError(msg, operation=f"vsphere.{op}", fault=fault)
@@ -509,8 +571,22 @@ class MemoryVSphere:
             )
         del mounts[datastore]
 
-    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
+    async def register_vm(
+        self,
+        host: str,
+        vmx_path: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+    ) -> VmRef:
         await self.faults.hit("vsphere.register_vm")
+        if folder is not None and folder not in self.folders:
+            raise self._fault("register_vm", f"folder {folder!r} not found", "NotFound")
+        if resource_pool is not None and resource_pool not in self.resource_pools:
+            raise self._fault(
+                "register_vm", f"resource pool {resource_pool!r} not found", "NotFound"
+            )
         mounts = self._host(host, "register_vm")
         ds = _datastore_of(vmx_path)
         if ds not in mounts and ds not in self.local_datastores:
@@ -519,7 +595,7 @@ class MemoryVSphere:
             raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
         ref = VmRef(moref=f"vm-{self._next}", name=name, vmx_path=vmx_path)
         self._next += 1
-        self.vms[ref.moref] = VmState(ref, host, ds)
+        self.vms[ref.moref] = VmState(ref, host, ds, folder=folder, resource_pool=resource_pool)
         return ref
 
     def _vm(self, vm: VmRef, op: str) -> VmState:

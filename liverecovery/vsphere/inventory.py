@@ -7,21 +7,26 @@ vCenter (and concurrent jobs mounting and unmounting) cannot change the inventor
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from liverecovery.backends import (
+    DEFAULT_NFS_MAX_VOLUMES,
+    DatastoreFacts,
+    HostFacts,
+    Target,
+    TargetFacts,
+    TargetQuery,
+)
 from liverecovery.errors import VSphereError
 from liverecovery.vsphere.vmomi import new
 
 __all__ = ["DEFAULT_NFS_MAX_VOLUMES", "VSphereInventory"]
 
-DEFAULT_NFS_MAX_VOLUMES = 8
-"""ESXi's default for the ``NFS.MaxVolumes`` advanced option (NFSv3 mounts per host).
-
-Used when the host does not report the option at all: the govmomi simulator, for one, has no
-``NFS.*`` options, and an ESXi host that lists none runs with its default.
-"""
+_HOST_PROPS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode"]
+_DATASTORE_PROPS = ["name", "summary", "host"]
 
 
 class VSphereInventory:
@@ -183,3 +188,170 @@ class VSphereInventory:
         """Names of the NFSv3 datastores ``host`` mounts."""
         # "NFS" is NFSv3, which NFS.MaxVolumes limits ("NFS41" has a limit of its own).
         return [name for _ds, name, kind in self.datastores_of(host) if kind == "NFS"]
+
+    # -- preflight facts ---------------------------------------------------------------------------
+
+    def _host_view(self, host: vim.HostSystem) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        """The host's properties, and (object, properties) of its datastores and networks, in
+        one property collection."""
+        pc = vmodl.query.PropertyCollector
+        selects = []
+        for name, path in (("datastores", "datastore"), ("networks", "network")):
+            traversal = new(pc.TraversalSpec)
+            traversal.name = name
+            traversal.path = path
+            traversal.skip = False
+            traversal.type = vim.HostSystem
+            selects.append(traversal)
+        obj_spec = new(pc.ObjectSpec)
+        obj_spec.obj = host
+        obj_spec.skip = False
+        obj_spec.selectSet = selects
+        specs = []
+        for vimtype, paths in (
+            (vim.HostSystem, _HOST_PROPS),
+            (vim.Datastore, _DATASTORE_PROPS),
+            (vim.Network, ["name"]),
+        ):
+            prop_spec = new(pc.PropertySpec)
+            prop_spec.type = vimtype
+            prop_spec.pathSet = paths
+            specs.append(prop_spec)
+        filter_spec = new(pc.FilterSpec)
+        filter_spec.objectSet = [obj_spec]
+        filter_spec.propSet = specs
+        host_props: dict[str, Any] = {}
+        datastores: list[Any] = []
+        networks: list[Any] = []
+        for content in self.content.propertyCollector.RetrieveContents([filter_spec]):
+            props = {p.name: p.val for p in content.propSet}
+            if isinstance(content.obj, vim.HostSystem):
+                host_props = props
+            elif isinstance(content.obj, vim.Datastore):
+                datastores.append((content.obj, props))
+            elif isinstance(content.obj, vim.Network):
+                networks.append((content.obj, props))
+        return host_props, datastores, networks
+
+    @staticmethod
+    def _datastore_facts(host: vim.HostSystem, name: str, props: dict[str, Any]) -> DatastoreFacts:
+        summary = props.get("summary")
+        mount = next(
+            (
+                m.mountInfo
+                for m in props.get("host") or ()
+                if getattr(m.key, "_moId", None) == host._moId
+            ),
+            None,
+        )
+        mounted = True if mount is None or mount.mounted is None else bool(mount.mounted)
+        accessible = bool(getattr(summary, "accessible", True))
+        if mount is not None and mount.accessible is not None:
+            accessible = accessible and bool(mount.accessible)
+        writable = mount is None or mount.accessMode != "readOnly"
+        return DatastoreFacts(
+            name,
+            mounted=mounted,
+            accessible=accessible,
+            writable=writable,
+            maintenance=str(getattr(summary, "maintenanceMode", None) or "normal"),
+            free_bytes=int(getattr(summary, "freeSpace", 0) or 0),
+            capacity_bytes=int(getattr(summary, "capacity", 0) or 0),
+            type=str(getattr(summary, "type", "") or ""),
+        )
+
+    def describe(
+        self, query: TargetQuery, vm_folder: str | None, resource_pool: str | None
+    ) -> TargetFacts:
+        """The facts for ``query``: the host and what it mounts and connects to in one property
+        collection, then lookups by name for the rest, then one privilege query.
+        ``vm_folder``/``resource_pool``: the client's defaults when the query names none."""
+        hosts = self.entities_named(vim.HostSystem, query.host)
+        if len(hosts) != 1:
+            return TargetFacts(host=HostFacts(query.host, found=False))
+        host = hosts[0]
+        host_props, datastores, networks = self._host_view(host)
+        mounted = {str(props.get("name")): (ds, props) for ds, props in datastores}
+        nets = {str(props.get("name")): net for net, props in networks}
+        facts = HostFacts(
+            query.host,
+            connection_state=str(host_props.get("runtime.connectionState") or "connected"),
+            maintenance=bool(host_props.get("runtime.inMaintenanceMode")),
+            nfs_datastores=tuple(
+                sorted(
+                    n
+                    for n, (_ds, p) in mounted.items()
+                    if getattr(p.get("summary"), "type", "") == "NFS"
+                )
+            ),
+            nfs_max_volumes=self.nfs_max_volumes(host),
+            networks=tuple(sorted(nets)),
+        )
+        ds_facts: dict[str, DatastoreFacts] = {}
+        entities: dict[Target, Any] = {Target("host", query.host): host}
+        for name in query.datastores:
+            if name in mounted:
+                ds, props = mounted[name]
+                ds_facts[name] = self._datastore_facts(host, name, props)
+                entities[Target("datastore", name)] = ds
+            else:
+                exists = bool(self.entities_named(vim.Datastore, name))
+                ds_facts[name] = DatastoreFacts(name, exists=exists, mounted=False)
+        for name in query.networks:
+            if name in nets:
+                entities[Target("network", name)] = nets[name]
+        folder_found = pool_found = None
+        if query.folder is not None:
+            folders = self.entities_named(vim.Folder, query.folder)
+            folder_found = bool(folders)
+            if folders:
+                entities[Target("folder", query.folder)] = folders[0]
+        else:
+            with contextlib.suppress(VSphereError):
+                entities[Target("folder", "")] = self.folder_for(host, vm_folder)
+        if query.resource_pool is not None:
+            pools = self.entities_named(vim.ResourcePool, query.resource_pool)
+            pool_found = bool(pools)
+            if pools:
+                entities[Target("resource pool", query.resource_pool)] = pools[0]
+        else:
+            with contextlib.suppress(VSphereError):
+                entities[Target("resource pool", "")] = self.pool_for(host, resource_pool)
+        taken = bool(query.vm_name) and bool(self.entities_named(vim.VirtualMachine, query.vm_name))
+        return TargetFacts(
+            host=facts,
+            datastores=ds_facts,
+            vm_name_taken=taken,
+            folder_found=folder_found,
+            resource_pool_found=pool_found,
+            granted=self.granted(query, entities),
+        )
+
+    def granted(
+        self, query: TargetQuery, entities: dict[Target, Any]
+    ) -> dict[Target, frozenset[str]] | None:
+        """Per target found, the privileges of ``query`` the session holds on it
+        (``AuthorizationManager.HasPrivilegeOnEntities``); None when the server cannot say."""
+        asked = {t: p for t, p in query.privileges.items() if t in entities and p}
+        manager = self.content.authorizationManager
+        session = (
+            self.content.sessionManager.currentSession if self.content.sessionManager else None
+        )
+        if not asked or manager is None or session is None:
+            return None
+        privileges = sorted({p for wanted in asked.values() for p in wanted})
+        targets = list(asked)
+        try:
+            answers = manager.HasPrivilegeOnEntities(
+                [entities[t] for t in targets], session.key, privileges
+            )
+        except vmodl.MethodFault:
+            return None  # an older server, or one that does not let the session ask
+        by_entity = {
+            a.entity._moId: {p.privId for p in a.privAvailability or () if p.isGranted}
+            for a in answers or ()
+        }
+        return {
+            t: frozenset(p for p in asked[t] if p in by_entity.get(entities[t]._moId, set()))
+            for t in targets
+        }

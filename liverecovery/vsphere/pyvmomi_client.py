@@ -31,7 +31,13 @@ from anyio.abc import AsyncResource
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
-from liverecovery.backends import ProgressCallback, VmRef, VSphereClient
+from liverecovery.backends import (
+    ProgressCallback,
+    TargetFacts,
+    TargetQuery,
+    VmRef,
+    VSphereClient,
+)
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
@@ -308,6 +314,17 @@ class PyvmomiVSphereClient(AsyncResource):
             lambda: self._inventory.folder_for(self._inventory.host(host), self._vm_folder),
         )
 
+    async def describe(self, query: TargetQuery) -> TargetFacts:
+        """Facts about a job's targets for preflight: the host (connection, maintenance mode,
+        NFS mounts and ``NFS.MaxVolumes``), its datastores and port groups in one property
+        collection, the folder, pool and VM name by name, and the session's privileges on
+        each (``HasPrivilegeOnEntities``). :raises VSphereError: vSphere could not be asked."""
+        return await self._call(
+            "vsphere.describe",
+            lambda: self._inventory.describe(query, self._vm_folder, self._resource_pool),
+            f"the targets on host {query.host}",
+        )
+
     # -- NFS datastores ---------------------------------------------------------------------------
 
     async def nfs_volumes(self, host: str) -> tuple[int, int]:
@@ -393,8 +410,18 @@ class PyvmomiVSphereClient(AsyncResource):
 
     # -- VMs --------------------------------------------------------------------------------------
 
-    async def register_vm(self, host: str, vmx_path: str, name: str) -> VmRef:
-        """Register the .vmx at ``vmx_path`` (``[datastore] folder/vm.vmx``) on ``host``.
+    async def register_vm(
+        self,
+        host: str,
+        vmx_path: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+    ) -> VmRef:
+        """Register the .vmx at ``vmx_path`` (``[datastore] folder/vm.vmx``) on ``host``, into
+        ``folder`` and ``resource_pool`` (default: the client's ``vm_folder`` and
+        ``resource_pool``, else the host's datacenter VM folder and root pool).
 
         :raises VSphereError: malformed path or unknown datastore (``InvalidDatastorePath``,
             ``NotFound``), missing files (``NotFound``), name taken (``AlreadyExists``)...
@@ -411,9 +438,9 @@ class PyvmomiVSphereClient(AsyncResource):
             system = self._inventory.host(host)
             # vCenter would fault on an unknown datastore too; checking first gives a clear error.
             self._inventory.host_datastore(system, match["datastore"])
-            folder = self._inventory.folder_for(system, self._vm_folder)
-            pool = self._inventory.pool_for(system, self._resource_pool)
-            return folder.RegisterVm(vmx_path, name, False, pool, system)
+            target = self._inventory.folder_for(system, folder or self._vm_folder)
+            pool = self._inventory.pool_for(system, resource_pool or self._resource_pool)
+            return target.RegisterVm(vmx_path, name, False, pool, system)
 
         subject = f"{vmx_path} on host {host}"
         task = await self._call("vsphere.register_vm", start, subject)

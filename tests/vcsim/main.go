@@ -18,7 +18,8 @@
 // it also stops when its stdin closes, so a test runner that dies leaves no simulator behind.
 //
 // The simulator keeps a NAS datastore's files in the directory named by its localPath, relative
-// to this process's working directory.
+// to this process's working directory; nfs.go fills it from the real NFS export when a VM is
+// registered there, as ESXi reads the VM folder over NFS.
 package main
 
 import (
@@ -58,6 +59,12 @@ type hostDatastoreSystem struct {
 // CreateNasDatastore mounts as the simulator does, then records the host mount the way ESXi
 // reports it (Datastore.host), which 0.24.2 leaves empty for NAS datastores.
 func (dss *hostDatastoreSystem) CreateNasDatastore(ctx *simulator.Context, req *types.CreateNasDatastore) soap.HasFault {
+	if err := mountNas(dss.Host.ConfigManager, req.Spec); err != nil {
+		body := new(methods.CreateNasDatastoreBody)
+		msg := fmt.Sprintf("NFS mount %s:%s failed: %s", req.Spec.RemoteHost, req.Spec.RemotePath, err)
+		body.Fault_ = simulator.Fault(msg, &types.HostConfigFault{})
+		return body
+	}
 	res := dss.HostDatastoreSystem.CreateNasDatastore(ctx, req)
 	body, ok := res.(*methods.CreateNasDatastoreBody)
 	if !ok || body.Res == nil {
@@ -125,6 +132,9 @@ func (dss *hostDatastoreSystem) RemoveDatastore(ctx *simulator.Context, req *typ
 	}
 	if !mountedByAny(hostRefs(), ref) {
 		removeEntity(ctx, ds)
+		if _, nas := ds.Info.(*types.NasDatastoreInfo); nas {
+			forgetNasDirectory(ds.Info.GetDatastoreInfo().Url)
+		}
 	}
 
 	body.Res = new(types.RemoveDatastoreResponse)
@@ -347,6 +357,8 @@ func main() {
 	}
 
 	server := model.Service.NewServer()
+	// No request has reached it yet: the URL is printed below.
+	server.Config.Handler = registerHook(server.Config.Handler)
 	fmt.Println(server.URL.String())
 
 	<-stop

@@ -1,64 +1,32 @@
-"""Whole jobs through ``LiveRecovery`` with the pyvmomi backend against the govmomi simulator.
+"""Whole jobs through ``LiveRecovery`` with the pyvmomi backend against the govmomi simulator and
+our real NFS server.
 
-The simulator keeps a NAS datastore's files in a local directory instead of mounting NFS, so
-the exporter here materialises each published VM folder into that directory (as the NFS
-mount would show it); everything vSphere does is the simulator's.
+ESXi reads a VM's folder from the NFS server when the VM is registered; the simulator keeps a
+NAS datastore's files in a local directory instead, so its launcher (tests/vcsim/nfs.go) fills
+that directory from our export through a real NFS client (libnfs' nfs-ls/nfs-cp) at
+registration, once the host option ``vcsim.nfs.port`` names our server's port. No file is placed
+by hand: power-on, serving, the storage vMotion and cleanup run to ``completed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
+from pyVmomi import vim
 
-from liverecovery import Backends, LiveRecovery, RecoverySpec, Settings, State
+from liverecovery import LiveRecovery, RecoverySpec, Settings, State
 from liverecovery.errors import VSphereError
+from liverecovery.job.migration import ManualMigration
 from liverecovery.job.sharing import datastore_name_for
-from liverecovery.nfs.exports import ExportInfo
-from liverecovery.nfs.filesystem import Filesystem, FileType
 from liverecovery.testing import FaultPlan, MemoryBlockCache, MemoryCatalog, faulty
 from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 
 from .conftest import HOST, LOCAL_DS, Inventory, Simulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-
-class DirectoryExporter:
-    """Publishes VM folders as plain directories under the simulator's NAS datastore path."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._exports: dict[str, ExportInfo] = {}
-
-    async def export(self, path: str, clients: Sequence[str]) -> ExportInfo:
-        self._exports[path] = ExportInfo(path, tuple(clients))
-        return self._exports[path]
-
-    async def unexport(self, path: str) -> None:
-        del self._exports[path]
-
-    async def publish(self, path: str, folder: str, filesystem: Filesystem) -> None:
-        target = self.root / folder
-        target.mkdir(parents=True)
-        page = await filesystem.readdir(filesystem.root_id, 0, 1000)
-        for entry in page.entries:
-            if (await filesystem.getattr(entry.fileid)).type is FileType.REG:
-                data, _ = await filesystem.read(entry.fileid, 0, 1 << 24)
-                (target / entry.name).write_bytes(data)
-        (target / "vmware.log").write_text("")  # ESXi creates it at registration
-
-    async def unpublish(self, path: str, folder: str) -> None:
-        for f in (self.root / folder).iterdir():
-            f.unlink()
-        (self.root / folder).rmdir()
-
-    def exports(self) -> Mapping[str, ExportInfo]:
-        return dict(self._exports)
-
-    async def aclose(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -74,21 +42,10 @@ async def vsphere(simulator: Simulator) -> AsyncIterator[PyvmomiVSphereClient]:
         yield client
 
 
-def world(simulator: Simulator, vsphere: PyvmomiVSphereClient, faults: FaultPlan, vm: str):  # type: ignore[no-untyped-def]
-    root = simulator.nfs_root / datastore_name_for(HOST)
-    root.mkdir(exist_ok=True)
-    catalog = MemoryCatalog()
-    catalog.add_vm(vm, disk_sizes=())
-    exporter = DirectoryExporter(root)
-    client = faulty(vsphere, faults, "vsphere")
-    backends = Backends(
-        exporter=exporter,
-        catalog=catalog,
-        cache=MemoryBlockCache(),
-        vsphere=client,
-        inventory=client,
-    )
-    return backends, exporter
+def serve_nfs_to_simulator(inventory: Inventory, port: int) -> None:
+    """tests/vcsim's hook: the host reads NAS datastores from the NFS server on ``port``."""
+    options = inventory.host().configManager.advancedOption
+    options.UpdateValues([vim.option.OptionValue(key="vcsim.nfs.port", value=str(port))])
 
 
 def settings(tmp: Path) -> Settings:
@@ -97,23 +54,57 @@ def settings(tmp: Path) -> Settings:
         migration_trigger="delay",
         compensation_retry_delay_s=0,
         nfs_address="127.0.0.1",
+        nfs_listen_host="127.0.0.1",
+        nfs_port=0,
+        portmap_port=0,
+        job_space_floor_bytes=0,
     )
 
 
-async def test_full_job_against_the_simulator(
+def catalog(vm: str) -> MemoryCatalog:
+    found = MemoryCatalog()
+    found.add_vm(vm, disk_sizes=(16 << 20,), data_per_disk=1 << 20)
+    return found
+
+
+def spec(vm: str) -> RecoverySpec:
+    return RecoverySpec(vm=vm, esx_host=HOST, datastore=LOCAL_DS, esx_address="127.0.0.1")
+
+
+async def test_full_job_reads_the_vm_folder_over_nfs(
     simulator: Simulator, vsphere: PyvmomiVSphereClient, inventory: Inventory, tmp_path: Path
 ) -> None:
     before = inventory.snapshot()
-    backends, exporter = world(simulator, vsphere, FaultPlan(), "sim-full")
-    async with LiveRecovery(settings(tmp_path), backends) as lr:
-        job = await lr.start(RecoverySpec(vm="sim-full", esx_host=HOST, datastore=LOCAL_DS))
+    mirror = simulator.nfs_root / datastore_name_for(HOST)
+    async with LiveRecovery.from_settings(
+        settings(tmp_path),
+        vsphere=vsphere,
+        catalog=catalog("sim-full"),
+        cache=MemoryBlockCache(),
+        migration_policy=ManualMigration(),
+    ) as lr:
+        assert lr.assembly is not None
+        serve_nfs_to_simulator(inventory, lr.assembly.server.port)
+        job = await lr.start(spec("sim-full"))
+        while job.state is not State.SERVING:
+            assert not job.done, job.errors
+            await anyio.sleep(0.01)
+        # What the simulator registered came over NFS: the .vmx as our export serves it, and
+        # the vmware.log it created on our export (through the overlay) at registration.
+        ours = tmp_path / "jobs" / job.id / "folder"
+        theirs = mirror / job.folder
+        assert (theirs / "sim-full.vmx").read_bytes() == (ours / "sim-full.vmx").read_bytes()
+        assert (ours / "vmware.log").exists()
+        assert inventory.vm("sim-full").runtime.powerState == "poweredOn"
+        await job.migrate_now()
         summary = await job.wait()
     assert summary.state is State.COMPLETED, summary.errors
     after = inventory.snapshot()
-    # The recovered VM runs on its destination; no NFS datastore is left on the host.
+    # The recovered VM runs on its destination; no NFS datastore is left on the host, and the
+    # simulator's mirror of our export is gone with the datastore.
     assert after.host_datastores == before.host_datastores
     assert ("sim-full", "poweredOn", (LOCAL_DS,)) in after.vms
-    assert not exporter.exports() and not any(exporter.root.iterdir())
+    assert not mirror.exists()
 
 
 @pytest.mark.parametrize(
@@ -122,7 +113,6 @@ async def test_full_job_against_the_simulator(
         "vsphere.mount_nfs_datastore",
         "vsphere.register_vm",
         "vsphere.power_on",
-        "vsphere.relocate",
     ],
 )
 async def test_rollback_after_each_vsphere_step_leaves_nothing(
@@ -136,11 +126,18 @@ async def test_rollback_after_each_vsphere_step_leaves_nothing(
     faults = FaultPlan()
     faults.fail(operation, VSphereError("injected", operation=operation, fault="SystemError"))
     vm = f"sim-{operation.split('.')[1]}"
-    backends, exporter = world(simulator, vsphere, faults, vm)
-    async with LiveRecovery(settings(tmp_path), backends) as lr:
-        job = await lr.start(RecoverySpec(vm=vm, esx_host=HOST, datastore=LOCAL_DS))
+    async with LiveRecovery.from_settings(
+        settings(tmp_path),
+        vsphere=faulty(vsphere, faults, "vsphere"),
+        catalog=catalog(vm),
+        cache=MemoryBlockCache(),
+    ) as lr:
+        assert lr.assembly is not None
+        serve_nfs_to_simulator(inventory, lr.assembly.server.port)
+        job = await lr.start(spec(vm))
         with pytest.raises(VSphereError, match="injected"):
             await job.wait()
+        assert not lr.backends.exporter.exports()
     assert job.state is State.FAILED and len(job.errors) == 1
     assert inventory.snapshot() == before
-    assert not exporter.exports() and not any(exporter.root.iterdir())
+    assert not (simulator.nfs_root / datastore_name_for(HOST)).exists()

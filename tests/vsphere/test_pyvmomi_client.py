@@ -235,8 +235,9 @@ async def test_nfs_max_volumes_missing_option_means_esxi_default(
                 await client.unmount_datastore(HOST, name)
     error = caught.value
     assert isinstance(error, PreflightError)
-    assert (error.host, error.mounted, error.limit) == (HOST, 8, 8)
-    assert "NFS.MaxVolumes is 8" in str(error) and names[-1] in str(error)
+    limit = DEFAULT_NFS_MAX_VOLUMES
+    assert (error.host, error.mounted, error.limit) == (HOST, limit, limit)
+    assert f"NFS.MaxVolumes is {limit}" in str(error) and names[-1] in str(error)
     assert inventory.snapshot() == baseline
 
 
