@@ -196,6 +196,11 @@ class Settings:
         default=3, validator=_positive("compensation_attempts")
     )
     compensation_retry_delay_s: float = attrs.field(default=1.0, validator=_non_negative_float())
+    migration_retries: int = attrs.field(default=5, validator=_non_negative_int)
+    """How many times a failed storage vMotion is retried by itself (the VM keeps running from the
+    backup meanwhile); after that the job keeps serving until an operator's ``migrate-now``."""
+    migration_backoff_s: float = attrs.field(default=60.0, validator=_non_negative_float())
+    """The wait before the first retry of a failed storage vMotion; it doubles with each retry."""
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     @property

@@ -20,6 +20,7 @@ __all__ = [
     "ConcurrentSessionError",
     "JobCancelledError",
     "JobInterruptedError",
+    "JobLeftRunningError",
     "JobStateError",
     "LiveRecoveryError",
     "MultipleVmsError",
@@ -51,6 +52,12 @@ class JobStateError(LiveRecoveryError):
 
 class JobInterruptedError(LiveRecoveryError):
     """The process running a job stopped; on resume the job was rolled back."""
+
+
+class JobLeftRunningError(JobInterruptedError):
+    """The job's process stopped serving while its VM runs from the backup (``LiveRecovery``
+    exited, or resuming could not re-establish it): the VM, its export and its journal are
+    left in place, and ``resume`` serves it again."""
 
 
 class JobCancelledError(LiveRecoveryError):

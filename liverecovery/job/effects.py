@@ -9,8 +9,11 @@ the journal of a process that died (``adopted=True``). So each undo is written o
 vSphere is asked first and an undo already done is not an error — while one made here is undone
 outright, its failure a rollback error.
 
-A ``vm_bound`` undo takes the VM down: it is dropped once the storage vMotion has finished, so a
-rollback never powers off or unregisters a migrated VM.
+A ``vm_bound`` undo takes the VM down. It runs only in a rollback that starts before the VM runs
+from the backup, or on the operator's explicit ``stop(power_off=True)`` (or when resume finds the
+VM already powered off): the state table has no ``fail`` or ``cancel`` out of ``serving`` and
+``migrating``. It is dropped once the storage vMotion has finished, so a migrated VM is never
+powered off or unregistered.
 """
 
 from __future__ import annotations

@@ -96,6 +96,7 @@ def settings(tmp: Path) -> Settings:
         job_results_dir=tmp,
         migration_trigger="delay",
         compensation_retry_delay_s=0,
+        migration_backoff_s=0.1,
         nfs_address="127.0.0.1",
     )
 
@@ -122,7 +123,6 @@ async def test_full_job_against_the_simulator(
         "vsphere.mount_nfs_datastore",
         "vsphere.register_vm",
         "vsphere.power_on",
-        "vsphere.relocate",
     ],
 )
 async def test_rollback_after_each_vsphere_step_leaves_nothing(
@@ -144,3 +144,23 @@ async def test_rollback_after_each_vsphere_step_leaves_nothing(
     assert job.state is State.FAILED and len(job.errors) == 1
     assert inventory.snapshot() == before
     assert not exporter.exports() and not any(exporter.root.iterdir())
+
+
+async def test_a_failed_relocate_keeps_the_vm_running_and_is_retried(
+    simulator: Simulator, vsphere: PyvmomiVSphereClient, inventory: Inventory, tmp_path: Path
+) -> None:
+    """After power-on a failed storage vMotion never rolls back (issue 2/8): the VM keeps
+    running from the backup and the retry brings it home."""
+    faults = FaultPlan()
+    op = "vsphere.relocate"
+    faults.fail(op, VSphereError("injected", operation=op, fault="SystemError"))
+    backends, exporter = world(simulator, vsphere, faults, "sim-retry")
+    async with LiveRecovery(settings(tmp_path), backends) as lr:
+        job = await lr.start(RecoverySpec(vm="sim-retry", esx_host=HOST, datastore=LOCAL_DS))
+        summary = await job.wait()
+    assert summary.state is State.COMPLETED, summary.errors
+    assert faults.count(op) == 2
+    assert "vsphere.power_off" not in faults.calls
+    assert State.ROLLING_BACK not in job.states_visited
+    assert ("sim-retry", "poweredOn", (LOCAL_DS,)) in inventory.snapshot().vms
+    assert not exporter.exports()
