@@ -254,7 +254,7 @@ async def test_a_resumed_running_job_never_powers_its_vm_off(tmp_path: Path) -> 
     async with LiveRecovery(settings, world.backends) as lr2:
         (resumed,) = await lr2.resume()
         with anyio.fail_after(10):
-            while "used up" not in resumed.last_warning:
+            while resumed.state is not State.SERVING or "used up" not in resumed.last_warning:
                 await anyio.sleep(0.01)
         assert resumed.state is State.SERVING
         with pytest.raises(JobStateError, match="running from the backup"):
@@ -310,7 +310,7 @@ async def test_operator_verbs_over_the_control_socket(tmp_path: Path) -> None:
                 assert "--power-off" in refused["error"]
                 # The first migration fails (no automatic retry): status shows it.
                 await request(path, {"op": "migrate_now", "job": job.id})
-                while "storage vMotion failed" not in job.last_warning:
+                while job.state is not State.SERVING or "vMotion failed" not in job.last_warning:
                     await anyio.sleep(0.01)
                 (st,) = (await request(path, {"op": "status"}))["jobs"]
                 assert st["state"] == "serving" and "injected failure" in st["last_warning"]
