@@ -611,7 +611,7 @@ class RecoveryJob:
                     await self.staged.filesystem.aclose()
             await self._record("left_running", strict=False, state=self.state.value, why=why)
         self._warn(message)
-        _log.warning("job %s: %s", self.id, message)
+        _log.info("job %s: %s", self.id, message)
 
     def _left_running_message(self) -> str:
         return f"job {self.id}: {self._last_warning}"

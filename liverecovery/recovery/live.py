@@ -23,6 +23,7 @@ Enabler (``liverecovery.recovery.assembly``)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -60,6 +61,8 @@ from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["LiveRecovery"]
+
+_log = logging.getLogger(__name__)
 
 
 def default_policy(settings: Settings) -> MigrationPolicy:
@@ -162,6 +165,14 @@ class LiveRecovery:
         finally:
             self._tg = None
             self.sessions.release_all()
+            if left := self.left_running:
+                _log.warning(
+                    "left %d job(s) running from the backup (their VMs are production and are "
+                    "never powered off automatically): %s; LiveRecovery.resume() or "
+                    "'liverecovery resume' serves them again",
+                    len(left),
+                    ", ".join(f"{j.id} (VM {j.spec.vm})" for j in left),
+                )
 
     @property
     def left_running(self) -> list[RecoveryJob]:
