@@ -151,6 +151,8 @@ class Timeouts:
     migrate: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive("timeouts.migrate"))
     cleanup: float = attrs.field(default=300.0, validator=_positive("timeouts.cleanup"))
     compensation: float = attrs.field(default=300.0, validator=_positive("timeouts.compensation"))
+    resume: float = attrs.field(default=600.0, validator=_positive("timeouts.resume"))
+    """Reconciling a resumed job with vSphere and re-establishing its export, mount and folder."""
 
 
 @attrs.frozen

@@ -470,7 +470,7 @@ class RecoveryJob:
         try:
             if self._resumed is not None and not self._step_error:
                 try:
-                    await self._reconcile(self._resumed)
+                    await self._reconcile_bounded(self._resumed)
                 except Exception as exc:
                     self._step_error = exc
                     self._errors.append(exc)
@@ -821,6 +821,18 @@ class RecoveryJob:
         self._start_background()
 
     # -- resuming after a restart ------------------------------------------------------------------
+
+    async def _reconcile_bounded(self, contents: JournalContents) -> None:
+        """``_reconcile`` within ``timeouts.resume``: a hung vCenter fails the resume."""
+        bound = self._ctx.settings.timeouts.resume
+        with anyio.move_on_after(bound) as deadline:
+            await self._reconcile(contents)
+        if deadline.cancelled_caught:
+            raise BackendTimeoutError(
+                f"resuming job {self.id} did not finish within timeouts.resume = {bound:g} s "
+                "(vSphere, the catalog or the export did not answer)",
+                operation="resume",
+            )
 
     async def _reconcile(self, contents: JournalContents) -> None:
         """Compare the journal with reality (``reconcile.py``), re-establish what a continuing

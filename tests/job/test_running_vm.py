@@ -16,8 +16,10 @@ from liverecovery.errors import (
     JobLeftRunningError,
     JobStateError,
     SettingsError,
+    VSphereError,
 )
 from liverecovery.job.job import RecoveryJob, retry_delay
+from liverecovery.job.journal import unfinished_journals
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import RUNNING_STATES, TRANSITIONS, State
 from liverecovery.recovery.control import ControlServer, request, socket_path
@@ -347,3 +349,45 @@ async def test_a_stop_that_cannot_power_off_keeps_serving_the_vm() -> None:
         State.FAILED,
     )
     assert world.clean() and not world.vsphere.vms
+
+
+async def _left_serving(world: World, settings: Settings) -> RecoveryJob:
+    async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
+        job = await lr.start(spec())
+        await _until(job, State.SERVING)
+    assert job.left_running
+    return job
+
+
+async def test_a_hung_resume_fails_within_its_bound_and_leaves_the_vm_running(
+    tmp_path: Path,
+) -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path, timeouts=Timeouts(resume=0.2))
+    await _left_serving(world, settings)
+    world.faults.hang("vsphere.nfs_datastores", times=99)
+    async with LiveRecovery(settings, world.backends) as lr:
+        (resumed,) = await lr.resume()
+        with anyio.fail_after(5), pytest.raises(JobLeftRunningError, match=r"timeouts\.resume"):
+            await resumed.wait()
+    assert _running(world) == ["web01"]
+    assert "vsphere.power_off" not in world.faults.calls
+    assert len(unfinished_journals(tmp_path)) == 1  # a later resume tries again
+
+
+async def test_a_power_state_vsphere_cannot_tell_never_takes_the_vm_down(tmp_path: Path) -> None:
+    """Resume asks vSphere whether the VM runs; an error that is not "not found" is no answer:
+    the job serves on (the journal says the VM runs) rather than undo a running VM."""
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _left_serving(world, settings)
+    world.faults.fail("vsphere.power_state", VSphereError("busy", fault="SystemError"))
+    async with LiveRecovery(settings, world.backends) as lr:
+        (resumed,) = await lr.resume()
+        with anyio.fail_after(10):
+            summary = await resumed.wait()
+    assert summary.state is State.COMPLETED
+    assert "vsphere.power_off" not in world.faults.calls
+    assert "vsphere.unregister_vm" not in world.faults.calls
