@@ -113,6 +113,12 @@ class UndoTarget(Protocol):
     @property
     def staged(self) -> StagedVm | None: ...
 
+    @property
+    def keep_overlay(self) -> bool:
+        """Keep the VM's write overlay when its folder is unpublished (``keep_overlay``, or the
+        VM's writes may still be wanted)."""
+        ...
+
     def staging_context(self, datastore: str | None = None) -> StagingContext: ...
 
 
@@ -203,7 +209,7 @@ async def _unpublish(job: UndoTarget, data: Mapping[str, Any], adopted: bool) ->
         assert job.staged is not None
         await ctx.backends.exporter.unpublish(path, folder)
         await job.staged.filesystem.aclose()
-    if not ctx.settings.keep_overlay:
+    if not job.keep_overlay:
         await ctx.builder.discard(staging)
 
 

@@ -215,6 +215,13 @@ class RecoveryJob:
         )
 
     @property
+    def keep_overlay(self) -> bool:
+        """Whether undoing the folder keeps the write overlay: ``keep_overlay`` is set, or the
+        VM was powered off outside the job (found on resume), so the writes it made while it
+        ran from the backup may be all there is of them."""
+        return self._ctx.settings.keep_overlay or self._vm_lost
+
+    @property
     def last_warning(self) -> str:
         return self._last_warning
 
@@ -384,10 +391,9 @@ class RecoveryJob:
         """Start (or retry) the storage vMotion now, without waiting for the migration policy
         or a retry's back-off.
 
-        :raises JobStateError: the job has ended, is rolling back, or its VM is not running
-            from the backup yet.
+        :raises JobStateError: the job has ended or is rolling back.
         """
-        if self.done or self.state in (State.ROLLING_BACK, State.CLEANING_UP):
+        if self.done or self.state is State.ROLLING_BACK:
             raise JobStateError(f"job {self.id} is {self.state.value}; nothing to migrate")
         self._migrate_now.set()
         await anyio.lowlevel.checkpoint()
@@ -862,6 +868,11 @@ class RecoveryJob:
             if self.state in RUNNING_STATES:
                 # Resumed as running, but vSphere says the VM is powered off (outside the job).
                 self._vm_lost = True
+                self._warn(
+                    "the VM was powered off outside the job while it ran from the backup: the "
+                    "rest is undone, but its write overlay (the writes it made) is kept under "
+                    f"{self._ctx.settings.job_results_dir / 'jobs' / self.id}"
+                )
                 await self._fire("vm_lost")
             elif self.state is not State.ROLLING_BACK:
                 await self._fire("fail")

@@ -264,6 +264,7 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
                         await anyio.lowlevel.checkpoint()
 
             self.run(finish())
+            self.no_automatic_power_off_after_power_on()
             for job in self.started:
                 assert job.state in TERMINAL_STATES, (job.id, job.state)
                 if job.state is State.COMPLETED:

@@ -391,3 +391,31 @@ async def test_a_power_state_vsphere_cannot_tell_never_takes_the_vm_down(tmp_pat
     assert summary.state is State.COMPLETED
     assert "vsphere.power_off" not in world.faults.calls
     assert "vsphere.unregister_vm" not in world.faults.calls
+
+
+async def test_a_vm_powered_off_outside_the_job_keeps_its_writes(tmp_path: Path) -> None:
+    """Found powered off on resume, the rest is undone, but the overlay holding the writes the
+    VM made while it ran from the backup is kept (they may be all there is of them)."""
+    from liverecovery.backends import StagingContext
+    from liverecovery.datastore.copying import CopyingBuilder
+
+    discarded: list[str] = []
+
+    class Spy(CopyingBuilder):
+        async def discard(self, ctx: StagingContext) -> None:
+            discarded.append(ctx.job_id)
+            await super().discard(ctx)
+
+    world = World()
+    world.catalog.add_vm("web01")
+    settings = fast_settings(job_results_dir=tmp_path)
+    await _left_serving(world, settings)
+    for vm in world.vsphere.vms.values():
+        vm.powered_on = False  # an operator powered it off while no process served it
+    async with LiveRecovery(settings, world.backends, builder=Spy()) as lr:
+        (resumed,) = await lr.resume()
+        with anyio.fail_after(10), pytest.raises(Exception, match="no longer powered on"):
+            await resumed.wait()
+    assert "write overlay" in " ".join(_warnings(resumed))
+    assert discarded == []
+    assert world.clean(), world.leftovers()
