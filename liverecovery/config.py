@@ -151,6 +151,8 @@ class Timeouts:
     migrate: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive("timeouts.migrate"))
     cleanup: float = attrs.field(default=300.0, validator=_positive("timeouts.cleanup"))
     compensation: float = attrs.field(default=300.0, validator=_positive("timeouts.compensation"))
+    resume: float = attrs.field(default=600.0, validator=_positive("timeouts.resume"))
+    """Reconciling a resumed job with vSphere and re-establishing its export, mount and folder."""
 
 
 @attrs.frozen
@@ -196,6 +198,11 @@ class Settings:
         default=3, validator=_positive("compensation_attempts")
     )
     compensation_retry_delay_s: float = attrs.field(default=1.0, validator=_non_negative_float())
+    migration_retries: int = attrs.field(default=5, validator=_non_negative_int)
+    """How many times a failed storage vMotion is retried by itself (the VM keeps running from the
+    backup meanwhile); after that the job keeps serving until an operator's ``migrate-now``."""
+    migration_backoff_s: float = attrs.field(default=60.0, validator=_non_negative_float())
+    """The wait before the first retry of a failed storage vMotion; it doubles with each retry."""
     timeouts: Timeouts = attrs.field(factory=Timeouts)
 
     @property

@@ -24,6 +24,7 @@ __all__ = [
     "HostUnavailableError",
     "JobCancelledError",
     "JobInterruptedError",
+    "JobLeftRunningError",
     "JobStateError",
     "LiveRecoveryError",
     "MultipleVmsError",
@@ -60,6 +61,12 @@ class JobStateError(LiveRecoveryError):
 
 class JobInterruptedError(LiveRecoveryError):
     """The process running a job stopped; on resume the job was rolled back."""
+
+
+class JobLeftRunningError(JobInterruptedError):
+    """The job's process stopped serving while its VM runs from the backup (``LiveRecovery``
+    exited, or resuming could not re-establish it): the VM, its export and its journal are
+    left in place, and ``resume`` serves it again."""
 
 
 class JobCancelledError(LiveRecoveryError):

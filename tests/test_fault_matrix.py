@@ -66,6 +66,7 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
         job_space_floor_bytes=0,
         job_space_fraction=0.0,
         compensation_retry_delay_s=0,
+        migration_backoff_s=0.1,
         timeouts=Timeouts(
             preflight=2,
             export=2,
@@ -96,7 +97,8 @@ async def test_any_fault_ends_cleanly(tmp_path: Path, call: str, kind: str) -> N
                 with contextlib.suppress(Exception):
                     await job.wait()
         assert job.state in TERMINAL_STATES
-        if kind == "slow":
+        if kind == "slow" or call == "vsphere.relocate":
+            # A failed or hung storage vMotion keeps the VM running and is retried (2/8).
             assert job.state is State.COMPLETED, job.errors
         assert faults.count(call) >= 1 or job.state is State.COMPLETED
         if job.state is not State.COMPLETED:

@@ -48,14 +48,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    from liverecovery.cli.signals import exit_without_lingering, threads_now
+
+    before = threads_now()
     try:
         code: Any = anyio.run(handler, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        exit_without_lingering(130, before)
         return 130
     except LiveRecoveryError as exc:
         print(f"liverecovery: error: {exc}", file=sys.stderr)
+        exit_without_lingering(1, before)
         return 1
+    # A worker thread still blocked in a call to a hung server must not keep us alive.
+    exit_without_lingering(int(code), before)
     return int(code)
 
 

@@ -5,9 +5,13 @@
 
 or the same keys in a TOML job file (``--job-file job.toml``; flags override it), with an
 optional ``[settings]`` table. The process serves the backup over NFS (port 2049, portmapper on
-111 by default: ESXi has no port option) until the job ends; Ctrl-C cancels the job and rolls it
-back. While it runs, ``liverecovery jobs`` and ``liverecovery cancel ID`` reach it through its
-control socket. ``resume`` picks up the unfinished jobs of a process that stopped.
+111 by default: ESXi has no port option) until the job ends. Ctrl-C (or SIGTERM) before power-on
+cancels the job and rolls it back; once the VM runs from the backup it is left running (never
+powered off: see ``liverecovery stop ID --power-off``) and ``resume`` serves it again. Either
+way the process ends within ``STOP_GRACE_S`` seconds, even when vCenter hangs, and says what it
+left and why. While it runs, ``liverecovery jobs``, ``status``, ``cancel``, ``stop`` and
+``migrate-now`` reach it through its control socket. ``resume`` picks up the unfinished jobs of a
+process that stopped.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import anyio
 import attrs
 
 from liverecovery.backends import VSphereClient
+from liverecovery.cli.signals import STOP_GRACE_S, hard_exit_after
 from liverecovery.config import Settings
-from liverecovery.errors import LiveRecoveryError, SettingsError
+from liverecovery.errors import JobLeftRunningError, LiveRecoveryError, SettingsError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.control import ControlServer, socket_path
@@ -197,15 +202,51 @@ async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery,
             tg.cancel_scope.cancel()
 
 
+def _left_behind(jobs: list[RecoveryJob]) -> str:
+    """What a stopping process leaves, job by job, and how to go on."""
+    lines = []
+    for job in jobs:
+        if job.done and not job.left_running:
+            continue
+        if job.running_from_backup or job.left_running:
+            vm = job.vm.name if job.vm else job.spec.vm
+            lines.append(
+                f"job {job.id}: left running: VM {vm!r} runs from the backup (it is production "
+                f"and is never powered off automatically); export {job.export_path} and "
+                f"datastore {job.datastore} stay. Run 'liverecovery resume' to serve it again, "
+                f"or 'liverecovery stop {job.id} --power-off' from a resumed process."
+            )
+        else:
+            pending = ", ".join(job.pending_compensations) or "nothing"
+            lines.append(
+                f"job {job.id}: {job.state.value}: not finished rolling back (vCenter did not "
+                f"answer in time); still to undo: {pending}. Run 'liverecovery resume' to "
+                "finish the rollback."
+            )
+    return "\n".join(lines) or "liverecovery: stopped"
+
+
 async def _follow(jobs: list[RecoveryJob], as_json: bool) -> int:
-    """Show progress until every job ends; Ctrl-C cancels them (with rollback)."""
+    """Show progress until every job ends. Ctrl-C (SIGTERM) cancels the jobs not yet powered
+    on (with rollback) and leaves running VMs running; the process leaves within
+    ``STOP_GRACE_S`` s whatever vCenter does, saying what it left; a second signal leaves now."""
 
     async def on_signal(scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            stopping = False
             async for _ in signals:
-                print("cancelling: rolling back...", file=sys.stderr)
+                if stopping:
+                    hard_exit_after(0, lambda: _left_behind(jobs))
+                    continue
+                stopping = True
+                print(
+                    "stopping: rolling back jobs not yet powered on; VMs running from the "
+                    "backup are left running...",
+                    file=sys.stderr,
+                )
                 for job in jobs:
-                    job.request_cancel()
+                    job.request_exit()
+                hard_exit_after(STOP_GRACE_S, lambda: _left_behind(jobs))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(on_signal, tg.cancel_scope)
@@ -217,6 +258,9 @@ async def _follow(jobs: list[RecoveryJob], as_json: bool) -> int:
         for job in jobs:
             try:
                 await job.wait()
+            except JobLeftRunningError as exc:
+                failed += 1
+                print(str(exc), file=sys.stderr)
             except LiveRecoveryError as exc:
                 failed += 1
                 print(f"job {job.id}: {job.state.value}: {exc}", file=sys.stderr)

@@ -9,8 +9,11 @@ the journal of a process that died (``adopted=True``). So each undo is written o
 vSphere is asked first and an undo already done is not an error — while one made here is undone
 outright, its failure a rollback error.
 
-A ``vm_bound`` undo takes the VM down: it is dropped once the storage vMotion has finished, so a
-rollback never powers off or unregisters a migrated VM.
+A ``vm_bound`` undo takes the VM down. It runs only in a rollback that starts before the VM runs
+from the backup, or on the operator's explicit ``stop(power_off=True)`` (or when resume finds the
+VM already powered off): the state table has no ``fail`` or ``cancel`` out of ``serving`` and
+``migrating``. It is dropped once the storage vMotion has finished, so a migrated VM is never
+powered off or unregistered.
 """
 
 from __future__ import annotations
@@ -110,6 +113,12 @@ class UndoTarget(Protocol):
     @property
     def staged(self) -> StagedVm | None: ...
 
+    @property
+    def keep_overlay(self) -> bool:
+        """Keep the VM's write overlay when its folder is unpublished (``keep_overlay``, or the
+        VM's writes may still be wanted)."""
+        ...
+
     def staging_context(self, datastore: str | None = None) -> StagingContext: ...
 
 
@@ -200,7 +209,7 @@ async def _unpublish(job: UndoTarget, data: Mapping[str, Any], adopted: bool) ->
         assert job.staged is not None
         await ctx.backends.exporter.unpublish(path, folder)
         await job.staged.filesystem.aclose()
-    if not ctx.settings.keep_overlay:
+    if not job.keep_overlay:
         await ctx.builder.discard(staging)
 
 

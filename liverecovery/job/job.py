@@ -3,11 +3,18 @@
 The lifecycle is data (``states.py``, driven by ``machine.py``); this module is its driver: in
 each step state it runs the step, then fires ``advance``, ``fail`` or ``cancel``. Every side
 effect a step completes is journaled and pushes its compensation, built from the effects table
-(``effects.py``). A failure or a cancel pops them in reverse (power off, unregister, unpublish,
-unmount, unexport, release the cache reservation); cleanup after a migration pops the ones that
-remain. Once the storage vMotion has finished the VM lives on its destination datastore, so its
-``vm_bound`` compensations (power-off, unregister) are dropped: a rollback never takes a
-migrated VM down. A compensation that keeps failing is recorded and the rollback goes on with
+(``effects.py``). Before power-on, a failure or a cancel pops them in reverse (power off,
+unregister, unpublish, unmount, unexport, release the cache reservation); cleanup after a
+migration pops the ones that remain.
+
+Once the VM is powered on from the backup it is production, and nothing the job does by itself
+takes it down: a failed storage vMotion goes back to serving with a ``JobWarning`` and is
+retried (``migration_retries``, ``migration_backoff_s``), then waits for ``migrate_now``; a
+cancel is refused; only ``stop(power_off=True)``, an operator's explicit request, powers it off
+and undoes the rest. When the process stops serving it (``LiveRecovery`` exits, or a resume
+cannot re-establish it) the job is *left running*: nothing is undone, the journal stays open,
+and ``resume`` serves it again. Once the storage vMotion has finished the VM lives on its
+destination datastore, so its ``vm_bound`` compensations (power-off, unregister) are dropped. A compensation that keeps failing is recorded and the rollback goes on with
 the rest; the job then ends ``failed`` with every error attached. After a restart,
 ``reconcile.py`` rebuilds the same compensations from the journal.
 """
@@ -15,6 +22,7 @@ the rest; the job then ends ``failed`` with every error attached. After a restar
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -23,13 +31,16 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import attrs
 
 from liverecovery.backends import RestorePoint, StagedVm, StagingContext, VmRef
+from liverecovery.config import Settings
 from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
     JobCancelledError,
     JobInterruptedError,
+    JobLeftRunningError,
     JobStateError,
     RollbackError,
 )
@@ -48,14 +59,54 @@ from liverecovery.job.journal import Journal, JournalContents, spec_record
 from liverecovery.job.machine import JobMachine
 from liverecovery.job.sessions import SessionKind
 from liverecovery.job.sharing import datastore_name_for
-from liverecovery.job.states import STEP_STATES, STEP_TIMEOUTS, TERMINAL_STATES, State
+from liverecovery.job.states import (
+    RUNNING_STATES,
+    STEP_STATES,
+    STEP_TIMEOUTS,
+    TERMINAL_STATES,
+    State,
+)
 from liverecovery.job.summary import JobStats, JobSummary
 from liverecovery.spec import RecoverySpec
 
-__all__ = ["JobContext", "JobStats", "JobSummary", "RecoveryJob"]
+__all__ = ["JobContext", "JobStats", "JobStatus", "JobSummary", "RecoveryJob", "retry_delay"]
 
+_log = logging.getLogger(__name__)
 
 _CANCELLED = object()
+
+
+def retry_delay(settings: Settings, failures: int) -> float | None:
+    """How long to wait before retrying a storage vMotion that failed ``failures`` times in a
+    row: ``migration_backoff_s`` doubled per earlier failure; None once ``migration_retries``
+    automatic retries are used up (then only ``migrate_now`` starts it again)."""
+    if failures < 1 or failures > settings.migration_retries:
+        return None
+    return float(settings.migration_backoff_s * 2 ** (failures - 1))
+
+
+@attrs.frozen
+class JobStatus:
+    """What ``status`` shows of a job: where it stands and what it last warned about."""
+
+    job_id: str
+    vm: str
+    state: State
+    seconds_in_state: float
+    bytes_served: int
+    bytes_restored: int
+    bytes_to_restore: int
+    running_from_backup: bool
+    migration_failures: int
+    next_migration_retry_s: float | None
+    """Seconds until the next automatic storage vMotion retry (None: none scheduled)."""
+    last_warning: str
+    left_running: bool
+
+    def to_json(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["state"] = self.state.value
+        return data
 
 
 class RecoveryJob:
@@ -82,6 +133,16 @@ class RecoveryJob:
         self._timings: dict[str, float] = {}
         self._done = anyio.Event()
         self._cancel_requested = False
+        self._stop_requested = False
+        self._stop_settled = anyio.Event()
+        self._leave_running = False
+        self._vm_lost = False
+        self._migration_failures = 0
+        self._retry_at: float | None = None
+        self._last_warning = ""
+        self.left_running = False
+        """The process stopped serving the job while its VM runs from the backup (see
+        ``request_exit``): nothing was undone and ``resume`` continues it."""
         self._scope: anyio.CancelScope | None = None
         self._migrate_now = anyio.Event()
         self._session_held = False
@@ -143,6 +204,49 @@ class RecoveryJob:
         return tuple(c.name for c in reversed(self._compensations))
 
     @property
+    def running_from_backup(self) -> bool:
+        """The VM is powered on from the backup (and has not migrated): it is production, and
+        only ``stop(power_off=True)`` takes it down."""
+        if self.migrated:
+            return False
+        if self.state in RUNNING_STATES:
+            return True
+        return self.state is not State.ROLLING_BACK and any(
+            c.effect == "powered_on" for c in self._compensations
+        )
+
+    @property
+    def keep_overlay(self) -> bool:
+        """Whether undoing the folder keeps the write overlay: ``keep_overlay`` is set, or the
+        VM was powered off outside the job (found on resume), so the writes it made while it
+        ran from the backup may be all there is of them."""
+        return self._ctx.settings.keep_overlay or self._vm_lost
+
+    @property
+    def last_warning(self) -> str:
+        return self._last_warning
+
+    def status(self) -> JobStatus:
+        """Where the job stands now (``liverecovery status``)."""
+        now = time.monotonic()
+        s = self.stats
+        retry = None if self._retry_at is None else max(0.0, round(self._retry_at - now, 3))
+        return JobStatus(
+            job_id=self.id,
+            vm=self.spec.vm,
+            state=self.state,
+            seconds_in_state=round(now - self._entered.get(self.state, now), 3),
+            bytes_served=s.bytes_served,
+            bytes_restored=s.bytes_restored,
+            bytes_to_restore=s.bytes_to_restore,
+            running_from_backup=self.running_from_backup,
+            migration_failures=self._migration_failures,
+            next_migration_retry_s=retry,
+            last_warning=self._last_warning,
+            left_running=self.left_running,
+        )
+
+    @property
     def stats(self) -> JobStats:
         """Live statistics summed over the job's served disks."""
         disks = list(self.staged.disks.values()) if self.staged else []
@@ -185,30 +289,108 @@ class RecoveryJob:
         :raises JobCancelledError: it was cancelled and rolled back cleanly.
         :raises Exception: the error that failed it (failed compensations in its notes and in
             ``job.errors``), or ``RollbackError`` when only compensations failed.
+        :raises JobLeftRunningError: the process stopped serving it while its VM runs from
+            the backup; ``resume`` continues it.
         """
         await self._done.wait()
         if self.state is State.FAILED:
             raise self._failure()
         if self.state is State.CANCELLED:
+            if self._stop_requested:
+                raise JobCancelledError(
+                    f"job {self.id} was stopped: its VM was powered off and everything undone"
+                )
             raise JobCancelledError(f"job {self.id} was cancelled and rolled back")
+        if self.left_running:
+            raise JobLeftRunningError(self._left_running_message())
         return self.summary()
 
+    def _running_refusal(self, what: str) -> JobStateError:
+        vm = self.vm.name if self.vm else self.spec.vm
+        return JobStateError(
+            f"job {self.id}: VM {vm!r} is running from the backup ({self.state.value}); "
+            f"{what} would power it off, which happens only on an explicit request: "
+            f"job.stop(power_off=True) or 'liverecovery stop {self.id} --power-off'. "
+            f"To bring it home instead: job.migrate_now() or 'liverecovery migrate-now {self.id}'"
+        )
+
     def request_cancel(self) -> None:
-        """Ask the job to stop and roll back; returns at once."""
+        """Ask the job to stop and roll back, before its VM is powered on; returns at once.
+
+        :raises JobStateError: the VM runs from the backup (a cancel never powers it off; see
+            ``stop``). The job keeps serving.
+        """
         if self.done or self.state is State.ROLLING_BACK:
             return
+        if self.running_from_backup:
+            raise self._running_refusal("a cancel")
         self._cancel_requested = True
         if self._scope is not None:
             self._scope.cancel()
 
     async def cancel(self) -> State:
-        """Cancel the job and wait for its rollback; returns the final state."""
+        """Cancel the job and wait for its rollback; returns the final state.
+
+        :raises JobStateError: the VM runs from the backup (see ``request_cancel``).
+        """
         self.request_cancel()
         await self._done.wait()
         return self.state
 
+    def request_stop(self, *, power_off: bool = False) -> None:
+        """Stop the job; returns at once. Before power-on this is a cancel. Once the VM runs
+        from the backup, ``power_off=True`` is the operator's explicit request to power it
+        off, unregister it and undo the rest (unpublish, unmount, unexport).
+
+        :raises JobStateError: the VM runs from the backup and ``power_off`` is False (the job
+            keeps serving); or the job has migrated, ended or is rolling back already.
+        """
+        if self.done or self.state in (State.ROLLING_BACK, State.CLEANING_UP):
+            raise JobStateError(f"job {self.id} is {self.state.value}; nothing to stop")
+        if not self.running_from_backup:
+            self.request_cancel()
+            return
+        if not power_off:
+            raise self._running_refusal("stopping it")
+        self._stop_requested = True
+        self._stop_settled = anyio.Event()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def stop(self, *, power_off: bool = False) -> State:
+        """``request_stop``, then wait for the job to end; returns its state: ``cancelled``
+        (or ``failed`` when an undo failed), or ``serving`` when the VM could not be powered
+        off (it keeps running; ``last_warning`` says why)."""
+        self.request_stop(power_off=power_off)
+        settled = self._stop_settled
+        with anyio.CancelScope() as scope:
+
+            async def until_done() -> None:
+                await self._done.wait()
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(until_done)
+                await settled.wait()
+                tg.cancel_scope.cancel()
+        return self.state
+
+    def request_exit(self) -> None:
+        """The process is about to stop serving (``LiveRecovery`` exits): a job whose VM runs
+        from the backup is left running (nothing undone, the journal left open for
+        ``resume``); any other job is cancelled and rolled back."""
+        if self.done or self.state is State.ROLLING_BACK:
+            return
+        self._leave_running = True
+        if self.running_from_backup:
+            if self._scope is not None:
+                self._scope.cancel()
+            return
+        self.request_cancel()
+
     async def migrate_now(self) -> None:
-        """Start the storage vMotion without waiting for the migration policy.
+        """Start (or retry) the storage vMotion now, without waiting for the migration policy
+        or a retry's back-off.
 
         :raises JobStateError: the job has ended or is rolling back.
         """
@@ -295,19 +477,45 @@ class RecoveryJob:
         try:
             if self._resumed is not None and not self._step_error:
                 try:
-                    await self._reconcile(self._resumed)
+                    await self._reconcile_bounded(self._resumed)
                 except Exception as exc:
                     self._step_error = exc
                     self._errors.append(exc)
+                    if self.running_from_backup:
+                        # The journal says the VM runs from the backup: never undo it here.
+                        await self._leave(f"resuming it failed: {exc}")
+                        return
                     if self.state not in (State.ROLLING_BACK, *TERMINAL_STATES):
                         await self._fire("fail")
             else:
                 first = "cancel" if self._cancel_requested or self._step_error else "advance"
                 await self._fire(first)
-            while self.state in STEP_STATES:
+            while self.state in STEP_STATES or await self._rolled_back():
                 state = self.state
                 outcome = await self._run_step(state)
-                if outcome is _CANCELLED:
+                if self._leave_running and self.running_from_backup:
+                    await self._leave("the process stopped serving it")
+                    return
+                if state in RUNNING_STATES:
+                    await self._after_running_step(state, outcome)
+                elif self.running_from_backup and state is State.POWERING_ON:
+                    # Powered on before a failure or a cancel took effect: it is production
+                    # now, and keeps running.
+                    interrupted = outcome is not None or self._cancel_requested
+                    if interrupted and not self._stop_requested:
+                        self._cancel_requested = False
+                        why = (
+                            f"an error ({outcome})"
+                            if isinstance(outcome, BaseException)
+                            else "a cancel"
+                        )
+                        self._warn(
+                            f"the VM was powered on before {why} took effect: it keeps "
+                            f"running from the backup; stop it with 'liverecovery stop "
+                            f"{self.id} --power-off' if that is what you want"
+                        )
+                    await self._fire("advance")
+                elif outcome is _CANCELLED:
                     await self._fire("cancel")
                 elif isinstance(outcome, BaseException):
                     self._step_error = outcome
@@ -317,17 +525,15 @@ class RecoveryJob:
                     await self._fire("cancel")
                 else:
                     await self._fire("advance")
-            if self.state is State.ROLLING_BACK:
-                self._stop_background()
-                with anyio.CancelScope(shield=True):
-                    await self._rollback()
-                    await self._fire("rolled_back")
         except anyio.get_cancelled_exc_class():
-            # The whole LiveRecovery is being torn down: still undo what was done.
+            # The whole LiveRecovery is being torn down: undo what was done, unless the VM
+            # runs from the backup (then it is left running for resume).
             self._stop_background()
             with anyio.CancelScope(shield=True):
-                self._cancel_requested = True
-                if self.state not in TERMINAL_STATES:
+                if self.running_from_backup:
+                    await self._leave("the process was torn down")
+                elif self.state not in TERMINAL_STATES:
+                    self._cancel_requested = True
                     if self.state is not State.ROLLING_BACK:
                         await self._fire("cancel")
                     await self._rollback()
@@ -339,12 +545,96 @@ class RecoveryJob:
             self._events.close()
             self._done.set()
 
+    async def _rolled_back(self) -> bool:
+        """Run a rollback the loop reached; True when the job goes back to serving (an
+        operator's stop could not power the VM off), False when it has ended."""
+        if self.state is not State.ROLLING_BACK:
+            return False
+        self._stop_background()
+        with anyio.CancelScope(shield=True):
+            if await self._rollback():
+                await self._fire("power_off_failed")
+                self._stop_settled.set()
+                return True
+            await self._fire("rolled_back")
+        return False
+
+    async def _after_running_step(self, state: State, outcome: object) -> None:
+        """Decide after a step while the VM runs from the backup: only an explicit stop
+        takes it down; a failed migration goes back to serving and is retried."""
+        if self._stop_requested:
+            await self._fire("stop")
+            return
+        if state is State.SERVING:
+            if isinstance(outcome, BaseException):
+                if self._migration_failures and self._retry_at is None:
+                    self._warn(f"still serving from the backup: {outcome}")
+                    return  # retries used up: serve on until migrate-now or stop
+                self._warn(f"{outcome}; starting the storage vMotion")
+            await self._fire("advance")
+            return
+        if outcome is None:
+            await self._fire("advance")
+            return
+        error = outcome if isinstance(outcome, BaseException) else JobInterruptedError("cancelled")
+        self._migration_failures += 1
+        delay = retry_delay(self._ctx.settings, self._migration_failures)
+        self._retry_at = None if delay is None else time.monotonic() + delay
+        if delay is None:
+            then = (
+                f"automatic retries are used up (migration_retries = "
+                f"{self._ctx.settings.migration_retries}); it keeps serving until "
+                f"'liverecovery migrate-now {self.id}' or 'liverecovery stop {self.id} --power-off'"
+            )
+        else:
+            then = f"retrying in {delay:g} s"
+        self._warn(
+            f"storage vMotion failed ({self._migration_failures} time(s)): {error}; the VM "
+            f"keeps running from the backup; {then}"
+        )
+        await self._record(
+            "migration_failed", strict=False, error=str(error), failures=self._migration_failures
+        )
+        await self._fire("migration_failed")
+
+    async def _leave(self, why: str) -> None:
+        """Stop serving a VM that runs from the backup without touching vSphere: nothing is
+        undone, the journal stays open (``resume`` serves it again). The folder is unpublished
+        and closed here, unjournaled, so its overlay is flushed and a resume republishes it."""
+        self._stop_background()
+        self.left_running = True
+        vm = self.vm.name if self.vm else self.spec.vm
+        message = (
+            f"left running ({why}): VM {vm!r} runs from the backup, its datastore "
+            f"{self.datastore} stays mounted and export {self.export_path} stays declared; "
+            "run 'liverecovery resume' (or LiveRecovery.resume()) to serve it again and go on"
+        )
+        bound = self._ctx.settings.timeouts.compensation
+        with anyio.CancelScope(shield=True):
+            if self.staged is not None and self.export_path is not None:
+                with contextlib.suppress(Exception), anyio.move_on_after(bound):
+                    await self._ctx.backends.exporter.unpublish(self.export_path, self.folder)
+                with contextlib.suppress(Exception), anyio.move_on_after(bound):
+                    await self.staged.filesystem.aclose()
+            await self._record("left_running", strict=False, state=self.state.value, why=why)
+        self._warn(message)
+        _log.info("job %s: %s", self.id, message)
+
+    def _left_running_message(self) -> str:
+        return f"job {self.id}: {self._last_warning}"
+
+    def _warn(self, message: str) -> None:
+        self._last_warning = message
+        self._events.append(JobWarning(self.id, message))
+
     async def _run_step(self, state: State) -> object:
         timeout_name = STEP_TIMEOUTS[state]
         timeout: float = getattr(self._ctx.settings.timeouts, timeout_name)
         with anyio.CancelScope() as scope:
             self._scope = scope
-            if self._cancel_requested:
+            if self._cancel_requested or self._stop_requested:
+                scope.cancel()
+            if self._leave_running and self.running_from_backup:
                 scope.cancel()
             try:
                 with anyio.move_on_after(timeout) as deadline:
@@ -425,7 +715,10 @@ class RecoveryJob:
             )
         return error
 
-    async def _rollback(self) -> None:
+    async def _rollback(self) -> bool:
+        """Undo what is held, in reverse. Returns True when an operator's stop could not
+        power the VM off: it still runs from the backup, so nothing it needs is undone and
+        the job goes back to serving it."""
         while self._compensations:
             comp = self._compensations.pop()
             error = await self._compensate(comp)
@@ -433,6 +726,15 @@ class RecoveryJob:
                 self._errors.append(error)
                 if self._errors[0] is not error:
                     self._errors[0].add_note(f"rollback: {comp.name} failed: {error}")
+                if comp.effect == "powered_on" and self._stop_requested:
+                    self._compensations.append(comp)
+                    self._stop_requested = False
+                    self._warn(
+                        f"stop: powering the VM off failed ({error}); it keeps running from "
+                        "the backup and the job goes on serving it; try the stop again"
+                    )
+                    return True
+        return False
 
     # -- the steps (I/O, outside the machine) ----------------------------------------------------
 
@@ -539,6 +841,18 @@ class RecoveryJob:
 
     # -- resuming after a restart ------------------------------------------------------------------
 
+    async def _reconcile_bounded(self, contents: JournalContents) -> None:
+        """``_reconcile`` within ``timeouts.resume``: a hung vCenter fails the resume."""
+        bound = self._ctx.settings.timeouts.resume
+        with anyio.move_on_after(bound) as deadline:
+            await self._reconcile(contents)
+        if deadline.cancelled_caught:
+            raise BackendTimeoutError(
+                f"resuming job {self.id} did not finish within timeouts.resume = {bound:g} s "
+                "(vSphere, the catalog or the export did not answer)",
+                operation="resume",
+            )
+
     async def _reconcile(self, contents: JournalContents) -> None:
         """Compare the journal with reality (``reconcile.py``), re-establish what a continuing
         job holds and adopt the undos of what is in place, then move the machine along the
@@ -564,7 +878,16 @@ class RecoveryJob:
                 f"job {self.id} was interrupted ({plan.reason}); rolled back what it had done"
             )
             self._errors.append(self._step_error)
-            if self.state is not State.ROLLING_BACK:
+            if self.state in RUNNING_STATES:
+                # Resumed as running, but vSphere says the VM is powered off (outside the job).
+                self._vm_lost = True
+                self._warn(
+                    "the VM was powered off outside the job while it ran from the backup: the "
+                    "rest is undone, but its write overlay (the writes it made) is kept under "
+                    f"{self._ctx.settings.job_results_dir / 'jobs' / self.id}"
+                )
+                await self._fire("vm_lost")
+            elif self.state is not State.ROLLING_BACK:
                 await self._fire("fail")
             return
         while self.state is not plan.target:
@@ -579,7 +902,12 @@ class RecoveryJob:
 
     async def _serve(self) -> None:
         async def policy() -> None:
-            await self._ctx.migration_policy.wait_until_ready(lambda: self.stats.bytes_served)
+            if not self._migration_failures:
+                await self._ctx.migration_policy.wait_until_ready(lambda: self.stats.bytes_served)
+            elif self._retry_at is not None:
+                await anyio.sleep(max(0.0, self._retry_at - time.monotonic()))
+            else:
+                await anyio.sleep_forever()  # retries used up: only migrate_now
             self._migrate_now.set()
 
         async with anyio.create_task_group() as tg:
@@ -595,6 +923,8 @@ class RecoveryJob:
                 self._migrated_fraction = min(1.0, done / total)
             self._progress()
 
+        self._migrate_now = anyio.Event()  # a later migrate_now starts the next attempt
+        self._retry_at = None
         await self._record("migration_started", moref=self.vm.moref, datastore=self.spec.datastore)
         self.vm = await self._ctx.backends.vsphere.relocate(self.vm, self.spec.datastore, progress)
         self.migrated = True

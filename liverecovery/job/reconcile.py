@@ -27,6 +27,9 @@ __all__ = ["Resuming", "Survey", "reestablish", "survey"]
 
 Facts = Mapping[str, Mapping[str, Any]]
 
+_GONE_FAULTS = frozenset({"ManagedObjectNotFound", "NotFound"})
+"""vSphere faults meaning the VM is no longer registered."""
+
 
 @attrs.frozen
 class Survey:
@@ -54,8 +57,11 @@ async def survey(
     if inventory is not None and vm is not None:
         try:
             vm_running = await inventory.power_state(vm) == "poweredOn"
-        except VSphereError:
-            vm_running = False
+        except VSphereError as exc:
+            # Gone from the inventory: not running. Any other error says nothing about the
+            # VM: unknown, so the journal is the truth (a running VM is never taken down on a
+            # guess).
+            vm_running = False if exc.fault in _GONE_FAULTS else None
         if vm_running and "powered_on" not in facts:
             found["powered_on"] = {"effect": "powered_on", "moref": vm.moref}
     return Survey(plan_resume(contents, vm_running=vm_running, found=found), vm, vm_running)

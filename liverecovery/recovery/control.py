@@ -1,9 +1,20 @@
-"""A local control socket so ``liverecovery jobs`` and ``liverecovery cancel`` reach a running
-``liverecovery recover`` process.
+"""A local control socket so ``liverecovery jobs``, ``status``, ``cancel``, ``stop`` and
+``migrate-now`` reach a running ``liverecovery recover`` process.
 
 A Unix socket at ``<job_results_dir>/control.sock``, owner-only (0600), one JSON request and one
-JSON reply per line: ``{"op": "jobs"}`` lists the jobs, ``{"op": "cancel", "job": ID}`` cancels
-one and answers once it has rolled back. Only the process's owner can connect, so there is no
+JSON reply per line:
+
+- ``{"op": "jobs"}`` lists the jobs;
+- ``{"op": "status", "job": ID}`` (``job`` optional: every job) answers each job's state, time
+  in state, bytes served and restored, and last warning;
+- ``{"op": "cancel", "job": ID}`` cancels a job not yet powered on and answers once it has
+  rolled back (refused, with the reason, once its VM runs from the backup);
+- ``{"op": "stop", "job": ID, "power_off": true}`` is the operator's explicit request to power
+  off a VM running from the backup and undo everything (without ``power_off``: refused once the
+  VM runs; a cancel before);
+- ``{"op": "migrate_now", "job": ID}`` starts (or retries) the storage vMotion now.
+
+Errors come back as ``{"error": "..."}``. Only the process's owner can connect, so there is no
 authentication beyond the file's permissions.
 """
 
@@ -83,12 +94,23 @@ class ControlServer:
                     for j in self._lr.jobs()
                 ]
             }
-        if op == "cancel":
-            try:
+        try:
+            if op == "status":
+                jobs = [self._lr.job(str(req["job"]))] if req.get("job") else self._lr.jobs()
+                return {"jobs": [j.status().to_json() for j in jobs]}
+            if op == "cancel":
                 job = self._lr.job(str(req.get("job")))
-            except JobStateError as exc:
-                return {"error": str(exc)}
-            return {"job_id": job.id, "state": (await job.cancel()).value}
+                return {"job_id": job.id, "state": (await job.cancel()).value}
+            if op == "stop":
+                job = self._lr.job(str(req.get("job")))
+                state = await job.stop(power_off=bool(req.get("power_off", False)))
+                return {"job_id": job.id, "state": state.value}
+            if op == "migrate_now":
+                job = self._lr.job(str(req.get("job")))
+                await job.migrate_now()
+                return {"job_id": job.id, "state": job.state.value}
+        except JobStateError as exc:
+            return {"error": str(exc)}
         return {"error": f"unknown op {op!r}"}
 
 

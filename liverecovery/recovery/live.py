@@ -6,8 +6,11 @@
             print(event)
         await job.wait()
 
-Leaving the ``async with`` block cancels the jobs still running and waits for their rollback,
-so nothing a job created outlives it. The caller owns the backends and closes them.
+Leaving the ``async with`` block cancels the jobs not yet powered on and waits for their
+rollback. A job whose VM runs from the backup is production: it is *left running* — nothing is
+powered off, unregistered, unmounted or unexported, its journal stays open, a warning says what
+was left (``JobWarning``, the log, ``LiveRecovery.left_running``) and ``resume()`` in a later
+``LiveRecovery`` serves it again. The caller owns the backends and closes them.
 
 ``LiveRecovery.from_settings`` is the usual way in: it also starts (and closes) the real
 backends, our NFS server, the on-disk cache, the directory catalog and the File Recovery
@@ -20,6 +23,7 @@ Enabler (``liverecovery.recovery.assembly``)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -57,6 +61,8 @@ from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["LiveRecovery"]
+
+_log = logging.getLogger(__name__)
 
 
 def default_policy(settings: Settings) -> MigrationPolicy:
@@ -153,12 +159,26 @@ class LiveRecovery:
     ) -> bool | None:
         assert self._tg is not None
         for job in self._jobs.values():
-            job.request_cancel()
+            job.request_exit()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
             self.sessions.release_all()
+            if left := self.left_running:
+                _log.warning(
+                    "left %d job(s) running from the backup (their VMs are production and are "
+                    "never powered off automatically): %s; LiveRecovery.resume() or "
+                    "'liverecovery resume' serves them again",
+                    len(left),
+                    ", ".join(f"{j.id} (VM {j.spec.vm})" for j in left),
+                )
+
+    @property
+    def left_running(self) -> list[RecoveryJob]:
+        """Jobs whose VM was left running from the backup when this ``LiveRecovery`` stopped
+        serving them (``resume`` continues them)."""
+        return [j for j in self._jobs.values() if j.left_running]
 
     async def start(self, spec: RecoverySpec) -> RecoveryJob:
         """Start a job; it runs in the background. Preflight failures surface in ``wait()``.

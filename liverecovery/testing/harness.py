@@ -4,10 +4,12 @@ A backup product subclasses ``LiveRecoveryHarness`` and overrides ``make_backend
 its own ``CatalogReader`` / ``BlockCache`` / ``NfsExporter`` / ``VSphereClient`` (wrapped with
 ``faulty`` so the harness can fail any call), plus ``leftovers`` to report what its systems still
 hold. Hypothesis then drives random interleavings of start / fail-a-backend-call / cancel /
-migrate_now over several jobs and checks, after every step and at the end:
+stop --power-off / migrate_now over several jobs and checks, after every step and at the end:
 
 - every job ends ``completed``, ``failed`` or ``cancelled``;
 - while a job holds an export, mount, published folder or cache reservation, it is live;
+- no automatic power-off after power-on: a VM that reached ``serving`` stays registered and
+  powered on unless the operator stopped its job with ``power_off=True`` (a cancel is refused);
 - a VM whose storage vMotion finished is never powered off;
 - after all jobs end, nothing is left behind but the migrated VMs.
 
@@ -95,6 +97,9 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
         self.backends = self.make_backends(self.faults)
         self.injected: dict[str, int] = {}
         self.started: list[RecoveryJob] = []
+        self.stopped: set[str] = set()
+        """Jobs the operator stopped with ``power_off=True``: the only ones whose running VM
+        may be powered off."""
         self.results_dir = tempfile.mkdtemp(prefix="lr-harness-")
         # No journal: its fsyncs run in worker threads, which would make interleavings depend
         # on thread timing (the journal has tests of its own).
@@ -102,6 +107,7 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
             Settings(
                 job_results_dir=self.results_dir,
                 compensation_retry_delay_s=0,
+                migration_backoff_s=0,
                 journal=False,
             ),
             self.backends,
@@ -184,7 +190,24 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
     @rule(job=jobs)
     def cancel(self, job: RecoveryJob) -> None:
         async def request() -> None:
-            job.request_cancel()
+            try:
+                job.request_cancel()
+            except JobStateError:
+                assert job.running_from_backup, (job.id, job.state)
+
+        self.run(request())
+
+    @rule(job=jobs)
+    def stop_and_power_off(self, job: RecoveryJob) -> None:
+        async def request() -> None:
+            running = job.running_from_backup
+            try:
+                job.request_stop(power_off=True)
+            except JobStateError:
+                assert job.done or job.state in (State.ROLLING_BACK, State.CLEANING_UP)
+                return
+            if running:
+                self.stopped.add(job.id)
 
         self.run(request())
 
@@ -212,6 +235,13 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.started))
     @invariant()
+    def no_automatic_power_off_after_power_on(self) -> None:
+        for job in self.started:
+            if State.SERVING in job.states_visited and job.id not in self.stopped:
+                assert self.vm_running(job) is not False, (job.id, job.states_visited)
+
+    @precondition(lambda self: bool(self.started))
+    @invariant()
     def held_resources_stay_live(self) -> None:
         exports = self.backends.exporter.exports()
         reservations = self.backends.cache.reservations()
@@ -234,6 +264,7 @@ class LiveRecoveryHarness(RuleBasedStateMachine):
                         await anyio.lowlevel.checkpoint()
 
             self.run(finish())
+            self.no_automatic_power_off_after_power_on()
             for job in self.started:
                 assert job.state in TERMINAL_STATES, (job.id, job.state)
                 if job.state is State.COMPLETED:

@@ -2,6 +2,13 @@
 
 Verification is on unless the caller opts out: pyVim silently skips it for ``localhost`` when it
 is given no context, so the client always passes the one made here.
+
+Timeouts: pyVmomi's ``httpConnectionTimeout`` becomes the ``timeout`` of each
+``http.client.HTTPSConnection`` of the SOAP stub, so it bounds the TCP connect and every socket
+read (a vCenter that accepts but never answers, e.g. a stopped process, fails there). A SOAP call
+is a connect, a send and reads, so the client also bounds each call as a whole
+(``call_bound``), and abandons the worker thread when the bound or a cancel comes first.
+(``connectionPoolTimeout`` is only how long an idle pooled connection is kept.)
 """
 
 from __future__ import annotations
@@ -12,7 +19,16 @@ from pathlib import Path
 
 from liverecovery.errors import SettingsError
 
-__all__ = ["parse_server", "ssl_context"]
+__all__ = ["DEFAULT_HTTP_TIMEOUT_S", "call_bound", "parse_server", "ssl_context"]
+
+DEFAULT_HTTP_TIMEOUT_S = 60.0
+"""The connect and socket read timeout of the SOAP connection, and each call's bound."""
+
+
+def call_bound(http_timeout: float) -> float:
+    """How long one SOAP call may take in all: the socket timeout, with a little slack so the
+    socket's own timeout (a clearer error from the thread) usually comes first."""
+    return http_timeout + min(5.0, http_timeout / 10)
 
 
 def ssl_context(insecure: bool, ca_file: str | Path | None) -> ssl.SSLContext:

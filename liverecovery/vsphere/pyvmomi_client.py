@@ -45,7 +45,12 @@ from liverecovery.errors import (
     VSphereError,
 )
 from liverecovery.io.threads import run_sync
-from liverecovery.vsphere.connection import parse_server, ssl_context
+from liverecovery.vsphere.connection import (
+    DEFAULT_HTTP_TIMEOUT_S,
+    call_bound,
+    parse_server,
+    ssl_context,
+)
 from liverecovery.vsphere.faults import fault_error, translate
 from liverecovery.vsphere.inventory import DEFAULT_NFS_MAX_VOLUMES, VSphereInventory
 from liverecovery.vsphere.relocation import answer_for_question, relocate_spec
@@ -89,6 +94,7 @@ class PyvmomiVSphereClient(AsyncResource):
         relocate_timeout: float = 7 * 24 * 3600.0,
         poll_interval: float = 0.5,
         max_concurrent_calls: int = 4,
+        call_timeout: float = DEFAULT_HTTP_TIMEOUT_S,
     ) -> None:
         self._si = service_instance
         self._content = content
@@ -99,6 +105,7 @@ class PyvmomiVSphereClient(AsyncResource):
         self._task_timeout = task_timeout
         self._relocate_timeout = relocate_timeout
         self._poll_interval = poll_interval
+        self._call_timeout = call_timeout
         self._limiter = anyio.CapacityLimiter(max_concurrent_calls)
         # Check-then-mount must be atomic per host, or concurrent jobs overshoot NFS.MaxVolumes.
         self._mount_locks: dict[str, anyio.Lock] = {}
@@ -116,7 +123,7 @@ class PyvmomiVSphereClient(AsyncResource):
         port: int | None = None,
         insecure: bool = False,
         ca_file: str | Path | None = None,
-        http_timeout: float = 120.0,
+        http_timeout: float = DEFAULT_HTTP_TIMEOUT_S,
         vm_folder: str | None = None,
         resource_pool: str | None = None,
         task_timeout: float = 600.0,
@@ -126,7 +133,9 @@ class PyvmomiVSphereClient(AsyncResource):
         """Log in to ``server`` (``host``, ``host:port`` or ``https://host:port/sdk``).
 
         The server's certificate must verify against the system CAs or ``ca_file``;
-        ``insecure=True`` skips verification (and logs a warning).
+        ``insecure=True`` skips verification (and logs a warning). ``http_timeout`` bounds the
+        connect and every socket read of the SOAP connection, and each SOAP call as a whole
+        (a hung vCenter gives ``BackendTimeoutError`` naming the call; see ``connection.py``).
 
         :raises SettingsError: malformed ``server`` or unreadable ``ca_file``.
         :raises VSphereError: the server refused the login (fault ``InvalidLogin``...).
@@ -153,7 +162,13 @@ class PyvmomiVSphereClient(AsyncResource):
             return si, si.RetrieveContent()
 
         try:
-            si, content = await run_sync(login)
+            with anyio.fail_after(call_bound(http_timeout)):
+                si, content = await run_sync(login, abandon_on_cancel=True)
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"vsphere.connect to {where} did not answer within {http_timeout:g} s",
+                operation="vsphere.connect",
+            ) from None
         except Exception as exc:
             error = translate(exc, "vsphere.connect", where)
             if error is None:
@@ -168,6 +183,7 @@ class PyvmomiVSphereClient(AsyncResource):
             task_timeout=task_timeout,
             relocate_timeout=relocate_timeout,
             poll_interval=poll_interval,
+            call_timeout=http_timeout,
         )
         logger.info("connected to %s (%s)", where, client._content.about.fullName)
         return client
@@ -192,11 +208,23 @@ class PyvmomiVSphereClient(AsyncResource):
     # -- plumbing --------------------------------------------------------------------------------
 
     async def _call(self, operation: str, fn: Callable[[], T], subject: str = "") -> T:
-        """Run blocking pyVmomi code in a worker thread; translate what it raises."""
+        """Run blocking pyVmomi code in a worker thread; translate what it raises.
+
+        Bounded by ``call_timeout`` (a hung vCenter fails the call naming it) and abandoned
+        on cancellation: a thread stuck in a socket read must not hold up a timeout or
+        Ctrl-C (it ends by itself at the socket timeout; its result is dropped).
+        """
         if self._closed:
             raise BackendError(f"{operation}: the vSphere client is closed", operation=operation)
         try:
-            return await run_sync(fn, limiter=self._limiter)
+            with anyio.fail_after(call_bound(self._call_timeout)):
+                return await run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        except TimeoutError:
+            what = f"{operation} of {subject}" if subject else operation
+            raise BackendTimeoutError(
+                f"{what}: {self._server} did not answer within {self._call_timeout:g} s",
+                operation=operation,
+            ) from None
         except Exception as exc:
             error = translate(exc, operation, self._server, subject)
             if error is None:

@@ -2,6 +2,7 @@
 
     python run_job.py WORK SOCKET HOST start    # starts a recovery of VM "vm" from WORK/backup
     python run_job.py WORK SOCKET HOST resume   # after a crash: LiveRecovery.resume()
+    python run_job.py WORK SOCKET HOST follow   # start, followed as ``recover`` does (Ctrl-C)
 
 Real backends throughout: the directory catalog, the on-disk block cache, durable overlays,
 our NFS server (on the same port after a restart, as a production server on 2049 would be),
@@ -74,7 +75,7 @@ async def main(work: Path, socket: Path, host: str, mode: str) -> None:
         )
         builder = FreBuilder(cache, overlay_factory=durable_overlay)
         async with LiveRecovery(settings, backends, builder=builder) as lr:
-            if mode == "start":
+            if mode in ("start", "follow"):
                 jobs = [
                     await lr.start(
                         RecoverySpec(
@@ -88,6 +89,11 @@ async def main(work: Path, socket: Path, host: str, mode: str) -> None:
             async with anyio.create_task_group() as tg:
                 for job in jobs:
                     tg.start_soon(report, job)
+                if mode == "follow":
+                    # The CLI's own follower: its Ctrl-C handling is what is tested.
+                    from liverecovery.cli.recover import _follow
+
+                    await _follow(jobs, False)
 
 
 if __name__ == "__main__":

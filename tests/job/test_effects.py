@@ -54,9 +54,9 @@ async def _crash(job: RecoveryJob) -> Stack:
     journal, job._journal = job._journal, None
     assert journal is not None
     await journal.aclose()
-    job.request_cancel()
+    job.request_exit()  # a running VM is left as it is; a job before power-on stops
     with anyio.fail_after(5):
-        await job.cancel()
+        await job._done.wait()
     return held
 
 

@@ -165,8 +165,8 @@ async def test_cache_space_counts_other_jobs_reservations() -> None:
         jc = await lr.start(spec(vm="c"))
         with anyio.fail_after(5), pytest.raises(CacheSpaceError, match=r"40\.00 GiB reserved by"):
             await jc.wait()
-        await ja.cancel()
-        await jb.cancel()
+        await ja.stop(power_off=True)
+        await jb.stop(power_off=True)
     assert world.clean()
 
 
@@ -203,7 +203,7 @@ async def test_live_browse_blocks_live_recovery_and_the_reverse() -> None:
         job3 = await lr.start(spec())
         with pytest.raises(ConcurrentSessionError):
             await job3.wait()
-        await job2.cancel()
+        await job2.stop(power_off=True)
         async with lr.browse_session("web01", owner="browse-3"):
             pass
     assert world.clean()

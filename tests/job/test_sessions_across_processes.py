@@ -173,7 +173,7 @@ async def test_live_recovery_respects_sessions_of_other_processes(
             assert f"{job2.id}, pid" in refused["error"]
         async with lr.browse_session("web02", owner="b"):
             assert not browser.acquire(sessions_dir(tmp_path), "web02", "RECOVERY", "x")["ok"]
-        await job2.cancel()
+        await job2.stop(power_off=True)
     assert browser.acquire(sessions_dir(tmp_path), "web01", "RECOVERY", "other")["ok"]
     async with LiveRecovery(settings, world.backends) as lr:
         with pytest.raises(ConcurrentSessionError, match="live recovery of it is running"):

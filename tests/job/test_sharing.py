@@ -54,7 +54,7 @@ async def test_two_jobs_share_one_export_until_the_second_finishes() -> None:
         assert "/liverecovery/esx01" not in world.exporter.exports()
         assert world.vsphere.datastores[HOST] == {}
         assert "/liverecovery/esx02" in world.exporter.exports()
-        await jc.cancel()
+        await jc.stop(power_off=True)
     assert world.clean(), world.leftovers()
 
 

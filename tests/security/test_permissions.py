@@ -174,7 +174,7 @@ async def test_a_whole_job_leaves_nothing_readable_by_others(tmp_path: Path) -> 
         overlays = results / "jobs" / job.id / "overlays"
         overlay_files = {p.name for p in overlays.rglob("*") if p.is_file()}
         cache_files = [p for p in (results / "3dfs-cache").rglob("*") if p.is_file()]
-        await job.cancel()
+        await job.stop(power_off=True)
     assert overlay_files >= {"data", "map"}
     assert len(cache_files) > 1
     assert (results / "journal").is_dir()

@@ -53,6 +53,7 @@ def settings(tmp: Path) -> Settings:
         job_results_dir=tmp,
         migration_trigger="delay",
         compensation_retry_delay_s=0,
+        migration_backoff_s=0.1,
         nfs_address="127.0.0.1",
         nfs_listen_host="127.0.0.1",
         nfs_port=0,
@@ -141,3 +142,29 @@ async def test_rollback_after_each_vsphere_step_leaves_nothing(
     assert job.state is State.FAILED and len(job.errors) == 1
     assert inventory.snapshot() == before
     assert not (simulator.nfs_root / datastore_name_for(HOST)).exists()
+
+
+async def test_a_failed_relocate_keeps_the_vm_running_and_is_retried(
+    simulator: Simulator, vsphere: PyvmomiVSphereClient, inventory: Inventory, tmp_path: Path
+) -> None:
+    """After power-on a failed storage vMotion never rolls back (issue 2/8): the VM keeps
+    running from the backup and the retry brings it home."""
+    faults = FaultPlan()
+    op = "vsphere.relocate"
+    faults.fail(op, VSphereError("injected", operation=op, fault="SystemError"))
+    async with LiveRecovery.from_settings(
+        settings(tmp_path),
+        vsphere=faulty(vsphere, faults, "vsphere"),
+        catalog=catalog("sim-retry"),
+        cache=MemoryBlockCache(),
+    ) as lr:
+        assert lr.assembly is not None
+        serve_nfs_to_simulator(inventory, lr.assembly.server.port)
+        job = await lr.start(spec("sim-retry"))
+        summary = await job.wait()
+        assert not lr.backends.exporter.exports()
+    assert summary.state is State.COMPLETED, summary.errors
+    assert faults.count(op) == 2
+    assert "vsphere.power_off" not in faults.calls
+    assert State.ROLLING_BACK not in job.states_visited
+    assert ("sim-retry", "poweredOn", (LOCAL_DS,)) in inventory.snapshot().vms
