@@ -51,7 +51,7 @@ def start_demo(tmp: Path, serve_seconds: str = "60") -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "liverecovery",
+            "liverecovery.cli",
             "demo",
             "--disk-size",
             "4M",
@@ -61,26 +61,33 @@ def start_demo(tmp: Path, serve_seconds: str = "60") -> subprocess.Popen[bytes]:
         ],
         env=env_with(tmp),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp / "demo-stderr.txt").open("ab"),
     )
+
+
+def claimed(tmp: Path, before: set[Path]) -> bool:
+    """Whether a demo folder not in ``before`` has been claimed by its demo."""
+    return any((f / ".owner.lock").exists() for f in set(demo_folders(tmp)) - before)
 
 
 def test_killed_demos_leave_no_growing_residue(tmp_path: Path) -> None:
     for _ in range(3):
+        before = set(demo_folders(tmp_path))
         proc = start_demo(tmp_path)
         try:
-            wait_for(lambda: len(list(tmp_path.glob(f"{DEMO_PREFIX}*/.owner.lock"))) > 0)
-            # a live demo's folder survives a sweep
-            assert len(demo_folders(tmp_path)) == 1
-            assert sweep_demo_residue(tmp_path) == []
+            wait_for(lambda before=before: claimed(tmp_path, before))  # type: ignore[misc]
+            (live,) = set(demo_folders(tmp_path)) - before
+            removed = sweep_demo_residue(tmp_path)  # as another start would
+            assert live.is_dir() and live not in removed  # a live demo's folder survives
+            assert demo_folders(tmp_path) == [live]  # the killed ones' are gone
         finally:
             kill(proc)
-        assert len(demo_folders(tmp_path)) == 1  # the killed one's, removed by the next start
+        assert demo_folders(tmp_path) == [live]  # the killed one's, removed by the next start
     done = subprocess.run(
         [
             sys.executable,
             "-m",
-            "liverecovery",
+            "liverecovery.cli",
             "demo",
             "--disk-size",
             "4M",
@@ -117,7 +124,7 @@ def start_browse(tmp: Path, backup: Path, settings: Path) -> subprocess.Popen[by
         [
             sys.executable,
             "-m",
-            "liverecovery",
+            "liverecovery.cli",
             "browse",
             str(backup),
             "--listen",
