@@ -229,3 +229,41 @@ def test_inspect_dot_inside_a_vm_folder(
     monkeypatch.chdir(folder / "..")
     assert main(["inspect", "web07/."]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "web07"
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(120)
+async def test_a_damaged_read_over_nfs_is_an_io_status_and_the_server_serves_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from liverecovery.datastore.virtual import VirtualDatastore
+    from liverecovery.nfs.client import NfsClient
+    from liverecovery.nfs.localfs import LocalFilesystem
+    from liverecovery.nfs.server import NfsServer
+
+    path = write_stream_optimized(tmp_path / "s.vmdk", 8 * MiB, RUNS)
+    raw = bytearray(path.read_bytes())
+    at = raw.find((3 * MiB // 512).to_bytes(8, "little"))
+    raw[at + 12 : at + 40] = b"\xff" * 28  # the grain at 3 MiB no longer inflates
+    path.write_bytes(bytes(raw))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    flat = await FlatDisk.open(source="vm/0", reader=open_vmdk(path), cache=MemoryBlockCache())
+    fs = VirtualDatastore(LocalFilesystem(folder), {"disk-flat.vmdk": flat})
+    caplog.set_level(logging.INFO)
+    async with NfsServer(tmp_path / "state") as server:
+        await server.export("/lr/h", ["127.0.0.1"])
+        await server.publish("/lr/h", "job", fs)
+        async with await NfsClient.connect("127.0.0.1", server.port, call_timeout=60) as client:
+            root = await client.mount("/lr/h")
+            job = await client.lookup_path(root, "job")
+            fh, _ = await client.lookup(job, "disk-flat.vmdk")
+            with pytest.raises(NfsError) as info:
+                await client.read(fh, 3 * MiB, 65536)
+            assert info.value.status is NfsStatus.IO
+            data, _ = await client.read(fh, 0, 4096)  # the server serves on
+            assert data == RUNS[0][:4096]
+        await fs.aclose()
+    assert not [r for r in caplog.records if r.exc_info is not None]  # no traceback anywhere
+    damage = [r for r in caplog.records if "does not inflate" in r.getMessage()]
+    assert len(damage) == 1 and "s.vmdk" in damage[0].getMessage()
