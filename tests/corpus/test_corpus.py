@@ -129,6 +129,30 @@ def merge(runs: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
     return out
 
 
+@needs_qemu
+@pytest.mark.parametrize("name", ["vmdk-monolith", "vmdk-streamoptimized"])
+def test_go_vmdk_parser_images_read_as_qemu_reads_them(tmp_path: Path, name: str) -> None:
+    image = FILES / f"go-vmdk-parser-{name}.img"
+    reference = qemu_raw(image, tmp_path / "ref.raw")
+    disk = open_vmdk(image)
+    try:
+        assert disk.read_sync(0, disk.size) == reference
+        ours = [(r.offset, r.length, r.kind is RunKind.DATA) for r in disk.allocation_sync()]
+    finally:
+        disk.close()
+    assert merge(ours) == merge(qemu_map(image))
+
+
+@needs_qemu
+def test_the_invalid_go_vmdk_parser_image_is_refused_by_both(tmp_path: Path) -> None:
+    image = FILES / "go-vmdk-parser-vmdk-invalid.img"
+    qemu = subprocess.run(["qemu-img", "info", "-f", "vmdk", str(image)], capture_output=True)
+    assert qemu.returncode != 0
+    with pytest.raises(CatalogError) as info:
+        open_vmdk(image).close()
+    assert image.name in str(info.value)
+
+
 # -- .vmx ------------------------------------------------------------------------------------------
 
 

@@ -169,3 +169,18 @@ def test_serve_refuses_a_state_directory_inside_the_export(tmp_path: Path) -> No
         refuse_state_inside(export, export)
     refuse_state_inside(tmp_path / "state", export)
     refuse_state_inside(tmp_path / "export-state", export)
+
+
+@pytest.mark.timeout(60)
+def test_serve_cli_refuses_before_listening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from liverecovery.cli import main
+
+    export = tmp_path / "export"
+    export.mkdir()
+    code = main(["serve", str(export), "--state-dir", str(export / ".state"), "--listen",
+                 "127.0.0.1:0", "--allow", "127.0.0.1"])  # fmt: skip
+    assert code == 1
+    assert "readable over NFS" in capsys.readouterr().err
+    assert not (export / ".state").exists()  # no key was written there
