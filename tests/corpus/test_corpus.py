@@ -29,8 +29,9 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-i
 
 def test_every_corpus_file_is_recorded_in_sources() -> None:
     sources = (Path(__file__).parent / "SOURCES.md").read_text()
-    for path in FILES.iterdir():
-        assert f"`files/{path.name}`" in sources, path.name
+    for path in FILES.rglob("*"):
+        if path.is_file():
+            assert f"`{path.relative_to(FILES.parent)}`" in sources, path.name
 
 
 # -- descriptors ---------------------------------------------------------------------------------
@@ -236,3 +237,67 @@ async def test_an_ova_made_from_the_open_vmdk_template_serves_qemus_bytes(
         assert await reader.read(0, 8 * MiB) == reference
     finally:
         await reader.aclose()
+
+
+# -- govmomi's OVF fixtures and content-library OVA ---------------------------------------------
+
+GOVMOMI = FILES / "govmomi"
+# file -> (CPUs, memory MiB, disk files) for some; the others only must parse or be refused
+EXPECTED = {
+    "ttylinux.ovf": (1, 32, ["ttylinux-pc_i486-16.1-disk1.vmdk"]),
+    # OVF 0.9 (Content xsi:type="ovf:VirtualSystem_Type", InstanceId), memory in MegaBytes
+    "external__smallxp-vapp__smallxp-vapp.ovf": (2, 512, ["smallxp-vapp.vmdk"]),
+    "external__OVFCerts__Valid_Cert__Nostalgia.ovf": (1, 16, ["Nostalgia-disk1.vmdk"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in GOVMOMI.glob("*.ovf")))
+def test_govmomi_ovf_fixtures_parse_or_are_refused_clearly(name: str) -> None:
+    data = (GOVMOMI / name).read_bytes()
+    try:
+        vm = parse_ovf(data, path=name)
+    except CatalogError as exc:
+        assert name in str(exc)  # a clear error naming the file, never another exception
+        return
+    for disk in vm.disks:
+        assert disk.capacity_bytes >= 0 and disk.ref.file_name
+    expected = EXPECTED.get(name)
+    if expected is not None:
+        cpus, memory, files = expected
+        assert (vm.config.num_cpus, vm.config.memory_mb) == (cpus, memory)
+        assert [d.ref.file_name for d in vm.disks] == files
+
+
+def test_megabytes_memory_units_as_virtualbox_writes_them() -> None:
+    vm = parse_ovf((GOVMOMI / "external__smallxp-vapp__smallxp-vapp.ovf").read_bytes())
+    assert vm.config.memory_mb == 512
+
+
+def test_a_404_page_saved_as_an_ovf_is_refused() -> None:
+    name = "external__DeleteHDTestdata__PvScsis_old__descriptor.ovf"
+    with pytest.raises(CatalogError, match=r"no VirtualSystem|not well-formed"):
+        parse_ovf((GOVMOMI / name).read_bytes(), path=name)
+
+
+def test_the_content_library_ova_manifest_is_checked_and_its_zero_disk_refused(
+    tmp_path: Path,
+) -> None:
+    from liverecovery.catalog.ova import open_ova_disk
+
+    ova = tmp_path / "ttylinux.ova"
+    shutil.copy(GOVMOMI / "ttylinux-pc_i486-16.1.ova", ova)
+    member = "ttylinux-pc_i486-16.1-disk1.vmdk"
+    # its sha1sum --tag manifest matches; the disk (the first MiB of a streamOptimized disk)
+    # is then refused as what it is: truncated
+    with pytest.raises(CatalogError, match="footer") as info:
+        open_ova_disk(ova, member)
+    assert member in str(info.value)
+    # one byte of the disk changed: the manifest refuses it first, naming both digests
+    with tarfile.open(ova) as tar:
+        offset = tar.getmember(member).offset_data
+    with ova.open("r+b") as f:
+        f.seek(offset + 4096)
+        f.write(b"\1")
+    with pytest.raises(CatalogError, match="648e20a1e1625b1bb963b08c926bc18e62f15dfc") as info:
+        open_ova_disk(ova, member)
+    assert "does not match the manifest" in str(info.value)
