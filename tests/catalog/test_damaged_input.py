@@ -267,3 +267,19 @@ async def test_a_damaged_read_over_nfs_is_an_io_status_and_the_server_serves_on(
     assert not [r for r in caplog.records if r.exc_info is not None]  # no traceback anywhere
     damage = [r for r in caplog.records if "does not inflate" in r.getMessage()]
     assert len(damage) == 1 and "s.vmdk" in damage[0].getMessage()
+
+
+@pytest.mark.anyio
+async def test_a_catalog_of_dot_names_the_vm_after_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_vm_folder(tmp_path, "db07", disks=[(MiB, {0: b"x"})])
+    monkeypatch.chdir(folder)
+    catalog = DirectoryCatalog(".")  # what `browse .` builds
+    assert list(await catalog.vm_names()) == ["db07"]
+    point = await catalog.restore_point("db07")
+    reader = await catalog.open_disk(point, point.disks[0])
+    try:
+        assert (await reader.read(0, 1)) == b"x"
+    finally:
+        await reader.aclose()

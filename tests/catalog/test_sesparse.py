@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from liverecovery.backends import RunKind
 from liverecovery.catalog.vmdk import open_vmdk
@@ -205,3 +207,31 @@ def test_a_damaged_table_entry_is_refused(tmp_path: Path) -> None:
             disk.read_sync(0, 4096)
     finally:
         disk.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.integers(0, SIZE - 1), st.binary(min_size=1, max_size=20_000)), max_size=8
+    ),
+    zero_grains=st.lists(st.integers(0, SIZE // 4096 - 1), max_size=6),
+    first_grain=st.sampled_from([0, 1, 4095, 4096, 70_000]),
+)
+def test_sesparse_reads_match_a_model(
+    tmp_path_factory: pytest.TempPathFactory,
+    runs: list[tuple[int, bytes]],
+    zero_grains: list[int],
+    first_grain: int,
+) -> None:
+    folder = tmp_path_factory.mktemp("se")
+    runs = [(at, data[: SIZE - at]) for at, data in runs]
+    desc = write_se_sparse(
+        folder, "m", SIZE, runs, zero=[(g * 4096, 4096) for g in zero_grains],
+        first_grain=first_grain,
+    )  # fmt: skip
+    model = bytearray(SIZE)
+    for at, data in runs:
+        model[at : at + len(data)] = data
+    for g in zero_grains:
+        model[g * 4096 : (g + 1) * 4096] = bytes(4096)
+    assert read_all(desc) == bytes(model)
