@@ -210,7 +210,11 @@ _HOSTILE = st.one_of(
         min_size=1,
         max_size=5,
     ).map("/".join),
-    st.text(alphabet=st.characters(blacklist_characters='"\n\r\x00'), min_size=1, max_size=30),
+    st.text(
+        alphabet=st.characters(blacklist_characters='"\n\r\x00', blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=30,
+    ),
 )
 
 

@@ -297,7 +297,10 @@ def _open(
             main.close()
             _refuse_device_disk(descriptor, path)
             for line in descriptor.extents:
-                extents.append(_open_extent(line, root, os.path.dirname(real), path, cache))
+                try:
+                    extents.append(_open_extent(line, root, os.path.dirname(real), path, cache))
+                except CatalogError as exc:
+                    raise _named_by(exc, path, f"extent {line.file_name!r}") from None
         parent = None
         hint = descriptor.parent_file_name
         if hint is not None:
@@ -307,15 +310,18 @@ def _open(
                     path=path,
                 )
             parent_path = _resolve_parent(hint, root, os.path.dirname(real), path)
-            parent = _open(
-                os.path.join(os.path.dirname(path), os.path.basename(parent_path)),
-                None,
-                cache,
-                root=root,
-                real=parent_path,
-                depth=depth + 1,
-                seen=seen | {key},
-            )
+            try:
+                parent = _open(
+                    os.path.join(os.path.dirname(path), os.path.basename(parent_path)),
+                    None,
+                    cache,
+                    root=root,
+                    real=parent_path,
+                    depth=depth + 1,
+                    seen=seen | {key},
+                )
+            except CatalogError as exc:
+                raise _named_by(exc, path, f"parent disk {hint!r}") from None
             _check_parent_cid(descriptor, parent, path)
     except BaseException:
         main.close()
@@ -323,6 +329,14 @@ def _open(
             extent.close()
         raise
     return VmdkDisk(path, descriptor, extents, parent)
+
+
+def _named_by(exc: CatalogError, path: str, what: str) -> CatalogError:
+    """``exc`` (about a file ``path`` names), saying so when it does not name ``path`` yet:
+    the user must learn which descriptor led to the damaged file."""
+    if path in str(exc):
+        return exc
+    return CatalogError(f"{exc.problem} ({what} of {path})", path=exc.path)
 
 
 def _refuse_device_disk(descriptor: Descriptor, path: str) -> None:
@@ -371,10 +385,7 @@ def _open_extent(
     file_path = confined(root, base, line.file_name, what="extent", descriptor=path)
     if line.type not in _READERS:
         raise CatalogError(f"{line.type} extents are not supported", path=path)
-    try:
-        file = FileWindow(file_path)
-    except CatalogError as exc:  # name the descriptor too: it is what names the file
-        raise CatalogError(f"{exc.problem} (named by {path})", path=file_path) from None
+    file = FileWindow(file_path)
     if line.type in (ExtentType.FLAT, ExtentType.VMFS):
         return FlatExtent(file, size, line.offset_sectors * SECTOR)
     if line.type is ExtentType.SESPARSE:
