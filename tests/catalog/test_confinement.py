@@ -285,3 +285,17 @@ async def test_an_ova_descriptor_member_cannot_name_files_beside_the_ova(tmp_pat
         tar.add(member, "disk.vmdk")
     with pytest.raises(CatalogError, match="inside an archive names extent file"):
         open_ova_disk(ova, "disk.vmdk")
+
+
+def test_a_path_swapped_for_a_symlink_after_the_check_is_refused_on_the_open_file(
+    layout: tuple[Path, Path],
+) -> None:
+    from liverecovery.catalog.vmdk.extents import FileWindow
+
+    folder, secret = layout
+    swapped = folder / "swapped-flat.vmdk"
+    swapped.symlink_to(secret)  # as if swapped in after the caller resolved the name
+    with pytest.raises(CatalogError, match="outside the backup folder"):
+        FileWindow(str(swapped), root=os.path.realpath(folder))
+    window = FileWindow(str(folder / "ok-flat.vmdk"), root=os.path.realpath(folder))
+    window.close()

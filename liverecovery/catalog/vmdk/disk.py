@@ -271,7 +271,7 @@ def _open(
     key = real if window is None else f"{path}@{window.start}"
     if key in seen:
         raise CatalogError("delta chain loops back to this disk", path=path)
-    main = window if window is not None else FileWindow(real)
+    main = window if window is not None else FileWindow(real, root=root)
     main.path = path
     extents: list[ExtentReader] = []
     try:
@@ -385,7 +385,7 @@ def _open_extent(
     file_path = confined(root, base, line.file_name, what="extent", descriptor=path)
     if line.type not in _READERS:
         raise CatalogError(f"{line.type} extents are not supported", path=path)
-    file = FileWindow(file_path)
+    file = FileWindow(file_path, root=root)
     if line.type in (ExtentType.FLAT, ExtentType.VMFS):
         return FlatExtent(file, size, line.offset_sectors * SECTOR)
     if line.type is ExtentType.SESPARSE:

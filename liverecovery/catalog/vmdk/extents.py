@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from liverecovery.backends import RunKind
+from liverecovery.catalog.vmdk.confine import inside
 from liverecovery.catalog.vmdk.descriptor import MAX_DESCRIPTOR_BYTES
 from liverecovery.catalog.vmdk.grain_cache import GrainCache
 from liverecovery.catalog.vmdk.sparse_header import (
@@ -117,7 +118,12 @@ class FileWindow:
     descriptor number can never be read by mistake; reads after ``close()`` are refused.
     """
 
-    def __init__(self, path: str, start: int = 0, size: int | None = None) -> None:
+    def __init__(
+        self, path: str, start: int = 0, size: int | None = None, *, root: str | None = None
+    ) -> None:
+        """``root``: a real folder the opened file must lie in, checked again on the open
+        descriptor (``/proc/self/fd``), so a path swapped for a symlink between the caller's
+        check and the open is refused, not read."""
         self.path = path
         self.start = start
         # O_NONBLOCK: a FIFO planted in a backup must not hang the open; only regular files
@@ -133,6 +139,13 @@ class FileWindow:
         if not stat.S_ISREG(info.st_mode):
             os.close(self._fd)
             raise CatalogError("not a regular file (a device, FIFO or socket)", path=path)
+        if root is not None:
+            opened = _opened_path(self._fd)
+            if opened is not None and not inside(root, opened):
+                os.close(self._fd)
+                raise CatalogError(
+                    f"opened {opened!r}, outside the backup folder {root!r}", path=path
+                )
         file_size = info.st_size
         self.size = max(0, file_size - start) if size is None else min(size, file_size - start)
         self._lock = threading.Lock()
@@ -712,3 +725,11 @@ def _decode(raw: bytes) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def _opened_path(fd: int) -> str | None:
+    """The path the kernel opened for ``fd`` (Linux ``/proc``), None where it cannot tell."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
