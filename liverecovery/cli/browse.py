@@ -23,7 +23,7 @@ import attrs
 from liverecovery.backends import RestorePoint, StagingContext
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.serve import _listen
-from liverecovery.cli.signals import wait_for_stop_signal
+from liverecovery.cli.signals import stop_signals, wait_for_stop_signal
 from liverecovery.config import Settings
 from liverecovery.errors import SettingsError
 from liverecovery.io.threads import run_sync
@@ -116,15 +116,18 @@ async def _serve(
             path = f"/browse/{folder}"
             await server.export_filesystem(path, staged.filesystem, args.allow)
             shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-            print(f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}")
-            print(
-                f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
-                f"(pid {os.getpid()}); Ctrl-C or SIGTERM stops",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.stdout.flush()
-            await wait_for_stop_signal()
+            with stop_signals() as stops:  # before saying so: a stop right after is clean
+                print(
+                    f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}"
+                )
+                print(
+                    f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
+                    f"(pid {os.getpid()}); Ctrl-C or SIGTERM stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.stdout.flush()
+                await wait_for_stop_signal(stops)
         finally:
             await staged.filesystem.aclose()
     finally:
