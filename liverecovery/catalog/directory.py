@@ -28,6 +28,7 @@ from liverecovery.backends import DiskInfo, DiskReader, RestorePoint
 from liverecovery.catalog.point_meta import CATALOG_FILE, PointMeta, parse_point_meta
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import VmdkDisk, open_vmdk
+from liverecovery.catalog.vmdk.confine import inside
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 from liverecovery.io.threads import run_sync
@@ -43,14 +44,19 @@ class _Point:
     point: RestorePoint
     folder: Path
     ova: Path | None = None
+    confine: Path | None = None  # the VM folder every file of the point must lie in
 
 
 class DirectoryCatalog(AsyncResource):
     """Restore points found under ``root`` (see the module docstring for the layouts)."""
 
     def __init__(self, root: str | os.PathLike[str], *, grain_cache_bytes: int = 64 << 20) -> None:
-        """``grain_cache_bytes`` bounds each opened compressed disk's LRU of inflated grains."""
-        self.root = Path(root)
+        """``grain_cache_bytes`` bounds each opened compressed disk's LRU of inflated grains.
+
+        ``root`` is made absolute first, so ``.`` or ``..`` name the folder they stand for (the
+        VM name of a single VM folder is its folder's name).
+        """
+        self.root = Path(os.path.abspath(root))
         self.grain_cache_bytes = grain_cache_bytes
 
     # -- CatalogReader -----------------------------------------------------------------------
@@ -78,7 +84,8 @@ class DirectoryCatalog(AsyncResource):
             return await run_sync(
                 functools.partial(read_ova_file, found.ova, name, limit=MAX_SMALL_FILE)
             )
-        return await _read_bounded(found.folder / name)
+        path = await run_sync(_inside, found, found.folder / name)
+        return await _read_bounded(path)
 
     async def open_disk(self, point: RestorePoint, disk: DiskInfo) -> DiskReader:
         """Open one disk of a restore point read-only. :raises CatalogError:"""
@@ -93,7 +100,8 @@ class DirectoryCatalog(AsyncResource):
 
     async def _points(self, vm_name: str) -> list[_Point]:
         found = await run_sync(self._point_candidates, vm_name)
-        points = [await self._load(vm_name, folder, ova) for folder, ova in found]
+        confine = await run_sync(self._confinement, vm_name)
+        points = [await self._load(vm_name, folder, ova, confine) for folder, ova in found]
         points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
         return points
 
@@ -106,9 +114,10 @@ class DirectoryCatalog(AsyncResource):
                 return p
         raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path=str(self.root))
 
-    async def _load(self, vm_name: str, folder: Path, ova: Path | None) -> _Point:
+    async def _load(self, vm_name: str, folder: Path, ova: Path | None, confine: Path) -> _Point:
         meta = await _meta(folder)
         if ova is not None:
+            ova = await run_sync(_confined_file, confine, ova)
             from liverecovery.catalog.ova import load_ova_point
 
             point_id = folder.name if folder.name != vm_name else ova.stem
@@ -119,11 +128,11 @@ class DirectoryCatalog(AsyncResource):
                     load_ova_point, ova, vm_name=vm_name, point_id=point_id, meta=meta
                 )
             )
-            return _Point(point, folder, ova)
-        vmx_path = await run_sync(_single_vmx, folder)
+            return _Point(point, folder, ova, confine)
+        vmx_path = await run_sync(_confined_file, confine, await run_sync(_single_vmx, folder))
         config = config_from_vmx(VmxFile.parse(await _read_bounded(vmx_path)), path=str(vmx_path))
         created = meta.created or _dated(folder.name) or await _mtime(vmx_path)
-        disks = await run_sync(_disk_infos, folder, config)
+        disks = await run_sync(_disk_infos, folder, config, confine)
         nvram = config.nvram_name
         if nvram is not None and not await aiofiles.os.path.isfile(folder / nvram):
             nvram = None
@@ -141,7 +150,7 @@ class DirectoryCatalog(AsyncResource):
             num_cpus=config.num_cpus,
             nvram_name=nvram,
         )
-        return _Point(point, folder)
+        return _Point(point, folder, None, confine)
 
     # -- scanning (sync, run in a worker thread) -------------------------------------------
 
@@ -173,6 +182,12 @@ class DirectoryCatalog(AsyncResource):
         if not folder.is_dir():
             raise CatalogError(f"no VM {vm_name!r} in the backup root", path=str(self.root))
         return folder
+
+    def _confinement(self, vm_name: str) -> Path:
+        """The real VM folder: every file of its restore points must resolve inside it."""
+        if self._is_single_ova():
+            return Path(os.path.realpath(self.root.parent))
+        return Path(os.path.realpath(self._vm_folder(vm_name)))
 
     def _point_folders(self, vm_folder: Path) -> list[tuple[Path, Path | None]]:
         """(folder, ova file or None) of every restore point of one VM folder."""
@@ -208,7 +223,11 @@ class DirectoryCatalog(AsyncResource):
             return open_ova_disk(found.ova, file_name, grain_cache_bytes=self.grain_cache_bytes)
         if "/" in file_name or file_name in (".", ".."):
             raise CatalogError(f"invalid disk name {file_name!r}", path=str(found.folder))
-        return open_vmdk(found.folder / file_name, grain_cache_bytes=self.grain_cache_bytes)
+        return open_vmdk(
+            found.folder / file_name,
+            grain_cache_bytes=self.grain_cache_bytes,
+            confine=found.confine,
+        )
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -261,8 +280,26 @@ async def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp((await aiofiles.os.stat(path)).st_mtime, tz=UTC)
 
 
-def _disk_info(folder: Path, key: str, file_name: str, adapter: str) -> DiskInfo:
-    disk = open_vmdk(folder / file_name)
+def _confined_file(confine: Path, path: Path) -> Path:
+    """``path``, checked to resolve (symlinks followed) inside the real folder ``confine``."""
+    real = os.path.realpath(path)
+    if not inside(str(confine), real):
+        raise CatalogError(
+            f"resolves to {real!r}, outside the backup folder {str(confine)!r}", path=str(path)
+        )
+    if os.path.exists(real) and not os.path.isfile(real):
+        raise CatalogError("not a regular file", path=str(path))
+    return path
+
+
+def _inside(found: _Point, path: Path) -> Path:
+    return path if found.confine is None else _confined_file(found.confine, path)
+
+
+def _disk_info(
+    folder: Path, key: str, file_name: str, adapter: str, confine: Path | None = None
+) -> DiskInfo:
+    disk = open_vmdk(folder / file_name, confine=confine)
     try:
         size = disk.size
     finally:
@@ -270,8 +307,10 @@ def _disk_info(folder: Path, key: str, file_name: str, adapter: str) -> DiskInfo
     return DiskInfo(key=key, file_name=file_name, capacity_bytes=size, adapter=adapter)
 
 
-def _disk_infos(folder: Path, config: VmConfig) -> tuple[DiskInfo, ...]:
-    return tuple(_disk_info(folder, d.key, d.file_name, d.adapter) for d in config.disks)
+def _disk_infos(
+    folder: Path, config: VmConfig, confine: Path | None = None
+) -> tuple[DiskInfo, ...]:
+    return tuple(_disk_info(folder, d.key, d.file_name, d.adapter, confine) for d in config.disks)
 
 
 async def config_of(folder: Path) -> VmConfig:

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 from liverecovery.backends import DiskInfo, RestorePoint
+from liverecovery.catalog.manifest import verify_member
 from liverecovery.catalog.ovf import MAX_OVF_BYTES, parse_ovf
 from liverecovery.catalog.point_meta import PointMeta
 from liverecovery.catalog.synth_vmx import synthesize_vmx
@@ -27,6 +28,7 @@ __all__ = [
     "read_ova_file",
     "read_ova_member",
     "synthesized_vmx_name",
+    "verify_member",
 ]
 
 
@@ -79,9 +81,19 @@ def read_ova_member(ova: Path, name: str, *, limit: int) -> bytes:
     return data
 
 
-def open_ova_disk(ova: Path, name: str, *, grain_cache_bytes: int = 64 << 20) -> VmdkDisk:
-    """Open the VMDK member ``name`` in place. :raises CatalogError:"""
+def open_ova_disk(
+    ova: Path, name: str, *, grain_cache_bytes: int = 64 << 20, verify: bool = True
+) -> VmdkDisk:
+    """Open the VMDK member ``name`` in place, verified against the OVA's manifest first.
+
+    ``verify=False`` skips the manifest (for reading a disk's size while listing restore
+    points; nothing is served from such a disk).
+
+    :raises CatalogError: missing or malformed member, or a digest that does not match.
+    """
     member = _member(ova, name)
+    if verify:
+        verify_member(ova, member)
     window = FileWindow(str(ova), member.offset_data, member.size)
     if window.size != member.size:
         window.close()
@@ -97,6 +109,7 @@ def ova_config(ova: Path) -> tuple[VmConfig, dict[str, int], str]:
     if not ovf and not vmx:
         raise CatalogError("OVA holds neither an .ovf nor a .vmx", path=str(ova))
     if ovf:
+        verify_member(ova, _member(ova, ovf[0]))
         parsed = parse_ovf(
             read_ova_member(ova, ovf[0], limit=MAX_OVF_BYTES), path=f"{ova}:{ovf[0]}"
         )
@@ -105,6 +118,7 @@ def ova_config(ova: Path) -> tuple[VmConfig, dict[str, int], str]:
     else:
         declared = {}
     if vmx:
+        verify_member(ova, _member(ova, vmx[0]))
         data = read_ova_member(ova, vmx[0], limit=MAX_OVF_BYTES)
         config = config_from_vmx(VmxFile.parse(data), path=f"{ova}:{vmx[0]}")
         return config, declared, vmx[0]
@@ -116,7 +130,7 @@ def load_ova_point(ova: Path, *, vm_name: str, point_id: str, meta: PointMeta) -
     config, declared, config_name = ova_config(ova)
     disks = []
     for ref in config.disks:
-        disk = open_ova_disk(ova, ref.file_name)
+        disk = open_ova_disk(ova, ref.file_name, verify=False)
         try:
             size = disk.size
         finally:

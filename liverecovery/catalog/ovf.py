@@ -26,7 +26,20 @@ _SCSI_SUBTYPES = {
     "virtualscsi": "pvscsi",
     "buslogic": "buslogic",
 }
-_UNITS = re.compile(r"^\s*byte\s*(?:\*\s*2\s*\^\s*(\d+))?\s*$", re.IGNORECASE)
+_UNITS = re.compile(r"^bytes?((?:\*\d{1,7}(?:\^\d{1,2})?)*)$")
+_FACTOR = re.compile(r"\*(\d+)(?:\^(\d+))?")
+# Names other writers use (VirtualBox and older VMware tools write "MegaBytes")
+_NAMED_UNITS = {
+    "kilobytes": 10,
+    "kb": 10,
+    "megabytes": 20,
+    "mb": 20,
+    "gigabytes": 30,
+    "gb": 30,
+    "terabytes": 40,
+    "tb": 40,
+}
+_MAX_SCALE = 1 << 60
 
 
 @attrs.frozen
@@ -55,10 +68,25 @@ def _attr(element: ET.Element, name: str) -> str | None:
 
 
 def _child_text(element: ET.Element, name: str) -> str | None:
+    """The text of the child ``name`` (case-insensitive: OVF 0.9 writes ``InstanceId``)."""
+    wanted = name.lower()
     for child in element:
-        if _local(child.tag) == name:
+        if _local(child.tag).lower() == wanted:
             return (child.text or "").strip()
     return None
+
+
+def _virtual_systems(root: ET.Element) -> list[ET.Element]:
+    """``VirtualSystem`` elements, or OVF 0.9's ``Content xsi:type="ovf:VirtualSystem_Type"``
+    (what ESX 3.5 and Workstation 6.5 exported)."""
+    found = _find_all(root, "VirtualSystem")
+    if found:
+        return found
+    return [
+        e
+        for e in _find_all(root, "Content")
+        if (_attr(e, "type") or "").endswith("VirtualSystem_Type")
+    ]
 
 
 def _find_all(root: ET.Element, name: str) -> list[ET.Element]:
@@ -66,12 +94,22 @@ def _find_all(root: ET.Element, name: str) -> list[ET.Element]:
 
 
 def _scale(units: str | None, path: str, what: str) -> int:
+    """Bytes per unit of DMTF programmatic units (``byte * 2^20``, ``byte*1024*1024``) or of a
+    unit name (``MegaBytes``). :raises CatalogError: anything else, or an absurd scale."""
     if not units:
         return 1
-    match = _UNITS.match(units)
+    compact = re.sub(r"\s+", "", units).lower()
+    if compact in _NAMED_UNITS:
+        return 1 << _NAMED_UNITS[compact]
+    match = _UNITS.match(compact)
     if match is None:
         raise CatalogError(f"unsupported allocation units {units!r} for {what}", path=path)
-    return 1 << int(match[1] or 0)
+    scale = 1
+    for base, power in _FACTOR.findall(match[1]):
+        scale *= int(base) ** int(power or 1)
+        if scale > _MAX_SCALE:
+            raise CatalogError(f"allocation units {units!r} for {what} are too large", path=path)
+    return scale
 
 
 def _number(text: str | None, path: str, what: str) -> int:
@@ -99,7 +137,7 @@ def parse_ovf(data: bytes, *, path: str = "") -> OvfVm:
         capacity = _number(_attr(disk, "capacity"), path, f"disk {disk_id!r} capacity")
         scale = _scale(_attr(disk, "capacityAllocationUnits"), path, f"disk {disk_id!r}")
         disks_by_id[disk_id] = (href, capacity * scale)
-    systems = _find_all(root, "VirtualSystem")
+    systems = _virtual_systems(root)
     if not systems:
         raise CatalogError("OVF has no VirtualSystem", path=path)
     system = systems[0]

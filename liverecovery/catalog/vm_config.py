@@ -12,7 +12,7 @@ import attrs
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.errors import CatalogError
 
-__all__ = ["DiskRef", "VmConfig", "config_from_vmx"]
+__all__ = ["DiskRef", "VmConfig", "config_from_vmx", "is_disk_device"]
 
 _DISK_KEY = re.compile(r"^(?P<bus>scsi|ide|sata|nvme)(?P<ctrl>\d+):(?P<unit>\d+)\.filename$")
 _BUS_ORDER = {"ide": 0, "sata": 1, "scsi": 2, "nvme": 3}
@@ -49,13 +49,27 @@ def _int(vmx: VmxFile, key: str, default: int, path: str) -> int:
         raise CatalogError(f"{key} is not a number: {value!r}", path=path) from None
 
 
-def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool:
-    if (vmx.get(f"{device}.present") or "TRUE").upper() == "FALSE":
+def is_disk_device(present: str | None, device_type: str | None, file_name: str) -> bool:
+    """Whether a device entry of a .vmx is a virtual disk on the datastore, as ESXi decides.
+
+    CD-ROMs and floppies (``cdrom-image``, ``atapi-cdrom``, ``cdrom-raw``), SCSI passthrough
+    devices (``scsi-passthru``) and anything naming a host device (``/vmfs/devices/...``,
+    ``/dev/...``) are not disks of the VM folder, whatever their file name; neither is a device
+    that is not present.
+    """
+    if (present or "TRUE").strip().upper() == "FALSE":
         return False
-    kind = (vmx.get(f"{device}.deviceType") or "").lower()
+    kind = (device_type or "").lower()
     if "cdrom" in kind or "floppy" in kind or kind.endswith("passthru"):
         return False
-    return file_name.lower().endswith(".vmdk")
+    name = file_name.replace("\\", "/")
+    if name.startswith(("/vmfs/devices/", "/dev/")) or name.startswith("//./"):
+        return False
+    return name.lower().endswith(".vmdk")
+
+
+def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool:
+    return is_disk_device(vmx.get(f"{device}.present"), vmx.get(f"{device}.deviceType"), file_name)
 
 
 def _adapter(vmx: VmxFile, bus: str, ctrl: str) -> str:

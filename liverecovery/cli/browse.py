@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -22,14 +23,15 @@ import attrs
 from liverecovery.backends import RestorePoint, StagingContext
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.serve import _listen
-from liverecovery.cli.signals import wait_for_stop_signal
+from liverecovery.cli.signals import stop_signals, wait_for_stop_signal
 from liverecovery.config import Settings
 from liverecovery.errors import SettingsError
+from liverecovery.io.threads import run_sync
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.recovery.assembly import Assembly, assemble
 from liverecovery.spec import RecoverySpec
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "sweep_browse_residue"]
 
 
 def register(sub: Any) -> None:
@@ -66,11 +68,31 @@ async def run(args: argparse.Namespace) -> int:
         sessions = SessionRegistry.for_settings(settings)
         sessions.acquire(vm, SessionKind.BROWSE, browse_id)
         try:
+            await run_sync(sweep_browse_residue, settings, sessions)
             async with assemble(settings, vsphere=None, catalog=catalog, read_only=True) as parts:
                 await _serve(args, parts, vm, point, browse_id)
         finally:
             sessions.release(vm, browse_id)
     return 0
+
+
+def sweep_browse_residue(settings: Settings, sessions: SessionRegistry) -> list[Path]:
+    """Remove the job folders of browses whose process died (a SIGKILL skips ``discard``).
+
+    A browse holds its session before it builds its folder and removes the folder before it
+    releases the session, so a ``browse-*`` folder whose owner holds no live session belongs to
+    a dead process. Dead holder records were swept when this browse's session opened.
+    """
+    jobs = Path(settings.job_results_dir) / "jobs"
+    if not jobs.is_dir():
+        return []
+    live = sessions.live_owners()
+    removed = []
+    for folder in sorted(jobs.glob("browse-*")):
+        if folder.name not in live and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 async def _serve(
@@ -94,15 +116,18 @@ async def _serve(
             path = f"/browse/{folder}"
             await server.export_filesystem(path, staged.filesystem, args.allow)
             shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
-            print(f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}")
-            print(
-                f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
-                f"(pid {os.getpid()}); Ctrl-C or SIGTERM stops",
-                file=sys.stderr,
-                flush=True,
-            )
-            sys.stdout.flush()
-            await wait_for_stop_signal()
+            with stop_signals() as stops:  # before saying so: a stop right after is clean
+                print(
+                    f"nfs://{shown}{path}?version=3&nfsport={server.port}&mountport={server.port}"
+                )
+                print(
+                    f"browsing {vm} ({point.point_id}) read-only to {', '.join(args.allow)} "
+                    f"(pid {os.getpid()}); Ctrl-C or SIGTERM stops",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.stdout.flush()
+                await wait_for_stop_signal(stops)
         finally:
             await staged.filesystem.aclose()
     finally:

@@ -11,7 +11,11 @@ Exit code 0 only when the job completed and both hold.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -31,7 +35,7 @@ from liverecovery.recovery.progress import show_progress
 from liverecovery.sim.embedded import embedded_environment, verify_disk
 from liverecovery.testing.samples import sample_vm, tree_digests
 
-__all__ = ["parse_size", "register", "run"]
+__all__ = ["DEMO_PREFIX", "parse_size", "register", "run", "sweep_demo_residue"]
 
 
 def parse_size(text: str) -> int:
@@ -47,6 +51,59 @@ def parse_size(text: str) -> int:
     if size < MiB:
         raise SettingsError(f"--disk-size {text!r}: must be at least 1M")
     return size
+
+
+DEMO_PREFIX = "liverecovery-demo-"
+_OWNER = ".owner.lock"
+
+
+def _claim(work: Path) -> int:
+    """Lock a new owner file in the demo's folder for the life of this process: written under
+    a temporary name, locked, then renamed, so a present owner file is always locked by a live
+    demo or left by a dead one. The kernel drops the lock when the process dies, even by
+    SIGKILL."""
+    tmp = work / ".owner.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, work / _OWNER)
+    return fd
+
+
+def sweep_demo_residue(
+    tmp_root: str | os.PathLike[str] | None = None, *, unclaimed_age_s: float = 600.0
+) -> list[Path]:
+    """Remove the temporary folders of demos that were killed (``TemporaryDirectory`` never
+    ran its cleanup). A folder whose owner file is locked belongs to a live demo and is left
+    alone; one without an owner file is removed only when older than ``unclaimed_age_s`` (a
+    demo starting right now has not claimed its folder yet). Returns the folders removed."""
+    root = Path(tmp_root if tmp_root is not None else tempfile.gettempdir())
+    removed: list[Path] = []
+    for folder in sorted(root.glob(f"{DEMO_PREFIX}*")):
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
+            fd = os.open(folder / _OWNER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if time.time() - info.st_mtime > unclaimed_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            continue
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live demo
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def register(sub: Any) -> None:
@@ -74,8 +131,10 @@ async def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     marks: dict[str, float] = {}
     fetched_before_power_on = 0
-    with tempfile.TemporaryDirectory(prefix="liverecovery-demo-") as tmp:
+    await run_sync(sweep_demo_residue)
+    with tempfile.TemporaryDirectory(prefix=DEMO_PREFIX) as tmp:
         work = Path(tmp)
+        owner = await run_sync(_claim, work)  # held until the folder is removed
         backup_root = work / "backup"
         await run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
         before = await run_sync(tree_digests, backup_root)
@@ -126,6 +185,7 @@ async def run(args: argparse.Namespace) -> int:
                     verified &= ok
         await catalog.aclose()
         unchanged = await run_sync(tree_digests, backup_root) == before
+        os.close(owner)
     stats = job.stats
     result = summary.to_json() | {
         "time_to_power_on_s": round(marks.get("serving", 0.0), 6),

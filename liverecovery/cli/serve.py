@@ -20,7 +20,7 @@ from liverecovery.errors import SettingsError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 
-__all__ = ["register", "run"]
+__all__ = ["refuse_state_inside", "register", "run"]
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -69,6 +69,20 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
+def refuse_state_inside(state_dir: Path, directory: Path) -> None:
+    """The state directory holds the handle key: inside the export, any client could read it
+    over NFS and forge handles. Both paths must already be resolved.
+
+    :raises SettingsError: ``state_dir`` is ``directory`` or lies inside it.
+    """
+    if state_dir == directory or directory in state_dir.parents:
+        raise SettingsError(
+            f"serve: the state directory {state_dir} lies inside the exported directory "
+            f"{directory}: its handle key would be readable over NFS; choose --state-dir "
+            "outside it"
+        )
+
+
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the ``nfs://`` URL a libnfs client can use."""
     directory = Path(await anyio.Path(args.directory).resolve())
@@ -76,6 +90,7 @@ async def run(args: argparse.Namespace) -> int:
         raise SettingsError(f"serve: {directory} is not a directory")
     host, port = args.listen
     state_dir: Path = args.state_dir or default_job_results_dir() / "nfs-state"
+    refuse_state_inside(Path(await anyio.Path(state_dir).resolve()), directory)
     export_path: str = args.export_path or str(directory)
     fs = LocalFilesystem(directory, read_only=args.read_only)
     async with NfsServer(state_dir, host=host, port=port, portmap_port=args.portmap_port) as server:

@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 
 import anyio
 
@@ -25,6 +26,7 @@ __all__ = [
     "STOP_GRACE_S",
     "exit_without_lingering",
     "hard_exit_after",
+    "stop_signals",
     "threads_now",
     "wait_for_stop_signal",
 ]
@@ -35,12 +37,20 @@ STOP_GRACE_S = 5.0
 _IDLE_WORKER_WAIT_S = 1.0
 
 
-async def wait_for_stop_signal() -> signal.Signals:
-    """Return when SIGINT or SIGTERM arrives."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+def stop_signals() -> AbstractContextManager[AsyncIterator[int]]:
+    """Handle SIGINT and SIGTERM from now on (enter it before announcing readiness, so a
+    signal sent as soon as the command says it is ready stops it cleanly)."""
+    return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def wait_for_stop_signal(signals: AsyncIterator[int] | None = None) -> signal.Signals:
+    """Return when SIGINT or SIGTERM arrives (on ``signals`` from ``stop_signals`` if given)."""
+    if signals is not None:
         async for signum in signals:
             return signal.Signals(signum)
-    raise RuntimeError("the signal receiver closed")  # pragma: no cover
+        raise RuntimeError("the signal receiver closed")  # pragma: no cover
+    with stop_signals() as received:
+        return await wait_for_stop_signal(received)
 
 
 def _leave(code: int, message: str) -> None:

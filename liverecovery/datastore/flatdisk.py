@@ -14,6 +14,7 @@ step aside while the VM waits.
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
@@ -30,10 +31,13 @@ from liverecovery.backends import (
     DiskStats,
     RunKind,
 )
+from liverecovery.errors import CatalogError, NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import Stability, WriteData
 
 __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap", "OverlayOpener"]
+
+log = logging.getLogger(__name__)
 
 _KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
 
@@ -342,6 +346,14 @@ class FlatDisk(AsyncResource):
                 data = await self._merged(overlay, held, offset, length)
             else:
                 data = await self._base(offset, length)
+        except (CatalogError, BaseExceptionGroup) as exc:
+            damage = _catalog_error(exc)
+            if damage is None:
+                raise
+            # damage in the backup where this read lands: an I/O error for this read, one log
+            # line naming the file and where; the server goes on serving everything else
+            log.warning("READ of %s at byte %d (%d bytes): %s", self.source, offset, length, damage)
+            raise NfsError(NfsStatus.IO, damage.problem) from None
         finally:
             gate.leave()
         self.stats.bytes_served += len(data)
@@ -409,3 +421,15 @@ class FlatDisk(AsyncResource):
                 await self._overlay.aclose()
         finally:
             await self._reader.aclose()
+
+
+def _catalog_error(exc: BaseException) -> CatalogError | None:
+    """The backup damage ``exc`` reports: itself, or the only kind of error in a group of
+    concurrent block reads (anything else in the group is not damage: None)."""
+    if isinstance(exc, CatalogError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_catalog_error(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None

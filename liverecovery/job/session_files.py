@@ -14,7 +14,8 @@ Next to the lock, each session writes a holder record (``<name>-<hash>.<token>.h
 kind, pid, host) that it keeps locked while it lives, so a refused caller can say who holds the
 VM and skip the records left behind by a process that died. Records are advice for messages;
 the lock file alone decides. Lock files are never removed (removing a lock file races with
-someone opening it); records are removed on release, and stale ones by the next live recovery.
+someone opening it); records are removed on release, and those of dead processes by the next
+session opened (``sweep_dead``), so killed processes leave no growing residue.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import attrs
@@ -168,6 +170,7 @@ class SessionFiles:
                 raise self.conflict(vm, kind)
             if kind is SessionKind.RECOVERY:
                 self._sweep(vm)  # nobody else holds the VM: every record left is stale
+            self.sweep_dead()  # records of dead processes, on every VM
             record_fd, record_path = self._write_record(vm, kind, owner)
         except OSError as exc:
             os.close(fd)
@@ -184,20 +187,7 @@ class SessionFiles:
         for path in sorted(self.directory.glob(f"{lock_key(vm)}.*.holder")):
             if path == mine:
                 continue
-            try:
-                fd = os.open(path, os.O_RDONLY | _FLAGS)
-            except OSError:
-                continue  # released meanwhile
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass  # its writer still holds it: alive
-                else:
-                    continue  # nobody holds it: its process died
-                holder = _parse_record(os.read(fd, _RECORD_MAX))
-            finally:
-                os.close(fd)
+            holder = _live_record(path)
             if holder is not None:
                 found.append(holder)
         return found
@@ -262,12 +252,69 @@ class SessionFiles:
             raise
         return fd, final
 
+    def live_owners(self) -> set[str]:
+        """The owners (job ids, browse ids) of every live session, on any VM."""
+        owners: set[str] = set()
+        for path in sorted(self.directory.glob("*.holder")):
+            holder = _live_record(path)
+            if holder is not None:
+                owners.add(holder.owner)
+        return owners
+
+    def sweep_dead(self, *, tmp_age_s: float = 60.0) -> int:
+        """Remove the holder records of processes that died (killed ones never release), on
+        every VM; a record its writer still holds is never touched. Half-written ``.tmp``
+        records are removed once older than ``tmp_age_s`` (a live writer renames its record
+        within microseconds). Returns how many were removed."""
+        removed = 0
+        now = time.time()
+        try:
+            paths = sorted(self.directory.glob("*.holder")) + sorted(self.directory.glob("*.tmp"))
+        except OSError:
+            return 0
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | _FLAGS)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer holds it: alive
+                if path.suffix == ".tmp" and now - os.fstat(fd).st_mtime < tmp_age_s:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+            finally:
+                os.close(fd)
+        return removed
+
     def _sweep(self, vm: str) -> None:
         key = lock_key(vm)
         for pattern in (f"{key}.*.holder", f"{key}.*.tmp"):
             for path in self.directory.glob(pattern):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def _live_record(path: Path) -> SessionHolder | None:
+    """The holder a record names, if its writer still holds it (else it died: None)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _FLAGS)
+    except OSError:
+        return None  # released meanwhile
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # its writer still holds it: alive
+        else:
+            return None  # nobody holds it: its process died
+        return _parse_record(os.read(fd, _RECORD_MAX))
+    finally:
+        os.close(fd)
 
 
 def _parse_record(raw: bytes) -> SessionHolder | None:

@@ -100,6 +100,13 @@ class SessionRegistry:
             return []
         return SessionFiles(self.lock_dir).holders(vm)
 
+    def live_owners(self) -> set[str]:
+        """Owners of every live session in any process sharing the lock directory (this
+        registry's included); empty without a lock directory."""
+        if self.lock_dir is None or not self.lock_dir.is_dir():
+            return set()
+        return SessionFiles(self.lock_dir).live_owners()
+
     def _forget(self, vm: str, owner: str) -> None:
         self._files.pop((vm, owner), None)
         sessions = self._open.get(vm)

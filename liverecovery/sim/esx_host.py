@@ -37,6 +37,7 @@ from liverecovery.backends import (
     TargetQuery,
     VmRef,
 )
+from liverecovery.catalog.vm_config import is_disk_device
 from liverecovery.catalog.vmdk.descriptor import ExtentType, parse_descriptor
 from liverecovery.catalog.vmx import VmxFile
 from liverecovery.config import MiB
@@ -557,10 +558,12 @@ class SimulatedEsxHost:
         disks: list[_Disk] = []
         for key, value in vmx.items():
             match = _DISK_KEY.match(key)
-            if not match or vmx.get(f"{match.group(1)}.present", "true").lower() != "true":
+            if not match:
                 continue
-            if "cdrom" in vmx.get(f"{match.group(1)}.devicetype", ""):
-                continue
+            device = match.group(1)
+            present, kind = vmx.get(f"{device}.present"), vmx.get(f"{device}.devicetype")
+            if not is_disk_device(present, kind, value):
+                continue  # CD-ROMs, passthrough devices: not disks on the datastore
             desc_fh, _ = await client.lookup(folder_fh, value)
             text = (await self._read_all(client, desc_fh, 1 * MiB)).decode("utf-8", "replace")
             try:

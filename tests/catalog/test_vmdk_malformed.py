@@ -186,7 +186,7 @@ def test_flat_file_shorter_than_descriptor(images: dict[str, Image], tmp_path: P
         ('version=1\nRW 100 WEIRD "x"\n', "unknown extent type"),
         ("version=1\n!!! garbage\nRW 100 ZERO\n", "line 2: cannot parse"),
         ("RW 100 ZERO\n", "not a VMDK descriptor"),
-        ('version=1\nRW 100 VMFSRDM "x"\n', "not supported"),
+        ('version=1\nRW 100 VMFSRDM "x"\n', "host device disk"),
     ],
 )
 def test_bad_descriptors(tmp_path: Path, text: str, problem: str) -> None:

@@ -13,6 +13,13 @@ import os
 from collections.abc import Sequence
 
 from liverecovery.backends import AllocationRun, RunKind
+from liverecovery.catalog.vmdk.confine import (
+    confined,
+    device_path,
+    inside,
+    refuse_host_device,
+    windows_absolute,
+)
 from liverecovery.catalog.vmdk.descriptor import (
     MAX_DESCRIPTOR_BYTES,
     SECTOR,
@@ -31,6 +38,7 @@ from liverecovery.catalog.vmdk.extents import (
     ZeroExtent,
     zeros,
 )
+from liverecovery.catalog.vmdk.sesparse import SeSparseExtent
 from liverecovery.catalog.vmdk.sparse_header import SPARSE_MAGIC
 from liverecovery.errors import CatalogError
 from liverecovery.io.threads import run_read, run_sync
@@ -226,26 +234,45 @@ def open_vmdk(
     *,
     window: FileWindow | None = None,
     grain_cache_bytes: int = 64 << 20,
+    confine: str | os.PathLike[str] | None = None,
 ) -> VmdkDisk:
     """Open the VMDK at ``path`` (a descriptor or a monolithic sparse/streamOptimized file).
 
-    ``window`` reads the main file from inside a larger one (an OVA member) instead of ``path``.
+    Every file the disk reads (the descriptor, its extents, its parents' files) must resolve,
+    symlinks followed, inside the folder ``confine`` (default: the descriptor's own folder);
+    device paths are never followed.
 
-    :raises CatalogError: a file is missing, truncated or malformed, or the chain is too deep
-        or loops.
+    ``window`` reads the main file from inside a larger one (an OVA member) instead of ``path``;
+    such a disk must be self-contained (no extent files, no parent).
+
+    :raises CatalogError: a file is missing, truncated, malformed or outside the folder, a
+        host-device disk, or the chain is too deep or loops.
     """
-    return _open(os.fspath(path), window, grain_cache_bytes, depth=0, seen=frozenset())
+    name = os.fspath(path)
+    if window is not None:
+        return _open(name, window, grain_cache_bytes, root=None, depth=0, seen=frozenset())
+    root = os.path.realpath(os.fspath(confine) if confine is not None else os.path.dirname(name))
+    real = confined(root, "", os.path.abspath(name), what="disk", descriptor=name)
+    return _open(name, None, grain_cache_bytes, root=root, real=real, depth=0, seen=frozenset())
 
 
 def _open(
-    path: str, window: FileWindow | None, cache: int, *, depth: int, seen: frozenset[str]
+    path: str,
+    window: FileWindow | None,
+    cache: int,
+    *,
+    root: str | None,
+    real: str = "",
+    depth: int,
+    seen: frozenset[str],
 ) -> VmdkDisk:
     if depth > MAX_CHAIN_DEPTH:
         raise CatalogError(f"delta chain deeper than {MAX_CHAIN_DEPTH}", path=path)
-    key = os.path.realpath(path) if window is None else f"{path}@{window.start}"
+    key = real if window is None else f"{path}@{window.start}"
     if key in seen:
         raise CatalogError("delta chain loops back to this disk", path=path)
-    main = window if window is not None else FileWindow(path)
+    main = window if window is not None else FileWindow(real, root=root)
+    main.path = path
     extents: list[ExtentReader] = []
     try:
         magic = main.pread(0, 4)
@@ -261,20 +288,40 @@ def _open(
                 )
             else:
                 descriptor = parse_descriptor(text, path=path)
+                _refuse_device_disk(descriptor, path)
                 declared = descriptor.capacity_bytes
                 if declared and declared != sparse.size:
                     sparse.size = declared
         else:
             descriptor = _read_descriptor(main, path)
             main.close()
-            base = os.path.dirname(path)
+            _refuse_device_disk(descriptor, path)
             for line in descriptor.extents:
-                extents.append(_open_extent(line, base, path, cache))
+                try:
+                    extents.append(_open_extent(line, root, os.path.dirname(real), path, cache))
+                except CatalogError as exc:
+                    raise _named_by(exc, path, f"extent {line.file_name!r}") from None
         parent = None
         hint = descriptor.parent_file_name
         if hint is not None:
-            parent_path = _resolve_parent(hint, os.path.dirname(path), path)
-            parent = _open(parent_path, None, cache, depth=depth + 1, seen=seen | {key})
+            if root is None:
+                raise CatalogError(
+                    f"a disk inside an archive names a parent disk {hint!r}: not supported",
+                    path=path,
+                )
+            parent_path = _resolve_parent(hint, root, os.path.dirname(real), path)
+            try:
+                parent = _open(
+                    os.path.join(os.path.dirname(path), os.path.basename(parent_path)),
+                    None,
+                    cache,
+                    root=root,
+                    real=parent_path,
+                    depth=depth + 1,
+                    seen=seen | {key},
+                )
+            except CatalogError as exc:
+                raise _named_by(exc, path, f"parent disk {hint!r}") from None
             _check_parent_cid(descriptor, parent, path)
     except BaseException:
         main.close()
@@ -284,15 +331,33 @@ def _open(
     return VmdkDisk(path, descriptor, extents, parent)
 
 
+def _named_by(exc: CatalogError, path: str, what: str) -> CatalogError:
+    """``exc`` (about a file ``path`` names), saying so when it does not name ``path`` yet:
+    the user must learn which descriptor led to the damaged file."""
+    if path in str(exc):
+        return exc
+    return CatalogError(f"{exc.problem} ({what} of {path})", path=exc.path)
+
+
+def _refuse_device_disk(descriptor: Descriptor, path: str) -> None:
+    types = {e.type.value for e in descriptor.extents}
+    refuse_host_device(descriptor.create_type, types, descriptor=path)
+
+
 def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
     if main.size > MAX_DESCRIPTOR_BYTES:
         raise CatalogError(
             "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
         )
     raw = main.pread(0, main.size)
-    text_end = len(raw.rstrip(b"\x00"))
+    # qemu reads a descriptor as a C string, up to its first NUL: qemu-img pads what it
+    # rewrites with NULs, sometimes followed by a newline ("\0\n"). Trailing padding of NULs
+    # and white space is read the same way; text after a NUL means a binary file.
+    text_end = len(raw.rstrip(b"\x00\r\n\t "))
     nul = raw.find(b"\x00", 0, text_end)
-    if nul >= 0:
+    if nul < 0:
+        raw = raw[:text_end]
+    else:
         raise CatalogError(
             "neither a sparse extent (no KDMV magic) nor a text descriptor (a NUL byte at "
             f"offset {nul} of {len(raw)}, text continues to {text_end}; starts {raw[:16]!r})",
@@ -305,17 +370,38 @@ def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
     return parse_descriptor(text, path=path)
 
 
-def _open_extent(line: ExtentLine, base: str, path: str, cache: int) -> ExtentReader:
+def _open_extent(
+    line: ExtentLine, root: str | None, base: str, path: str, cache: int
+) -> ExtentReader:
     size = line.sectors * SECTOR
     if line.type is ExtentType.ZERO:
         return ZeroExtent(size)
     assert line.file_name is not None
-    file_path = os.path.join(base, line.file_name)
+    if root is None:
+        raise CatalogError(
+            f"a descriptor inside an archive names extent file {line.file_name!r}: not supported",
+            path=path,
+        )
+    file_path = confined(root, base, line.file_name, what="extent", descriptor=path)
+    if line.type not in _READERS:
+        raise CatalogError(f"{line.type} extents are not supported", path=path)
+    file = FileWindow(file_path, root=root)
     if line.type in (ExtentType.FLAT, ExtentType.VMFS):
-        return FlatExtent(FileWindow(file_path), size, line.offset_sectors * SECTOR)
-    if line.type in (ExtentType.SPARSE, ExtentType.VMFSSPARSE):
-        return SparseExtent(FileWindow(file_path), size, grain_cache_bytes=cache)
-    raise CatalogError(f"{line.type} extents are not supported", path=path)
+        return FlatExtent(file, size, line.offset_sectors * SECTOR)
+    if line.type is ExtentType.SESPARSE:
+        return SeSparseExtent(file, size)
+    return SparseExtent(file, size, grain_cache_bytes=cache)
+
+
+_READERS = frozenset(
+    {
+        ExtentType.FLAT,
+        ExtentType.VMFS,
+        ExtentType.SPARSE,
+        ExtentType.VMFSSPARSE,
+        ExtentType.SESPARSE,
+    }
+)
 
 
 def _check_parent_cid(child: Descriptor, parent: VmdkDisk, path: str) -> None:
@@ -335,12 +421,26 @@ def _check_parent_cid(child: Descriptor, parent: VmdkDisk, path: str) -> None:
         )
 
 
-def _resolve_parent(hint: str, base: str, path: str) -> str:
-    candidate = os.path.join(base, hint)
+def _resolve_parent(hint: str, root: str, base: str, path: str) -> str:
+    """The real path of the parent named by ``parentFileNameHint``, inside ``root``.
+
+    ESXi often records an absolute ``/vmfs/volumes/...`` path: when that lies outside the
+    backup, the parent is looked for beside the child instead. A relative hint that leaves the
+    folder (``../``) or a device path is refused, never followed.
+    """
+    if device_path(hint):
+        raise CatalogError(f"parent disk {hint!r} is a device, not a file of the backup", path=path)
+    if not hint.startswith("/") and not windows_absolute(hint):
+        candidate = confined(root, base, hint, what="parent disk", descriptor=path)
+        if os.path.exists(candidate):
+            return candidate
+        raise CatalogError(f"parent disk {hint!r} not found", path=path)
+    if hint.startswith("/"):
+        real = os.path.realpath(hint)
+        if inside(root, real) and os.path.exists(real):
+            return real
+    beside = os.path.basename(hint.replace("\\", "/"))
+    candidate = confined(root, base, beside, what="parent disk", descriptor=path)
     if os.path.exists(candidate):
         return candidate
-    # ESXi often records an absolute /vmfs/volumes/... path: look beside the child instead.
-    beside = os.path.join(base, os.path.basename(hint.replace("\\", "/")))
-    if os.path.exists(beside):
-        return beside
-    raise CatalogError(f"parent disk {hint!r} not found", path=path)
+    raise CatalogError(f"parent disk {hint!r} not found (nor {beside!r} beside it)", path=path)
