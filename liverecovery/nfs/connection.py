@@ -29,6 +29,7 @@ import errno
 import logging
 import math
 import os
+import resource
 import socket
 import struct
 import time
@@ -133,11 +134,26 @@ class LogThrottle:
         return True
 
 
+def _descriptor_share() -> int:
+    """Half the process's soft descriptor limit (at least 16)."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, soft // 2)
+
+
 class ConnectionTable:
     """The open connections of one server, counted in total and per source address."""
 
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
+        self.max_connections = min(limits.max_connections, _descriptor_share())
+        """``limits.max_connections``, but at most half the process's descriptor limit: the
+        table fills before ``accept`` runs out of descriptors (EMFILE), so a client of an
+        export can still be let in by eviction."""
         self.throttle = LogThrottle(limits.log_interval)
         self._all: dict[RpcServerProtocol, None] = {}
         """In the order they were accepted."""
@@ -153,6 +169,9 @@ class ConnectionTable:
     def __len__(self) -> int:
         return len(self._all)
 
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._all
+
     def count(self, address: str) -> int:
         return self._per_address.get(address, 0)
 
@@ -160,8 +179,11 @@ class ConnectionTable:
         """Why a new connection from ``address`` must be closed at once, or None."""
         if self.closed:
             return "the server is closing"
-        if len(self._all) >= self.limits.max_connections:
-            return f"{len(self._all)} connections open, the limit (nfs_max_connections)"
+        if len(self._all) >= self.max_connections:
+            return (
+                f"{len(self._all)} connections open, the limit (nfs_max_connections, at most "
+                "half the descriptor limit)"
+            )
         if self._per_address.get(address, 0) >= self.limits.max_connections_per_address:
             return (
                 f"{self.limits.max_connections_per_address} connections open from this "
@@ -184,7 +206,7 @@ class ConnectionTable:
                 del self._per_address[conn.peer]
 
     def full(self) -> bool:
-        return len(self._all) >= self.limits.max_connections
+        return len(self._all) >= self.max_connections
 
     def evict_untrusted(self, trusts: Callable[[str], bool]) -> RpcServerProtocol | None:
         """Close the oldest connection from an address no export allows (``trusts``), else the
@@ -282,7 +304,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        if self._table.closed:
+        if self._table.closed or self not in self._table:  # closing, or evicted while starting
             transport.close()
             return
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)

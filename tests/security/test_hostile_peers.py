@@ -298,3 +298,16 @@ async def test_accept_errors_are_logged_once_per_interval(
         assert not [r for r in caplog.records if r.exc_info is not None]
         await still_served(client, fh)
         await close_all(waiting)
+
+
+def test_the_connection_limit_leaves_descriptors_for_accept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under ``ulimit -n 100`` the table holds 50 connections whatever the setting says, so it
+    fills (and evicts for clients of an export) before ``accept`` fails with EMFILE."""
+    from liverecovery.nfs import connection
+
+    monkeypatch.setattr(connection.resource, "getrlimit", lambda _which: (100, 4096))
+    assert connection.ConnectionTable(connection.ConnectionLimits()).max_connections == 50
+    limits = connection.ConnectionLimits(max_connections=20)
+    assert connection.ConnectionTable(limits).max_connections == 20
