@@ -96,7 +96,7 @@ class Nfs3Program:
             result = result_type(exc.status)
         except (OverflowError, ValueError) as exc:
             # An argument in range for XDR that the OS still refuses as a value: the client's.
-            log.info("NFS3 procedure %s from %s: argument refused: %s", proc, peer, exc)
+            log.debug("NFS3 procedure %s from %s: argument refused: %s", proc, peer, exc)
             result = result_type(NfsStatus.INVAL)
         p = encode_accepted(xid)
         result.pack(p, fsid)
