@@ -181,6 +181,19 @@ class Settings:
     nfs_grace_s: float = attrs.field(default=90.0, validator=_non_negative_float())
     """After a restart, how long the NFS server asks clients to retry (NFS3ERR_JUKEBOX) for
     exports and folders that resumed jobs have not restored yet, instead of failing them."""
+    nfs_max_connections: int = attrs.field(default=256, validator=_positive_int)
+    """Connections the NFS server keeps open at once; more are closed at accept (an ESX host
+    uses a few per datastore: 256 leaves room for many hosts and stays far below the usual
+    1024 descriptors)."""
+    nfs_max_connections_per_address: int = attrs.field(default=64, validator=_positive_int)
+    """Connections from one source address; one address cannot take them all."""
+    nfs_idle_timeout_s: float = attrs.field(default=360.0, validator=_non_negative_float())
+    """A connection without a call for this long is closed (clients reconnect on their next
+    call, as with knfsd's 6 minutes); 0 keeps idle connections."""
+    nfs_partial_record_timeout_s: float = attrs.field(
+        default=60.0, validator=_positive("nfs_partial_record_timeout_s")
+    )
+    """A connection that leaves a record unfinished for this long is closed (slow senders)."""
     nfs_address: str = ""
     export_root: str = "/liverecovery"
     restore_passkey: Passkey | None = None

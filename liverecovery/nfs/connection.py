@@ -11,23 +11,52 @@ For that the connection writes to the socket itself, through a duplicate of its 
 while such a reply (or anything queued behind it) is unsent, every reply waits in the
 connection's own outbox, so records never interleave; the transport writes again once the
 outbox is empty. When the transport still buffers bytes, piped data is copied out instead.
+
+Nothing a peer sends before it is known to be a client can make the server hold more than it
+sent (see ``RecordReader``), and ``listen`` bounds what peers can take in total: it accepts
+connections itself and closes at once those over the total or per-address limit or from an
+address ``admits`` refuses; one timer per connection closes it when a record stays unfinished
+or the connection stays idle too long; errors of ``accept`` (EMFILE...) and refusals are
+logged at most once per interval (``LogThrottle``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import errno
 import logging
+import math
 import os
+import resource
 import socket
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Final
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, Final
 
-from liverecovery.nfs.rpc import RecordReader, RecordTooLarge, record_header
+import attrs
+
+from liverecovery.nfs.rpc import (
+    DEFAULT_MAX_FRAGMENTS,
+    RecordReader,
+    RecordTooLarge,
+    record_header,
+    scratch_buffer,
+)
 from liverecovery.nfs.xdr import Buffer, Part
 from liverecovery.nfs.zero_copy import PipedData, zero_copy_supported
 
-__all__ = ["Dispatch", "RpcServerProtocol", "listen"]
+__all__ = [
+    "ConnectionLimits",
+    "ConnectionTable",
+    "Dispatch",
+    "Listener",
+    "LogThrottle",
+    "RpcServerProtocol",
+    "listen",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +69,160 @@ _HIGH_WATER: Final = 8 << 20
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+_ACCEPT_BATCH: Final = 64
+"""Connections accepted per wake-up of the listening socket (then other work runs)."""
+_ACCEPT_RETRY_S: Final = 0.5
+"""After an accept failed for lack of resources (EMFILE...), wait this long before the next."""
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_BACKLOG: Final = 128
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+@attrs.frozen
+class ConnectionLimits:
+    """What one server lets peers take: per connection and in total.
+
+    Memory per connection is at most about ``max_record`` for the record being received (less
+    until the peer is trusted: what it sent, doubled) plus ``max_in_flight`` records being
+    answered; ``max_connections`` bounds the number of connections.
+    """
+
+    max_in_flight: int = 64
+    max_record: int = 1 << 20
+    max_fragments: int = DEFAULT_MAX_FRAGMENTS
+    max_connections: int = 256
+    max_connections_per_address: int = 64
+    partial_record_timeout: float = 60.0
+    """Seconds a record may stay unfinished (slow loris, endless empty fragments)."""
+    idle_timeout: float = 360.0
+    """Seconds a connection may stay without a call before it is closed (0: never); clients
+    reconnect transparently (knfsd closes idle connections after 6 minutes too)."""
+    log_interval: float = 60.0
+    """Refusals and accept errors are logged at most once per this many seconds each."""
+
+    @property
+    def check_interval(self) -> float:
+        """How often a connection's timer looks at it: a quarter of the shorter timeout."""
+        timeouts = [t for t in (self.partial_record_timeout, self.idle_timeout) if t > 0]
+        return max(0.01, min(timeouts, default=60.0) / 4)
+
+
+class LogThrottle:
+    """Logs each kind of event at most once per ``interval`` seconds, counting the rest.
+
+    A hostile peer can cause refusals as fast as it can open sockets; one line a minute says
+    the same as a million.
+    """
+
+    def __init__(self, interval: float, logger: logging.Logger = log) -> None:
+        self.interval = interval
+        self._log = logger
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> bool:
+        """Log ``message`` unless ``kind`` was logged less than ``interval`` ago; True if logged."""
+        now = time.monotonic()
+        last, skipped = self._seen.get(kind, (-math.inf, 0))
+        if now - last < self.interval:
+            self._seen[kind] = (last, skipped + 1)
+            return False
+        if skipped:
+            message += " (and %d more like it since the last report)"
+            args = (*args, skipped)
+        self._log.log(level, message, *args)
+        self._seen[kind] = (now, 0)
+        return True
+
+
+def _descriptor_share() -> int:
+    """Half the process's soft descriptor limit (at least 16)."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return 1 << 30
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, soft // 2)
+
+
+class ConnectionTable:
+    """The open connections of one server, counted in total and per source address."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.max_connections = min(limits.max_connections, _descriptor_share())
+        """``limits.max_connections``, but at most half the process's descriptor limit: the
+        table fills before ``accept`` runs out of descriptors (EMFILE), so a client of an
+        export can still be let in by eviction."""
+        self.throttle = LogThrottle(limits.log_interval)
+        self._all: dict[RpcServerProtocol, None] = {}
+        """In the order they were accepted."""
+        self._per_address: dict[str, int] = {}
+        self.closed = False
+        """Set when the server closes: connections still being set up close at once."""
+        self.refused = 0
+        """Connections closed at accept (limits, or an address no export could allow)."""
+
+    def __iter__(self) -> Iterator[RpcServerProtocol]:
+        return iter(list(self._all))
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._all
+
+    def count(self, address: str) -> int:
+        return self._per_address.get(address, 0)
+
+    def refusal(self, address: str) -> str | None:
+        """Why a new connection from ``address`` must be closed at once, or None."""
+        if self.closed:
+            return "the server is closing"
+        if len(self._all) >= self.max_connections:
+            return (
+                f"{len(self._all)} connections open, the limit (nfs_max_connections, at most "
+                "half the descriptor limit)"
+            )
+        if self._per_address.get(address, 0) >= self.limits.max_connections_per_address:
+            return (
+                f"{self.limits.max_connections_per_address} connections open from this "
+                "address, the limit (nfs_max_connections_per_address)"
+            )
+        return None
+
+    def add(self, conn: RpcServerProtocol) -> None:
+        if conn not in self._all:
+            self._all[conn] = None
+            self._per_address[conn.peer] = self._per_address.get(conn.peer, 0) + 1
+
+    def discard(self, conn: RpcServerProtocol) -> None:
+        if conn in self._all:
+            del self._all[conn]
+            left = self._per_address[conn.peer] - 1
+            if left:
+                self._per_address[conn.peer] = left
+            else:
+                del self._per_address[conn.peer]
+
+    def full(self) -> bool:
+        return len(self._all) >= self.max_connections
+
+    def evict_untrusted(self, trusts: Callable[[str], bool]) -> RpcServerProtocol | None:
+        """Close the oldest connection from an address no export allows (``trusts``), else the
+        oldest that has made no call yet: a full table must not lock the ESX hosts out. None
+        if every connection is a client's that has made a call."""
+        victim = next((c for c in self._all if not trusts(c.peer)), None)
+        if victim is None:
+            victim = next((c for c in self._all if not c.trusted), None)
+        if victim is not None:
+            self.discard(victim)
+            victim.close()
+        return victim
+
+    def buffered_bytes(self) -> int:
+        """Memory the records being received hold, over every connection."""
+        return sum(conn.held for conn in self._all)
 
 
 def release(parts: Iterable[Part] | None) -> None:
@@ -64,26 +247,29 @@ def _copied(parts: list[Part]) -> list[Buffer]:
 
 
 class RpcServerProtocol(asyncio.BufferedProtocol):
+    """One connection: records in, calls answered through ``dispatch``, replies out."""
+
     def __init__(
         self,
         dispatch: Dispatch,
+        peer: str,
+        table: ConnectionTable,
         *,
-        max_in_flight: int,
-        max_record: int,
-        connections: set[RpcServerProtocol],
-        partial_record_timeout: float = 60.0,
-        serving: Callable[[], bool] | None = None,
+        trusts: Callable[[str], bool] = lambda _peer: True,
+        scratch: memoryview | None = None,
     ) -> None:
-        self._partial_timeout = partial_record_timeout
-        self._partial_timer: asyncio.TimerHandle | None = None
+        limits = table.limits
+        self.peer = peer
+        self._table = table
+        self._trusts = trusts
         self._dispatch = dispatch
-        self._max_in_flight = max_in_flight
-        self._reader = RecordReader(max_record)
-        self._connections = connections
+        self._max_in_flight = limits.max_in_flight
+        self._reader = RecordReader(
+            limits.max_record, max_fragments=limits.max_fragments, eager=False, scratch=scratch
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: collections.deque[bytes | bytearray] = collections.deque()
         self._transport: asyncio.Transport | None = None
-        self._peer = ""
         self._fileno = -1
         self._reading_paused = False
         self._eof = False
@@ -96,61 +282,97 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._outbox_bytes = 0
         self._outbox_full = False
         self._waiting_writable = False
-        self._serving = serving
-        """Whether the listener still serves; a connection made after it closed is aborted."""
+        self._records = 0
+        """Records received so far (the watchdog compares it between its looks)."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._seen_records = 0
+        self._active_at = 0.0
+        self._partial_since: float | None = None
+
+    @property
+    def held(self) -> int:
+        """Memory held by the record being received."""
+        return self._reader.held
+
+    @property
+    def trusted(self) -> bool:
+        """The peer has made a call while an export allowed its address."""
+        return self._reader.eager
 
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        if self._serving is not None and not self._serving():
-            # Accepted by the kernel as the listener closed: asyncio still makes the
-            # connection after the server dropped every connection it knew of, and it must
-            # not outlive the server (a client would go on talking to its stale exports).
-            transport.abort()
-            return
         self._transport = transport
+        if self._table.closed or self not in self._table:  # closing, or evicted while starting
+            transport.close()
+            return
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
-        peer = transport.get_extra_info("peername")
-        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         sock = transport.get_extra_info("socket")
         self._fileno = sock.fileno() if sock is not None else -1
-        self._connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._active_at = loop.time()
+        self._watchdog = loop.call_later(self._table.limits.check_interval, self._check)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._reader.buffer_updated(nbytes)
-        completed = False
+        reader = self._reader
+        reader.buffer_updated(nbytes)
         try:
-            while (record := self._reader.next_record()) is not None:
+            while (record := reader.next_record()) is not None:
                 self._queued.append(record)
-                completed = True
+                self._records += 1
         except RecordTooLarge as exc:
-            log.warning("closing connection from %s: %s", self._peer, exc)
-            self.close()
+            self._refuse("record", "closing connection from %s: %s", self.peer, exc)
             return
-        self._watch_partial(completed)
         self._start_queued()
 
-    def _watch_partial(self, progressed: bool) -> None:
-        """Close a connection that leaves a record unfinished for too long (slow loris)."""
-        if self._partial_timer is not None and (progressed or not self._reader.buffered):
-            self._partial_timer.cancel()
-            self._partial_timer = None
-        if self._partial_timer is None and self._reader.buffered:
-            self._partial_timer = asyncio.get_running_loop().call_later(
-                self._partial_timeout, self._partial_expired
-            )
-
-    def _partial_expired(self) -> None:
-        log.warning(
-            "closing connection from %s: record unfinished for %s s",
-            self._peer,
-            self._partial_timeout,
-        )
+    def _refuse(self, kind: str, message: str, *args: object) -> None:
+        self._table.throttle.log(logging.WARNING, kind, message, *args)
+        self._queued.clear()
         self.close()
+
+    def _check(self) -> None:
+        """The connection's one timer: close it when a record stays unfinished (slow loris,
+        endless empty fragments) or nothing happens on it for too long."""
+        limits = self._table.limits
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._watchdog = loop.call_later(limits.check_interval, self._check)
+        progressed = self._records != self._seen_records
+        self._seen_records = self._records
+        busy = bool(self._tasks or self._queued or self._outbox)
+        if progressed or busy:
+            self._active_at = now
+        if not self._reader.pending:
+            self._partial_since = None
+        elif progressed or self._partial_since is None or self._reading_paused:
+            # (paused: we stopped reading the rest ourselves, while its calls run)
+            self._partial_since = now
+        elif limits.partial_record_timeout and (
+            now - self._partial_since >= limits.partial_record_timeout
+        ):
+            self._refuse(
+                "partial",
+                "closing connection from %s: record unfinished for %s s",
+                self.peer,
+                limits.partial_record_timeout,
+            )
+            return
+        if (
+            limits.idle_timeout
+            and not busy
+            and not self._reader.pending
+            and now - self._active_at >= limits.idle_timeout
+        ):
+            self._refuse(
+                "idle",
+                "closing connection from %s: idle for %s s",
+                self.peer,
+                limits.idle_timeout,
+            )
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -158,9 +380,10 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         return True  # keep the write side open for the answers still in flight
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
-        if self._partial_timer is not None:
-            self._partial_timer.cancel()
+        self._table.discard(self)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for task in self._tasks:
             task.cancel()
         self._drop_outbox()
@@ -199,7 +422,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("call from %s failed", self._peer, exc_info=task.exception())
+            log.error("call from %s failed", self.peer, exc_info=task.exception())
         self._start_queued()
         self._maybe_finish()
 
@@ -214,7 +437,10 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._transport.close()
 
     async def _answer(self, record: bytes | bytearray) -> None:
-        reply = await self._dispatch(record, self._peer)
+        reply = await self._dispatch(record, self.peer)
+        if reply is not None and not self._reader.eager:
+            # A client of some export: its large WRITEs may be received without doublings.
+            self._reader.eager = self._trusts(self.peer)
         try:
             if reply is not None and not self._can_write.is_set():
                 await self._can_write.wait()
@@ -344,7 +570,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
                 self._waiting_writable = True
             return
         except OSError as exc:
-            log.info("closing connection from %s: send failed: %s", self._peer, exc)
+            log.info("closing connection from %s: send failed: %s", self.peer, exc)
             self._drop_outbox()
             self.close()
             return
@@ -371,33 +597,177 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+class Listener:
+    """Listening sockets whose connections are ``RpcServerProtocol`` objects.
+
+    Accepts by itself (not ``loop.create_server``) so that a connection to refuse is closed
+    before anything is allocated for it, and so that running out of descriptors is logged once
+    per interval instead of a traceback per failed ``accept``.
+    """
+
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        dispatch: Dispatch,
+        table: ConnectionTable,
+        admits: Callable[[str], bool],
+        trusts: Callable[[str], bool],
+    ) -> None:
+        self.sockets = sockets
+        self._dispatch = dispatch
+        self._table = table
+        self._admits = admits
+        self._trusts = trusts
+        self._scratch = scratch_buffer()
+        self._loop = asyncio.get_running_loop()
+        self._starting: set[asyncio.Task[None]] = set()
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
+        for sock in sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, sock: socket.socket) -> None:
+        throttle = self._table.throttle
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    throttle.log(
+                        logging.ERROR,
+                        "accept",
+                        "cannot accept connections on %s: %s; retrying every %s s",
+                        sock.getsockname(),
+                        exc,
+                        _ACCEPT_RETRY_S,
+                    )
+                    self._pause(sock)
+                    return
+                # ECONNABORTED, EPERM (a firewall)...: that one connection is gone.
+                throttle.log(logging.INFO, "accept-other", "accept failed: %s", exc)
+                continue
+            peer = str(address[0]) if isinstance(address, tuple) and address else ""
+            if self._table.full() and self._trusts(peer):
+                evicted = self._table.evict_untrusted(self._trusts)
+                if evicted is not None:
+                    throttle.log(
+                        logging.WARNING,
+                        "evicted",
+                        "connection limit reached: closed a connection from %s for one from %s, "
+                        "a client of an export",
+                        evicted.peer,
+                        peer,
+                    )
+            why = self._table.refusal(peer)
+            if why is None and not self._admits(peer):
+                why = "no export allows this address"
+            if why is not None:
+                self._table.refused += 1
+                with contextlib.suppress(OSError):  # reset: nothing lingers on our side
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                conn.close()
+                throttle.log(
+                    logging.WARNING, "refused", "refused a connection from %s: %s", peer, why
+                )
+                continue
+            conn.setblocking(False)
+            protocol = RpcServerProtocol(
+                self._dispatch, peer, self._table, trusts=self._trusts, scratch=self._scratch
+            )
+            self._table.add(protocol)
+            task = self._loop.create_task(self._start(conn, protocol))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, conn: socket.socket, protocol: RpcServerProtocol) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: protocol, conn)
+        except BaseException:
+            self._table.discard(protocol)
+            conn.close()
+            raise
+
+    def _pause(self, sock: socket.socket) -> None:
+        self._loop.remove_reader(sock.fileno())
+        if (
+            self._retry is not None
+            and not self._retry.cancelled()
+            and self._retry.when() > (self._loop.time())
+        ):
+            return  # a retry is already planned
+
+        def resume() -> None:
+            if not self._closed:
+                self._loop.add_reader(sock.fileno(), self._accept, sock)
+                self._accept(sock)
+
+        self._retry = self._loop.call_later(_ACCEPT_RETRY_S, resume)
+
+    def close(self) -> None:
+        """Stop listening (open connections stay; the server closes them)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        for sock in self.sockets:
+            self._loop.remove_reader(sock.fileno())
+            sock.close()
+        for task in self._starting:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Connections still being set up when ``close`` was called are gone."""
+        if self._starting:
+            await asyncio.gather(*self._starting, return_exceptions=True)
+
+
+def _bind(infos: list[tuple[Any, ...]], port: int) -> list[socket.socket]:
+    """Listening sockets on the addresses of ``infos`` (as ``loop.create_server`` binds)."""
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, kind, proto, _name, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:  # every address on the first one's port
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 async def listen(
     host: str,
     port: int,
     dispatch: Dispatch,
-    connections: set[RpcServerProtocol],
+    table: ConnectionTable,
     *,
-    max_in_flight: int,
-    max_record: int,
-    partial_record_timeout: float,
-) -> asyncio.Server:
+    admits: Callable[[str], bool] = lambda _peer: True,
+    trusts: Callable[[str], bool] = lambda _peer: True,
+) -> Listener:
     """A TCP listener whose every connection is an ``RpcServerProtocol`` answering through
-    ``dispatch``; ``connections`` holds the open ones (to drop them all on close).
+    ``dispatch``, within ``table.limits``; ``table`` holds the open ones (to drop them all on
+    close). A connection from an address ``admits`` refuses is closed at once; one from an
+    address ``trusts`` may receive large records without doublings after its first call.
 
-    :raises OSError: the port is taken.
+    :raises OSError: the port is taken, or ``host`` does not resolve.
     """
-
-    def accept() -> RpcServerProtocol:
-        protocol = RpcServerProtocol(
-            dispatch,
-            max_in_flight=max_in_flight,
-            max_record=max_record,
-            connections=connections,
-            partial_record_timeout=partial_record_timeout,
-            serving=lambda: listener.is_serving(),
-        )
-        return protocol
-
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(accept, host, port, reuse_address=True)
-    return listener
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    return Listener(_bind(infos, port), dispatch, table, admits, trusts)

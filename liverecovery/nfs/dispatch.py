@@ -3,14 +3,16 @@
 Programs are looked up by (program, version) in one table; a known program asked for another
 version gets PROG_MISMATCH, an unknown one PROG_UNAVAIL. A program raises ``GarbageArgs`` for
 arguments that do not decode; any other failure is answered SYSTEM_ERR, so nothing a client
-sends crashes the server.
+sends crashes the server; such failures are logged with their traceback, at most once a
+minute per procedure (a client repeating the call cannot flood the log).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from liverecovery.nfs.rpc import (
     AcceptStat,
@@ -25,6 +27,8 @@ from liverecovery.nfs.xdr import Part, Unpacker
 __all__ = ["GarbageArgs", "Program", "RpcDispatcher", "proc_unavailable"]
 
 log = logging.getLogger(__name__)
+
+_FAILURE_LOG_INTERVAL: Final = 60.0
 
 Program: TypeAlias = Callable[[int, int, Unpacker, str], Awaitable[list[Part]]]
 """One version of an RPC program: ``(xid, proc, args, peer)`` to the reply's parts (buffers, or
@@ -45,6 +49,8 @@ class RpcDispatcher:
 
     def __init__(self, programs: Mapping[tuple[int, int], Program]) -> None:
         self._programs = dict(programs)
+        self._failures: dict[tuple[int, int], tuple[float, int]] = {}
+        """When each (program, procedure) failure was last logged, and how many since."""
         self._versions: dict[int, tuple[int, int]] = {}
         for prog, vers in self._programs:
             low, high = self._versions.get(prog, (vers, vers))
@@ -69,8 +75,24 @@ class RpcDispatcher:
             log.debug("garbage arguments from %s: %s", peer, exc)
             return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
         except Exception:
-            log.exception("call %s/%s from %s failed", call.prog, call.proc, peer)
+            self._log_failure(call, peer)
             return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
+
+    def _log_failure(self, call: Call, peer: str) -> None:
+        key = (call.prog, call.proc & 0xFFFF)
+        now = time.monotonic()
+        last, skipped = self._failures.get(key, (-_FAILURE_LOG_INTERVAL, 0))
+        if now - last < _FAILURE_LOG_INTERVAL:
+            self._failures[key] = (last, skipped + 1)
+            return
+        self._failures[key] = (now, 0)
+        log.exception(
+            "call %s/%s from %s failed (%d more since the last report)",
+            call.prog,
+            call.proc,
+            peer,
+            skipped,
+        )
 
     def _unavailable(self, call: Call) -> bytes:
         versions = self._versions.get(call.prog)

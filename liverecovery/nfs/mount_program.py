@@ -12,6 +12,7 @@ from typing import Final
 
 from liverecovery.errors import NfsError, NfsStatus
 from liverecovery.nfs import mount_codec as mnt
+from liverecovery.nfs.connection import LogThrottle
 from liverecovery.nfs.dispatch import GarbageArgs, proc_unavailable
 from liverecovery.nfs.exports import ExportRegistry
 from liverecovery.nfs.filesystem import FileType
@@ -29,6 +30,9 @@ _MOUNT_STATUS: Final = {
     NfsStatus.NAMETOOLONG: mnt.MountStatus.NAMETOOLONG,
 }
 """MNT's answer to a failed lookup of the path below an export (ACCES for any other)."""
+_MAX_MOUNTS: Final = 4096
+"""Mounts remembered for DUMP (informational only): the oldest is forgotten beyond this, so
+clients that never UMNT (or vary the path's spelling) cannot grow it without bound."""
 
 
 class MountProgram:
@@ -39,11 +43,12 @@ class MountProgram:
 
     def __init__(self, exports: ExportRegistry) -> None:
         self._exports = exports
-        self._mounts: set[tuple[str, str]] = set()
+        self._mounts: dict[tuple[str, str], None] = {}
+        self._throttle = LogThrottle(60.0, log)
         exports.on_unexport(self._forget)
 
     def _forget(self, path: str) -> None:
-        self._mounts = {(h, p) for h, p in self._mounts if p != path}
+        self._mounts = {(h, p): None for h, p in self._mounts if p != path}
 
     async def call(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Part]:
         p = encode_accepted(xid)
@@ -58,9 +63,9 @@ class MountProgram:
                 mnt.pack_mountlist(p, entries)
             elif proc == mnt.MountProc.UMNT:
                 path = mnt.unpack_dirpath(args)
-                self._mounts.discard((peer, path))
+                self._mounts.pop((peer, path), None)
             elif proc == mnt.MountProc.UMNTALL:
-                self._mounts = {(h, d) for h, d in self._mounts if h != peer}
+                self._mounts = {(h, d): None for h, d in self._mounts if h != peer}
             elif proc == mnt.MountProc.EXPORT:
                 exports = [
                     mnt.MountExport(e.path, e.clients)
@@ -85,7 +90,7 @@ class MountProgram:
         if exp is None:
             return mnt.MountRes(mnt.MountStatus.NOENT)
         if not exp.allows(peer):
-            log.warning("refused mount of %s by %s", exp.path, peer)
+            self._throttle.log(logging.WARNING, "mnt", "refused mount of %s by %s", exp.path, peer)
             return mnt.MountRes(mnt.MountStatus.ACCES)
         fileid = exp.fs.root_id
         try:
@@ -96,5 +101,7 @@ class MountProgram:
                 return mnt.MountRes(mnt.MountStatus.NOTDIR)
         except NfsError as exc:
             return mnt.MountRes(_MOUNT_STATUS.get(exc.status, mnt.MountStatus.ACCES))
-        self._mounts.add((peer, dirpath))
+        self._mounts[(peer, dirpath)] = None
+        if len(self._mounts) > _MAX_MOUNTS:
+            del self._mounts[next(iter(self._mounts))]
         return mnt.MountRes(mnt.MountStatus.OK, self._exports.handle(exp, fileid), (1,))

@@ -4,12 +4,17 @@
 acts on to an export and file id, and runs the procedure's handler against the export's
 ``Filesystem``. A handler returns its result, or raises ``NfsError``: ``call`` turns that into
 the procedure's failure result in one place (and STALE into JUKEBOX during the grace period
-after a restart). Large READs are spliced from the file when the filesystem can say where their
+after a restart). Arguments no file can satisfy get their status before any filesystem sees
+them, as knfsd answers them: a WRITE or size past 2^63 - 1 is FBIG, a READ there is an empty
+read at end of file, a COMMIT there is INVAL, a symlink target with NUL is INVAL; an argument the
+operating system still refuses as a value (``OverflowError``, ``ValueError``) is INVAL, never
+SYSTEM_ERR. Large READs are spliced from the file when the filesystem can say where their
 bytes are (``Filesystem.read_file_range``) and a pipe pool is set.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeAlias
 
@@ -23,9 +28,13 @@ from liverecovery.nfs.names import NAME_MAX, check_name
 from liverecovery.nfs.rpc import encode_accepted
 from liverecovery.nfs.xdr import Part, Unpacker, XdrError
 
-__all__ = ["MAX_IO", "Nfs3Program"]
+__all__ = ["MAX_IO", "MAX_OFFSET", "Nfs3Program"]
+
+log = logging.getLogger(__name__)
 
 MAX_IO: Final = n3.MAX_DATA
+MAX_OFFSET: Final = (1 << 63) - 1
+"""The largest file offset (and size) there is: off_t is signed 64-bit (FSINFO maxfilesize)."""
 _DIR_ACCESS: Final = n3.ACCESS_ALL
 _FILE_ACCESS: Final = n3.ACCESS_ALL & ~n3.ACCESS_DELETE & ~n3.ACCESS_LOOKUP
 _WRITE_ACCESS: Final = n3.ACCESS_MODIFY | n3.ACCESS_EXTEND | n3.ACCESS_DELETE
@@ -85,6 +94,10 @@ class Nfs3Program:
                 result = result_type(NfsStatus.JUKEBOX)
         except NfsError as exc:
             result = result_type(exc.status)
+        except (OverflowError, ValueError) as exc:
+            # An argument in range for XDR that the OS still refuses as a value: the client's.
+            log.debug("NFS3 procedure %s from %s: argument refused: %s", proc, peer, exc)
+            result = result_type(NfsStatus.INVAL)
         p = encode_accepted(xid)
         result.pack(p, fsid)
         return p.parts()
@@ -132,6 +145,8 @@ class Nfs3Program:
     async def _setattr(self, exp: Export, fid: int, a: n3.SetattrArgs, peer: str) -> n3.SetattrRes:
         before = await exp.fs.getattr(fid)
         wcc_before = n3.WccAttr.of(before)
+        if a.attributes.size is not None and a.attributes.size > MAX_OFFSET:
+            return n3.SetattrRes(NfsStatus.FBIG, n3.Wcc(wcc_before, before))
         if a.guard_ctime_ns is not None and a.guard_ctime_ns != before.ctime_ns:
             return n3.SetattrRes(NfsStatus.NOT_SYNC, n3.Wcc(wcc_before, before))
         try:
@@ -168,6 +183,8 @@ class Nfs3Program:
 
     async def _read(self, exp: Export, fid: int, a: n3.ReadArgs, peer: str) -> n3.ReadRes:
         length = min(a.count, MAX_IO)
+        if a.offset > MAX_OFFSET - length:  # past any file's end (knfsd reads nothing there)
+            return n3.ReadRes(NfsStatus.OK, await exp.fs.getattr(fid), True, b"")
         try:
             if length >= _SPLICE_MIN and self.pipes is not None:
                 piped = await self._read_piped(exp, fid, a.offset, length)
@@ -200,6 +217,10 @@ class Nfs3Program:
 
     async def _write(self, exp: Export, fid: int, a: n3.WriteArgs, peer: str) -> n3.WriteRes:
         before = await self._wcc_before(exp.fs, fid)
+        if a.offset + len(a.data) > MAX_OFFSET:
+            return n3.WriteRes(
+                NfsStatus.FBIG, n3.Wcc(before, await self._attrs_or_none(exp.fs, fid))
+            )
         try:
             committed = await exp.fs.write(fid, a.offset, a.data, a.stable)
         except NfsError as exc:
@@ -227,6 +248,10 @@ class Nfs3Program:
     async def _create(self, exp: Export, fid: int, a: n3.CreateArgs, peer: str) -> n3.CreateRes:
         check_name(a.name)
         before = await self._wcc_before(exp.fs, fid)
+        if a.attributes.size is not None and a.attributes.size > MAX_OFFSET:
+            return n3.CreateRes(
+                NfsStatus.FBIG, dir_wcc=n3.Wcc(before, await self._attrs_or_none(exp.fs, fid))
+            )
         make = exp.fs.create(fid, a.name, a.attributes, a.mode, a.verifier)
         return await self._created(exp, fid, before, make)
 
@@ -238,6 +263,9 @@ class Nfs3Program:
     async def _symlink(self, exp: Export, fid: int, a: n3.SymlinkArgs, peer: str) -> n3.CreateRes:
         check_name(a.name)
         before = await self._wcc_before(exp.fs, fid)
+        if not a.target or "\0" in a.target:  # no path has a NUL; knfsd refuses both
+            after = await self._attrs_or_none(exp.fs, fid)
+            return n3.CreateRes(NfsStatus.INVAL, dir_wcc=n3.Wcc(before, after))
         make = exp.fs.symlink(fid, a.name, a.target, a.attributes)
         return await self._created(exp, fid, before, make)
 
@@ -319,6 +347,8 @@ class Nfs3Program:
 
     async def _readdir(self, exp: Export, fid: int, a: n3.ReaddirArgs, peer: str) -> n3.ReaddirRes:
         count = min(a.count, MAX_IO)
+        if count < n3.READDIR_RES_OVERHEAD:  # not even an empty listing fits
+            return n3.ReaddirRes(NfsStatus.TOOSMALL, await self._attrs_or_none(exp.fs, fid))
         dir_attrs, page, verf = await self._dir_page(
             exp, fid, a.cookie, a.verifier, count // 24 + 1
         )
@@ -339,6 +369,8 @@ class Nfs3Program:
         self, exp: Export, fid: int, a: n3.ReaddirplusArgs, peer: str
     ) -> n3.ReaddirplusRes:
         maxcount = min(a.maxcount, MAX_IO)
+        if maxcount < n3.READDIR_RES_OVERHEAD:
+            return n3.ReaddirplusRes(NfsStatus.TOOSMALL, await self._attrs_or_none(exp.fs, fid))
         max_entries = min(a.dircount // 24 + 1, maxcount // 160 + 1)
         dir_attrs, page, verf = await self._dir_page(exp, fid, a.cookie, a.verifier, max_entries)
         size = n3.READDIR_RES_OVERHEAD
@@ -406,6 +438,10 @@ class Nfs3Program:
 
     async def _commit(self, exp: Export, fid: int, a: n3.CommitArgs, peer: str) -> n3.CommitRes:
         before = await self._wcc_before(exp.fs, fid)
+        if a.offset > MAX_OFFSET:
+            return n3.CommitRes(
+                NfsStatus.INVAL, n3.Wcc(before, await self._attrs_or_none(exp.fs, fid))
+            )
         await exp.fs.commit(fid)
         after = await self._attrs_or_none(exp.fs, fid)
         return n3.CommitRes(NfsStatus.OK, n3.Wcc(before, after), self.write_verifier)

@@ -16,6 +16,7 @@ import attrs
 from liverecovery.nfs.xdr import Buffer, Packer, Unpacker, XdrError
 
 __all__ = [
+    "DEFAULT_MAX_FRAGMENTS",
     "AcceptStat",
     "AuthFlavor",
     "AuthStat",
@@ -28,18 +29,23 @@ __all__ = [
     "RejectStat",
     "Reply",
     "RpcError",
+    "TooManyFragments",
     "decode_call",
     "decode_reply",
     "encode_accepted",
     "encode_call",
     "encode_rejected",
     "record_header",
+    "scratch_buffer",
 ]
 
 RPC_VERSION: Final = 2
 MAX_AUTH_BYTES: Final = 400
 LAST_FRAGMENT: Final = 0x80000000
 _SCRATCH: Final = 64 * 1024
+DEFAULT_MAX_FRAGMENTS: Final = 1024
+"""Fragments one record may have: clients send one (Linux, libnfs) or a few KiB each (libtirpc
+splits at about 4 KB, so 1024 covers a 1 MiB WRITE from it); empty fragments count."""
 _HDR: Final = struct.Struct(">I")
 _CALL_HEAD: Final = struct.Struct(">IIIIII")  # xid, CALL, rpcvers, prog, vers, proc
 _REPLY_OK_HEAD: Final = struct.Struct(">IIIIII")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat
@@ -85,6 +91,10 @@ class RpcError(Exception):
 
 class RecordTooLarge(RpcError):
     """A record exceeds the maximum record size; the connection must be closed."""
+
+
+class TooManyFragments(RecordTooLarge):
+    """A record has more fragments than allowed (empty ones count); close the connection."""
 
 
 @attrs.frozen
@@ -288,6 +298,12 @@ def decode_reply(record: Buffer) -> Reply:
         raise RpcError(f"malformed reply: {exc}") from None
 
 
+def scratch_buffer() -> memoryview:
+    """A landing buffer for socket reads, which the ``RecordReader`` objects of one event loop
+    may share (``scratch=``): each read is appended elsewhere before the next one."""
+    return memoryview(bytearray(_SCRATCH))
+
+
 def record_header(length: int) -> bytes:
     """The record mark of a single-fragment record of ``length`` bytes."""
     return _HDR.pack(LAST_FRAGMENT | length)
@@ -299,9 +315,15 @@ class RecordReader:
     Feed it what the socket gives (``feed``), or let the socket read straight into it
     (``get_buffer``/``buffer_updated``, for ``asyncio.BufferedProtocol``): a large fragment is
     then received into its own buffer, which becomes the record without another copy.
-    ``next_record`` returns complete records. Buffering is bounded: a record whose fragments add
-    up to more than ``max_record`` raises ``RecordTooLarge`` as soon as its header says so, before
-    its body is read.
+    ``next_record`` returns complete records.
+
+    Buffering is bounded by what the peer actually sent, not by what its headers announce: a
+    record whose fragments add up to more than ``max_record`` raises ``RecordTooLarge`` as soon
+    as a header says so, before its body is read; a record of more than ``max_fragments``
+    fragments (empty ones count) raises ``TooManyFragments``. Unless ``eager``, bytes gather as
+    they come and a large fragment's own buffer starts at twice what has arrived, doubling as
+    it fills, so a header alone costs nothing; ``eager`` (a peer that has shown it is a client) allocates the whole
+    fragment at once, which saves the copies of the doublings on the WRITE path.
     """
 
     __slots__ = (
@@ -309,21 +331,37 @@ class RecordReader:
         "_direct",
         "_direct_got",
         "_direct_last",
+        "_direct_len",
         "_fragments",
         "_fragments_size",
         "_ready",
         "_scratch",
+        "eager",
+        "max_fragments",
         "max_record",
     )
 
-    def __init__(self, max_record: int) -> None:
+    def __init__(
+        self,
+        max_record: int,
+        *,
+        max_fragments: int = DEFAULT_MAX_FRAGMENTS,
+        eager: bool = True,
+        scratch: memoryview | None = None,
+    ) -> None:
         self.max_record = max_record
+        self.max_fragments = max_fragments
+        self.eager = eager
+        """Allocate a large fragment's whole buffer when its header arrives."""
         self._buf = bytearray()
         self._fragments: list[bytes | bytearray] = []
         self._fragments_size = 0
-        self._scratch = memoryview(bytearray(_SCRATCH))
+        self._scratch = scratch if scratch is not None else memoryview(bytearray(_SCRATCH))
+        """Where socket reads land before they are appended (may be shared by the readers of
+        one event loop: ``buffer_updated`` empties it right after each read)."""
         self._direct: bytearray | None = None
         self._direct_got = 0
+        self._direct_len = 0
         self._direct_last = False
         self._ready: list[bytes | bytearray] = []
 
@@ -333,6 +371,7 @@ class RecordReader:
             target = self.get_buffer()
             n = min(len(target), len(view))
             target[:n] = view[:n]
+            del target
             self.buffer_updated(n)
             view = view[n:]
         if view:
@@ -340,23 +379,41 @@ class RecordReader:
 
     def get_buffer(self) -> memoryview:
         """Where the next socket read should land (then call ``buffer_updated``)."""
-        if self._direct is not None:
-            return memoryview(self._direct)[self._direct_got :]
-        return self._scratch
+        direct = self._direct
+        if direct is None:
+            return self._scratch
+        got = self._direct_got
+        if got == len(direct):  # filled what was allocated so far: double it
+            grown = bytearray(min(self._direct_len, 2 * len(direct)))
+            grown[:got] = direct
+            self._direct = direct = grown
+        return memoryview(direct)[got:]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct is None:
             self._buf += self._scratch[:nbytes]
             return
         self._direct_got += nbytes
-        if self._direct_got == len(self._direct):
+        if self._direct_got == self._direct_len:
             self._add_fragment(self._direct, self._direct_last)
             self._direct = None
 
     @property
     def buffered(self) -> int:
+        """Bytes received and kept (not yet returned by ``next_record``)."""
         direct = self._direct_got if self._direct is not None else 0
         return len(self._buf) + self._fragments_size + direct
+
+    @property
+    def held(self) -> int:
+        """Bytes of memory the record in progress holds (allocated, received or not)."""
+        direct = len(self._direct) if self._direct is not None else 0
+        return len(self._buf) + self._fragments_size + direct
+
+    @property
+    def pending(self) -> bool:
+        """A record has begun and is not complete."""
+        return bool(self._buf) or bool(self._fragments) or self._direct is not None
 
     def _add_fragment(self, fragment: bytes | bytearray, last: bool) -> None:
         if last and not self._fragments:
@@ -370,7 +427,10 @@ class RecordReader:
             self._fragments_size = 0
 
     def next_record(self) -> bytes | bytearray | None:
-        """The next complete record, or None until more bytes arrive. :raises RecordTooLarge:"""
+        """The next complete record, or None until more bytes arrive.
+
+        :raises RecordTooLarge: the record exceeds ``max_record`` or ``max_fragments``.
+        """
         while True:
             if self._ready:
                 return self._ready.pop(0)
@@ -384,14 +444,23 @@ class RecordReader:
                     f"record of at least {self._fragments_size + length} bytes exceeds "
                     f"the maximum of {self.max_record}"
                 )
+            if len(self._fragments) >= self.max_fragments:
+                raise TooManyFragments(
+                    f"record of more than {self.max_fragments} fragments "
+                    f"({self._fragments_size} bytes)"
+                )
             last = bool(mark & LAST_FRAGMENT)
             if len(buf) < 4 + length:
-                if length >= _SCRATCH:  # receive the rest straight into the fragment's buffer
-                    fragment = bytearray(length)
-                    have = len(buf) - 4
+                have = len(buf) - 4
+                if length >= _SCRATCH and (self.eager or have >= _SCRATCH):
+                    # Receive the rest straight into the fragment's buffer: all of it at once
+                    # for a trusted peer, else twice what came so far (doubling as it fills).
+                    size = length if self.eager else min(length, 2 * have)
+                    fragment = bytearray(size)
                     fragment[:have] = memoryview(buf)[4:]
                     self._buf = bytearray()
                     self._direct, self._direct_got, self._direct_last = fragment, have, last
+                    self._direct_len = length
                 return None
             if len(buf) == 4 + length:
                 self._buf = bytearray()

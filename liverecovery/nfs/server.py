@@ -6,7 +6,10 @@ version) (``dispatch``), and the listening sockets whose connections (``connecti
 records through that table. Each connection runs every call in its own task (bounded per
 connection), so replies go out as they complete, in any order: a READ stuck on a slow backup
 never delays the GETATTR heartbeat behind it. Nothing a client sends can crash the server or
-make it buffer more than one maximum-size record per connection.
+make it buffer more than one maximum-size record per connection, and peers get at most
+``max_connections`` connections (``max_connections_per_address`` from one address); while any
+export exists, connections from addresses no export allows are closed at accept
+(``connection.ConnectionLimits``, docs/security.md).
 
 The server is also the ``NfsExporter`` of ``liverecovery.backends``: its export methods are
 those of its ``registry``.
@@ -14,7 +17,6 @@ those of its ``registry``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,7 @@ import anyio.abc
 
 from liverecovery.nfs import portmap_codec as pm
 from liverecovery.nfs import zero_copy
-from liverecovery.nfs.connection import RpcServerProtocol, listen
+from liverecovery.nfs.connection import ConnectionLimits, ConnectionTable, Listener, listen
 from liverecovery.nfs.dispatch import Program, RpcDispatcher
 from liverecovery.nfs.exports import ExportInfo, ExportRegistry
 from liverecovery.nfs.filesystem import Filesystem
@@ -55,6 +57,9 @@ class NfsServer(anyio.abc.AsyncResource):
         max_in_flight: int = 64,
         max_record_size: int = DEFAULT_MAX_RECORD,
         partial_record_timeout: float = 60.0,
+        idle_timeout: float = 360.0,
+        max_connections: int = 256,
+        max_connections_per_address: int = 64,
         grace_s: float = 0.0,
     ) -> None:
         self._host = host
@@ -64,6 +69,15 @@ class NfsServer(anyio.abc.AsyncResource):
         self.max_record_size = max_record_size
         self.partial_record_timeout = partial_record_timeout
         """Seconds a client may leave a record half-sent before its connection is closed."""
+        self.limits = ConnectionLimits(
+            max_in_flight=max_in_flight,
+            max_record=max_record_size,
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            partial_record_timeout=partial_record_timeout,
+            idle_timeout=idle_timeout,
+        )
+        """What peers may take of this server (read when it starts)."""
         self.registry = ExportRegistry(state_dir, grace_s=grace_s)
         """What is exported, to whom, and the file handles naming it."""
         self._nfs3 = Nfs3Program(self.registry, secrets.token_bytes(8))
@@ -75,8 +89,8 @@ class NfsServer(anyio.abc.AsyncResource):
             (Nfs3Program.PROGRAM, Nfs3Program.VERSION): self._nfs3.call,
         }
         self._dispatcher = RpcDispatcher(self._programs)
-        self._listeners: list[asyncio.Server] = []
-        self._connections: set[RpcServerProtocol] = set()
+        self._listeners: list[Listener] = []
+        self._connections = ConnectionTable(self.limits)
         self._bound_port = 0
         self._bound_portmap_port = 0
         self._pipes: zero_copy.PipePool | None = None
@@ -94,6 +108,7 @@ class NfsServer(anyio.abc.AsyncResource):
         """
         if self._listeners:
             raise RuntimeError("server already started")
+        self._connections = ConnectionTable(self.limits)
         self.registry.start_grace()
         if zero_copy.zero_copy_supported():
             self._pipes = zero_copy.PipePool(MAX_IO)
@@ -120,23 +135,41 @@ class NfsServer(anyio.abc.AsyncResource):
             for prog, vers in self._programs
         ]
 
-    async def _listen(self, port: int) -> asyncio.Server:
+    async def _listen(self, port: int) -> Listener:
         return await listen(
             self._host,
             port,
             self._dispatcher.dispatch,
             self._connections,
-            max_in_flight=self.max_in_flight,
-            max_record=self.max_record_size,
-            partial_record_timeout=self.partial_record_timeout,
+            admits=self.admits,
+            trusts=self.allowed_anywhere,
         )
+
+    def allowed_anywhere(self, address: str) -> bool:
+        """Some export allows ``address``."""
+        return any(exp.allows(address) for exp in self.registry.entries())
+
+    def admits(self, address: str) -> bool:
+        """Whether a connection from ``address`` is kept: some export allows it, or there is
+        no export yet, or the grace period after a restart runs (exports are coming back)."""
+        return (
+            self.allowed_anywhere(address)
+            or next(iter(self.registry.entries()), None) is None
+            or self.registry.in_grace()
+        )
+
+    @property
+    def connections(self) -> ConnectionTable:
+        """The open connections (counts per address, memory held, refusals)."""
+        return self._connections
 
     async def aclose(self) -> None:
         """Stop listening and drop every connection (exports are not unexported)."""
         listeners, self._listeners = self._listeners, []
         for listener in listeners:
             listener.close()
-        for conn in list(self._connections):
+        self._connections.closed = True
+        for conn in self._connections:
             conn.close()
         for listener in listeners:
             await listener.wait_closed()

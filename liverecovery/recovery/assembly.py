@@ -82,6 +82,10 @@ def start_server(settings: Settings, state_dir: Path | None = None) -> NfsServer
         port=settings.nfs_port,
         portmap_port=None if portmap == settings.nfs_port else portmap,
         grace_s=settings.nfs_grace_s,
+        max_connections=settings.nfs_max_connections,
+        max_connections_per_address=settings.nfs_max_connections_per_address,
+        idle_timeout=settings.nfs_idle_timeout_s,
+        partial_record_timeout=settings.nfs_partial_record_timeout_s,
     )
 
 

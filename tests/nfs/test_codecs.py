@@ -27,6 +27,7 @@ from liverecovery.nfs.rpc import (
     RecordTooLarge,
     RejectStat,
     RpcError,
+    TooManyFragments,
     decode_call,
     decode_reply,
     encode_accepted,
@@ -332,3 +333,57 @@ def test_record_reader_buffer_api_matches_feed(
         while (r := reader.next_record()) is not None:
             out.append(bytes(r))
     assert out == bodies
+
+
+LAST = 0x80000000
+
+
+def _socket_reads(reader: RecordReader, stream: bytes, chunk: int) -> list[bytes]:
+    """Deliver ``stream`` as a socket would (``get_buffer``/``buffer_updated``)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(stream):
+        target = reader.get_buffer()
+        n = min(len(target), chunk, len(stream) - pos)
+        target[:n] = stream[pos : pos + n]
+        del target
+        reader.buffer_updated(n)
+        pos += n
+        while (r := reader.next_record()) is not None:
+            out.append(bytes(r))
+    return out
+
+
+@given(st.integers(1, 1 << 20), st.integers(1, 200_000), st.booleans())
+def test_an_untrusted_peer_costs_what_it_sent_not_what_it_announced(
+    announced: int, sent: int, eager: bool
+) -> None:
+    """Without ``eager``, the memory a record in progress holds is at most about twice the
+    bytes received (the header's announced size does not matter); with it, the fragment's
+    whole buffer is allocated when its header arrives."""
+    sent = min(sent, announced - 1) if announced > 1 else 0
+    reader = RecordReader(max_record=2 << 20, eager=eager)
+    assert _socket_reads(reader, struct.pack(">I", LAST | announced) + b"z" * sent, 70_000) == []
+    received = sent + 4
+    if eager and announced >= 64 * 1024:
+        assert reader.held == announced
+    if not eager:
+        assert reader.held <= max(2 * received, 64 * 1024 + 4)
+
+
+@given(st.lists(st.binary(max_size=300_000), min_size=1, max_size=3), st.integers(1, 100_000))
+def test_growing_buffers_reassemble_records_exactly(bodies: list[bytes], chunk: int) -> None:
+    stream = b"".join(struct.pack(">I", LAST | len(b)) + b for b in bodies)
+    assert _socket_reads(RecordReader(1 << 20, eager=False), stream, chunk) == bodies
+
+
+def test_empty_fragments_count_against_the_fragment_cap() -> None:
+    reader = RecordReader(max_record=1 << 20, max_fragments=16)
+    reader.feed(struct.pack(">I", 0) * 16)  # 16 empty fragments: allowed
+    assert reader.next_record() is None and reader.pending
+    reader.feed(struct.pack(">I", 0))
+    with pytest.raises(TooManyFragments, match="more than 16 fragments"):
+        reader.next_record()
+    ok = RecordReader(max_record=1 << 20, max_fragments=16)
+    ok.feed(struct.pack(">I", 0) * 15 + struct.pack(">I", LAST | 2) + b"ok")
+    assert ok.next_record() == b"ok" and not ok.pending

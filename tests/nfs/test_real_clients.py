@@ -14,6 +14,8 @@ import anyio
 import nfs_rs
 import pytest
 
+from liverecovery.nfs.localfs import LocalFilesystem
+
 from .conftest import Served, run_tool
 
 pytestmark = pytest.mark.anyio
@@ -178,8 +180,21 @@ def _rs_refused(served: Served) -> str:
     return "no error"
 
 
-async def test_nfs_rs_refused_address(served: Served) -> None:
+async def test_nfs_rs_refused_address(served: Served, tmp_path: Path) -> None:
+    # Another export keeps 127.0.0.1 connected, so the refusal is MNT's (ACCES).
+    (tmp_path / "other").mkdir()
+    await served.server.export_filesystem(
+        "/other", LocalFilesystem(tmp_path / "other"), ["127.0.0.1"]
+    )
     await served.server.set_clients(served.path, ["192.0.2.1"])
     outcome = await anyio.to_thread.run_sync(_rs_refused, served)
     assert outcome != "no error"
     assert "ermission" in outcome or "ACCES" in outcome.upper() or "Mount" in outcome
+
+
+async def test_nfs_rs_address_no_export_allows(served: Served) -> None:
+    """Closed at accept: the client fails cleanly, with an error and no answer."""
+    await served.server.set_clients(served.path, ["192.0.2.1"])
+    outcome = await anyio.to_thread.run_sync(_rs_refused, served)
+    assert outcome != "no error"
+    assert served.server.connections.refused >= 1

@@ -1,7 +1,9 @@
 """Clients outside an export's allow list get nothing.
 
 A second client on loopback connects from 127.0.0.2 (our NfsClient binds its source address):
-the server sees a different peer, exactly as it would see another host.
+the server sees a different peer, exactly as it would see another host. The outsider is the
+client of another export (``OPEN``), so that its connection is kept and every call is checked;
+an address no export allows is not even kept connected (``test_hostile_peers.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ OPEN = "/for-outsider"  # exported to 127.0.0.2 only
 
 
 @pytest.fixture
-async def outsider(served: Served) -> AsyncIterator[NfsClient]:
+async def outsider(served: Served, open_export: Path) -> AsyncIterator[NfsClient]:
     async with await NfsClient.connect(
         "127.0.0.1", served.server.port, call_timeout=20, local_host=OUTSIDER
     ) as c:
@@ -71,7 +73,8 @@ async def test_mount_is_refused_for_every_path_into_the_export(
         with pytest.raises(NfsError) as exc:
             await outsider.mount(path)
         assert exc.value.status == NfsStatus.ACCES, path
-    assert await outsider.exports() == []  # not even the export list, nor who may mount
+    # Not even the refused export's name, nor who may mount it: only its own export.
+    assert [e.directory for e in await outsider.exports()] == [OPEN]
     assert await outsider.mounts() == []
 
 

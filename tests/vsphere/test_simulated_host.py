@@ -133,6 +133,7 @@ async def test_mount_refused_for_a_disallowed_client(tmp_path: Path) -> None:
         SimulatedEsxHost(tmp_path / "esx", portmap_port=server.portmap_port) as esx,
     ):
         await server.export("/lr/esx-sim", ["10.9.9.9"])
+        await server.export("/lr/other", ["127.0.0.1"])  # kept connected: MNT refuses
         with pytest.raises(VSphereError, match="NFS mount") as caught:
             await esx.mount_nfs_datastore("esx-sim", "127.0.0.1", "/lr/esx-sim", "lr")
         assert caught.value.fault == "PlatformConfigFault" and not esx.mounts
