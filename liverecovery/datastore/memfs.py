@@ -35,6 +35,9 @@ class _Node:
     type: FileType
     mode: int
     data: bytearray = attrs.field(factory=bytearray)
+    """The file's bytes up to the last one written; the rest, up to ``size``, reads as zeros."""
+    size: int = 0
+    """The file's size: a truncate that extends it allocates nothing."""
     children: dict[str, int] = attrs.field(factory=dict)
     cookies: dict[str, int] = attrs.field(factory=dict)
     next_cookie: int = 1
@@ -49,13 +52,28 @@ class _Node:
 
 
 class MemoryFilesystem(Filesystem):
-    """A tree of files in memory; ``read_only`` refuses every change with ROFS."""
+    """A tree of files in memory; ``read_only`` refuses every change with ROFS.
 
-    def __init__(self, *, read_only: bool = False, capacity: int = 1 << 40) -> None:
+    Files are sparse past their last written byte (a swap file made by a truncate costs
+    nothing), and the bytes held in memory are bounded by ``memory_limit``: a WRITE that would
+    pass it gets NOSPC, never a ``MemoryError`` (a client's WRITE at a huge offset must not make
+    the server allocate it).
+    """
+
+    def __init__(
+        self,
+        *,
+        read_only: bool = False,
+        capacity: int = 1 << 40,
+        memory_limit: int = 1 << 30,
+    ) -> None:
         self._nodes: dict[int, _Node] = {1: _Node(1, FileType.DIR, 0o755, nlink=2)}
         self._next_id = 2
         self._read_only = read_only
         self._capacity = capacity
+        self._memory_limit = memory_limit
+        self._held = 0
+        """Bytes held in the files' ``data``."""
 
     @property
     def root_id(self) -> int:
@@ -80,12 +98,21 @@ class MemoryFilesystem(Filesystem):
             parent = node.children[d]
         pnode = self._nodes[parent]
         if name in pnode.children:
-            self._nodes[pnode.children[name]].data = bytearray(data)
+            self._set_content(self._nodes[pnode.children[name]], data)
             return pnode.children[name]
         node = self._new(FileType.REG, mode)
-        node.data = bytearray(data)
+        self._set_content(node, data)
         self._link(pnode, name, node.fileid)
         return node.fileid
+
+    def _forget(self, fileid: int) -> None:
+        """Drop an unlinked node and the bytes it held."""
+        self._held -= len(self._nodes.pop(fileid).data)
+
+    def _set_content(self, node: _Node, data: bytes) -> None:
+        self._held += len(data) - len(node.data)
+        node.data = bytearray(data)
+        node.size = len(data)
 
     def file_bytes(self, path: str) -> bytes:
         """The content of the file at ``path``. :raises NfsError: NOENT."""
@@ -94,7 +121,7 @@ class MemoryFilesystem(Filesystem):
             if part not in node.children:
                 raise NfsError(NfsStatus.NOENT, path)
             node = self._nodes[node.children[part]]
-        return bytes(node.data)
+        return bytes(node.data) + bytes(node.size - len(node.data))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -132,7 +159,7 @@ class MemoryFilesystem(Filesystem):
             raise NfsError(NfsStatus.ROFS)
 
     def _attrs(self, node: _Node) -> FileAttributes:
-        size = len(node.data) if node.type is FileType.REG else 4096
+        size = node.size if node.type is FileType.REG else 4096
         if node.type is FileType.LNK:
             size = len(node.target.encode())
         return FileAttributes(
@@ -163,9 +190,9 @@ class MemoryFilesystem(Filesystem):
             if a.size > self._capacity:
                 raise NfsError(NfsStatus.FBIG)
             if a.size < len(node.data):
+                self._held -= len(node.data) - a.size
                 del node.data[a.size :]
-            else:
-                node.data.extend(bytes(a.size - len(node.data)))
+            node.size = a.size
             node.mtime_ns = now
         if a.atime_ns is not None:
             node.atime_ns = now if a.atime_ns is SERVER_TIME else int(a.atime_ns)
@@ -200,8 +227,13 @@ class MemoryFilesystem(Filesystem):
         node = self._get(fileid)
         if node.type is FileType.DIR:
             raise NfsError(NfsStatus.ISDIR)
-        data = bytes(node.data[offset : offset + length])
-        return data, offset + len(data) >= len(node.data)
+        end = min(node.size, offset + max(length, 0))
+        if offset >= end:
+            return b"", True
+        data = bytes(node.data[offset:end])
+        if len(data) < end - offset:  # the sparse tail reads as zeros
+            data += bytes(end - offset - len(data))
+        return data, end >= node.size
 
     async def write(
         self, fileid: int, offset: int, data: WriteData, stability: Stability
@@ -213,9 +245,15 @@ class MemoryFilesystem(Filesystem):
         end = offset + len(data)
         if end > self._capacity:
             raise NfsError(NfsStatus.FBIG)
-        if end > len(node.data):
-            node.data.extend(bytes(end - len(node.data)))
-        node.data[offset:end] = data
+        if end > len(node.data) and data:
+            grow = end - len(node.data)
+            if self._held + grow > self._memory_limit:
+                raise NfsError(NfsStatus.NOSPC, f"memory filesystem full ({self._held} bytes held)")
+            node.data.extend(bytes(grow))
+            self._held += grow
+        if data:
+            node.data[offset:end] = data
+            node.size = max(node.size, end)
         node.mtime_ns = node.ctime_ns = time.time_ns()
         await anyio.lowlevel.checkpoint()
         return Stability.FILE_SYNC
@@ -302,7 +340,7 @@ class MemoryFilesystem(Filesystem):
         if self._nodes[fileid].type is FileType.DIR:
             raise NfsError(NfsStatus.ISDIR, name)
         self._unlink(parent, name)
-        del self._nodes[fileid]
+        self._forget(fileid)
 
     async def rmdir(self, dir_id: int, name: str) -> None:
         self._writable()
@@ -318,7 +356,7 @@ class MemoryFilesystem(Filesystem):
             raise NfsError(NfsStatus.NOTEMPTY, name)
         self._unlink(parent, name)
         parent.nlink -= 1
-        del self._nodes[fileid]
+        self._forget(fileid)
 
     async def rename(self, from_dir: int, from_name: str, to_dir: int, to_name: str) -> None:
         self._writable()
@@ -337,7 +375,7 @@ class MemoryFilesystem(Filesystem):
             if tnode.children:
                 raise NfsError(NfsStatus.NOTEMPTY, to_name)
             self._unlink(dst, to_name)
-            del self._nodes[target]
+            self._forget(target)
         self._unlink(src, from_name)
         self._link(dst, to_name, fileid)
 
@@ -354,7 +392,7 @@ class MemoryFilesystem(Filesystem):
 
     async def fsstat(self) -> FsStat:
         await anyio.lowlevel.checkpoint()
-        used = sum(len(n.data) for n in self._nodes.values())
+        used = sum(n.size for n in self._nodes.values())
         free = max(0, self._capacity - used)
         return FsStat(
             self._capacity,
