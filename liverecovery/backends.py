@@ -91,6 +91,8 @@ class RestorePoint:
     memory_mb: int = 0
     num_cpus: int = 0
     nvram_name: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What reading the backup ignored (garbage .vmx lines, disks that are no .vmdk)."""
 
     @property
     def total_disk_bytes(self) -> int:

@@ -37,6 +37,8 @@ class VmConfig:
     num_cpus: int
     disks: tuple[DiskRef, ...]
     nvram_name: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What reading the configuration ignored: garbage lines, disks that are no .vmdk."""
 
 
 def _int(vmx: VmxFile, key: str, default: int, path: str) -> int:
@@ -49,13 +51,14 @@ def _int(vmx: VmxFile, key: str, default: int, path: str) -> int:
         raise CatalogError(f"{key} is not a number: {value!r}", path=path) from None
 
 
-def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool:
+def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool | None:
+    """True for a disk, False for another device, None for a disk whose file is no .vmdk."""
     if (vmx.get(f"{device}.present") or "TRUE").upper() == "FALSE":
         return False
     kind = (vmx.get(f"{device}.deviceType") or "").lower()
     if "cdrom" in kind or "floppy" in kind or kind.endswith("passthru"):
         return False
-    return file_name.lower().endswith(".vmdk")
+    return True if file_name.lower().endswith(".vmdk") else None
 
 
 def _adapter(vmx: VmxFile, bus: str, ctrl: str) -> str:
@@ -73,13 +76,17 @@ def config_from_vmx(vmx: VmxFile, *, path: str = "") -> VmConfig:
     :raises CatalogError: a numeric key holds something else.
     """
     disks: list[tuple[tuple[int, int, int], DiskRef]] = []
+    warnings = [str(w) for w in vmx.warnings]
     for key, value in vmx.items():
         match = _DISK_KEY.match(key.lower())
         if match is None:
             continue
         bus, ctrl, unit = match["bus"], match["ctrl"], match["unit"]
         device = f"{bus}{ctrl}:{unit}"
-        if not _is_disk(vmx, device, value):
+        disk = _is_disk(vmx, device, value)
+        if disk is None:
+            warnings.append(f"{device}: disk file {value!r} is not a .vmdk, skipped")
+        if not disk:
             continue
         name = value.replace("\\", "/").rsplit("/", 1)[-1]
         order = (_BUS_ORDER[bus], int(ctrl), int(unit))
@@ -92,4 +99,5 @@ def config_from_vmx(vmx: VmxFile, *, path: str = "") -> VmConfig:
         num_cpus=_int(vmx, "numvcpus", 1, path),
         disks=tuple(d for _, d in disks),
         nvram_name=vmx.get("nvram") or None,
+        warnings=tuple(warnings),
     )

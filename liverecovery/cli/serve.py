@@ -20,7 +20,7 @@ from liverecovery.errors import SettingsError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 
-__all__ = ["register", "run"]
+__all__ = ["register", "run", "tcp_port"]
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -28,6 +28,13 @@ def _listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"--listen must be HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def tcp_port(text: str) -> int:
+    """argparse type of a port flag."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
+    return int(text)
 
 
 def register(sub: Any) -> None:
@@ -61,7 +68,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--portmap-port",
-        type=int,
+        type=tcp_port,
         default=None,
         help="also answer the portmapper on this port (e.g. 111, which ESXi asks)",
     )
@@ -72,9 +79,14 @@ def register(sub: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the ``nfs://`` URL a libnfs client can use."""
     directory = Path(await anyio.Path(args.directory).resolve())
+    if not await anyio.Path(directory).exists():
+        raise SettingsError(f"serve: {directory} does not exist")
     if not await anyio.Path(directory).is_dir():
         raise SettingsError(f"serve: {directory} is not a directory")
     host, port = args.listen
+    args.port_flags = {port: "--listen HOST:PORT"}
+    if args.portmap_port is not None:
+        args.port_flags[args.portmap_port] = "--portmap-port"
     state_dir: Path = args.state_dir or default_job_results_dir() / "nfs-state"
     export_path: str = args.export_path or str(directory)
     fs = LocalFilesystem(directory, read_only=args.read_only)
