@@ -60,6 +60,10 @@ class MediaKind(enum.StrEnum):
     CLOUD = "cloud"
     TAPE = "tape"
 
+    def __repr__(self) -> str:
+        """The plain value: a ``RestorePoint`` prints ``media='disk'``."""
+        return repr(self.value)
+
 
 @attrs.frozen
 class DiskInfo:
@@ -106,6 +110,10 @@ class RunKind(enum.StrEnum):
     DATA = "data"
     ZERO = "zero"
     UNALLOCATED = "unallocated"
+
+    def __repr__(self) -> str:
+        """The plain value: an allocation run prints ``kind='data'``."""
+        return repr(self.value)
 
 
 @attrs.frozen

@@ -90,3 +90,12 @@ def test_passkey_prints_a_hash_that_matches_the_secret(how: str) -> None:
     assert secret not in out.stdout + out.stderr
     passkey = Passkey.from_string(line)
     assert passkey.matches(secret) and not passkey.matches(secret + "\n")
+
+
+def test_public_values_print_as_plain_strings() -> None:
+    from liverecovery.backends import MediaKind, RunKind
+    from liverecovery.job.states import State
+
+    assert repr((State.CREATED, State.COMPLETED)) == "('created', 'completed')"
+    assert repr([MediaKind.TAPE, RunKind.DATA]) == "['tape', 'data']"
+    assert f"{State.SERVING}" == "serving" and str(MediaKind.DISK) == "disk"
