@@ -19,7 +19,9 @@ def test_inspect_warns_about_garbage_lines_and_non_vmdk_disks(
     (vmx,) = (tmp_path / "web01").rglob("*.vmx")
     lines = vmx.read_text().splitlines()
     garbage_at = len(lines) + 1
-    vmx.write_text("\n".join([*lines, "oops this is not a setting", 'sata0:3.fileName = "x.img"\n']))
+    vmx.write_text(
+        "\n".join([*lines, "oops this is not a setting", 'sata0:3.fileName = "x.img"\n'])
+    )
 
     code = main(["inspect", str(tmp_path), "--json"])
     out, err = capsys.readouterr()
