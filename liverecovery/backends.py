@@ -67,6 +67,10 @@ class MediaKind(enum.StrEnum):
     CLOUD = "cloud"
     TAPE = "tape"
 
+    def __repr__(self) -> str:
+        """The plain value: a ``RestorePoint`` prints ``media='disk'``."""
+        return repr(self.value)
+
 
 @attrs.frozen
 class DiskInfo:
@@ -101,6 +105,8 @@ class RestorePoint:
     memory_mb: int = 0
     num_cpus: int = 0
     nvram_name: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What reading the backup ignored (garbage .vmx lines, disks that are no .vmdk)."""
 
     @property
     def total_disk_bytes(self) -> int:
@@ -114,6 +120,10 @@ class RunKind(enum.StrEnum):
     DATA = "data"
     ZERO = "zero"
     UNALLOCATED = "unallocated"
+
+    def __repr__(self) -> str:
+        """The plain value: an allocation run prints ``kind='data'``."""
+        return repr(self.value)
 
 
 @attrs.frozen

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -21,7 +22,16 @@ import attrs
 
 from liverecovery.errors import SettingsError
 
-__all__ = ["GiB", "MiB", "Passkey", "Settings", "Timeouts", "default_job_results_dir"]
+__all__ = [
+    "GiB",
+    "MiB",
+    "Passkey",
+    "Settings",
+    "Timeouts",
+    "default_job_results_dir",
+    "load_toml",
+    "toml_problem",
+]
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -37,21 +47,52 @@ def default_job_results_dir() -> Path:
     return Path(base) / "liverecovery"
 
 
+def _number(value: object) -> bool:
+    """A finite int or float; ``True`` is not a number here (TOML ``true`` is no duration)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive(name: str) -> Any:
     def check(_inst: object, _attr: attrs.Attribute[Any], value: float) -> None:
-        if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        if not (_number(value) and value > 0):
             raise SettingsError(f"{name} must be a positive number, got {value!r}")
 
     return check
 
 
+def _boolean(_inst: object, attr: attrs.Attribute[Any], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise SettingsError(f"{attr.name} must be true or false, got {value!r}")
+
+
+def _text(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str):
+        raise SettingsError(f"{attr.name} must be a string, got {value!r}")
+
+
+def _one_of(*choices: str) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            options = ", ".join(repr(c) for c in choices)
+            raise SettingsError(f"{attr.name} must be one of {options}, got {value!r}")
+
+    return check
+
+
+def _passkey(_inst: object, attr: attrs.Attribute[Any], value: Passkey | None) -> None:
+    if value is not None and not isinstance(value, Passkey):
+        raise SettingsError(
+            f"{attr.name} must be a Passkey (Passkey.from_string(hash)), got {type(value).__name__}"
+        )
+
+
 def _percent(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value < 100):
+    if not (_number(value) and 0 <= value < 100):
         raise SettingsError(f"{attr.name} must be a percentage in [0, 100), got {value!r}")
 
 
 def _fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and 0 <= value <= 1):
+    if not (_number(value) and 0 <= value <= 1):
         raise SettingsError(f"{attr.name} must be a fraction in [0, 1], got {value!r}")
 
 
@@ -67,7 +108,7 @@ def _positive_int(_inst: object, attr: attrs.Attribute[Any], value: int) -> None
 
 def _non_negative_float() -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        if not (_number(value) and value >= 0):
             raise SettingsError(f"{attr.name} must be a non-negative number, got {value!r}")
 
     return check
@@ -155,6 +196,11 @@ class Timeouts:
     """Reconciling a resumed job with vSphere and re-establishing its export, mount and folder."""
 
 
+def _timeouts_value(_inst: object, attr: attrs.Attribute[Any], value: Timeouts) -> None:
+    if not isinstance(value, Timeouts):
+        raise SettingsError(f"{attr.name} must be a Timeouts, got {type(value).__name__}")
+
+
 @attrs.frozen
 class Settings:
     """Everything an operator can tune. Validated on construction; errors name the setting."""
@@ -167,13 +213,13 @@ class Settings:
     cache_min_free_percent: float = attrs.field(default=5.0, validator=_percent)
     job_space_floor_bytes: int = attrs.field(default=20 * GiB, validator=_non_negative_int)
     job_space_fraction: float = attrs.field(default=0.15, validator=_fraction)
-    cache_block_size: int = attrs.field(default=1 * MiB, validator=_non_negative_int)
+    cache_block_size: int = attrs.field(default=1 * MiB, validator=_positive_int)
     cache_max_open_files: int = attrs.field(
         default=DEFAULT_CACHE_MAX_OPEN_FILES, validator=_positive_int
     )
     """Cache block files kept open for fast hits (bounded further by a quarter of the process's
     descriptor limit)."""
-    nfs_listen_host: str = "0.0.0.0"
+    nfs_listen_host: str = attrs.field(default="0.0.0.0", validator=_text)
     nfs_port: int = attrs.field(default=2049, validator=_port)
     portmap_port: int = attrs.field(default=111, validator=_port)
     """The portmapper's own listener; equal to ``nfs_port``, the portmapper shares the NFS
@@ -194,29 +240,29 @@ class Settings:
         default=60.0, validator=_positive("nfs_partial_record_timeout_s")
     )
     """A connection that leaves a record unfinished for this long is closed (slow senders)."""
-    nfs_address: str = ""
-    export_root: str = "/liverecovery"
-    restore_passkey: Passkey | None = None
+    nfs_address: str = attrs.field(default="", validator=_text)
+    """The address the ESX host mounts from; empty: the command line finds the address of the
+    interface that routes to the ESX host."""
+    export_root: str = attrs.field(default="/liverecovery", validator=_text)
+    restore_passkey: Passkey | None = attrs.field(default=None, validator=_passkey)
     migration_trigger: str = attrs.field(
-        default="read-rate", validator=attrs.validators.in_(("read-rate", "delay", "manual"))
+        default="read-rate", validator=_one_of("read-rate", "delay", "manual")
     )
     serve_before_migrate_s: float = attrs.field(default=0.0, validator=_non_negative_float())
     restore_bandwidth_bps: float = attrs.field(default=0.0, validator=_non_negative_float())
     progress_interval_s: float = attrs.field(
         default=1.0, validator=_positive("progress_interval_s")
     )
-    keep_overlay: bool = False
-    journal: bool = True
-    compensation_attempts: int = attrs.field(
-        default=3, validator=_positive("compensation_attempts")
-    )
+    keep_overlay: bool = attrs.field(default=False, validator=_boolean)
+    journal: bool = attrs.field(default=True, validator=_boolean)
+    compensation_attempts: int = attrs.field(default=3, validator=_positive_int)
     compensation_retry_delay_s: float = attrs.field(default=1.0, validator=_non_negative_float())
     migration_retries: int = attrs.field(default=5, validator=_non_negative_int)
     """How many times a failed storage vMotion is retried by itself (the VM keeps running from the
     backup meanwhile); after that the job keeps serving until an operator's ``migrate-now``."""
     migration_backoff_s: float = attrs.field(default=60.0, validator=_non_negative_float())
     """The wait before the first retry of a failed storage vMotion; it doubles with each retry."""
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
+    timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_timeouts_value)
 
     @property
     def effective_cache_root(self) -> Path:
@@ -231,54 +277,122 @@ class Settings:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Settings:
-        """Build settings from a parsed TOML table; unknown keys and bad values name ``source``."""
-        known = {a.name for a in attrs.fields(cls)}
+        """Build settings from a parsed ``[settings]`` table.
+
+        :raises SettingsError: an unknown key or a bad value, naming ``source`` and the key.
+        """
+        fields = {a.name: a for a in attrs.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
-            if key not in known:
+            if key not in fields:
                 raise SettingsError(f"{source}: unknown setting {key!r}")
             if key == "timeouts":
-                if not isinstance(value, Mapping):
-                    raise SettingsError(f"{source}: timeouts must be a table")
-                tkeys = {a.name for a in attrs.fields(Timeouts)}
-                for tkey in value:
-                    if tkey not in tkeys:
-                        raise SettingsError(f"{source}: unknown setting 'timeouts.{tkey}'")
-                try:
-                    kwargs[key] = Timeouts(**value)
-                except SettingsError as exc:
-                    raise SettingsError(f"{source}: {exc}") from None
+                kwargs[key] = _timeouts(value, source)
             elif key == "restore_passkey":
+                if not isinstance(value, str):
+                    raise SettingsError(f"{source}: restore_passkey must be a string hash")
                 try:
-                    kwargs[key] = None if value is None else Passkey.from_string(str(value))
+                    kwargs[key] = Passkey.from_string(value)
                 except SettingsError as exc:
                     raise SettingsError(f"{source}: restore_passkey: {exc}") from None
+            elif key in _PATH_KEYS and not isinstance(value, str):
+                raise SettingsError(f"{source}: {key} must be a path string, got {value!r}")
             else:
                 kwargs[key] = value
         try:
             return cls(**kwargs)
         except SettingsError as exc:
             raise SettingsError(f"{source}: {exc}") from None
-        except TypeError as exc:
-            raise SettingsError(f"{source}: {exc}") from None
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike[str], *, table: str | None = None) -> Settings:
-        """Read settings from a TOML file (optionally from one of its tables).
+    def from_toml(cls, path: str | os.PathLike[str], *, table: str | None = "settings") -> Settings:
+        """Read the ``[settings]`` table of a TOML file (a job file's, or a file of its own).
 
-        :raises SettingsError: unreadable file, TOML syntax error, unknown key or bad value,
-            each naming the file.
+        A file with no ``[settings]`` table gives the defaults; settings written at the top
+        level instead are refused, naming the table they belong in. ``table=None`` reads the
+        top level.
+
+        :raises SettingsError: unreadable file, TOML syntax error or duplicate key, unknown key
+            or bad value, each naming the file (and the key).
         """
-        try:
-            with open(path, "rb") as f:
-                data: Mapping[str, Any] = tomllib.load(f)
-        except OSError as exc:
-            raise SettingsError(f"{path}: cannot read settings: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+        data: Mapping[str, Any] = load_toml(path, what="settings")
         if table is not None:
             sub = data.get(table, {})
             if not isinstance(sub, Mapping):
                 raise SettingsError(f"{path}: [{table}] must be a table")
+            stray = sorted(k for k in data if k in _SETTING_NAMES)
+            if stray:
+                raise SettingsError(
+                    f"{path}: {stray[0]!r} is a setting: put it under a [{table}] table"
+                )
             data = sub
         return cls.from_mapping(data, source=str(path))
+
+
+_PATH_KEYS: Final = frozenset({"job_results_dir", "backup_root", "cache_root"})
+_SETTING_NAMES: Final = frozenset(a.name for a in attrs.fields(Settings))
+
+
+def _timeouts(value: object, source: str) -> Timeouts:
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{source}: timeouts must be a table")
+    known = {a.name for a in attrs.fields(Timeouts)}
+    for key in value:
+        if key not in known:
+            raise SettingsError(f"{source}: unknown setting 'timeouts.{key}'")
+    try:
+        return Timeouts(**value)
+    except SettingsError as exc:
+        raise SettingsError(f"{source}: {exc}") from None
+
+
+def load_toml(path: str | os.PathLike[str], *, what: str = "file") -> dict[str, Any]:
+    """Parse a TOML file.
+
+    :raises SettingsError: unreadable, not UTF-8, or a syntax error: naming the file and the
+        line (and the key, for a key or table given twice).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: {toml_problem(text, str(exc))}") from None
+
+
+_AT = re.compile(r"\s*\(at (?:line (?P<line>\d+), column \d+|end of document)\)$")
+_KEY = re.compile(r"^\s*(?P<key>[^=#\[]+?)\s*=")
+_TABLE = re.compile(r"^\s*\[+\s*(?P<table>[^\]]+?)\s*\]")
+
+
+def toml_problem(text: str, message: str) -> str:
+    """tomllib's ``message`` made to name the line, and the key a duplicate repeats."""
+    at = _AT.search(message)
+    lines = text.splitlines()
+    if at is None:
+        return f"invalid TOML: {message}"
+    problem = message[: at.start()]
+    if at["line"]:
+        number = int(at["line"])
+    else:  # "at end of document": the last line that holds something
+        number = max((i + 1 for i, line in enumerate(lines) if line.strip()), default=1)
+    line = lines[number - 1] if 0 < number <= len(lines) else ""
+    if problem.startswith("Cannot overwrite a value"):
+        key = _KEY.match(line)
+        if key:
+            tables = [m["table"] for m in map(_TABLE.match, lines[: number - 1]) if m]
+            name = key["key"].strip()
+            full = f"{tables[-1]}.{name}" if tables else name
+            return f"line {number}: key {full!r} is given twice (or conflicts with a table)"
+    if problem.startswith("Cannot declare"):
+        table = _TABLE.match(line)
+        if table:
+            return f"line {number}: table [{table['table']}] is declared twice"
+    return f"line {number}: invalid TOML: {problem}"

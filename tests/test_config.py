@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,6 +41,15 @@ def test_job_space_is_the_larger_of_floor_and_fraction(vm_bytes: int) -> None:
         ({"compensation_attempts": 0}, "compensation_attempts"),
         ({"cache_max_open_files": 0}, "cache_max_open_files"),
         ({"cache_max_open_files": True}, "cache_max_open_files"),
+        ({"migration_trigger": "soon"}, "migration_trigger must be one of"),
+        ({"keep_overlay": 1}, "keep_overlay must be true or false"),
+        ({"journal": "yes"}, "journal must be true or false"),
+        ({"cache_block_size": 0}, "cache_block_size must be a positive integer"),
+        ({"compensation_attempts": 2.5}, "compensation_attempts"),
+        ({"nfs_address": 5}, "nfs_address must be a string"),
+        ({"restore_passkey": "scrypt$1"}, "restore_passkey must be a Passkey"),
+        ({"timeouts": {"mount": 1}}, "timeouts must be a Timeouts"),
+        ({"progress_interval_s": True}, "progress_interval_s"),
     ],
 )
 def test_bad_values_name_the_setting(kwargs: dict[str, object], named: str) -> None:
@@ -51,8 +61,8 @@ def test_toml_file(tmp_path: Path) -> None:
     key = Passkey.from_secret("k")
     path = tmp_path / "job.toml"
     path.write_text(
-        f'cache_root = "{tmp_path}/c"\ncache_min_free_percent = 10\n'
-        f'restore_passkey = "{key.encode()}"\n[timeouts]\nmount = 5\n'
+        f'[settings]\ncache_root = "{tmp_path}/c"\ncache_min_free_percent = 10\n'
+        f'restore_passkey = "{key.encode()}"\n[settings.timeouts]\nmount = 5\n'
     )
     s = Settings.from_toml(path)
     assert s.effective_cache_root == tmp_path / "c"
@@ -65,19 +75,75 @@ def test_toml_file(tmp_path: Path) -> None:
     [
         ("cache_min_free_percnt = 5\n", "unknown setting 'cache_min_free_percnt'"),
         ("cache_min_free_percent = 500\n", "cache_min_free_percent must be a percentage"),
-        ("[timeouts]\nmoutn = 1\n", "unknown setting 'timeouts.moutn'"),
-        ("[timeouts]\nmount = -1\n", "timeouts.mount must be a positive number"),
+        ("[settings.timeouts]\nmoutn = 1\n", "unknown setting 'timeouts.moutn'"),
+        ("[settings.timeouts]\nmount = -1\n", "timeouts.mount must be a positive number"),
+        ("[settings.timeouts]\nmount = true\n", "timeouts.mount must be a positive number"),
         ("timeouts = 3\n", "timeouts must be a table"),
-        ("cache_root = \n", "invalid TOML"),
+        ("cache_root = \n", "line 2: invalid TOML"),
         ('restore_passkey = "plain"\n', "passkey hash must look like"),
+        ("restore_passkey = 5\n", "restore_passkey must be a string"),
+        ('migration_trigger = "soon"\n', "migration_trigger must be one of 'read-rate'"),
+        ("keep_overlay = 1\n", "keep_overlay must be true or false, got 1"),
+        ("cache_block_size = 0\n", "cache_block_size must be a positive integer, got 0"),
+        ("cache_root = 5\n", "cache_root must be a path string"),
+        ("journal = true\njournal = false\n", "line 3: key 'settings.journal' is given twice"),
+        ("journal = true\n[settings]\n", "line 3: table [settings] is declared twice"),
     ],
 )
 def test_bad_toml_names_file_and_problem(tmp_path: Path, text: str, problem: str) -> None:
     path = tmp_path / "bad.toml"
-    path.write_text(text)
+    path.write_text("[settings]\n" + text)
     with pytest.raises(SettingsError) as caught:
         Settings.from_toml(path)
     assert str(path) in str(caught.value) and problem in str(caught.value)
+
+
+def test_settings_outside_the_settings_table_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "flat.toml"
+    path.write_text('cache_root = "/c"\n')
+    with pytest.raises(
+        SettingsError, match=r"'cache_root' is a setting: put it under a \[settings\]"
+    ):
+        Settings.from_toml(path)
+    assert Settings.from_toml(path, table=None).cache_root == Path("/c")
+
+
+def test_a_file_without_settings_gives_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "job.toml"
+    path.write_text('vm = "web01"\n')
+    assert Settings.from_toml(path) == Settings()
+
+
+def test_a_duplicate_key_at_the_end_of_the_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "dup.toml"
+    path.write_text("[settings]\nkeep_overlay = true\nkeep_overlay = false")  # no final newline
+    with pytest.raises(SettingsError, match=r"line 3: key 'settings\.keep_overlay' is given twice"):
+        Settings.from_toml(path)
+
+
+_KEYS = st.sampled_from([*(a.name for a in attrs.fields(Settings)), "timeouts.mount", "nope"])
+_VALUES = st.sampled_from(
+    ["0", "1", "-1", "0.5", "1e400", "nan", "true", '"x"', '"delay"', "[]", "{}", "{mount = 0}", ""]
+)
+
+
+@given(st.lists(st.tuples(_KEYS, _VALUES), max_size=4), st.text(max_size=8))
+def test_any_settings_table_gives_settings_or_one_settings_error(
+    lines: list[tuple[str, str]], noise: str
+) -> None:
+    import tempfile
+
+    text = "".join(f"{key} = {value}\n" for key, value in lines) + noise
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".toml", delete=False, encoding="utf-8", errors="replace"
+    ) as f:
+        f.write("[settings]\n" + text)
+    try:
+        Settings.from_toml(f.name)
+    except SettingsError as exc:
+        assert str(exc).startswith(f.name)
+    finally:
+        Path(f.name).unlink()
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -87,7 +153,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_backup_root_is_a_path_read_from_toml(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
-    path.write_text('backup_root = "/backups/vms"\n')
+    path.write_text('[settings]\nbackup_root = "/backups/vms"\n')
     assert Settings.from_toml(path).backup_root == Path("/backups/vms")
     assert Settings().backup_root is None
 

@@ -149,6 +149,7 @@ class DirectoryCatalog(AsyncResource):
             memory_mb=config.memory_mb,
             num_cpus=config.num_cpus,
             nvram_name=nvram,
+            warnings=config.warnings,
         )
         return _Point(point, folder, None, confine)
 
@@ -160,11 +161,19 @@ class DirectoryCatalog(AsyncResource):
     def _is_single_ova(self) -> bool:
         return self.root.suffix.lower() == ".ova" and self.root.is_file()
 
+    def _check_root(self) -> None:
+        """:raises CatalogError: the root does not exist, or is a file and no .ova."""
+        if not self.root.exists():
+            raise CatalogError("the backup path does not exist", path=str(self.root))
+        if not self.root.is_dir():
+            raise CatalogError(
+                "the backup path is neither a folder nor an .ova file", path=str(self.root)
+            )
+
     def _vm_names(self) -> list[str]:
         if self._is_single_ova():
             return [self.root.stem]
-        if not self.root.is_dir():
-            raise CatalogError("backup root is not a folder", path=str(self.root))
+        self._check_root()
         if self._is_single_vm():
             return [self.root.name]
         names = []
@@ -178,6 +187,7 @@ class DirectoryCatalog(AsyncResource):
             return self.root
         if not vm_name or "/" in vm_name or vm_name in (".", ".."):
             raise CatalogError(f"invalid VM name {vm_name!r}", path=str(self.root))
+        self._check_root()
         folder = self.root / vm_name
         if not folder.is_dir():
             raise CatalogError(f"no VM {vm_name!r} in the backup root", path=str(self.root))

@@ -155,4 +155,5 @@ def load_ova_point(ova: Path, *, vm_name: str, point_id: str, meta: PointMeta) -
         memory_mb=config.memory_mb,
         num_cpus=config.num_cpus,
         nvram_name=None,
+        warnings=config.warnings,
     )

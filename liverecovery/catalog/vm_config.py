@@ -37,6 +37,8 @@ class VmConfig:
     num_cpus: int
     disks: tuple[DiskRef, ...]
     nvram_name: str | None = None
+    warnings: tuple[str, ...] = ()
+    """What reading the configuration ignored: garbage lines, disks that are no .vmdk."""
 
 
 def _int(vmx: VmxFile, key: str, default: int, path: str) -> int:
@@ -49,27 +51,32 @@ def _int(vmx: VmxFile, key: str, default: int, path: str) -> int:
         raise CatalogError(f"{key} is not a number: {value!r}", path=path) from None
 
 
-def is_disk_device(present: str | None, device_type: str | None, file_name: str) -> bool:
-    """Whether a device entry of a .vmx is a virtual disk on the datastore, as ESXi decides.
-
+def _other_device(present: str | None, device_type: str | None, file_name: str) -> bool:
+    """A device entry that is not a virtual disk on the datastore, whatever its file name:
     CD-ROMs and floppies (``cdrom-image``, ``atapi-cdrom``, ``cdrom-raw``), SCSI passthrough
-    devices (``scsi-passthru``) and anything naming a host device (``/vmfs/devices/...``,
-    ``/dev/...``) are not disks of the VM folder, whatever their file name; neither is a device
-    that is not present.
-    """
+    devices (``scsi-passthru``), anything naming a host device (``/vmfs/devices/...``,
+    ``/dev/...``) and a device that is not present."""
     if (present or "TRUE").strip().upper() == "FALSE":
-        return False
+        return True
     kind = (device_type or "").lower()
     if "cdrom" in kind or "floppy" in kind or kind.endswith("passthru"):
-        return False
+        return True
     name = file_name.replace("\\", "/")
-    if name.startswith(("/vmfs/devices/", "/dev/")) or name.startswith("//./"):
+    return name.startswith(("/vmfs/devices/", "/dev/", "//./"))
+
+
+def is_disk_device(present: str | None, device_type: str | None, file_name: str) -> bool:
+    """Whether a device entry of a .vmx is a virtual disk on the datastore, as ESXi decides."""
+    return not _other_device(present, device_type, file_name) and file_name.lower().endswith(
+        ".vmdk"
+    )
+
+
+def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool | None:
+    """True for a disk, False for another device, None for a disk whose file is no .vmdk."""
+    if _other_device(vmx.get(f"{device}.present"), vmx.get(f"{device}.deviceType"), file_name):
         return False
-    return name.lower().endswith(".vmdk")
-
-
-def _is_disk(vmx: VmxFile, device: str, file_name: str) -> bool:
-    return is_disk_device(vmx.get(f"{device}.present"), vmx.get(f"{device}.deviceType"), file_name)
+    return True if file_name.lower().endswith(".vmdk") else None
 
 
 def _adapter(vmx: VmxFile, bus: str, ctrl: str) -> str:
@@ -87,13 +94,17 @@ def config_from_vmx(vmx: VmxFile, *, path: str = "") -> VmConfig:
     :raises CatalogError: a numeric key holds something else.
     """
     disks: list[tuple[tuple[int, int, int], DiskRef]] = []
+    warnings = [str(w) for w in vmx.warnings]
     for key, value in vmx.items():
         match = _DISK_KEY.match(key.lower())
         if match is None:
             continue
         bus, ctrl, unit = match["bus"], match["ctrl"], match["unit"]
         device = f"{bus}{ctrl}:{unit}"
-        if not _is_disk(vmx, device, value):
+        disk = _is_disk(vmx, device, value)
+        if disk is None:
+            warnings.append(f"{device}: disk file {value!r} is not a .vmdk, skipped")
+        if not disk:
             continue
         name = value.replace("\\", "/").rsplit("/", 1)[-1]
         order = (_BUS_ORDER[bus], int(ctrl), int(unit))
@@ -106,4 +117,5 @@ def config_from_vmx(vmx: VmxFile, *, path: str = "") -> VmConfig:
         num_cpus=_int(vmx, "numvcpus", 1, path),
         disks=tuple(d for _, d in disks),
         nvram_name=vmx.get("nvram") or None,
+        warnings=tuple(warnings),
     )

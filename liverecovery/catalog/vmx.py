@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import attrs
 
-__all__ = ["VmxFile", "vmx_escape", "vmx_unescape"]
+__all__ = ["VmxFile", "VmxWarning", "vmx_escape", "vmx_unescape"]
 
 _LINE = re.compile(
     r"""^(?P<lead>[ \t]*)(?P<key>[^=\s#][^=]*?)(?P<sep>[ \t]*=[ \t]*)
@@ -33,6 +33,19 @@ def vmx_escape(value: str) -> str:
     return _NEEDS_ESCAPE.sub(lambda m: f"|{ord(m.group(0)):02X}", value)
 
 
+@attrs.frozen
+class VmxWarning:
+    """A line that is neither ``key = value``, a comment nor blank: VMware ignores it, and so
+    do we, but the operator should know (it often is a hand edit gone wrong)."""
+
+    line: int  # 1-based
+    text: str
+
+    def __str__(self) -> str:
+        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        return f"line {self.line}: not a key = value line, ignored: {shown!r}"
+
+
 @attrs.define
 class _Line:
     text: str  # the line without its line ending
@@ -44,15 +57,21 @@ class _Line:
 class VmxFile:
     """A parsed .vmx. ``to_bytes()`` returns the original bytes until something is changed."""
 
-    def __init__(self, lines: list[_Line], newline: str) -> None:
+    def __init__(
+        self, lines: list[_Line], newline: str, warnings: tuple[VmxWarning, ...] = ()
+    ) -> None:
         self._lines = lines
         self._newline = newline
+        self.warnings = warnings
+        """The lines parsing ignored, with their line numbers."""
 
     @classmethod
     def parse(cls, data: bytes | str) -> VmxFile:
-        """Parse .vmx content; lines that are not ``key = value`` are kept verbatim."""
+        """Parse .vmx content; lines that are not ``key = value`` are kept verbatim, and those
+        that are not comments or blank either are listed in ``warnings``."""
         text = data if isinstance(data, str) else data.decode("utf-8", "surrogateescape")
         lines: list[_Line] = []
+        warnings: list[VmxWarning] = []
         # only "\n" ends a line (str.splitlines would also split on \x85, \u2028...)
         for raw in re.findall(r"[^\n]*\n|[^\n]+$", text):
             body = raw[:-2] if raw.endswith("\r\n") else raw.rstrip("\n")
@@ -61,9 +80,11 @@ class VmxFile:
             if match:
                 line.key = match["key"].strip().lower()
                 line.value = match["quoted"] if match["quoted"] is not None else match["bare"]
+            elif body.strip() and not body.lstrip().startswith("#"):
+                warnings.append(VmxWarning(len(lines) + 1, body.strip()))
             lines.append(line)
         newline = "\r\n" if lines and lines[0].ending == "\r\n" else "\n"
-        return cls(lines, newline)
+        return cls(lines, newline, tuple(warnings))
 
     def to_bytes(self) -> bytes:
         """The file's bytes, identical to the input for every line not edited."""

@@ -22,6 +22,7 @@ import attrs
 
 from liverecovery.backends import RestorePoint, StagingContext
 from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.cli.inspect import NO_VMS
 from liverecovery.cli.serve import _listen
 from liverecovery.cli.signals import stop_signals, wait_for_stop_signal
 from liverecovery.config import Settings
@@ -52,6 +53,7 @@ async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the ``nfs://`` URL."""
     settings = Settings.from_toml(args.settings, table="settings") if args.settings else Settings()
     host, port = args.listen
+    args.port_flags = {port: "--listen HOST:PORT"}
     # The NFS server listens on --listen alone (the portmapper shares it), with no grace period.
     settings = attrs.evolve(
         settings, nfs_listen_host=host, nfs_port=port, portmap_port=port, nfs_grace_s=0.0
@@ -60,8 +62,12 @@ async def run(args: argparse.Namespace) -> int:
         vm = args.vm
         if vm is None:
             names = list(await catalog.vm_names())
+            if not names:
+                raise SettingsError(f"{args.backup}: {NO_VMS}")
             if len(names) != 1:
-                raise SettingsError(f"{args.backup} holds VMs {names}: choose one with --vm")
+                raise SettingsError(
+                    f"{args.backup} holds VMs {', '.join(names)}: choose one with --vm"
+                )
             vm = names[0]
         point = await catalog.restore_point(vm, args.point)
         browse_id = f"browse-{uuid.uuid4().hex[:8]}"

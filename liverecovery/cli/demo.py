@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 
 from liverecovery.catalog.directory import DirectoryCatalog
-from liverecovery.config import GiB, MiB, Settings
+from liverecovery.cli.lines import print_states
+from liverecovery.config import GiB, MiB, Settings, load_toml
 from liverecovery.errors import LiveRecoveryError, SettingsError
 from liverecovery.io.threads import run_sync
 from liverecovery.job.events import StateChanged
@@ -35,7 +36,16 @@ from liverecovery.recovery.progress import show_progress
 from liverecovery.sim.embedded import embedded_environment, verify_disk
 from liverecovery.testing.samples import sample_vm, tree_digests
 
-__all__ = ["DEMO_PREFIX", "parse_size", "register", "run", "sweep_demo_residue"]
+__all__ = [
+    "DEMO_PREFIX",
+    "demo_settings",
+    "parse_size",
+    "register",
+    "run",
+    "seconds",
+    "sweep_demo_residue",
+    "vm_name",
+]
 
 
 def parse_size(text: str) -> int:
@@ -112,17 +122,68 @@ def register(sub: Any) -> None:
         "demo", help="recover a generated sample backup on the embedded default, for real"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON summary")
-    parser.add_argument("--vm", default="demo-vm", help="name of the sample VM")
+    parser.add_argument("--vm", type=vm_name, default="demo-vm", help="name of the sample VM")
     parser.add_argument(
         "--disk-size", default="1G", metavar="SIZE", help="sample disk size (default 1G)"
     )
     parser.add_argument(
         "--serve-seconds",
-        type=float,
-        default=1.0,
-        help="how long the VM runs from the backup before its storage vMotion",
+        type=seconds,
+        default=None,
+        help="how long the VM runs from the backup before its storage vMotion (default 1)",
+    )
+    parser.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="a TOML file whose [settings] table applies (the NFS server stays on loopback)",
     )
     parser.set_defaults(handler=run)
+
+
+def seconds(text: str) -> float:
+    """argparse type of ``--serve-seconds``: a finite number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (0 or more), got {text!r}")
+    return value
+
+
+def vm_name(text: str) -> str:
+    """argparse type of ``--vm``: a name the sample backup can use as its folder name."""
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot name a VM folder: no '/', '\\', NUL, '.' or '..'"
+        )
+    if len(text) > 80:
+        raise argparse.ArgumentTypeError("a VM name has at most 80 characters (vSphere's limit)")
+    return text
+
+
+def demo_settings(work: Path, args: argparse.Namespace) -> Settings:
+    """The demo's settings: its defaults, under the ``[settings]`` of ``--settings FILE``, under
+    ``--serve-seconds``."""
+    flags: dict[str, Any] = {}
+    if args.serve_seconds is not None:
+        flags["serve_before_migrate_s"] = args.serve_seconds
+    defaults: dict[str, Any] = {
+        "job_results_dir": str(work / "results"),
+        "migration_trigger": "delay",
+        "serve_before_migrate_s": 1.0,
+        "progress_interval_s": 0.2,
+        # A demo VM is small: ask for 1 GiB of free cache space, not the 20 GiB floor.
+        "job_space_floor_bytes": 1 << 30,
+    }
+    if not args.settings:
+        return Settings.from_mapping(defaults | flags, source="demo")
+    doc = load_toml(args.settings, what="settings")
+    table = doc.get("settings", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{args.settings}: [settings] must be a table")
+    Settings.from_toml(args.settings)  # the file's own errors, named as in any other command
+    return Settings.from_mapping(defaults | table | flags, source=str(args.settings))
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -135,19 +196,12 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix=DEMO_PREFIX) as tmp:
         work = Path(tmp)
         owner = await run_sync(_claim, work)  # held until the folder is removed
+        settings = await run_sync(demo_settings, work, args)
         backup_root = work / "backup"
         await run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
         before = await run_sync(tree_digests, backup_root)
         catalog = DirectoryCatalog(backup_root)
         point = await catalog.restore_point(args.vm)
-        settings = Settings(
-            job_results_dir=work / "results",
-            migration_trigger="delay",
-            serve_before_migrate_s=args.serve_seconds,
-            progress_interval_s=0.2,
-            # A demo VM is small: ask for 1 GiB of free cache space, not the 20 GiB floor.
-            job_space_floor_bytes=1 << 30,
-        )
         async with embedded_environment(work, catalog, settings=settings) as env:
             async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
                 job = await lr.start(env.spec(args.vm))
@@ -162,8 +216,11 @@ async def run(args: argparse.Namespace) -> int:
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(watch)
+                    live_lines = not args.json and not sys.stderr.isatty()
                     if not args.json and sys.stderr.isatty():
                         tg.start_soon(show_progress, job)
+                    elif live_lines:
+                        tg.start_soon(print_states, job)
                     try:
                         summary = await job.wait()
                         error = ""
@@ -201,8 +258,9 @@ async def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for state in summary.states_visited[1:]:
-            print(f"{marks.get(state.value, 0.0):8.3f}s  {state.value}")
+        if not live_lines:  # the progress bar showed them: list them once it is gone
+            for state in summary.states_visited[1:]:
+                print(f"{marks.get(state.value, 0.0):8.3f}s  {state}")
         print(
             f"job {summary.job_id}: {summary.state.value} in {result['elapsed_s']:.2f}s; "
             f"powered on after {result['time_to_power_on_s']:.2f}s having read "

@@ -75,6 +75,7 @@ async def _points(catalog: DirectoryCatalog, name: str) -> list[dict[str, Any]]:
                 "memory_mb": point.memory_mb,
                 "num_cpus": point.num_cpus,
                 "disks": disks,
+                "warnings": list(point.warnings),
             }
         )
     return points
@@ -89,24 +90,33 @@ def _size(n: int) -> str:
     return f"{value:.1f} TiB"
 
 
+NO_VMS = (
+    "no VMs found: looked for VM folders holding a .vmx, dated restore-point folders "
+    "(YYYY-MM-DD...) or .ova files"
+)
+
+
 async def run(args: argparse.Namespace) -> int:
-    """Print the inventory of ``args.path``; exit code 1 if a VM could not be read."""
+    """Print the inventory of ``args.path``; exit code 1 if no VM was found or one could not be
+    read. Errors and warnings go to stderr, once each; the inventory to stdout."""
     report = await inspect_path(args.path)
     broken = [vm for vm in report["vms"] if "error" in vm]
     for vm in broken:
         print(f"liverecovery: error: VM {vm['name']}: {vm['error']}", file=sys.stderr)
-    code = 1 if broken else 0
+    for vm in report["vms"]:
+        for p in vm.get("restore_points", []):
+            for warning in p["warnings"]:
+                where = f"{vm['name']} {p['id']} {p['config']}"
+                print(f"liverecovery: warning: {where}: {warning}", file=sys.stderr)
+    if not report["vms"]:
+        print(f"liverecovery: error: {args.path}: {NO_VMS}", file=sys.stderr)
+    code = 1 if broken or not report["vms"] else 0
     if args.json:
         print(json.dumps(report, indent=2))
         return code
-    if not report["vms"]:
-        print(f"no VMs under {args.path}")
     for vm in report["vms"]:
-        print(f"{vm['name']}")
-        if "error" in vm:
-            print(f"  error: {vm['error']}")
-            continue
-        for p in vm["restore_points"]:
+        print(f"{vm['name']}" + ("  (unreadable: see the error above)" if "error" in vm else ""))
+        for p in vm.get("restore_points", []):
             flags = [p["media"]] + (["archived"] if p["archived"] else [])
             flags += ["passkey"] if p["passkey_required"] else []
             print(

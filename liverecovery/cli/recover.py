@@ -5,13 +5,13 @@
 
 or the same keys in a TOML job file (``--job-file job.toml``; flags override it), with an
 optional ``[settings]`` table. The process serves the backup over NFS (port 2049, portmapper on
-111 by default: ESXi has no port option) until the job ends. Ctrl-C (or SIGTERM) before power-on
-cancels the job and rolls it back; once the VM runs from the backup it is left running (never
-powered off: see ``liverecovery stop ID --power-off``) and ``resume`` serves it again. Either
-way the process ends within ``STOP_GRACE_S`` seconds, even when vCenter hangs, and says what it
-left and why. While it runs, ``liverecovery jobs``, ``status``, ``cancel``, ``stop`` and
-``migrate-now`` reach it through its control socket. ``resume`` picks up the unfinished jobs of a
-process that stopped.
+111 by default, which ESXi asks; ``--nfs-port``/``--portmap-port`` move them) until the job ends.
+Ctrl-C (or SIGTERM) before power-on cancels the job and rolls it back; once the VM runs from the
+backup it is left running (never powered off: see ``liverecovery stop ID --power-off``) and
+``resume`` serves it again. Either way the process ends within ``STOP_GRACE_S`` seconds, even when
+vCenter hangs, and says what it left and why. While it runs, ``liverecovery jobs``, ``status``,
+``cancel``, ``stop`` and ``migrate-now`` reach it through its control socket. ``resume`` picks up
+the unfinished jobs of a process that stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import sys
-import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,9 +29,13 @@ import anyio
 import attrs
 
 from liverecovery.backends import VSphereClient
+from liverecovery.cli.lines import print_states, summary_line
+from liverecovery.cli.route import route_address
+from liverecovery.cli.serve import tcp_port
 from liverecovery.cli.signals import STOP_GRACE_S, hard_exit_after
-from liverecovery.config import Settings
+from liverecovery.config import Settings, load_toml
 from liverecovery.errors import JobLeftRunningError, LiveRecoveryError, SettingsError
+from liverecovery.io.threads import run_sync
 from liverecovery.job.job import RecoveryJob
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.control import ControlServer, socket_path
@@ -54,6 +57,8 @@ _KEYS = (
     "datastore",
     "redirect_writes_to",
     "nfs_address",
+    "nfs_port",
+    "portmap_port",
     "passkey_env",
     "insecure",
     "ca_file",
@@ -95,6 +100,8 @@ class RecoverConfig:
     esx_address: str | None = None
     redirect_writes_to: str | None = None
     nfs_address: str | None = None
+    nfs_port: int | None = None
+    portmap_port: int | None = None
     passkey_env: str | None = None
     insecure: bool = False
     ca_file: str | None = None
@@ -113,24 +120,22 @@ class RecoverConfig:
         source = "command line"
         if args.job_file:
             source = str(args.job_file)
-            try:
-                with open(args.job_file, "rb") as f:
-                    doc = tomllib.load(f)
-            except OSError as exc:
-                raise SettingsError(f"{source}: cannot read: {exc.strerror}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise SettingsError(f"{source}: invalid TOML: {exc}") from None
+            doc = load_toml(args.job_file, what="job file")
             for key, value in doc.items():
                 if key == "settings":
                     continue
                 if key not in _KEYS:
-                    raise SettingsError(f"{source}: unknown key {key!r}")
+                    hint = " (settings go under [settings])" if key in _SETTING_NAMES else ""
+                    raise SettingsError(f"{source}: unknown key {key!r}{hint}")
+                _check_type(source, key, value)
                 data[key] = value
             if "settings" in doc:
-                settings = Settings.from_toml(args.job_file, table="settings")
+                if not isinstance(doc["settings"], dict):
+                    raise SettingsError(f"{source}: [settings] must be a table")
+                settings = Settings.from_mapping(doc["settings"], source=source)
         for key in _KEYS:
             value = getattr(args, key, None)
-            if value not in (None, False, ""):
+            if value is not None and value is not False and value != "":
                 data[key] = value
         required = ["vcenter", "user", "password_env", "host"]
         if need_job:
@@ -169,14 +174,64 @@ class RecoverConfig:
         )
 
 
-@asynccontextmanager
-async def production(config: RecoverConfig) -> AsyncIterator[tuple[LiveRecovery, NfsServer]]:
-    """``LiveRecovery.from_settings`` on the backup, pyvmomi, and the control socket."""
+_SETTING_NAMES = frozenset(a.name for a in attrs.fields(Settings))
+_BOOL_KEYS = frozenset({"insecure", "new_bios_uuid", "disconnect_nics"})
+_PORT_KEYS = frozenset({"nfs_port", "portmap_port"})
+
+
+def _check_type(source: str, key: str, value: object) -> None:
+    """A job file's value has the type its key needs. :raises SettingsError: naming both."""
+    if key in _BOOL_KEYS:
+        ok, want = isinstance(value, bool), "true or false"
+    elif key in _PORT_KEYS:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535
+        want = "a TCP port in [0, 65535]"
+    elif key == "network_map":
+        ok = isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and k and v for k, v in value.items()
+        )
+        want = "a table of port group names (old = new)"
+    else:
+        ok, want = isinstance(value, str) and bool(value), "a non-empty string"
+    if not ok:
+        raise SettingsError(f"{source}: {key} must be {want}, got {value!r}")
+
+
+def port_flags(settings: Settings) -> dict[int, str]:
+    """What moves each port ``recover`` listens on (for the one-line error of a taken port)."""
+    return {
+        settings.portmap_port: "--portmap-port or the portmap_port setting (ESXi asks port 111)",
+        settings.nfs_port: "--nfs-port or the nfs_port setting",
+    }
+
+
+def server_settings(config: RecoverConfig, args: argparse.Namespace | None = None) -> Settings:
+    """The settings with the job file's and the flags' ports and NFS address applied.
+
+    Without an NFS address, the address of the interface that routes to the ESX host.
+    """
     settings = config.settings
+    changes: dict[str, Any] = {}
+    if config.nfs_port is not None:
+        changes["nfs_port"] = config.nfs_port
+    if config.portmap_port is not None:
+        changes["portmap_port"] = config.portmap_port
     if config.nfs_address:
-        settings = attrs.evolve(settings, nfs_address=config.nfs_address)
-    if not settings.nfs_address:
-        raise SettingsError("--nfs-address: the address the ESX host reaches this machine at")
+        changes["nfs_address"] = config.nfs_address
+    elif not settings.nfs_address:
+        changes["nfs_address"] = route_address(config.esx_address or config.host)
+    settings = attrs.evolve(settings, **changes)
+    if args is not None:
+        args.port_flags = port_flags(settings)
+    return settings
+
+
+@asynccontextmanager
+async def production(
+    config: RecoverConfig, args: argparse.Namespace | None = None
+) -> AsyncIterator[tuple[LiveRecovery, NfsServer]]:
+    """``LiveRecovery.from_settings`` on the backup, pyvmomi, and the control socket."""
+    settings = await run_sync(server_settings, config, args)
     settings = attrs.evolve(settings, backup_root=config.backup or settings.backup_root or ".")
     password = config.secret(config.password_env, "--password-env") or ""
 
@@ -254,6 +309,8 @@ async def _follow(jobs: list[RecoveryJob], as_json: bool) -> int:
             for job in jobs:
                 if not as_json and sys.stderr.isatty():
                     followers.start_soon(show_progress, job)
+                elif not as_json:
+                    followers.start_soon(print_states, job)
         failed = 0
         for job in jobs:
             try:
@@ -266,6 +323,8 @@ async def _follow(jobs: list[RecoveryJob], as_json: bool) -> int:
                 print(f"job {job.id}: {job.state.value}: {exc}", file=sys.stderr)
             if as_json:
                 print(json.dumps(job.summary().to_json()))
+            else:
+                print(summary_line(job.summary()), flush=True)
         tg.cancel_scope.cancel()
     return 1 if failed else 0
 
@@ -277,7 +336,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-env", help="environment variable holding the password")
     parser.add_argument("--host", help="the destination ESX host, as vCenter names it")
     parser.add_argument("--esx-address", help="the address the ESX host connects from")
-    parser.add_argument("--nfs-address", help="the address the ESX host reaches us at")
+    parser.add_argument(
+        "--nfs-address",
+        help="the address the ESX host mounts from (default: this machine's address on the "
+        "interface that routes to the ESX host)",
+    )
+    parser.add_argument(
+        "--nfs-port", type=tcp_port, help="the NFS server's port (default 2049, nfs_port)"
+    )
+    parser.add_argument(
+        "--portmap-port",
+        type=tcp_port,
+        help="the portmapper's port (default 111, portmap_port; ESXi asks 111)",
+    )
     parser.add_argument("--insecure", action="store_true", help="skip TLS verification")
     parser.add_argument("--ca-file", help="CA bundle to verify vCenter's certificate")
     parser.add_argument("--json", action="store_true", help="print each job's summary as JSON")
@@ -314,8 +385,10 @@ def register(sub: Any) -> None:
 
 async def run_recover(args: argparse.Namespace) -> int:
     config = RecoverConfig.from_args(args, need_job=True)
+    if not await anyio.Path(config.backup).exists():
+        raise SettingsError(f"{config.backup}: the backup path does not exist")
     spec = config.spec()
-    async with production(config) as (lr, server):
+    async with production(config, args) as (lr, server):
         job = await lr.start(spec)
         print(f"job {job.id}: recovering {config.vm}; NFS at {server.url('/')}", file=sys.stderr)
         return await _follow([job], args.json)
@@ -323,7 +396,7 @@ async def run_recover(args: argparse.Namespace) -> int:
 
 async def run_resume(args: argparse.Namespace) -> int:
     config = RecoverConfig.from_args(args, need_job=False)
-    async with production(config) as (lr, _server):
+    async with production(config, args) as (lr, _server):
         jobs = await lr.resume()
         for error in lr.resume_errors:
             print(f"skipped: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ from liverecovery.errors import SettingsError
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
 
-__all__ = ["refuse_state_inside", "register", "run"]
+__all__ = ["refuse_state_inside", "register", "run", "tcp_port"]
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -28,6 +28,13 @@ def _listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"--listen must be HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def tcp_port(text: str) -> int:
+    """argparse type of a port flag."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port in [0, 65535], got {text!r}")
+    return int(text)
 
 
 def register(sub: Any) -> None:
@@ -61,7 +68,7 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--portmap-port",
-        type=int,
+        type=tcp_port,
         default=None,
         help="also answer the portmapper on this port (e.g. 111, which ESXi asks)",
     )
@@ -86,9 +93,14 @@ def refuse_state_inside(state_dir: Path, directory: Path) -> None:
 async def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; prints the ``nfs://`` URL a libnfs client can use."""
     directory = Path(await anyio.Path(args.directory).resolve())
+    if not await anyio.Path(directory).exists():
+        raise SettingsError(f"serve: {directory} does not exist")
     if not await anyio.Path(directory).is_dir():
         raise SettingsError(f"serve: {directory} is not a directory")
     host, port = args.listen
+    args.port_flags = {port: "--listen HOST:PORT"}
+    if args.portmap_port is not None:
+        args.port_flags[args.portmap_port] = "--portmap-port"
     state_dir: Path = args.state_dir or default_job_results_dir() / "nfs-state"
     refuse_state_inside(Path(await anyio.Path(state_dir).resolve()), directory)
     export_path: str = args.export_path or str(directory)

@@ -51,6 +51,10 @@ class State(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+    def __repr__(self) -> str:
+        """The plain value, so a tuple of states prints as ``('created', 'preflight')``."""
+        return repr(self.value)
+
 
 HAPPY_PATH: tuple[State, ...] = (
     State.CREATED,

@@ -37,7 +37,10 @@ def ssl_context(insecure: bool, ca_file: str | Path | None) -> ssl.SSLContext:
     :raises SettingsError: both asked for, or ``ca_file`` unreadable.
     """
     if insecure and ca_file is not None:
-        raise SettingsError("vsphere: insecure=True and ca_file exclude each other")
+        raise SettingsError(
+            "vsphere: --insecure and --ca-file (insecure=True and ca_file= in Python) exclude "
+            "each other: verify with the CA file, or do not verify"
+        )
     if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -46,7 +49,10 @@ def ssl_context(insecure: bool, ca_file: str | Path | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
     except (OSError, ssl.SSLError) as exc:
-        raise SettingsError(f"vsphere: cannot load ca_file {ca_file}: {exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise SettingsError(
+            f"vsphere: cannot load the CA file {ca_file} (--ca-file, ca_file=): {reason}"
+        ) from None
 
 
 def parse_server(server: str, port: int | None) -> tuple[str, int, str]:

@@ -95,8 +95,9 @@ def translate(
     if isinstance(exc, ssl.SSLCertVerificationError):
         return BackendError(
             f"{what}: the TLS certificate of {where} is not trusted "
-            f"({exc.verify_message or exc.reason}); pass ca_file= with its CA certificate, "
-            "or insecure=True to skip verification",
+            f"({exc.verify_message or exc.reason}); give its CA certificate "
+            "(--ca-file PEM on the command line, ca_file= in Python), or skip verification "
+            "(--insecure, insecure=True)",
             operation=operation,
         )
     if isinstance(exc, ssl.SSLError):

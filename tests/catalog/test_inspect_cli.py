@@ -77,4 +77,4 @@ def test_a_broken_vm_is_named_and_the_others_still_listed(
 def test_not_a_backup_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = inspect(capsys, str(tmp_path / "nowhere"))
     assert code == 1
-    assert "backup root is not a folder" in err
+    assert "the backup path does not exist" in err and "nowhere" in err

@@ -66,7 +66,7 @@ def test_serve_refuses_a_missing_directory(tmp_path: Path) -> None:
         check=False,
     )
     assert res.returncode == 1
-    assert b"is not a directory" in res.stderr
+    assert b"does not exist" in res.stderr
 
 
 @pytest.mark.parametrize("bad", ["nohost", "h:port", "h:70000"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from collections.abc import Sequence
 
 from liverecovery.backends import AllocationRun, RunKind
@@ -331,6 +332,9 @@ def _open(
     return VmdkDisk(path, descriptor, extents, parent)
 
 
+_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _named_by(exc: CatalogError, path: str, what: str) -> CatalogError:
     """``exc`` (about a file ``path`` names), saying so when it does not name ``path`` yet:
     the user must learn which descriptor led to the damaged file."""
@@ -349,18 +353,15 @@ def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
         raise CatalogError(
             "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
         )
-    raw = main.pread(0, main.size)
-    # qemu reads a descriptor as a C string, up to its first NUL: qemu-img pads what it
-    # rewrites with NULs, sometimes followed by a newline ("\0\n"). Trailing padding of NULs
-    # and white space is read the same way; text after a NUL means a binary file.
-    text_end = len(raw.rstrip(b"\x00\r\n\t "))
-    nul = raw.find(b"\x00", 0, text_end)
-    if nul < 0:
-        raw = raw[:text_end]
-    else:
+    # The text ends at the first NUL, as qemu and VMware read it: qemu rewrites a descriptor in
+    # place when it changes the CID and, when the new text is shorter, leaves the old text's
+    # tail after the new NUL (a CID two hex digits shorter: 1 write in 256).
+    whole = main.pread(0, main.size)
+    raw = whole.split(b"\x00", 1)[0]
+    if not raw.strip() or _CONTROL.search(raw):
         raise CatalogError(
-            "neither a sparse extent (no KDMV magic) nor a text descriptor (a NUL byte at "
-            f"offset {nul} of {len(raw)}, text continues to {text_end}; starts {raw[:16]!r})",
+            "neither a sparse extent (no KDMV magic) nor a text descriptor "
+            f"(starts {whole[:16]!r})",
             path=path,
         )
     try:
