@@ -740,7 +740,14 @@ def _bind(infos: list[tuple[Any, ...]], port: int) -> list[socket.socket]:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:  # every address on the first one's port
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as err:  # name the address, as asyncio's create_server does
+                raise OSError(
+                    err.errno,
+                    f"error while attempting to bind on address {address!r}: "
+                    f"{(err.strerror or '').lower()}",
+                ) from None
             sock.listen(_BACKLOG)
             sock.setblocking(False)
     except BaseException:

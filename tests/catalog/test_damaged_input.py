@@ -123,11 +123,13 @@ def test_nul_padded_descriptors_read_as_qemu_reads_them(tmp_path: Path, padding:
         assert info.returncode == 0, info.stderr
 
 
-def test_text_after_a_nul_is_still_refused(tmp_path: Path) -> None:
+def test_a_descriptor_is_read_to_its_first_nul_as_qemu_reads_it(tmp_path: Path) -> None:
+    """qemu reads a descriptor as a C string: what follows the first NUL is not read (qemu-img
+    leaves an old text's tail there). Cut before its extents, the descriptor is refused."""
     desc = write_monolithic_flat(tmp_path, "p", MiB, {}, create_type="monolithicFlat")
     text = desc.read_bytes()
     desc.write_bytes(text[:40] + b"\0" + text[40:])
-    with pytest.raises(CatalogError, match="NUL byte"):
+    with pytest.raises(CatalogError):
         open_vmdk(desc)
 
 
