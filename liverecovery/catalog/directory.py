@@ -312,9 +312,11 @@ def _disk_info(
     disk = open_vmdk(folder / file_name, confine=confine)
     try:
         size = disk.size
+        # What ESXi writes for a thin disk: preflight then counts its allocated bytes only.
+        thin = disk.descriptor.ddb.get("ddb.thinprovisioned", "").strip() == "1"
     finally:
         disk.close()
-    return DiskInfo(key=key, file_name=file_name, capacity_bytes=size, adapter=adapter)
+    return DiskInfo(key=key, file_name=file_name, capacity_bytes=size, adapter=adapter, thin=thin)
 
 
 def _disk_infos(

@@ -199,3 +199,23 @@ async def test_two_vmx_files_are_refused(tmp_path: Path, backup_root: Path) -> N
 def ova_config_of(backup_root: Path) -> VmConfig:
     config, _, _ = ova_config(backup_root / "appliance" / "appliance.ova")
     return config
+
+
+async def test_a_thin_disk_is_reported_thin(tmp_path: Path) -> None:
+    """A descriptor ESXi wrote for a thin disk (``ddb.thinProvisioned = "1"``) makes a thin
+    ``DiskInfo``, so preflight counts its allocated bytes; any other disk is not thin."""
+    from liverecovery.testing.vmdk_writer import write_monolithic_flat
+
+    vm = tmp_path / "thin01"
+    vm.mkdir()
+    for name in ("thin", "thick"):
+        write_monolithic_flat(vm, name, 1 << 20, {})
+    thin = vm / "thin.vmdk"
+    thin.write_text(thin.read_text() + 'ddb.thinProvisioned = "1"\n')
+    (vm / "thin01.vmx").write_text(
+        'displayName = "thin01"\nscsi0:0.present = "TRUE"\nscsi0:0.fileName = "thin.vmdk"\n'
+        'scsi0:1.present = "TRUE"\nscsi0:1.fileName = "thick.vmdk"\n'
+    )
+    async with DirectoryCatalog(tmp_path) as catalog:
+        point = await catalog.restore_point("thin01")
+    assert {d.file_name: d.thin for d in point.disks} == {"thin.vmdk": True, "thick.vmdk": False}
