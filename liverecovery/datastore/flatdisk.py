@@ -221,8 +221,11 @@ class FlatDisk(AsyncResource):
         self.stats = DiskStats()
         self._keys: dict[int, BlockKey] = {}
         self._readahead: ReadAhead | None = None
+        self._streamed = bytearray()
+        """One flag per block: served from the read-ahead (the background restore skips it)."""
         if readahead_bytes > 0:
             bs = self._block
+            self._streamed = bytearray((self.size + bs - 1) // bs)
             self._readahead = ReadAhead(
                 self._fetch_ahead,
                 self._block_has_data,
@@ -339,6 +342,7 @@ class FlatDisk(AsyncResource):
             return data
         cache.abandon(key)  # readers of this block wait on its read-ahead slot, not the cache
         block = await self._reader.read(start, length)
+        self._streamed[index] = 1
         self.stats.cache_misses += 1
         self.stats.bytes_fetched += len(block)
         return block
@@ -494,11 +498,13 @@ class FlatDisk(AsyncResource):
             await self._overlay.commit()
 
     async def restore_block(self, index: int) -> None:
-        """Bring one block into the cache for the background restore."""
+        """Bring one block into the cache for the background restore, unless the read-ahead
+        fetched it for a sequential reader (what a storage vMotion copied is not cached)."""
         start = index * self._block
         length = min(self.size, start + self._block) - start
-        if self._readahead is not None and self._readahead.get(index) is not None:
-            return  # being read ahead for a sequential reader: not for the cache
+        ra = self._readahead
+        if ra is not None and (self._streamed[index] or ra.get(index) is not None):
+            return  # streamed to a sequential reader (a storage vMotion): not kept twice
         key = self._key(index)
         if await self._cache.lookup(key, 0, length) is not None:
             self.stats.cache_hits += 1

@@ -276,3 +276,23 @@ async def test_closing_the_disk_stops_the_read_ahead() -> None:
         assert sorted(asked[4:]) == list(range(4, 12)), "8 blocks after the third read ahead"
         await flat.aclose()  # the read-ahead fetches waiting on the backup are cancelled
     assert backup.reads == [0, 1, 2, 3]
+
+
+async def test_the_background_restore_skips_what_was_streamed() -> None:
+    model = MemoryDisk(SIZE, {0: b"z" * SIZE})
+    backup = TrackedBackup(model)
+    cache = MemoryBlockCache(block_size=BS)
+    flat = await FlatDisk.open(source="vm/0", reader=backup, cache=cache, readahead_bytes=4 * BS)
+    with anyio.fail_after(10):
+        for i in range(8):  # 0-1 missed into the cache, 2 onwards streamed
+            assert (await flat.read(i * BS, BS))[0] == b"z" * BS
+        await anyio.wait_all_tasks_blocked()
+        read_before = sorted(backup.reads)
+        for i in range(BLOCKS):
+            await flat.restore_block(i)
+    streamed = set(read_before) - {0, 1}
+    assert streamed >= set(range(2, 8))
+    restored = backup.reads[len(read_before) :]
+    assert set(restored) == set(range(BLOCKS)) - set(read_before), "streamed blocks not read again"
+    assert not any(BlockKey("vm/0", i) in cache._blocks for i in streamed)
+    await flat.aclose()
