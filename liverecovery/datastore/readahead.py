@@ -6,7 +6,9 @@ second copy of the disk in the circular cache, pushing out the VM's own working 
 ``trigger`` consecutive blocks missed (``SequentialDetector``), the disk reads the next blocks
 ahead (``ReadAhead``): up to ``keep`` blocks at once, ``depth`` backup reads in flight (the
 reader's decompression runs in the read threads, so these use every core), held in memory until
-served once, then dropped: never written to the cache. A block is fetched by at most one task
+served once, then dropped: never written to the cache. The window starts at ``trigger`` blocks
+and grows by one with each block served, so a short sequential run (a boot reading its first
+megabytes) reads little ahead and a storage vMotion soon has ``keep`` blocks coming. A block is fetched by at most one task
 at a time (its slot is made before the fetch starts, and readers of the block wait on it), and
 the fetch asks the cache first, so a block the VM already cached is not read from the backup.
 
@@ -101,6 +103,8 @@ class ReadAhead:
         self._next = 0  # the next block to read ahead while streaming
         self._pos = 0  # the highest block served from a slot
         self._streaming = False
+        self._trigger = trigger
+        self._window = trigger  # grows by one per block served, up to keep
         self._closed = False
         self.fetched = 0
         """Blocks fetched ahead (for tests and statistics)."""
@@ -129,6 +133,7 @@ class ReadAhead:
         if not self._detector.observe(index):
             return None
         self._streaming = True
+        self._window = self._trigger
         self._next = index
         self._pos = index
         self._advance(index + 1)
@@ -176,6 +181,7 @@ class ReadAhead:
         if slot.served >= len(data) and self._slots.get(index) is slot:
             del self._slots[index]
             self._pos = max(self._pos, index)
+            self._window = min(self.keep, self._window + 1)
             self._fill_window()
         return part
 
@@ -186,7 +192,7 @@ class ReadAhead:
             stale = self._pos - 2 * self.keep
             for old in [i for i, s in self._slots.items() if i < stale and s.event.is_set()]:
                 del self._slots[old]
-        while len(self._slots) < self.keep and self._next < self._blocks:
+        while len(self._slots) < self._window and self._next < self._blocks:
             self._advance(self._next + 1)
 
     def _start(self, index: int) -> None:
