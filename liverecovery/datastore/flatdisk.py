@@ -390,8 +390,16 @@ class FlatDisk(AsyncResource):
         bs = self._block
         first = offset // bs
         lo = offset - first * bs
-        if lo + length <= bs:  # within one block
-            return await self._block_part(first, lo, length)
+        if lo + length <= bs:  # within one block: the cache-hit path, kept short
+            ra = self._readahead
+            if ra is not None and ra.get(first) is not None:
+                return await self._block_part(first, lo, length)
+            key = self._key(first)
+            data = await self._cache.lookup(key, lo, length)
+            if data is not None:
+                self.stats.cache_hits += 1
+                return data
+            return await self._missed(first, key, lo, length)
         last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 

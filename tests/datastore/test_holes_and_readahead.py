@@ -3,7 +3,8 @@
 A READ of a range without data never calls the backup reader nor the cache (both raise here if
 touched), copying or spliced. Sequential readers (one or several, with random readers mixed in)
 get byte-exact data against a bytes model; a backup block is never read by two fetches at once,
-and a sequential pass reads each block once and leaves it out of the cache.
+and a sequential pass reads each block once and leaves it out of the cache (nor does the
+background restore fetch it again).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -19,10 +21,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liverecovery.backends import AllocationRun, BlockKey
+from liverecovery.cache.block_cache import DiskBlockCache
+from liverecovery.config import MiB
 from liverecovery.datastore.flatdisk import FlatDisk, HoleMap
 from liverecovery.datastore.readahead import SequentialDetector
+from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.zeros import ZERO_FILE_SIZE, zero_range
 from liverecovery.io.ranges import FileRange
+from liverecovery.nfs.client import NfsClient
+from liverecovery.nfs.localfs import LocalFilesystem
+from liverecovery.nfs.server import NfsServer
 from liverecovery.testing import MemoryBlockCache, MemoryDisk
 
 pytestmark = pytest.mark.anyio
@@ -296,3 +304,39 @@ async def test_the_background_restore_skips_what_was_streamed() -> None:
     assert set(restored) == set(range(BLOCKS)) - set(read_before), "streamed blocks not read again"
     assert not any(BlockKey("vm/0", i) in cache._blocks for i in streamed)
     await flat.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_holes_are_spliced_through_the_server(tmp_path: Path) -> None:
+    """Over the real server and client: a hole READ is spliced from the zero file (a pipe is
+    loaded), equals zeros, carries eof at the disk's end, and the backup is never read."""
+    size = 8 * MiB
+    backup = MemoryDisk(size, {0: b"\x55" * MiB})
+    cache = await DiskBlockCache.open(tmp_path / "cache", block_size=MiB)
+    flat = await FlatDisk.open(source="vm/0", reader=backup, cache=cache)
+    (tmp_path / "folder").mkdir()
+    datastore = VirtualDatastore(LocalFilesystem(tmp_path / "folder"), {"vm-flat.vmdk": flat})
+    with anyio.fail_after(30):
+        async with NfsServer(tmp_path / "state") as server:
+            await server.export("/lr/esx", ["127.0.0.1"])
+            await server.publish("/lr/esx", "vm", datastore)
+            async with await NfsClient.connect(
+                "127.0.0.1", server.port, mount_port=server.port, call_timeout=20
+            ) as client:
+                root = await client.mount("/lr/esx")
+                fh = await client.lookup_path(root, "vm/vm-flat.vmdk")
+                pool = server._pipes
+                assert pool is not None
+                loaded = pool.loaded
+                for offset, count, eof in (
+                    (MiB, MiB, False),
+                    (3 * MiB + 123, 700_000, False),
+                    (size - MiB, MiB, True),
+                ):
+                    data, got_eof = await client.read(fh, offset, count)
+                    assert (data, got_eof) == (bytes(count), eof)
+                assert pool.loaded == loaded + 3
+    assert backup.bytes_read == 0
+    assert cache.stats.misses == cache.stats.hits == 0
+    await flat.aclose()
+    await cache.aclose()
