@@ -8,7 +8,8 @@
    ahead once the reads are seen to be sequential) vs the catalog's VMDK reader alone on the
    same monolithicSparse disk, both 1 MiB reads one at a time. The cache-hit reads of (1) run
    after the background restore's ``restore_block`` (on a second disk of the same source) has
-   put every block in the cache: a sequential pass streamed from the backup leaves none there.
+   made sure every block is in the cache (a pass the read-ahead streamed hands its blocks to
+   the cache after their readers, off the READ's path).
 3. Power-on: the boot working set (first 4 MiB + 32 scattered 64 KiB reads) of a 1 GiB and of a
    1 TiB sparse disk holding the same data: time and backup bytes (ratio 1 TiB / 1 GiB). The
    time of ``FlatDisk.open`` (which reads the disk's allocation map) is reported apart, and
@@ -91,8 +92,8 @@ async def hit_and_cold(work: Path) -> dict[str, float]:
             return (await ds.read(fid, offset, length))[0]
 
         results["cold"].append(await read_all(via_datastore, SIZE))
-        # Fill the cache as the background restore does (through another disk of the same
-        # source: the one read above skips what it streamed past).
+        # Make sure every block is cached, as the background restore does (through another
+        # disk of the same source, whose read-ahead is idle).
         warm_reader = await catalog.open_disk(point, disk)
         warm = await FlatDisk.open(source=f"bench/{round_}", reader=warm_reader, cache=cache)
         for index in range(SIZE // CHUNK):

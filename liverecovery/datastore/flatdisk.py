@@ -11,7 +11,8 @@ The hole check comes first and costs one bisection: a READ of a range without da
 the cache or the backup; it is answered with shared zero bytes, or spliced from the sealed zero
 file (``zeros.py``), since ESXi reads a thin disk end to end during a storage vMotion. A run of
 sequential misses switches the disk to read-ahead (``readahead.py``): the blocks ahead are read
-from the backup in parallel and served from memory without being written to the cache.
+from the backup in parallel and served from memory; only then do they go into the cache, as its
+coldest blocks (``fill_cold``), off the READ's path.
 
 Writes go to the overlay, never to the backup: the flat disk hands it the base bytes a partially
 written new block needs. Foreground reads register with a ``ForegroundGate`` so background
@@ -221,14 +222,14 @@ class FlatDisk(AsyncResource):
         self.stats = DiskStats()
         self._keys: dict[int, BlockKey] = {}
         self._readahead: ReadAhead | None = None
-        self._streamed = bytearray()
-        """One flag per block: served from the read-ahead (the background restore skips it)."""
+        self._claimed: set[int] = set()
+        """Blocks the read-ahead fetched from the backup and has yet to hand to the cache."""
         if readahead_bytes > 0:
             bs = self._block
-            self._streamed = bytearray((self.size + bs - 1) // bs)
             self._readahead = ReadAhead(
                 self._fetch_ahead,
                 self._block_has_data,
+                store=self._store_ahead,
                 next_data=self._next_data_block,
                 blocks=(self.size + bs - 1) // bs,
                 keep=max(2, readahead_bytes // bs),
@@ -330,8 +331,8 @@ class FlatDisk(AsyncResource):
         return (self.size + bs - 1) // bs if pos is None else pos // bs
 
     async def _fetch_ahead(self, index: int) -> bytes:
-        """Block ``index`` for the read-ahead: the cache's copy, else the backup's, which is
-        not written to the cache (what a storage vMotion streams past is not kept)."""
+        """Block ``index`` for the read-ahead: the cache's copy, else the backup's (this task
+        is then the block's filler until ``_store_ahead``)."""
         start = index * self._block
         length = min(self.size, start + self._block) - start
         key = self._key(index)
@@ -340,12 +341,28 @@ class FlatDisk(AsyncResource):
         if data is not None:
             self.stats.cache_hits += 1
             return data
-        cache.abandon(key)  # readers of this block wait on its read-ahead slot, not the cache
-        block = await self._reader.read(start, length)
-        self._streamed[index] = 1
+        try:
+            block = await self._reader.read(start, length)
+        except BaseException as exc:
+            cache.abandon(key, exc if isinstance(exc, Exception) else None)
+            raise
+        self._claimed.add(index)
         self.stats.cache_misses += 1
         self.stats.bytes_fetched += len(block)
         return block
+
+    async def _store_ahead(self, index: int, block: bytes | None) -> None:
+        """After the block's readers got it: into the cache as its coldest block (``fill_cold``:
+        what a storage vMotion streams past is evicted before the VM's working set, and the
+        backup is still read once per block); ``None``: the fetch stopped, give up the fill."""
+        if index not in self._claimed:
+            return
+        self._claimed.discard(index)
+        key = self._key(index)
+        if block is None:
+            self._cache.abandon(key)
+            return
+        await self._cache.fill_cold(key, block)
 
     async def _missed(self, index: int, key: BlockKey, lo: int, length: int) -> bytes:
         """After a lookup of block ``index`` missed (this task is its filler): read it ahead
@@ -506,13 +523,11 @@ class FlatDisk(AsyncResource):
             await self._overlay.commit()
 
     async def restore_block(self, index: int) -> None:
-        """Bring one block into the cache for the background restore, unless the read-ahead
-        fetched it for a sequential reader (what a storage vMotion copied is not cached)."""
+        """Bring one block into the cache for the background restore."""
         start = index * self._block
         length = min(self.size, start + self._block) - start
-        ra = self._readahead
-        if ra is not None and (self._streamed[index] or ra.get(index) is not None):
-            return  # streamed to a sequential reader (a storage vMotion): not kept twice
+        if self._readahead is not None and self._readahead.get(index) is not None:
+            return  # being read ahead: it goes into the cache once its readers have it
         key = self._key(index)
         if await self._cache.lookup(key, 0, length) is not None:
             self.stats.cache_hits += 1

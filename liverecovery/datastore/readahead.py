@@ -6,7 +6,10 @@ second copy of the disk in the circular cache, pushing out the VM's own working 
 ``trigger`` consecutive blocks missed (``SequentialDetector``), the disk reads the next blocks
 ahead (``ReadAhead``): up to ``keep`` blocks at once, ``depth`` backup reads in flight (the
 reader's decompression runs in the read threads, so these use every core), held in memory until
-served once, then dropped: never written to the cache. The window starts at ``trigger`` blocks
+served once, then dropped. A READ never waits for a cache block file to be written: the fetch
+hands the block to the cache (``store``) only after its readers have it, and the disk stores it
+as the cache's coldest block, so a storage vMotion's pass does not push out the VM's working set
+while the backup is still read once per block. The window starts at ``trigger`` blocks
 and grows by one with each block served, so a short sequential run (a boot reading its first
 megabytes) reads little ahead and a storage vMotion soon has ``keep`` blocks coming. A block is fetched by at most one task
 at a time (its slot is made before the fetch starts, and readers of the block wait on it), and
@@ -20,11 +23,14 @@ usual cache path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
 
 __all__ = ["ReadAhead", "SequentialDetector", "Slot"]
+
+log = logging.getLogger(__name__)
 
 
 class SequentialDetector:
@@ -85,6 +91,7 @@ class ReadAhead:
         fetch: Callable[[int], Awaitable[bytes]],
         has_data: Callable[[int], bool],
         *,
+        store: Callable[[int, bytes | None], Awaitable[None]] | None = None,
         next_data: Callable[[int], int] | None = None,
         blocks: int,
         keep: int,
@@ -92,6 +99,7 @@ class ReadAhead:
         trigger: int = 3,
     ) -> None:
         self._fetch = fetch
+        self._store = store
         self._has_data = has_data
         self._blocks = blocks
         self.keep = keep
@@ -202,21 +210,31 @@ class ReadAhead:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, index: int, slot: Slot) -> None:
+        data: bytes | None = None
         try:
-            async with self._limit:
-                if self._closed:
-                    raise _Stopped()
-                slot.data = await self._fetch(index)
-            self.fetched += 1
-        except asyncio.CancelledError:
-            slot.error = _Stopped()
-            self._drop(index, slot)
-            raise
-        except Exception as exc:  # handed to the block's readers; a later read tries again
-            slot.error = exc
-            self._drop(index, slot)
+            try:
+                async with self._limit:
+                    if self._closed:
+                        raise _Stopped()
+                    data = slot.data = await self._fetch(index)
+                self.fetched += 1
+            except asyncio.CancelledError:
+                slot.error = _Stopped()
+                self._drop(index, slot)
+                raise
+            except Exception as exc:  # handed to the block's readers; a later read tries again
+                slot.error = exc
+                self._drop(index, slot)
+            finally:
+                slot.event.set()
+            if self._store is not None and data is not None:
+                await self._store(index, data)  # after the readers have it: off their path
+        except Exception:  # a block the cache could not keep is still served
+            log.warning("read-ahead: block %d not stored in the cache", index, exc_info=True)
         finally:
-            slot.event.set()
+            if self._store is not None and data is None:
+                with anyio.CancelScope(shield=True):
+                    await self._store(index, None)
 
     def _drop(self, index: int, slot: Slot) -> None:
         if self._slots.get(index) is slot:

@@ -3,8 +3,8 @@
 A READ of a range without data never calls the backup reader nor the cache (both raise here if
 touched), copying or spliced. Sequential readers (one or several, with random readers mixed in)
 get byte-exact data against a bytes model; a backup block is never read by two fetches at once,
-and a sequential pass reads each block once and leaves it out of the cache (nor does the
-background restore fetch it again).
+and a sequential pass reads each block once, then hands it to the cache (the background restore
+does not fetch it again).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ async def _streamed(
     depth=st.integers(1, 8),
     seed=st.integers(0, 3),
 )
-async def test_a_sequential_pass_reads_each_block_once_and_does_not_cache_it(
+async def test_a_sequential_pass_reads_each_block_once_ahead_of_its_reader(
     chunk: int, start_block: int, depth: int, seed: int
 ) -> None:
     start = start_block * BS
@@ -230,8 +230,10 @@ async def test_a_sequential_pass_reads_each_block_once_and_does_not_cache_it(
     flat, backup, cache, model = await _streamed(reads, depth=depth, extra=[], seed=seed)
     data_blocks = [i for i in range(start_block, BLOCKS) if model.content(i * BS, BS) != bytes(BS)]
     assert sorted(backup.reads) == data_blocks, "each block with data read once"
-    cached = sum(1 for i in range(BLOCKS) if BlockKey("vm/0", i) in cache._blocks)
-    assert cached <= 3, f"{cached} blocks of a sequential pass went into the cache"
+    assert flat._readahead is not None and flat._readahead.fetched >= len(data_blocks) - 2
+    await anyio.wait_all_tasks_blocked()
+    for i in data_blocks:  # handed to the cache after its readers had it
+        assert cache._blocks[BlockKey("vm/0", i)] == model.content(i * BS, BS)
     await flat.aclose()
 
 
@@ -286,7 +288,7 @@ async def test_closing_the_disk_stops_the_read_ahead() -> None:
     assert backup.reads == [0, 1, 2, 3]
 
 
-async def test_the_background_restore_skips_what_was_streamed() -> None:
+async def test_the_background_restore_does_not_read_streamed_blocks_again() -> None:
     model = MemoryDisk(SIZE, {0: b"z" * SIZE})
     backup = TrackedBackup(model)
     cache = MemoryBlockCache(block_size=BS)
@@ -295,14 +297,13 @@ async def test_the_background_restore_skips_what_was_streamed() -> None:
         for i in range(8):  # 0-1 missed into the cache, 2 onwards streamed
             assert (await flat.read(i * BS, BS))[0] == b"z" * BS
         await anyio.wait_all_tasks_blocked()
-        read_before = sorted(backup.reads)
+        read_before = list(backup.reads)
         for i in range(BLOCKS):
             await flat.restore_block(i)
-    streamed = set(read_before) - {0, 1}
-    assert streamed >= set(range(2, 8))
-    restored = backup.reads[len(read_before) :]
-    assert set(restored) == set(range(BLOCKS)) - set(read_before), "streamed blocks not read again"
-    assert not any(BlockKey("vm/0", i) in cache._blocks for i in streamed)
+        for i in range(BLOCKS):  # the VM reads it all again: the cache has every block
+            assert (await flat.read(i * BS, BS))[0] == b"z" * BS
+    assert sorted(read_before) == list(range(len(read_before)))
+    assert sorted(backup.reads) == list(range(BLOCKS)), "each block read from the backup once"
     await flat.aclose()
 
 
