@@ -224,6 +224,9 @@ class FlatDisk(AsyncResource):
         self._readahead: ReadAhead | None = None
         self._claimed: set[int] = set()
         """Blocks the read-ahead fetched from the backup and has yet to hand to the cache."""
+        self._passed: set[int] = set()
+        """Blocks the read-ahead served but could not store (the cache was behind): the
+        background restore leaves them to the storage vMotion that read them."""
         if readahead_bytes > 0:
             bs = self._block
             self._readahead = ReadAhead(
@@ -354,13 +357,15 @@ class FlatDisk(AsyncResource):
     async def _store_ahead(self, index: int, block: bytes | None) -> None:
         """After the block's readers got it: into the cache as its coldest block (``fill_cold``:
         what a storage vMotion streams past is evicted before the VM's working set, and the
-        backup is still read once per block); ``None``: the fetch stopped, give up the fill."""
+        backup is read once per block); ``None``: the fetch stopped or the cache is behind,
+        give up the fill."""
         if index not in self._claimed:
             return
         self._claimed.discard(index)
         key = self._key(index)
         if block is None:
             self._cache.abandon(key)
+            self._passed.add(index)
             return
         await self._cache.fill_cold(key, block)
 
@@ -526,8 +531,10 @@ class FlatDisk(AsyncResource):
         """Bring one block into the cache for the background restore."""
         start = index * self._block
         length = min(self.size, start + self._block) - start
-        if self._readahead is not None and self._readahead.get(index) is not None:
-            return  # being read ahead: it goes into the cache once its readers have it
+        if self._readahead is not None and (
+            self._readahead.get(index) is not None or index in self._passed
+        ):
+            return  # read ahead: into the cache once its readers have it, or streamed past
         key = self._key(index)
         if await self._cache.lookup(key, 0, length) is not None:
             self.stats.cache_hits += 1

@@ -7,9 +7,11 @@ second copy of the disk in the circular cache, pushing out the VM's own working 
 ahead (``ReadAhead``): up to ``keep`` blocks at once, ``depth`` backup reads in flight (the
 reader's decompression runs in the read threads, so these use every core), held in memory until
 served once, then dropped. A READ never waits for a cache block file to be written: the fetch
-hands the block to the cache (``store``) only after its readers have it, and the disk stores it
-as the cache's coldest block, so a storage vMotion's pass does not push out the VM's working set
-while the backup is still read once per block. The window starts at ``trigger`` blocks
+hands the block to the cache (``store``) only after its readers have it (a block being stored
+counts against the window; while ``keep`` stores are under way a block is served and not
+stored, so a cache slower than the backup never piles up bytes in memory nor slows the
+stream), and the disk stores it as the cache's coldest block, so a storage vMotion's pass does not push out the VM's working set,
+and the backup is read once per block while the cache keeps up. The window starts at ``trigger`` blocks
 and grows by one with each block served, so a short sequential run (a boot reading its first
 megabytes) reads little ahead and a storage vMotion soon has ``keep`` blocks coming. A block is fetched by at most one task
 at a time (its slot is made before the fetch starts, and readers of the block wait on it), and
@@ -107,6 +109,7 @@ class ReadAhead:
         self._detector = SequentialDetector(trigger, next_data)
         self._next_data = next_data
         self._slots: dict[int, Slot] = {}
+        self._storing = 0  # blocks served and not yet stored by ``store``
         self._tasks: set[asyncio.Task[None]] = set()
         self._next = 0  # the next block to read ahead while streaming
         self._pos = 0  # the highest block served from a slot
@@ -116,6 +119,8 @@ class ReadAhead:
         self._closed = False
         self.fetched = 0
         """Blocks fetched ahead (for tests and statistics)."""
+        self.unstored = 0
+        """Blocks served but not handed to the cache: ``keep`` stores were under way."""
 
     @property
     def slots(self) -> int:
@@ -200,7 +205,7 @@ class ReadAhead:
             stale = self._pos - 2 * self.keep
             for old in [i for i, s in self._slots.items() if i < stale and s.event.is_set()]:
                 del self._slots[old]
-        while len(self._slots) < self._window and self._next < self._blocks:
+        while len(self._slots) + self._storing < self._window and self._next < self._blocks:
             self._advance(self._next + 1)
 
     def _start(self, index: int) -> None:
@@ -211,6 +216,7 @@ class ReadAhead:
 
     async def _run(self, index: int, slot: Slot) -> None:
         data: bytes | None = None
+        handed = False  # whether ``store`` got the block (or was told to give it up)
         try:
             try:
                 async with self._limit:
@@ -228,11 +234,20 @@ class ReadAhead:
             finally:
                 slot.event.set()
             if self._store is not None and data is not None:
-                await self._store(index, data)  # after the readers have it: off their path
+                if self._storing >= self.keep:  # the cache is behind: serve, do not pile up
+                    self.unstored += 1
+                    return
+                self._storing += 1
+                handed = True
+                try:
+                    await self._store(index, data)  # after the readers have it: off their path
+                finally:
+                    self._storing -= 1
+                    self._fill_window()
         except Exception:  # a block the cache could not keep is still served
             log.warning("read-ahead: block %d not stored in the cache", index, exc_info=True)
         finally:
-            if self._store is not None and data is None:
+            if self._store is not None and not handed:
                 with anyio.CancelScope(shield=True):
                     await self._store(index, None)
 
