@@ -12,7 +12,9 @@ loopback and the simulated ESX host.
    after it). The job's own ``bytes_fetched`` (the flat disks' cache misses) is reported next to it.
 2. Full restore (the storage vMotion copy through NFS) throughput of a 1 GiB disk (a quarter
    data) vs ``cp --sparse=never`` of the same raw image on the same machine, in the same run
-   (median of ``--rounds`` each).
+   (median of ``--rounds`` each). Then sparse disks (``--sparse``, by default 16 GiB and
+   256 GiB holding 1 GiB of data each): the copier reads every byte, as ESXi does; the time and
+   throughput of one restore each (``--sparse-timeout`` bounds a run).
 3. 8 and 32 concurrent jobs (``--size`` disks, 1 GiB by default) in one process, each level in
    its own child process whose backups the parent wrote: aggregate copy throughput, and peak RSS
    per job above the child's RSS before its first job.
@@ -151,12 +153,16 @@ async def power_on(size: int) -> dict[str, float]:
     }
 
 
-def restore_vms(size: int, jobs: int) -> list[SampleVm]:
-    """The VMs of a restore run: a quarter of each disk is data (its head), the rest holes."""
-    return [sample_vm(f"vm{i}", disk_sizes=(size,), head=size // 4, seed=i) for i in range(jobs)]
+def restore_vms(size: int, jobs: int, data: int | None = None) -> list[SampleVm]:
+    """The VMs of a restore run: ``data`` bytes (a quarter by default) of each disk are data
+    (its head), the rest holes."""
+    head = size // 4 if data is None else data
+    return [sample_vm(f"vm{i}", disk_sizes=(size,), head=head, seed=i) for i in range(jobs)]
 
 
-async def full_restore(size: int, jobs: int = 1, backup: Path | None = None) -> dict[str, float]:
+async def full_restore(
+    size: int, jobs: int = 1, backup: Path | None = None, data: int | None = None
+) -> dict[str, float]:
     """Run ``jobs`` recoveries at once and time their storage vMotion copies.
 
     ``backup`` is a folder already holding :func:`restore_vms` (written by the parent process, so
@@ -166,7 +172,7 @@ async def full_restore(size: int, jobs: int = 1, backup: Path | None = None) -> 
         work = Path(tmp)
         if backup is None:
             backup = work / "backup"
-            await anyio.to_thread.run_sync(_write_backup, backup, restore_vms(size, jobs))
+            await anyio.to_thread.run_sync(_write_backup, backup, restore_vms(size, jobs, data))
         catalog = CountingCatalog(backup)
         async with (
             embedded_environment(
@@ -200,6 +206,17 @@ async def full_restore(size: int, jobs: int = 1, backup: Path | None = None) -> 
         "bps": size * jobs / (last - first),
         "backup_bytes_read": catalog.disk_bytes,
     }
+
+
+async def sparse_restore(size: int, data: int, timeout_s: float) -> dict[str, Any]:
+    """One full restore of a ``size`` disk holding ``data`` bytes, or how long it ran before
+    ``timeout_s`` stopped it."""
+    start = time.perf_counter()
+    with anyio.move_on_after(timeout_s) as scope:
+        result = await full_restore(size, data=data)
+    if scope.cancelled_caught:
+        return {"size": size, "data": data, "timed_out_after_s": time.perf_counter() - start}
+    return {"size": size, "data": data} | result
 
 
 def cp_throughput(size: int) -> dict[str, Any]:
@@ -273,6 +290,11 @@ def main() -> None:
     parser.add_argument("--levels", default="8,32", help="concurrency levels")
     parser.add_argument("--rounds", type=int, default=3, help="power-on rounds per size")
     parser.add_argument("--backup", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sparse", default="16:1,256:1", help="sparse restores, GiB size:GiB data, comma-separated"
+    )
+    parser.add_argument("--sparse-timeout", type=float, default=300.0)
+    parser.add_argument("--skip-power-on", action="store_true")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.size, args.backup)
@@ -280,16 +302,18 @@ def main() -> None:
     load: dict[str, str] = {"start": _uptime()}
     sizes = {"1GiB": 1 * GiB, "16GiB": 16 * GiB, "256GiB": 256 * GiB}
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in sizes}
-    for _ in range(args.rounds):  # interleaved, so load changes hit every size alike
+    for _ in range(0 if args.skip_power_on else args.rounds):  # interleaved: load hits all alike
         for name, size in sizes.items():
             rounds[name].append(anyio.run(power_on, size))
     power: dict[str, dict[str, Any]] = {}
     for name, runs in rounds.items():
+        if not runs:
+            continue
         power[name] = min(runs, key=lambda r: r["seconds"]) | {
             "seconds": statistics.median(r["seconds"] for r in runs),
             "rounds_s": [r["seconds"] for r in runs],
         }
-    base = power["1GiB"]
+    base = power.get("1GiB", {})
     for v in power.values():
         v["time_ratio"] = v["seconds"] / base["seconds"]
         v["bytes_ratio"] = v["backup_bytes"] / base["backup_bytes"]
@@ -304,8 +328,15 @@ def main() -> None:
     peer = cp_throughput(args.restore_size)
     print(f"full restore ours {ours} cp {peer}", file=sys.stderr)
     load["after_full_restore"] = _uptime()
+    sparse: dict[str, dict[str, Any]] = {}
+    for spec in filter(None, args.sparse.split(",")):
+        size_gib, data_gib = (int(x) for x in spec.split(":"))
+        run = anyio.run(sparse_restore, size_gib * GiB, data_gib * GiB, args.sparse_timeout)
+        sparse[f"{size_gib}GiB"] = run
+        print(f"sparse restore {run}", file=sys.stderr)
+    load["after_sparse_restores"] = _uptime()
     conc = {}
-    for n in (int(x) for x in args.levels.split(",")):
+    for n in (int(x) for x in filter(None, args.levels.split(","))):
         conc[str(n)] = concurrent(n, args.size)
         load[f"after_{n}_jobs"] = _uptime()
         print(f"concurrent {n}: {conc[str(n)]}", file=sys.stderr)
@@ -322,6 +353,7 @@ def main() -> None:
                 "full_restore_cp_bps": peer["bps"],
                 "full_restore_cp_rounds_s": peer["rounds_s"],
                 "full_restore_ratio": ours["bps"] / peer["bps"],
+                "sparse_restores": sparse,
                 "concurrent": conc,
             }
         )

@@ -247,6 +247,12 @@ class BlockCache(Protocol):
         """
         ...
 
+    async def fill_cold(self, key: BlockKey, data: bytes) -> None:
+        """``fill``, but the block is kept as the least recently used, the first to be evicted:
+        a block a sequential reader (a storage vMotion) streamed past must not push the VM's
+        working set out. This default fills as ``fill`` does."""
+        await self.fill(key, data)
+
     def abandon(self, key: BlockKey, error: Exception | None = None) -> None:
         """Give up filling the block: waiting lookups raise ``error``, or (None, e.g. the
         filler was cancelled) look up again, one of them becoming the filler."""

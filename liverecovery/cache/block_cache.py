@@ -329,6 +329,17 @@ class DiskBlockCache(AsyncResource, BlockCache):
         :raises CacheError: more than ``block_size`` bytes, or the cache is closed (the waiters
             get the error too).
         """
+        await self._fill(key, data, cold=False)
+
+    async def fill_cold(self, key: BlockKey, data: bytes) -> None:
+        """``fill``, the block stored as the least recently used (see ``BlockCache.fill_cold``):
+        evicted first, moved up by its next hit.
+
+        :raises CacheError: as ``fill``.
+        """
+        await self._fill(key, data, cold=True)
+
+    async def _fill(self, key: BlockKey, data: bytes, *, cold: bool) -> None:
         if self._closed or len(data) > self._block_size:
             error = CacheError(
                 f"cache {self.root} is closed"
@@ -342,7 +353,7 @@ class DiskBlockCache(AsyncResource, BlockCache):
         try:
             if data:
                 try:
-                    await self._store(key, data)
+                    await self._store(key, data, cold=cold)
                 except (OSError, sqlite3.Error) as exc:  # e.g. ENOSPC: serve it uncached
                     self._unstored += 1
                     log.warning("%s: cannot store block %s: %s", self.root, key, exc)
@@ -697,7 +708,7 @@ class DiskBlockCache(AsyncResource, BlockCache):
         self._touched.pop(key, None)
         return entry
 
-    async def _store(self, key: BlockKey, data: bytes) -> None:
+    async def _store(self, key: BlockKey, data: bytes, *, cold: bool = False) -> None:
         async with self._store_lock:
             if self._closed or key in self._entries:
                 return
@@ -714,6 +725,8 @@ class DiskBlockCache(AsyncResource, BlockCache):
                 self._touched = touched | self._touched
                 raise
             self._entries[key] = entry
+            if cold:  # the first to be evicted (its next hit moves it up)
+                self._entries.move_to_end(key, last=False)
             self._hot = None  # ``key`` is the most recently used now
             self._verified[key] = entry.gen  # written from these very bytes, in this process
             self._cached_bytes += allocated_size(entry.length)

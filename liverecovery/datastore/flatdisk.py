@@ -5,10 +5,18 @@ calls back up. It asks the overlay which parts of the range it holds, the cache 
 (block by block), and on a miss reads the block from the backup (``DiskReader``) and fills the
 cache with it; then it splices the overlay's bytes over the cache's. A block that lies entirely
 in a hole of the backup (unallocated or zero runs of the allocation map) is never fetched and
-reads as zeros, so the bytes fetched before power-on do not depend on the disk's size. Writes go
-to the overlay, never to the backup: the flat disk hands it the base bytes a partially written
-new block needs. Foreground reads register with a ``ForegroundGate`` so background restore can
-step aside while the VM waits.
+reads as zeros, so the bytes fetched before power-on do not depend on the disk's size.
+
+The hole check comes first and costs one bisection: a READ of a range without data never asks
+the cache or the backup; it is answered with shared zero bytes, or spliced from the sealed zero
+file (``zeros.py``), since ESXi reads a thin disk end to end during a storage vMotion. A run of
+sequential misses switches the disk to read-ahead (``readahead.py``): the blocks ahead are read
+from the backup in parallel and served from memory; only then do they go into the cache, as its
+coldest blocks (``fill_cold``), off the READ's path.
+
+Writes go to the overlay, never to the backup: the flat disk hands it the base bytes a partially
+written new block needs. Foreground reads register with a ``ForegroundGate`` so background
+restore can step aside while the VM waits.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from liverecovery.backends import (
     DiskStats,
     RunKind,
 )
+from liverecovery.config import MiB
+from liverecovery.datastore.readahead import ReadAhead
+from liverecovery.datastore.zeros import zero_bytes, zero_range
 from liverecovery.errors import CatalogError, NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import Stability, WriteData
@@ -40,6 +51,8 @@ __all__ = ["DiskOverlay", "DiskStats", "FlatDisk", "ForegroundGate", "HoleMap", 
 log = logging.getLogger(__name__)
 
 _KEPT_KEYS = 4096  # cache keys of recently read blocks kept for reuse
+_READAHEAD_BYTES = 16 * MiB  # read ahead of a sequential reader, per disk
+_READAHEAD_DEPTH = 8  # backup reads in flight for it
 
 
 class DiskOverlay(Protocol):
@@ -172,6 +185,13 @@ class HoleMap:
         """(start, end) of every run holding data, sorted and merged."""
         return list(self._runs)
 
+    def next_data(self, pos: int) -> int | None:
+        """The first byte at or after ``pos`` that lies in a data run, or None."""
+        i = bisect.bisect_right(self._starts, pos) - 1
+        if i >= 0 and self._runs[i][1] > pos:
+            return pos
+        return self._runs[i + 1][0] if i + 1 < len(self._runs) else None
+
     def has_data(self, start: int, end: int) -> bool:
         i = bisect.bisect_right(self._starts, start) - 1
         if i >= 0 and self._runs[i][1] > start:
@@ -191,7 +211,10 @@ class FlatDisk(AsyncResource):
         cache: BlockCache,
         overlay: DiskOverlay | None = None,
         gate: ForegroundGate | None = None,
+        readahead_bytes: int = _READAHEAD_BYTES,
     ) -> None:
+        """``readahead_bytes``: how far the disk reads ahead of a sequential reader (0: never;
+        at least two blocks otherwise)."""
         self.source = source
         self.size = reader.size
         self._reader = reader
@@ -202,6 +225,23 @@ class FlatDisk(AsyncResource):
         self.gate = gate or ForegroundGate()
         self.stats = DiskStats()
         self._keys: dict[int, BlockKey] = {}
+        self._readahead: ReadAhead | None = None
+        self._claimed: set[int] = set()
+        """Blocks the read-ahead fetched from the backup and has yet to hand to the cache."""
+        self._passed: set[int] = set()
+        """Blocks the read-ahead served but could not store (the cache was behind): the
+        background restore leaves them to the storage vMotion that read them."""
+        if readahead_bytes > 0:
+            bs = self._block
+            self._readahead = ReadAhead(
+                self._fetch_ahead,
+                self._block_has_data,
+                store=self._store_ahead,
+                next_data=self._next_data_block,
+                blocks=(self.size + bs - 1) // bs,
+                keep=max(2, readahead_bytes // bs),
+                depth=_READAHEAD_DEPTH,
+            )
 
     @classmethod
     async def open(
@@ -212,12 +252,19 @@ class FlatDisk(AsyncResource):
         cache: BlockCache,
         overlay: OverlayOpener | None = None,
         gate: ForegroundGate | None = None,
+        readahead_bytes: int = _READAHEAD_BYTES,
     ) -> FlatDisk:
         """Read the allocation map (metadata only), open the overlay, build the disk."""
         holes = HoleMap(await reader.allocation())
         opened = None if overlay is None else await overlay()
         return cls(
-            source=source, reader=reader, holes=holes, cache=cache, overlay=opened, gate=gate
+            source=source,
+            reader=reader,
+            holes=holes,
+            cache=cache,
+            overlay=opened,
+            gate=gate,
+            readahead_bytes=readahead_bytes,
         )
 
     @property
@@ -280,28 +327,105 @@ class FlatDisk(AsyncResource):
         await cache.fill(key, block)
         return block if lo == 0 and length >= len(block) else block[lo : lo + length]
 
+    def _block_has_data(self, index: int) -> bool:
+        start = index * self._block
+        return self._holes.has_data(start, min(self.size, start + self._block))
+
+    def _next_data_block(self, index: int) -> int:
+        """The first block at or after ``index`` holding data (past the end: the block count)."""
+        pos = self._holes.next_data(index * self._block)
+        bs = self._block
+        return (self.size + bs - 1) // bs if pos is None else pos // bs
+
+    async def _fetch_ahead(self, index: int) -> bytes:
+        """Block ``index`` for the read-ahead: the cache's copy, else the backup's (this task
+        is then the block's filler until ``_store_ahead``)."""
+        start = index * self._block
+        length = min(self.size, start + self._block) - start
+        key = self._key(index)
+        cache = self._cache
+        data = await cache.lookup(key, 0, length)
+        if data is not None:
+            self.stats.cache_hits += 1
+            return data
+        try:
+            block = await self._reader.read(start, length)
+        except BaseException as exc:
+            cache.abandon(key, exc if isinstance(exc, Exception) else None)
+            raise
+        self._claimed.add(index)
+        self.stats.cache_misses += 1
+        self.stats.bytes_fetched += len(block)
+        return block
+
+    async def _store_ahead(self, index: int, block: bytes | None) -> None:
+        """After the block's readers got it: into the cache as its coldest block (``fill_cold``:
+        what a storage vMotion streams past is evicted before the VM's working set, and the
+        backup is read once per block); ``None``: the fetch stopped or the cache is behind,
+        give up the fill."""
+        if index not in self._claimed:
+            return
+        self._claimed.discard(index)
+        key = self._key(index)
+        if block is None:
+            self._cache.abandon(key)
+            self._passed.add(index)
+            return
+        await self._cache.fill_cold(key, block)
+
+    async def _missed(self, index: int, key: BlockKey, lo: int, length: int) -> bytes:
+        """After a lookup of block ``index`` missed (this task is its filler): read it ahead
+        with the blocks after it when the miss continues a sequential run, else the usual miss."""
+        ra = self._readahead
+        if ra is not None:
+            slot = ra.claim(index)
+            if slot is not None:
+                self._cache.abandon(key)
+                data = await ra.take(index, slot, lo, length)
+                if data is not None:
+                    return data
+                return await self._block_part(index, lo, length)  # it stopped: the usual way
+        return await self._miss(index, key, lo, length)
+
     async def _block_part(self, index: int, lo: int, length: int) -> bytes:
+        """Bytes ``lo:lo + length`` of block ``index``: zeros in a hole, else from the
+        read-ahead, the cache or (on a miss) the backup."""
+        start = index * self._block + lo
+        if not self._holes.has_data(start, start + length):
+            self.stats.holes_skipped += 1
+            return zero_bytes(length)
+        ra = self._readahead
+        while ra is not None and (slot := ra.get(index)) is not None:
+            data = await ra.take(index, slot, lo, length)
+            if data is not None:
+                return data
         key = self._key(index)
         data = await self._cache.lookup(key, lo, length)
         if data is not None:
             self.stats.cache_hits += 1
             return data
-        return await self._miss(index, key, lo, length)
+        return await self._missed(index, key, lo, length)
 
     async def _base(self, offset: int, length: int) -> bytes:
         """The backup's bytes (through the cache) of ``[offset, offset + length)``, within the
-        disk, ignoring the overlay."""
+        disk, ignoring the overlay. A range without data is zeros, asking nothing below."""
+        end = offset + length
+        if not self._holes.has_data(offset, end):
+            self.stats.holes_skipped += 1
+            return zero_bytes(length)
         bs = self._block
         first = offset // bs
         lo = offset - first * bs
         if lo + length <= bs:  # within one block: the cache-hit path, kept short
+            ra = self._readahead
+            if ra is not None and ra.get(first) is not None:
+                return await self._block_part(first, lo, length)
             key = self._key(first)
             data = await self._cache.lookup(key, lo, length)
             if data is not None:
                 self.stats.cache_hits += 1
                 return data
-            return await self._miss(first, key, lo, length)
-        end = offset + length
+            return await self._missed(first, key, lo, length)
         last = (end - 1) // bs
         parts: list[bytes] = [b""] * (last - first + 1)
 
@@ -360,22 +484,32 @@ class FlatDisk(AsyncResource):
         return data, offset + len(data) >= self.size
 
     async def read_file_range(self, offset: int, length: int) -> FileRange | None:
-        """A foreground read as a range of one cache block file (see ``Filesystem.read_file_range``), or
-        None: the range spans blocks, the overlay holds part of it, the block is not verified
-        in the cache yet, or the cache cannot give file ranges. No bytes enter Python."""
+        """A foreground read as a range of a file to splice (see
+        ``Filesystem.read_file_range``): of the shared zero file for a range without data, else
+        of one cache block file. None: the range spans blocks, the overlay holds part of it, the
+        block is read ahead or not verified in the cache yet, or the cache cannot give file
+        ranges. No bytes enter Python."""
         if offset >= self.size or length <= 0:
             return None
         if length > self.size - offset:
             length = self.size - offset
+        overlay = self._overlay
+        if overlay is not None and overlay.holds_any(offset, length):
+            return None
+        eof = offset + length >= self.size
+        if not self._holes.has_data(offset, offset + length):
+            rng = zero_range(length, eof)
+            if rng is not None:
+                self.stats.holes_skipped += 1
+                self.stats.bytes_served += length
+            return rng
         bs = self._block
         index = offset // bs
         lo = offset - index * bs
         if lo + length > bs:
             return None
-        overlay = self._overlay
-        if overlay is not None and overlay.holds_any(offset, length):
-            return None
-        eof = offset + length >= self.size
+        if self._readahead is not None and self._readahead.get(index) is not None:
+            return None  # read ahead: in memory, not in a file
         rng = await self._cache.file_range(self._key(index), lo, length, eof=eof)
         if rng is not None:
             self.stats.cache_hits += 1
@@ -409,6 +543,10 @@ class FlatDisk(AsyncResource):
         """Bring one block into the cache for the background restore."""
         start = index * self._block
         length = min(self.size, start + self._block) - start
+        if self._readahead is not None and (
+            self._readahead.get(index) is not None or index in self._passed
+        ):
+            return  # read ahead: into the cache once its readers have it, or streamed past
         key = self._key(index)
         if await self._cache.lookup(key, 0, length) is not None:
             self.stats.cache_hits += 1
@@ -417,6 +555,8 @@ class FlatDisk(AsyncResource):
 
     async def aclose(self) -> None:
         try:
+            if self._readahead is not None:
+                await self._readahead.aclose()
             if self._overlay is not None:
                 await self._overlay.aclose()
         finally:

@@ -505,3 +505,26 @@ async def test_read_range_of_an_evicted_block_is_none(tmp_path: Path) -> None:
     cache._forget(key)
     assert await cache.read_range(key, 0, 10) is None
     await cache.aclose()
+
+
+async def test_cold_fills_are_evicted_before_the_working_set(tmp_path: Path) -> None:
+    """A storage vMotion's pass (``fill_cold``) never pushes out blocks the VM reads: cold
+    blocks are evicted first, and a cold block read again joins the working set."""
+    root = tmp_path / "c"
+    probe = CapacityProbe(root / "blocks", capacity_bytes=40 * BS)  # room for 36 blocks
+    cache = await open_cache(root, min_free_percent=10.0, probe=probe)
+    hot = [BlockKey("vm", i) for i in range(20)]
+    for key in hot:
+        assert await cache.lookup(key, 0, BS) is None
+        await cache.fill(key, block_bytes(key, BS))
+    streamed = [BlockKey("vm", 1000 + i) for i in range(100)]
+    for key in streamed:
+        assert await cache.lookup(key, 0, BS) is None
+        await cache.fill_cold(key, block_bytes(key, BS))
+        if key.index == 1010:  # read again by the VM: now part of its working set
+            assert await cache.lookup(key, 0, BS) == block_bytes(key, BS)
+    assert all(key in cache for key in hot), "a cold fill evicted the working set"
+    assert BlockKey("vm", 1010) in cache
+    assert cache.stats.blocks == 36
+    assert await cache.lookup(streamed[-1], 0, BS) == block_bytes(streamed[-1], BS)
+    await cache.aclose()
