@@ -5,7 +5,10 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from liverecovery import RecoverySpec, Settings, Timeouts
+import anyio
+
+from liverecovery import RecoverySpec, Settings, StateChanged, Timeouts
+from liverecovery.job.job import RecoveryJob
 from liverecovery.job.states import State
 from liverecovery.testing import FaultPlan, memory_backends
 from liverecovery.testing.memory import (
@@ -97,3 +100,11 @@ __all__ = [
     "fast_settings",
     "spec",
 ]
+
+
+async def reach(job: RecoveryJob, state: State, timeout_s: float = 5.0) -> None:
+    """Return once ``job`` enters ``state`` (or its events end), failing after ``timeout_s``."""
+    with anyio.fail_after(timeout_s):
+        async for event in job.events():
+            if isinstance(event, StateChanged) and event.state is state:
+                return

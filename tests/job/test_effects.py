@@ -8,14 +8,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import LiveRecovery, State, StateChanged
+from liverecovery import LiveRecovery, State
 from liverecovery.job import effects
 from liverecovery.job.effects import EFFECTS
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import COMPENSATION_ORDER
 
-from .helpers import STEP_CALL, STEP_COMPENSATION, World, fast_settings, spec
+from .helpers import STEP_CALL, STEP_COMPENSATION, World, fast_settings, reach, spec
 
 pytestmark = pytest.mark.anyio
 
@@ -60,13 +60,6 @@ async def _crash(job: RecoveryJob) -> Stack:
     return held
 
 
-async def _reach(job: RecoveryJob, state: State) -> None:
-    with anyio.fail_after(5):
-        async for event in job.events():
-            if isinstance(event, StateChanged) and event.state is state:
-                return
-
-
 @pytest.mark.parametrize("state", [*STEP_CALL][:-2])
 async def test_a_rolled_back_resume_holds_what_the_crashed_job_held(
     tmp_path: Path, state: State, monkeypatch: pytest.MonkeyPatch
@@ -107,7 +100,7 @@ async def test_a_continued_resume_holds_what_the_crashed_job_held(
     relocate = world.faults.pause("vsphere.relocate") if state is State.MIGRATING else None
     async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
         job = await lr.start(spec())
-        await _reach(job, State.SERVING)
+        await reach(job, State.SERVING)
         if relocate is not None:
             await job.migrate_now()
             with anyio.fail_after(5):
@@ -121,7 +114,7 @@ async def test_a_continued_resume_holds_what_the_crashed_job_held(
             with anyio.fail_after(5):
                 await again.reached.wait()
         elif resumed.state is not state:
-            await _reach(resumed, state)
+            await reach(resumed, state)
         assert resumed.state is state
         assert stack(resumed) == forward
         again.release()

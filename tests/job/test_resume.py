@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import LiveRecovery, State, StateChanged
+from liverecovery import LiveRecovery, State
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder
 from liverecovery.errors import JobInterruptedError
@@ -22,16 +22,9 @@ from liverecovery.job.resume import plan_resume
 from liverecovery.job.sharing import datastore_name_for
 from liverecovery.testing import Pause
 
-from .helpers import World, fast_settings, spec
+from .helpers import World, fast_settings, reach, spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
-
-
-async def _reach(job: RecoveryJob, state: State) -> None:
-    with anyio.fail_after(5):
-        async for event in job.events():
-            if isinstance(event, StateChanged) and event.state is state:
-                return
 
 
 async def crash(job: RecoveryJob, paused: Pause | None = None) -> None:
@@ -56,7 +49,7 @@ async def test_a_served_vm_is_served_again_and_completes(tmp_path: Path) -> None
     settings = fast_settings(job_results_dir=tmp_path)
     async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
         job = await lr.start(spec())
-        await _reach(job, State.SERVING)
+        await reach(job, State.SERVING)
         await crash(job)
     # The world still has everything: export, mount, folder, a running VM.
     assert world.exporter.exports() and world.vsphere.vms
@@ -71,7 +64,7 @@ async def test_a_served_vm_is_served_again_and_completes(tmp_path: Path) -> None
         (resumed,) = await lr2.resume()
         assert resumed.id == job.id and resumed.spec.vm == "web01"
         if resumed.state is not State.SERVING:
-            await _reach(resumed, State.SERVING)
+            await reach(resumed, State.SERVING)
         # Nothing was created twice: the export, the mount and the VM were adopted.
         assert world.faults.count("exporter.export") == 1
         assert world.faults.count("vsphere.mount_nfs_datastore") == 1
@@ -117,7 +110,7 @@ async def test_a_vm_found_powered_off_is_rolled_back(tmp_path: Path) -> None:
     settings = fast_settings(job_results_dir=tmp_path)
     async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
         job = await lr.start(spec())
-        await _reach(job, State.SERVING)
+        await reach(job, State.SERVING)
         await crash(job)
     for vm in world.vsphere.vms.values():
         vm.powered_on = False  # an operator powered it off while we were down
@@ -247,7 +240,7 @@ async def test_a_power_on_that_finished_after_the_crash_keeps_the_vm_running(
     await world.vsphere.power_on(vm.ref)  # a production VM is now running from the backup
     async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr2:
         (resumed,) = await lr2.resume()
-        await _reach(resumed, State.SERVING)
+        await reach(resumed, State.SERVING)
         await resumed.migrate_now()
         summary = await resumed.wait()
     assert summary.state is State.COMPLETED

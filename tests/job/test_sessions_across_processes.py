@@ -15,20 +15,18 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 
-from liverecovery import LiveRecovery, State, StateChanged
+from liverecovery import LiveRecovery, State
 from liverecovery.config import Settings
 from liverecovery.errors import ConcurrentSessionError
-from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import unfinished_journals
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.session_files import SessionFiles
 from liverecovery.job.sessions import SessionKind, SessionRegistry, sessions_dir
 from liverecovery.testing.samples import sample_vm
 
-from .helpers import World, fast_settings, spec
+from .helpers import World, fast_settings, reach, spec
 from .session_procs import Worker
 from .test_resume import crash
 
@@ -144,13 +142,6 @@ def test_files_are_owner_only(worker: Callable[[], Worker], tmp_path: Path) -> N
 # -- LiveRecovery in this process against a session held by another process -------------------
 
 
-async def _reach(job: RecoveryJob, state: State) -> None:
-    with anyio.fail_after(5):
-        async for event in job.events():
-            if isinstance(event, StateChanged) and event.state is state:
-                return
-
-
 @pytest.mark.anyio
 async def test_live_recovery_respects_sessions_of_other_processes(
     worker: Callable[[], Worker], tmp_path: Path
@@ -166,7 +157,7 @@ async def test_live_recovery_respects_sessions_of_other_processes(
             await job.wait()
         browser.release(sessions_dir(tmp_path), "web01", "browse-cli")
         job2 = await lr.start(spec())
-        await _reach(job2, State.SERVING)
+        await reach(job2, State.SERVING)
         # Now the other process is the one refused, for a browse and for a recovery.
         for kind in KINDS:
             refused = browser.acquire(sessions_dir(tmp_path), "web01", kind, "other")
@@ -191,7 +182,7 @@ async def test_resume_leaves_a_job_alone_while_another_process_holds_it(
     settings = fast_settings(job_results_dir=tmp_path)
     async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
         job = await lr.start(spec())
-        await _reach(job, State.SERVING)
+        await reach(job, State.SERVING)
         await crash(job)
     (unfinished,) = unfinished_journals(tmp_path)
     before = unfinished.path.read_bytes()
@@ -207,7 +198,7 @@ async def test_resume_leaves_a_job_alone_while_another_process_holds_it(
         (resumed,) = await lr2.resume()
         assert resumed.id == job.id
         if resumed.state is not State.SERVING:
-            await _reach(resumed, State.SERVING)
+            await reach(resumed, State.SERVING)
         other = worker()
         assert not other.acquire(sessions_dir(tmp_path), "web01", "BROWSE", "b")["ok"]
         await resumed.migrate_now()
