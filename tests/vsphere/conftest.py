@@ -234,6 +234,12 @@ async def client(simulator: Simulator) -> AsyncIterator[PyvmomiVSphereClient]:
         yield c
 
 
+@pytest.fixture
+def vsphere(client: PyvmomiVSphereClient) -> PyvmomiVSphereClient:
+    """``client`` under the name the job-level tests give it (the backends' ``vsphere``)."""
+    return client
+
+
 @attrs.frozen
 class VmFiles:
     """A VM folder made in a NAS datastore's directory, as the simulator needs it to register."""

@@ -10,7 +10,6 @@ by hand: power-on, serving, the storage vMotion and cleanup run to ``completed``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -27,19 +26,6 @@ from liverecovery.vsphere.pyvmomi_client import PyvmomiVSphereClient
 from .conftest import HOST, LOCAL_DS, Inventory, Simulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-
-@pytest.fixture
-async def vsphere(simulator: Simulator) -> AsyncIterator[PyvmomiVSphereClient]:
-    client = await PyvmomiVSphereClient.connect(
-        simulator.url,
-        simulator.user,
-        simulator.password,
-        ca_file=simulator.ca_file,
-        poll_interval=0.01,
-    )
-    async with client:
-        yield client
 
 
 def serve_nfs_to_simulator(inventory: Inventory, port: int) -> None:

@@ -5,7 +5,7 @@ mounted or registered, leaving the simulator's inventory as it was."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +23,9 @@ from liverecovery.job.preflight import REQUIRED_PRIVILEGES, target_query
 from liverecovery.testing import FaultPlan, MemoryBlockCache, MemoryCatalog, MemoryExporter, faulty
 from liverecovery.vsphere.pyvmomi_client import DEFAULT_NFS_MAX_VOLUMES, PyvmomiVSphereClient
 
-from .conftest import HOST, LOCAL_DS, Inventory, Simulator, VmFiles
+from .conftest import HOST, LOCAL_DS, Inventory, VmFiles
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-async def vsphere(simulator: Simulator) -> AsyncIterator[PyvmomiVSphereClient]:
-    client = await PyvmomiVSphereClient.connect(
-        simulator.url,
-        simulator.user,
-        simulator.password,
-        ca_file=simulator.ca_file,
-        poll_interval=0.01,
-    )
-    async with client:
-        yield client
 
 
 @pytest.fixture
