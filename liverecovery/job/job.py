@@ -17,6 +17,11 @@ and ``resume`` serves it again. Once the storage vMotion has finished the VM liv
 destination datastore, so its ``vm_bound`` compensations (power-off, unregister) are dropped. A compensation that keeps failing is recorded and the rollback goes on with
 the rest; the job then ends ``failed`` with every error attached. After a restart,
 ``reconcile.py`` rebuilds the same compensations from the journal.
+
+A backup verification's job (``spec.verification``) runs an isolated, disposable copy: it is
+never migrated (it serves until stopped), and a cancel, the process stopping or a teardown
+powers it off and undoes everything instead of leaving it running: the one case where the
+library powers a VM off by itself, because that VM is not production.
 """
 
 from __future__ import annotations
@@ -204,6 +209,11 @@ class RecoveryJob:
         return tuple(c.name for c in reversed(self._compensations))
 
     @property
+    def disposable(self) -> bool:
+        """A verification's isolated copy: powered off and undone whenever it stops."""
+        return self.spec.verification
+
+    @property
     def running_from_backup(self) -> bool:
         """The VM is powered on from the backup (and has not migrated): it is production, and
         only ``stop(power_off=True)`` takes it down."""
@@ -322,6 +332,9 @@ class RecoveryJob:
         """
         if self.done or self.state is State.ROLLING_BACK:
             return
+        if self.running_from_backup and self.disposable:
+            self.request_stop(power_off=True)
+            return
         if self.running_from_backup:
             raise self._running_refusal("a cancel")
         self._cancel_requested = True
@@ -381,6 +394,9 @@ class RecoveryJob:
         ``resume``); any other job is cancelled and rolled back."""
         if self.done or self.state is State.ROLLING_BACK:
             return
+        if self.disposable:
+            self.request_cancel()
+            return
         self._leave_running = True
         if self.running_from_backup:
             if self._scope is not None:
@@ -396,6 +412,8 @@ class RecoveryJob:
         """
         if self.done or self.state is State.ROLLING_BACK:
             raise JobStateError(f"job {self.id} is {self.state.value}; nothing to migrate")
+        if self.disposable:
+            raise JobStateError(f"job {self.id} verifies a backup: its VM is never migrated")
         self._migrate_now.set()
         await anyio.lowlevel.checkpoint()
 
@@ -498,7 +516,9 @@ class RecoveryJob:
                     return
                 if state in RUNNING_STATES:
                     await self._after_running_step(state, outcome)
-                elif self.running_from_backup and state is State.POWERING_ON:
+                elif (
+                    self.running_from_backup and state is State.POWERING_ON and not self.disposable
+                ):
                     # Powered on before a failure or a cancel took effect: it is production
                     # now, and keeps running.
                     interrupted = outcome is not None or self._cancel_requested
@@ -530,7 +550,15 @@ class RecoveryJob:
             # runs from the backup (then it is left running for resume).
             self._stop_background()
             with anyio.CancelScope(shield=True):
-                if self.running_from_backup:
+                if self.running_from_backup and self.disposable:
+                    self._stop_requested = True
+                    if self.state in RUNNING_STATES:
+                        await self._fire("stop")
+                    elif self.state is not State.ROLLING_BACK:
+                        await self._fire("cancel")
+                    await self._rollback()
+                    await self._fire("rolled_back")
+                elif self.running_from_backup:
                     await self._leave("the process was torn down")
                 elif self.state not in TERMINAL_STATES:
                     self._cancel_requested = True
@@ -565,6 +593,8 @@ class RecoveryJob:
         if self._stop_requested:
             await self._fire("stop")
             return
+        if self.disposable:
+            return  # a verification's copy serves until it is stopped, whatever happened
         if state is State.SERVING:
             if isinstance(outcome, BaseException):
                 if self._migration_failures and self._retry_at is None:
@@ -901,6 +931,9 @@ class RecoveryJob:
         self._background.start(self._tg, list(self.staged.disks.values()) if self.staged else [])
 
     async def _serve(self) -> None:
+        if self.disposable:
+            await anyio.sleep_forever()
+
         async def policy() -> None:
             if not self._migration_failures:
                 await self._ctx.migration_policy.wait_until_ready(lambda: self.stats.bytes_served)
