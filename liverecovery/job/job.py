@@ -903,6 +903,11 @@ class RecoveryJob:
             adopt=self._adopt,
             publish_again=lambda: self._build_and_publish(replace=True),
         )
+        if plan.target is State.ROLLING_BACK and self.disposable and self.state in RUNNING_STATES:
+            # A verification's copy: stopped and undone, overlay and all, like any other stop.
+            self._stop_requested = True
+            await self._fire("stop")
+            return
         if plan.target is State.ROLLING_BACK:
             self._step_error = JobInterruptedError(
                 f"job {self.id} was interrupted ({plan.reason}); rolled back what it had done"

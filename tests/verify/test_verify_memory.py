@@ -10,6 +10,7 @@ import pytest
 from liverecovery import LiveRecovery, StateChanged
 from liverecovery.backends import GuestCredentials
 from liverecovery.errors import (
+    JobInterruptedError,
     NetworkNotFoundError,
     VerificationRefusedError,
     VmNameTakenError,
@@ -218,3 +219,35 @@ async def test_checks_that_cannot_run_are_refused_before_anything(
             await lr.verify(spec(), [parse_check(c) for c in checks], options(**opts))
     assert "exporter.export" not in world.faults.calls
     assert not any(world.leftovers().values())
+
+
+async def test_a_verification_copy_found_running_on_resume_is_powered_off_and_undone(
+    tmp_path: Path,
+) -> None:
+    """The process died while the copy ran: resume does not serve it again (it is not
+    production), it powers it off and undoes everything."""
+    world, s = World(), settings(job_results_dir=tmp_path)
+    async with LiveRecovery(s, world.backends) as lr:
+        job = await lr.start(spec(job_id="j6", verification=True))
+        with anyio.fail_after(10):
+            async for event in job.events():
+                if isinstance(event, StateChanged) and event.state is State.SERVING:
+                    break
+        # The process dies: nothing in memory is undone, the journal just stops.
+        job._compensations.clear()
+        journal, job._journal = job._journal, None
+        assert journal is not None
+        await journal.aclose()
+    assert [v.powered_on for v in world.vsphere.vms.values()] == [True]
+    async with LiveRecovery(s, world.backends) as lr2:
+        (resumed,) = await lr2.resume()
+        with anyio.fail_after(10):
+            await resumed._done.wait()
+    # Stopped from serving, or rolled back as interrupted when the crash came before the
+    # serving state was journaled: either way powered off and undone, never served again.
+    assert State.SERVING not in resumed.states_visited[1:] or resumed.state is State.CANCELLED
+    assert resumed.state in (State.CANCELLED, State.FAILED)
+    assert all(isinstance(e, JobInterruptedError) for e in resumed.errors)
+    assert "power_off" in resumed.compensations_run
+    assert not any(world.leftovers().values()), world.leftovers()
+    assert jobs_dir_empty(s)
