@@ -33,15 +33,15 @@ from liverecovery.backends import GuestCredentials
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.recover import RecoverConfig, _common, production
 from liverecovery.config import MiB
-from liverecovery.errors import SettingsError
+from liverecovery.errors import SettingsError, VerificationRefusedError
 from liverecovery.io.threads import run_sync
 from liverecovery.recovery.live import LiveRecovery
 from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing.disk_images import mbr_disk
 from liverecovery.testing.samples import SampleVm, pattern_runs, sample_spans, tree_digests
-from liverecovery.verify.checks import Check, parse_check
+from liverecovery.verify.checks import Check, default_checks, parse_check
 from liverecovery.verify.report import VerificationReport
-from liverecovery.verify.run import VerifyOptions
+from liverecovery.verify.run import VerifyOptions, refusals
 
 __all__ = ["demo_verify", "register"]
 
@@ -121,6 +121,8 @@ async def run_verify(args: argparse.Namespace) -> int:
     if not await anyio.Path(config.backup).exists():
         raise SettingsError(f"{config.backup}: the backup path does not exist")
     checks, options = _checks(args), _options(args)
+    if problems := refusals(checks or default_checks(network=bool(args.isolated_network)), options):
+        raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     config = attrs.evolve(config, datastore=config.datastore or NOT_MIGRATED)
     spec = config.spec()
     async with production(config, args) as (lr, _server):

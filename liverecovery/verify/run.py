@@ -87,14 +87,15 @@ def verification_name(vm: str, job_id: str) -> str:
     return f"{vm}-verify-{job_id}"
 
 
-def refusals(checks: Sequence[Check], options: VerifyOptions, backends: Backends) -> list[str]:
-    """Why the checks cannot run as asked (empty: they can); pure."""
+def refusals(checks: Sequence[Check], options: VerifyOptions, *, guest: bool = True) -> list[str]:
+    """Why the checks cannot run as asked (empty: they can); pure. ``guest``: the vSphere
+    client offers guest information (``GuestOperations``)."""
     found = []
     kinds = {c.kind for c in checks}
-    if kinds & GUEST_KINDS and not isinstance(backends.vsphere, GuestOperations):
+    if kinds & GUEST_KINDS and not guest:
         found.append(
             f"checks {', '.join(sorted(kinds & GUEST_KINDS))} need guest information, which "
-            f"the vSphere client {type(backends.vsphere).__name__} does not offer"
+            "the vSphere client does not offer (GuestOperations)"
         )
     if "guest-command" in kinds and options.credentials is None:
         found.append(
@@ -187,7 +188,8 @@ async def verify_vm(
     """
     options = options or VerifyOptions()
     checks = in_run_order(checks or default_checks(network=options.isolated_network is not None))
-    if problems := refusals(checks, options, backends):
+    guest = isinstance(backends.vsphere, GuestOperations)
+    if problems := refusals(checks, options, guest=guest):
         raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     job_id = spec.job_id or uuid.uuid4().hex[:12]
     catalog = backends.catalog
