@@ -251,3 +251,12 @@ async def test_a_verification_copy_found_running_on_resume_is_powered_off_and_un
     assert "power_off" in resumed.compensations_run
     assert not any(world.leftovers().values()), world.leftovers()
     assert jobs_dir_empty(s)
+
+
+async def test_the_destination_datastore_is_not_asked_about() -> None:
+    """A verification's copy is never migrated: a destination that does not exist (the CLI's
+    placeholder) is not a reason to refuse it."""
+    world, s = World(), settings()
+    async with LiveRecovery(s, world.backends) as lr:
+        report = await lr.verify(spec(datastore="(not migrated)"), [Check("heartbeat")], options())
+    assert report.passed, report.failures
