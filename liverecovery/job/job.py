@@ -395,6 +395,8 @@ class RecoveryJob:
         if self.done or self.state is State.ROLLING_BACK:
             return
         if self.disposable:
+            # Stopped and undone; left running only if it cannot be powered off.
+            self._leave_running = True
             self.request_cancel()
             return
         self._leave_running = True
@@ -511,7 +513,8 @@ class RecoveryJob:
             while self.state in STEP_STATES or await self._rolled_back():
                 state = self.state
                 outcome = await self._run_step(state)
-                if self._leave_running and self.running_from_backup:
+                stopping = self.disposable and (self._stop_requested or self._cancel_requested)
+                if self._leave_running and self.running_from_backup and not stopping:
                     await self._leave("the process stopped serving it")
                     return
                 if state in RUNNING_STATES:

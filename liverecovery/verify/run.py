@@ -15,6 +15,7 @@ last, into the job results folder.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -116,6 +117,15 @@ def refusals(checks: Sequence[Check], options: VerifyOptions, *, guest: bool = T
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         found.append(f"checks named twice: {', '.join(dupes)}")
     return found
+
+
+def _why(exc: OSError) -> str:
+    """The reason a connection failed (anyio wraps each attempt's error in a group)."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    error = cause if isinstance(cause, OSError) else exc
+    return os.strerror(error.errno) if error.errno else str(error)
 
 
 def _now() -> str:
@@ -361,7 +371,7 @@ async def _guest_check(run: _Run, check: Check, vm: VmRef) -> None:
             try:
                 stream = await anyio.connect_tcp(run.ip, port)
             except OSError as exc:
-                run.last_guest = f"connect to {run.ip}:{port}: {exc.strerror or exc}"
+                run.last_guest = f"connect to {run.ip}:{port}: {_why(exc)}"
                 await anyio.sleep(poll)
                 continue
             await stream.aclose()

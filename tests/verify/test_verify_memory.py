@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 
 from liverecovery import LiveRecovery, StateChanged
@@ -260,3 +262,73 @@ async def test_the_destination_datastore_is_not_asked_about() -> None:
     async with LiveRecovery(s, world.backends) as lr:
         report = await lr.verify(spec(datastore="(not migrated)"), [Check("heartbeat")], options())
     assert report.passed, report.failures
+
+
+async def test_a_copy_that_cannot_be_powered_off_is_reported_and_never_hangs_the_exit() -> None:
+    world, s = World(), settings(compensation_attempts=2)
+    world.faults.fail("vsphere.power_off", times=math.inf)
+    async with LiveRecovery(s, world.backends) as lr:
+        report = await lr.verify(spec(job_id="j7"), [Check("heartbeat")], options())
+    assert report.checks[0].outcome is Outcome.PASSED
+    assert not report.passed
+    (error,) = report.cleanup_errors
+    assert "could not be powered off" in error and "liverecovery stop j7 --power-off" in error
+    # Leaving LiveRecovery tried once more, then left it running (with the usual warning)
+    # instead of hanging: it is still registered and powered on.
+    assert [v.powered_on for v in world.vsphere.vms.values()] == [True]
+    assert read_report(report.report_dir)["cleanup"]["clean"] is False
+
+
+async def test_tcp_checks_connect_to_the_guest_address() -> None:
+    world, s = World(), settings()
+    world.vsphere.guest.ip_address = "127.0.0.1"
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    closed = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    closed_port = closed.extra(anyio.abc.SocketAttribute.local_port)
+    await closed.aclose()
+
+    async def accept(stream: anyio.abc.SocketStream) -> None:
+        await stream.aclose()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, accept)
+        async with LiveRecovery(s, world.backends) as lr:
+            report = await lr.verify(
+                spec(),
+                [
+                    Check("heartbeat"),
+                    Check("ip"),
+                    Check("tcp", str(port)),
+                    Check("tcp", str(closed_port), timeout_s=0.3),
+                ],
+                options(isolated_network="isolated-test", network_reachable=True),
+            )
+        tg.cancel_scope.cancel()
+    outcomes = _outcomes(report)
+    assert outcomes[f"tcp:{port}"] == "passed"
+    assert outcomes[f"tcp:{closed_port}"] == "timed_out"
+    assert "refused" in report.checks[-1].detail.lower()
+    assert not any(world.leftovers().values())
+
+
+async def test_a_screenshot_not_offered_is_skipped_and_optional() -> None:
+    world, s = World(), settings()
+    world.vsphere.guest.screenshots = False
+    async with LiveRecovery(s, world.backends) as lr:
+        report = await lr.verify(spec(), [Check("heartbeat"), parse_check("screenshot")], options())
+    assert _outcomes(report)["screenshot"] == "skipped"
+    assert report.passed
+
+
+async def test_a_guest_that_reports_no_ip_fails_the_ip_check() -> None:
+    world, s = World(), settings()
+    world.vsphere.guest.no_ip.add("web01-verify-j8")
+    async with LiveRecovery(s, world.backends) as lr:
+        report = await lr.verify(
+            spec(job_id="j8"),
+            [Check("heartbeat"), Check("ip", timeout_s=0.3)],
+            options(isolated_network="isolated-test"),
+        )
+    assert _outcomes(report) == {"heartbeat": "passed", "ip": "timed_out"}
+    assert "IP address: none" in report.checks[1].detail
