@@ -61,8 +61,12 @@ class Check:
 
     kind: str = attrs.field()
     argument: str = ""
-    required: bool = True
+    required: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.kind != "screenshot", takes_self=True)
+    )
+    """Default: every kind but ``screenshot`` (evidence, not a criterion)."""
     timeout_s: float = attrs.field(default=0.0)
+    """Seconds; 0: the kind's default (``DEFAULT_TIMEOUTS``)."""
 
     @kind.validator
     def _kind(self, _attr: attrs.Attribute[str], value: str) -> None:
@@ -112,7 +116,7 @@ def default_checks(*, network: bool) -> tuple[Check, ...]:
     checks = [Check("partitions"), Check("heartbeat")]
     if network:
         checks.append(Check("ip"))
-    checks.append(Check("screenshot", required=False))
+    checks.append(Check("screenshot"))
     return tuple(checks)
 
 

@@ -199,3 +199,24 @@ def test_identify_filesystem_never_crashes(data: bytes) -> None:
         "bitlocker",
         "iso9660",
     )
+
+
+def test_check_names_and_defaults() -> None:
+    from liverecovery.errors import SettingsError
+    from liverecovery.verify.checks import DEFAULT_TIMEOUTS, Check, default_checks, parse_check
+
+    assert parse_check("tcp:22").name == "tcp:22" and parse_check("tcp:22").required
+    assert not parse_check("tcp?:443").required
+    assert not Check("screenshot").required and not parse_check("screenshot").required
+    command = parse_check("guest-command:/usr/bin/systemctl is-system-running --wait")
+    assert command.program == ("/usr/bin/systemctl", "is-system-running --wait")
+    assert Check("heartbeat").timeout_s == DEFAULT_TIMEOUTS["heartbeat"]
+    assert [c.name for c in default_checks(network=True)] == [
+        "partitions",
+        "heartbeat",
+        "ip",
+        "screenshot",
+    ]
+    for bad in ("tcp:0", "tcp:70000", "guest-command:", "heartbeat:5", "nope"):
+        with pytest.raises(SettingsError):
+            parse_check(bad)
