@@ -160,7 +160,9 @@ class _Run:
             except (LiveRecoveryError, OSError) as exc:
                 outcome, detail = Outcome.FAILED, str(exc)
         if outcome is Outcome.TIMED_OUT and not detail:
-            detail = f"no answer within {check.timeout_s:g} s" + self.waiting_for(check)
+            detail = f"no answer within {check.timeout_s:g} s"
+            if self.last_guest:
+                detail += f" (last: {self.last_guest})"
         self.results.append(
             CheckResult(
                 check.name,
@@ -172,10 +174,6 @@ class _Run:
                 artifact,
             )
         )
-
-    def waiting_for(self, check: Check) -> str:
-        del check
-        return f" (last: {self.last_guest})" if self.last_guest else ""
 
     def skip(self, check: Check, why: str) -> None:
         outcome = Outcome.FAILED if check.required else Outcome.SKIPPED
@@ -247,6 +245,10 @@ async def verify_vm(
             await _guest_check(run, check, vm)
     except anyio.get_cancelled_exc_class():
         cancelled = True
+        raise
+    except Exception as exc:
+        # Refused in preflight, or an error no check expected: the report says so, not "passed".
+        error = error or f"the verification stopped: {type(exc).__name__}: {exc}"
         raise
     finally:
         with anyio.CancelScope(shield=True):

@@ -332,3 +332,14 @@ async def test_a_guest_that_reports_no_ip_fails_the_ip_check() -> None:
         )
     assert _outcomes(report) == {"heartbeat": "passed", "ip": "timed_out"}
     assert "IP address: none" in report.checks[1].detail
+
+
+async def test_an_unexpected_error_is_raised_undone_and_never_reported_as_passed() -> None:
+    world, s = World(), settings()
+    world.faults.fail("vsphere.guest_info", RuntimeError("boom"))
+    async with LiveRecovery(s, world.backends) as lr:
+        with pytest.raises(RuntimeError, match="boom"):
+            await lr.verify(spec(job_id="j9"), [Check("heartbeat")], options())
+    assert not any(world.leftovers().values()) and jobs_dir_empty(s)
+    data = read_report(Path(s.job_results_dir) / "verify" / "j9")
+    assert data["passed"] is False and "RuntimeError: boom" in data["error"]
