@@ -793,18 +793,26 @@ class RecoveryJob:
         reserved = ctx.backends.cache.reservations().get(self.id, 0)
         await self._did("cache_reserved", bytes=reserved, point_id=point.point_id)
 
+    def _whole(self) -> anyio.CancelScope:
+        """Around a side effect and the record of its undo, for a disposable job: a cancel
+        waits for the call to end (each call is bounded by its backend), so the rollback knows
+        whether it took effect; cut in the middle, a powered-on copy could be left behind."""
+        return anyio.CancelScope(shield=self.disposable)
+
     async def _export(self) -> None:
         host = self.spec.esx_host
-        self.export_path = await self._ctx.shares.acquire_export(
-            host, self.spec.client_address, self.id
-        )
-        await self._did("exported", host=host, path=self.export_path)
+        with self._whole():
+            self.export_path = await self._ctx.shares.acquire_export(
+                host, self.spec.client_address, self.id
+            )
+            await self._did("exported", host=host, path=self.export_path)
 
     async def _mount(self) -> None:
         host = self.spec.esx_host
         remote = self._ctx.settings.nfs_address or "127.0.0.1"
-        self.datastore = await self._ctx.shares.acquire_mount(host, remote, self.id)
-        await self._did("mounted", host=host, datastore=self.datastore)
+        with self._whole():
+            self.datastore = await self._ctx.shares.acquire_mount(host, remote, self.id)
+            await self._did("mounted", host=host, datastore=self.datastore)
 
     async def _stage(self) -> None:
         await self._build_and_publish()
@@ -855,20 +863,22 @@ class RecoveryJob:
         vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
         # Journaled first: a restart finds a registration that finished after a crash by path.
         await self._record(effects.effect("registered").intent, vmx_path=vmx_path)
-        vm = await vsphere.register_vm(
-            self.spec.esx_host,
-            vmx_path,
-            self.spec.vm_name,
-            folder=self.spec.folder,
-            resource_pool=self.spec.resource_pool,
-        )
-        self.vm = vm
-        await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
+        with self._whole():
+            vm = await vsphere.register_vm(
+                self.spec.esx_host,
+                vmx_path,
+                self.spec.vm_name,
+                folder=self.spec.folder,
+                resource_pool=self.spec.resource_pool,
+            )
+            self.vm = vm
+            await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
 
     async def _power_on(self) -> None:
         assert self.vm is not None
-        await self._ctx.backends.vsphere.power_on(self.vm)
-        await self._did("powered_on", moref=self.vm.moref)
+        with self._whole():
+            await self._ctx.backends.vsphere.power_on(self.vm)
+            await self._did("powered_on", moref=self.vm.moref)
         self._progress()
         self._start_background()
 

@@ -148,11 +148,18 @@ async def test_a_disk_without_a_partition_table_fails_the_partitions_check() -> 
 async def test_cancelling_a_verification_leaves_nothing() -> None:
     world, s = World(), settings()
     world.vsphere.guest.never_heartbeat.add("web01-verify-j3")
-    async with LiveRecovery(s, world.backends) as lr:
-        with anyio.move_on_after(0.3) as scope:
-            await lr.verify(spec(job_id="j3"), [Check("heartbeat")], options())
-        assert scope.cancelled_caught
-        assert not any(world.leftovers().values())
+    async with LiveRecovery(s, world.backends) as lr, anyio.create_task_group() as tg:
+
+        async def cancel_once_running() -> None:
+            while not any(v.powered_on for v in world.vsphere.vms.values()):
+                await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()  # mid-heartbeat: the copy runs from the backup
+
+        tg.start_soon(cancel_once_running)
+        await lr.verify(spec(job_id="j3"), [Check("heartbeat")], options())
+        raise AssertionError("not cancelled")
+    assert tg.cancel_scope.cancelled_caught
+    assert not any(world.leftovers().values())
     assert jobs_dir_empty(s)
     data = read_report(Path(s.job_results_dir) / "verify" / "j3")
     assert data["cancelled"] is True and data["passed"] is False
@@ -343,3 +350,26 @@ async def test_an_unexpected_error_is_raised_undone_and_never_reported_as_passed
     assert not any(world.leftovers().values()) and jobs_dir_empty(s)
     data = read_report(Path(s.job_results_dir) / "verify" / "j9")
     assert data["passed"] is False and "RuntimeError: boom" in data["error"]
+
+
+async def test_a_cancel_landing_inside_the_power_on_call_still_leaves_nothing() -> None:
+    """vCenter powered the copy on but has not answered yet when the cancel comes: the call is
+    allowed to finish, so the rollback knows to power it off."""
+    world, s = World(), settings()
+    original = world.vsphere.power_on
+
+    async def slow_answer(vm: object) -> None:
+        await original(vm)  # type: ignore[arg-type]
+        await anyio.sleep(0.2)
+
+    world.vsphere.power_on = slow_answer  # type: ignore[method-assign]
+    async with LiveRecovery(s, world.backends) as lr, anyio.create_task_group() as tg:
+
+        async def cancel_once_on() -> None:
+            while not any(v.powered_on for v in world.vsphere.vms.values()):
+                await anyio.sleep(0.001)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(cancel_once_on)
+        await lr.verify(spec(), [Check("heartbeat")], options())
+    assert not any(world.leftovers().values()), world.leftovers()
