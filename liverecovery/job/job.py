@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -793,11 +793,25 @@ class RecoveryJob:
         reserved = ctx.backends.cache.reservations().get(self.id, 0)
         await self._did("cache_reserved", bytes=reserved, point_id=point.point_id)
 
-    def _whole(self) -> anyio.CancelScope:
+    @contextlib.contextmanager
+    def _whole(self) -> Iterator[None]:
         """Around a side effect and the record of its undo, for a disposable job: a cancel
-        waits for the call to end (each call is bounded by its backend), so the rollback knows
-        whether it took effect; cut in the middle, a powered-on copy could be left behind."""
-        return anyio.CancelScope(shield=self.disposable)
+        waits for the call to end, so the rollback knows whether it took effect (cut in the
+        middle, a powered-on copy could be left behind). Still bounded by the step's timeout.
+        """
+        if not self.disposable:
+            yield
+            return
+        name = STEP_TIMEOUTS[self.state]
+        bound: float = getattr(self._ctx.settings.timeouts, name)
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + bound
+            yield
+        if scope.cancelled_caught:
+            raise BackendTimeoutError(
+                f"{self.state.value} did not finish within timeouts.{name} = {bound:g} s",
+                operation=self.state.value,
+            )
 
     async def _export(self) -> None:
         host = self.spec.esx_host

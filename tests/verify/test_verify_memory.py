@@ -9,7 +9,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from liverecovery import LiveRecovery, StateChanged
+from liverecovery import LiveRecovery, StateChanged, Timeouts
 from liverecovery.backends import GuestCredentials
 from liverecovery.errors import (
     JobInterruptedError,
@@ -373,3 +373,13 @@ async def test_a_cancel_landing_inside_the_power_on_call_still_leaves_nothing() 
         tg.start_soon(cancel_once_on)
         await lr.verify(spec(), [Check("heartbeat")], options())
     assert not any(world.leftovers().values()), world.leftovers()
+
+
+async def test_a_hung_power_on_is_still_bounded_by_its_step_timeout() -> None:
+    world, s = World(), settings(timeouts=Timeouts(power_on=0.3))
+    world.faults.hang("vsphere.power_on")
+    async with LiveRecovery(s, world.backends) as lr:
+        with anyio.fail_after(10):
+            report = await lr.verify(spec(), [Check("heartbeat")], options())
+    assert "did not finish within timeouts.power_on = 0.3 s" in report.error
+    assert not any(world.leftovers().values())
