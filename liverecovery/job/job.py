@@ -363,7 +363,7 @@ class RecoveryJob:
         if not self.running_from_backup:
             self.request_cancel()
             return
-        if not power_off:
+        if not power_off and not self.disposable:  # a verification's copy is no production
             raise self._running_refusal("stopping it")
         self._stop_requested = True
         self._stop_settled = anyio.Event()

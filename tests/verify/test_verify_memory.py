@@ -13,6 +13,7 @@ from liverecovery import LiveRecovery, StateChanged, Timeouts
 from liverecovery.backends import GuestCredentials
 from liverecovery.errors import (
     JobInterruptedError,
+    JobStateError,
     NetworkNotFoundError,
     VerificationRefusedError,
     VmNameTakenError,
@@ -382,4 +383,25 @@ async def test_a_hung_power_on_is_still_bounded_by_its_step_timeout() -> None:
         with anyio.fail_after(10):
             report = await lr.verify(spec(), [Check("heartbeat")], options())
     assert "did not finish within timeouts.power_on = 0.3 s" in report.error
+    assert not any(world.leftovers().values())
+
+
+async def test_operator_verbs_on_a_verification_copy() -> None:
+    """A verification's copy is never migrated; a plain stop or a cancel powers it off."""
+    world, s = World(), settings()
+    async with LiveRecovery(s, world.backends) as lr:
+        job = await lr.start(spec(verification=True))
+        with anyio.fail_after(10):
+            async for event in job.events():
+                if isinstance(event, StateChanged) and event.state is State.SERVING:
+                    break
+        with pytest.raises(JobStateError, match="never migrated"):
+            await job.migrate_now()
+        assert await job.stop() is State.CANCELLED
+        job2 = await lr.start(spec(verification=True))
+        with anyio.fail_after(10):
+            async for event in job2.events():
+                if isinstance(event, StateChanged) and event.state is State.SERVING:
+                    break
+        assert await job2.cancel() is State.CANCELLED
     assert not any(world.leftovers().values())
