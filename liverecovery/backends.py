@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from liverecovery.config import Settings
+from liverecovery.errors import NotOfferedError
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.exports import ExportInfo
 from liverecovery.nfs.filesystem import Filesystem
@@ -35,6 +36,9 @@ __all__ = [
     "DiskReader",
     "DiskStats",
     "ExportInfo",
+    "GuestCredentials",
+    "GuestInfo",
+    "GuestOperations",
     "HostFacts",
     "AllocationRun",
     "RunKind",
@@ -524,6 +528,59 @@ class VSphereClient(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@attrs.frozen
+class GuestInfo:
+    """What VMware Tools in a running guest reports through vSphere (``vm.guest``)."""
+
+    tools_running: bool = False
+    heartbeat: str = "gray"
+    """``green`` (Tools answer), ``yellow``, ``red`` or ``gray`` (no Tools, or not yet)."""
+    ip_address: str | None = None
+    """The guest's primary IP address, once Tools report one."""
+
+
+@attrs.frozen
+class GuestCredentials:
+    """A guest OS account for guest operations; the password is never part of ``repr``."""
+
+    username: str
+    password: str = attrs.field(repr=False)
+
+
+@runtime_checkable
+class GuestOperations(Protocol):
+    """**Protocol:** what a ``VSphereClient`` can see of and do in a running guest, for backup
+    verification. ``guest_info`` is the contract; ``run_in_guest`` and ``screenshot`` are
+    optional capabilities whose defaults say "not offered". Subclass explicitly to inherit them.
+    """
+
+    async def guest_info(self, vm: VmRef) -> GuestInfo:
+        """What VMware Tools report now. :raises VSphereError:"""
+        ...
+
+    async def run_in_guest(
+        self,
+        vm: VmRef,
+        credentials: GuestCredentials,
+        program: str,
+        arguments: str,
+        wait_s: float,
+    ) -> int:
+        """Run ``program arguments`` in the guest (vSphere guest operations) and return its exit
+        code once it ends; ``wait_s``: how long the program may run.
+
+        :raises NotOfferedError: this backend has no guest operations (this default).
+        :raises VSphereError: the guest refused (bad credentials, no such program).
+        """
+        raise NotOfferedError(
+            f"{type(self).__name__} offers no guest operations", operation="vsphere.run_in_guest"
+        )
+
+    async def screenshot(self, vm: VmRef) -> bytes | None:
+        """A PNG of the VM's console, or None: not offered (this default)."""
+        return None
 
 
 @runtime_checkable

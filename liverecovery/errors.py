@@ -33,6 +33,7 @@ __all__ = [
     "NfsError",
     "NfsStatus",
     "NfsVolumeLimitError",
+    "NotOfferedError",
     "OverlayError",
     "PasskeyError",
     "PreflightError",
@@ -43,6 +44,7 @@ __all__ = [
     "TapeBackupError",
     "TargetError",
     "VSphereError",
+    "VerificationRefusedError",
     "VmNameTakenError",
 ]
 
@@ -173,6 +175,11 @@ class NfsVolumeLimitError(PreflightError):
         self.limit = limit
 
 
+class VerificationRefusedError(PreflightError):
+    """A backup verification is refused before anything is touched: a check needs what was
+    not given (guest credentials, a reachable isolated network) or names nothing known."""
+
+
 # -- outside systems -----------------------------------------------------------------------------
 
 
@@ -197,6 +204,10 @@ class VSphereError(BackendError):
     def __init__(self, message: str, *, operation: str = "", fault: str = "") -> None:
         super().__init__(message, operation=operation)
         self.fault = fault
+
+
+class NotOfferedError(BackendError):
+    """The backend does not offer the capability asked for (a guest command, a screenshot)."""
 
 
 class CacheError(BackendError):

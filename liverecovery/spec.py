@@ -61,7 +61,10 @@ class RecoverySpec:
     the original may still be on the network). ``folder`` and ``resource_pool`` name where the
     VM is registered (default: the host's datacenter VM folder and its root pool);
     ``network_map`` renames the port groups the .vmx names (old -> new), for a recovery site
-    whose networks differ.
+    whose networks differ. ``verification`` makes the job a backup verification's disposable,
+    isolated copy (``liverecovery.verify``): it is never migrated, its .vmx loses ``vc.uuid``,
+    and it is powered off and undone when its verification ends, even when the process stops
+    (it is not production: the one case where the library powers a VM off by itself).
     The passkey is never part of ``repr``.
     """
 
@@ -79,6 +82,7 @@ class RecoverySpec:
     folder: str | None = attrs.field(default=None, validator=_optional_name)
     resource_pool: str | None = attrs.field(default=None, validator=_optional_name)
     network_map: Mapping[str, str] = attrs.field(factory=dict, converter=_network_map, hash=False)
+    verification: bool = False
 
     @vms.validator
     def _check_vms(self, _attr: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:

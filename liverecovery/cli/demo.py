@@ -137,6 +137,11 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="a TOML file whose [settings] table applies (the NFS server stays on loopback)",
     )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="verify the sample backup instead (boot it isolated, check it, undo everything)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -189,6 +194,10 @@ def demo_settings(work: Path, args: argparse.Namespace) -> Settings:
 async def run(args: argparse.Namespace) -> int:
     """Run the demo job; returns 0 when it completed, verified and left the backup unchanged."""
     size = parse_size(args.disk_size)
+    if getattr(args, "verify", False):
+        from liverecovery.cli.verify import run_demo_verify
+
+        return await run_demo_verify(args, size)
     started = time.monotonic()
     marks: dict[str, float] = {}
     fetched_before_power_on = 0

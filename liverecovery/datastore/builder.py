@@ -73,6 +73,7 @@ class FreBuilder:
             regenerate_bios_uuid=self.options.regenerate_bios_uuid or ctx.spec.new_bios_uuid,
             disconnect_nics=self.options.disconnect_nics or ctx.spec.disconnect_nics,
             network_map={**self.options.network_map, **ctx.spec.network_map},
+            drop_vc_uuid=self.options.drop_vc_uuid or ctx.spec.verification,
         )
         vmx = rewrite_vmx(vmx_text, {k: v[0] for k, v in names.items()}, options)
         files: dict[str, bytes] = {point.vmx_name: vmx}

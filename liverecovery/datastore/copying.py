@@ -26,6 +26,7 @@ class CopyingBuilder:
             regenerate_bios_uuid=ctx.spec.new_bios_uuid,
             disconnect_nics=ctx.spec.disconnect_nics,
             network_map=ctx.spec.network_map,
+            drop_vc_uuid=ctx.spec.verification,
         )
         vmx = rewrite_vmx(await ctx.catalog.read_file(point, point.vmx_name), {}, options)
         fs = MemoryFilesystem()

@@ -4,7 +4,8 @@ The .vmx keeps every line it had (``VmxFile`` round-trips byte for byte) except 
 recovery changes: each disk's ``fileName`` points at its flat descriptor; in the seed's second
 mode ``workingDir`` and ``sched.swap.dir`` send snapshot deltas and the swap file to an alternate
 datastore; optionally a display-name suffix, a new BIOS UUID, NICs that start disconnected, and
-the port groups of the NICs renamed by the spec's network map (the recovery site's networks).
+the port groups of the NICs renamed by the spec's network map (the recovery site's networks);
+for a backup verification's copy, no ``vc.uuid``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class VmxOptions:
     disconnect_nics: bool = False
     network_map: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     """Old port group name to new: each NIC's ``networkName`` found here is replaced."""
+    drop_vc_uuid: bool = False
+    """Remove ``vc.uuid`` (vCenter gives the VM a new instance UUID): a verification's copy
+    must not be taken for the production VM."""
 
 
 def _present_nics(doc: VmxFile) -> dict[str, str]:
@@ -73,6 +77,8 @@ def rewrite_vmx(vmx: bytes, disk_files: Mapping[str, str], options: VmxOptions) 
         pairs = " ".join(f"{b:02x}" for b in uuid.uuid4().bytes)
         doc.set("uuid.bios", pairs[:23] + "-" + pairs[24:])
         doc.remove("uuid.location")
+    if options.drop_vc_uuid:
+        doc.remove("vc.uuid")
     if options.network_map:
         for nic, name in _present_nics(doc).items():
             if name in options.network_map:

@@ -17,6 +17,11 @@ and ``resume`` serves it again. Once the storage vMotion has finished the VM liv
 destination datastore, so its ``vm_bound`` compensations (power-off, unregister) are dropped. A compensation that keeps failing is recorded and the rollback goes on with
 the rest; the job then ends ``failed`` with every error attached. After a restart,
 ``reconcile.py`` rebuilds the same compensations from the journal.
+
+A backup verification's job (``spec.verification``) runs an isolated, disposable copy: it is
+never migrated (it serves until stopped), and a cancel, the process stopping or a teardown
+powers it off and undoes everything instead of leaving it running: the one case where the
+library powers a VM off by itself, because that VM is not production.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -204,6 +209,11 @@ class RecoveryJob:
         return tuple(c.name for c in reversed(self._compensations))
 
     @property
+    def disposable(self) -> bool:
+        """A verification's isolated copy: powered off and undone whenever it stops."""
+        return self.spec.verification
+
+    @property
     def running_from_backup(self) -> bool:
         """The VM is powered on from the backup (and has not migrated): it is production, and
         only ``stop(power_off=True)`` takes it down."""
@@ -322,6 +332,9 @@ class RecoveryJob:
         """
         if self.done or self.state is State.ROLLING_BACK:
             return
+        if self.running_from_backup and self.disposable:
+            self.request_stop(power_off=True)
+            return
         if self.running_from_backup:
             raise self._running_refusal("a cancel")
         self._cancel_requested = True
@@ -350,7 +363,7 @@ class RecoveryJob:
         if not self.running_from_backup:
             self.request_cancel()
             return
-        if not power_off:
+        if not power_off and not self.disposable:  # a verification's copy is no production
             raise self._running_refusal("stopping it")
         self._stop_requested = True
         self._stop_settled = anyio.Event()
@@ -381,6 +394,11 @@ class RecoveryJob:
         ``resume``); any other job is cancelled and rolled back."""
         if self.done or self.state is State.ROLLING_BACK:
             return
+        if self.disposable:
+            # Stopped and undone; left running only if it cannot be powered off.
+            self._leave_running = True
+            self.request_cancel()
+            return
         self._leave_running = True
         if self.running_from_backup:
             if self._scope is not None:
@@ -396,6 +414,8 @@ class RecoveryJob:
         """
         if self.done or self.state is State.ROLLING_BACK:
             raise JobStateError(f"job {self.id} is {self.state.value}; nothing to migrate")
+        if self.disposable:
+            raise JobStateError(f"job {self.id} verifies a backup: its VM is never migrated")
         self._migrate_now.set()
         await anyio.lowlevel.checkpoint()
 
@@ -493,12 +513,15 @@ class RecoveryJob:
             while self.state in STEP_STATES or await self._rolled_back():
                 state = self.state
                 outcome = await self._run_step(state)
-                if self._leave_running and self.running_from_backup:
+                stopping = self.disposable and (self._stop_requested or self._cancel_requested)
+                if self._leave_running and self.running_from_backup and not stopping:
                     await self._leave("the process stopped serving it")
                     return
                 if state in RUNNING_STATES:
                     await self._after_running_step(state, outcome)
-                elif self.running_from_backup and state is State.POWERING_ON:
+                elif (
+                    self.running_from_backup and state is State.POWERING_ON and not self.disposable
+                ):
                     # Powered on before a failure or a cancel took effect: it is production
                     # now, and keeps running.
                     interrupted = outcome is not None or self._cancel_requested
@@ -530,7 +553,15 @@ class RecoveryJob:
             # runs from the backup (then it is left running for resume).
             self._stop_background()
             with anyio.CancelScope(shield=True):
-                if self.running_from_backup:
+                if self.running_from_backup and self.disposable:
+                    self._stop_requested = True
+                    if self.state in RUNNING_STATES:
+                        await self._fire("stop")
+                    elif self.state is not State.ROLLING_BACK:
+                        await self._fire("cancel")
+                    await self._rollback()
+                    await self._fire("rolled_back")
+                elif self.running_from_backup:
                     await self._leave("the process was torn down")
                 elif self.state not in TERMINAL_STATES:
                     self._cancel_requested = True
@@ -565,6 +596,8 @@ class RecoveryJob:
         if self._stop_requested:
             await self._fire("stop")
             return
+        if self.disposable:
+            return  # a verification's copy serves until it is stopped, whatever happened
         if state is State.SERVING:
             if isinstance(outcome, BaseException):
                 if self._migration_failures and self._retry_at is None:
@@ -760,18 +793,40 @@ class RecoveryJob:
         reserved = ctx.backends.cache.reservations().get(self.id, 0)
         await self._did("cache_reserved", bytes=reserved, point_id=point.point_id)
 
+    @contextlib.contextmanager
+    def _whole(self) -> Iterator[None]:
+        """Around a side effect and the record of its undo, for a disposable job: a cancel
+        waits for the call to end, so the rollback knows whether it took effect (cut in the
+        middle, a powered-on copy could be left behind). Still bounded by the step's timeout.
+        """
+        if not self.disposable:
+            yield
+            return
+        name = STEP_TIMEOUTS[self.state]
+        bound: float = getattr(self._ctx.settings.timeouts, name)
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + bound
+            yield
+        if scope.cancelled_caught:
+            raise BackendTimeoutError(
+                f"{self.state.value} did not finish within timeouts.{name} = {bound:g} s",
+                operation=self.state.value,
+            )
+
     async def _export(self) -> None:
         host = self.spec.esx_host
-        self.export_path = await self._ctx.shares.acquire_export(
-            host, self.spec.client_address, self.id
-        )
-        await self._did("exported", host=host, path=self.export_path)
+        with self._whole():
+            self.export_path = await self._ctx.shares.acquire_export(
+                host, self.spec.client_address, self.id
+            )
+            await self._did("exported", host=host, path=self.export_path)
 
     async def _mount(self) -> None:
         host = self.spec.esx_host
         remote = self._ctx.settings.nfs_address or "127.0.0.1"
-        self.datastore = await self._ctx.shares.acquire_mount(host, remote, self.id)
-        await self._did("mounted", host=host, datastore=self.datastore)
+        with self._whole():
+            self.datastore = await self._ctx.shares.acquire_mount(host, remote, self.id)
+            await self._did("mounted", host=host, datastore=self.datastore)
 
     async def _stage(self) -> None:
         await self._build_and_publish()
@@ -822,20 +877,22 @@ class RecoveryJob:
         vmx_path = f"[{self.datastore}] {self.folder}/{self.staged.vmx_name}"
         # Journaled first: a restart finds a registration that finished after a crash by path.
         await self._record(effects.effect("registered").intent, vmx_path=vmx_path)
-        vm = await vsphere.register_vm(
-            self.spec.esx_host,
-            vmx_path,
-            self.spec.vm_name,
-            folder=self.spec.folder,
-            resource_pool=self.spec.resource_pool,
-        )
-        self.vm = vm
-        await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
+        with self._whole():
+            vm = await vsphere.register_vm(
+                self.spec.esx_host,
+                vmx_path,
+                self.spec.vm_name,
+                folder=self.spec.folder,
+                resource_pool=self.spec.resource_pool,
+            )
+            self.vm = vm
+            await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
 
     async def _power_on(self) -> None:
         assert self.vm is not None
-        await self._ctx.backends.vsphere.power_on(self.vm)
-        await self._did("powered_on", moref=self.vm.moref)
+        with self._whole():
+            await self._ctx.backends.vsphere.power_on(self.vm)
+            await self._did("powered_on", moref=self.vm.moref)
         self._progress()
         self._start_background()
 
@@ -873,6 +930,11 @@ class RecoveryJob:
             adopt=self._adopt,
             publish_again=lambda: self._build_and_publish(replace=True),
         )
+        if plan.target is State.ROLLING_BACK and self.disposable and self.state in RUNNING_STATES:
+            # A verification's copy: stopped and undone, overlay and all, like any other stop.
+            self._stop_requested = True
+            await self._fire("stop")
+            return
         if plan.target is State.ROLLING_BACK:
             self._step_error = JobInterruptedError(
                 f"job {self.id} was interrupted ({plan.reason}); rolled back what it had done"
@@ -901,6 +963,9 @@ class RecoveryJob:
         self._background.start(self._tg, list(self.staged.disks.values()) if self.staged else [])
 
     async def _serve(self) -> None:
+        if self.disposable:
+            await anyio.sleep_forever()
+
         async def policy() -> None:
             if not self._migration_failures:
                 await self._ctx.migration_policy.wait_until_ready(lambda: self.stats.bytes_served)

@@ -248,8 +248,10 @@ def space_needs(
 
 def target_query(spec: RecoverySpec, networks: Mapping[str, str]) -> TargetQuery:
     """What to ask vSphere about for ``spec``; ``networks`` maps each NIC to its port group
-    (after the spec's network map, ``datastore.vmx_rewrite.nic_networks``)."""
-    datastores = tuple(dict.fromkeys(d for d in (spec.datastore, spec.redirect_writes_to) if d))
+    (after the spec's network map, ``datastore.vmx_rewrite.nic_networks``). A verification's
+    copy is never migrated: its destination datastore is not asked about."""
+    destination = None if spec.verification else spec.datastore
+    datastores = tuple(dict.fromkeys(d for d in (destination, spec.redirect_writes_to) if d))
     port_groups = tuple(sorted(set(networks.values())))
     privileges: dict[Target, tuple[str, ...]] = {
         Target("host", spec.esx_host): REQUIRED_PRIVILEGES["host"],
@@ -375,16 +377,17 @@ def target_refusals(
             )
         )
     space = space or space_needs(spec, point)
-    same = spec.redirect_writes_to == spec.datastore
+    same = spec.redirect_writes_to == spec.datastore and not spec.verification
     destination_need = space.destination + (space.redirect if same else 0)
-    found += _datastore_refusals(
-        spec.esx_host,
-        "destination",
-        facts.datastores.get(spec.datastore),
-        spec.datastore,
-        destination_need,
-        space.rule,
-    )
+    if not spec.verification:  # a verification's copy is never migrated
+        found += _datastore_refusals(
+            spec.esx_host,
+            "destination",
+            facts.datastores.get(spec.datastore),
+            spec.datastore,
+            destination_need,
+            space.rule,
+        )
     if spec.redirect_writes_to and not same:
         found += _datastore_refusals(
             spec.esx_host,

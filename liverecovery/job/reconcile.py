@@ -64,7 +64,8 @@ async def survey(
             vm_running = False if exc.fault in _GONE_FAULTS else None
         if vm_running and "powered_on" not in facts:
             found["powered_on"] = {"effect": "powered_on", "moref": vm.moref}
-    return Survey(plan_resume(contents, vm_running=vm_running, found=found), vm, vm_running)
+    plan = plan_resume(contents, vm_running=vm_running, found=found, disposable=spec.verification)
+    return Survey(plan, vm, vm_running)
 
 
 async def _found_effects(

@@ -3,6 +3,7 @@
 A VM running from our export is a production VM frozen in I/O: the job continues, serving it
 again with the same file handles. A job that never powered its VM on is rolled back. A job whose
 storage vMotion finished only has cleanup left. A job that was rolling back keeps rolling back.
+A backup verification's copy (``disposable``) is not production: it is powered off and undone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def plan_resume(
     *,
     vm_running: bool | None,
     found: Mapping[str, Mapping[str, Any]] | None = None,
+    disposable: bool = False,
 ) -> ResumePlan:
     """Decide from the journal and, when known, whether the VM is powered on right now.
 
@@ -59,6 +61,8 @@ def plan_resume(
     if migrated is not None:
         return plan(State.CLEANING_UP, "the storage vMotion had finished; cleanup is left")
     if "powered_on" in effects:
+        if disposable:
+            return plan(State.ROLLING_BACK, "a backup verification's copy: powering it off")
         if vm_running is False:
             return plan(State.ROLLING_BACK, "the VM is no longer powered on")
         if last is State.MIGRATING:

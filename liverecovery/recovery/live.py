@@ -24,7 +24,7 @@ Enabler (``liverecovery.recovery.assembly``)::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +59,9 @@ from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
+from liverecovery.verify.checks import Check
+from liverecovery.verify.report import VerificationReport
+from liverecovery.verify.run import VerifyOptions, verify_vm
 
 __all__ = ["LiveRecovery"]
 
@@ -239,6 +242,23 @@ class LiveRecovery:
             await job.run()
         finally:
             self.sessions.release(job.spec.vm, job.id)
+
+    async def verify(
+        self,
+        spec: RecoverySpec,
+        checks: Sequence[Check] = (),
+        options: VerifyOptions | None = None,
+    ) -> VerificationReport:
+        """Verify that ``spec``'s restore point boots: power it on from the backup as an
+        isolated, disposable copy, run ``checks`` (default: partitions, heartbeat, and the IP
+        address when on an isolated network), then power it off and undo everything, whatever
+        happened. Returns the report, also written to the job results folder
+        (``liverecovery.verify``). ``spec.datastore`` is not used: the copy is never migrated.
+
+        :raises VerificationRefusedError: the checks cannot run as asked.
+        :raises PreflightError: the job's preflight refused; nothing was touched.
+        """
+        return await verify_vm(self.start, self.backends, self.settings, spec, checks, options)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""

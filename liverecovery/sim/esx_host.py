@@ -31,6 +31,9 @@ import attrs
 from liverecovery.backends import (
     DEFAULT_NFS_MAX_VOLUMES,
     DatastoreFacts,
+    GuestCredentials,
+    GuestInfo,
+    GuestOperations,
     HostFacts,
     ProgressCallback,
     TargetFacts,
@@ -52,6 +55,7 @@ from liverecovery.errors import (
 from liverecovery.io.threads import run_sync
 from liverecovery.nfs.filesystem import SetAttributes, Stability
 from liverecovery.nfs.server import NfsServer
+from liverecovery.sim.guest import GuestBehaviour, tiny_png
 from liverecovery.sim.hard_mount import HardMount
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
@@ -177,10 +181,16 @@ class SimulatedVm:
     recreate a lock file the storage vMotion's switch-over has just removed."""
     source_released: bool = False
     """The storage vMotion switched over and deleted the source files: no more lock refreshes."""
+    booted_at: float | None = None
+    """When the guest finished its boot reads (monotonic), while powered on."""
 
 
-class SimulatedEsxHost:
-    """An ESX host living in this process; use ``async with`` to run its background tasks."""
+class SimulatedEsxHost(GuestOperations):
+    """An ESX host living in this process; use ``async with`` to run its background tasks.
+
+    Its guests report a VMware Tools heartbeat and an IP address after their boot reads, as
+    ``guest`` (``sim.guest.GuestBehaviour``) says: later, never, or with commands that fail.
+    """
 
     def __init__(
         self,
@@ -244,6 +254,8 @@ class SimulatedEsxHost:
         2 MiB); ESXi's smaller I/O size only adds per-call cost. Every byte is still read:
         NFSv3 cannot tell where the holes are."""
         self._random = random.Random(seed)
+        self.guest = GuestBehaviour()
+        """How the guests behave (heartbeat delay, failures, guest commands)."""
         self.mounts: dict[str, _Mount] = {}
         self.vms: dict[str, SimulatedVm] = {}
         self._next_vm = 1
@@ -667,6 +679,7 @@ class SimulatedEsxHost:
             except (NfsError, NfsClientError) as exc:
                 raise self._fault("power_on", f"{vm.name}: {exc}", "FileFault") from exc
             state.powered_on = True
+            state.booted_at = time.monotonic()
             await self._log(state, f"Guest booted, {state.boot_bytes_read} bytes read")
             state.workload = anyio.CancelScope()
             self._spawn(self._guest, state, state.workload)
@@ -727,6 +740,7 @@ class SimulatedEsxHost:
             if not state.powered_on:
                 raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
             state.powered_on = False
+            state.booted_at = None
             if state.workload is not None:
                 state.workload.cancel()
             for disk in state.disks:  # let an in-flight guest write finish
@@ -857,6 +871,33 @@ class SimulatedEsxHost:
                 await mount.client.remove(folder_fh, name)
 
     # -- inventory -------------------------------------------------------------------------------
+
+    # -- the guest, as VMware Tools report it -------------------------------------------------
+
+    async def guest_info(self, vm: VmRef) -> GuestInfo:
+        await anyio.lowlevel.checkpoint()
+        return self.guest.info(vm.name, self._vm(vm, "guest_info").booted_at)
+
+    async def run_in_guest(
+        self,
+        vm: VmRef,
+        credentials: GuestCredentials,
+        program: str,
+        arguments: str,
+        wait_s: float,
+    ) -> int:
+        state = self._vm(vm, "run_in_guest")
+        code = self.guest.command(vm.name, state.booted_at, credentials, program)
+        await anyio.sleep(self.guest.command_delay_s)
+        await self._log(state, f"Guest operation: {program} {arguments} exited {code}")
+        return code
+
+    async def screenshot(self, vm: VmRef) -> bytes | None:
+        await anyio.lowlevel.checkpoint()
+        state = self._vm(vm, "screenshot")
+        if not self.guest.screenshots or state.booted_at is None:
+            return None
+        return tiny_png()
 
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn`` or ``poweredOff``. :raises VSphereError: the VM is not registered."""

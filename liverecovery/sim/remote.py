@@ -31,6 +31,9 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from liverecovery.backends import (
     DatastoreFacts,
+    GuestCredentials,
+    GuestInfo,
+    GuestOperations,
     HostFacts,
     ProgressCallback,
     Target,
@@ -197,6 +200,16 @@ class SimulatedHostServer:
                 return await host.nfs_datastores(p["host"])
             case "find_vm":
                 return _ref(await host.find_vm(p["vmx_path"]))
+            case "guest_info":
+                return attrs.asdict(await host.guest_info(_vm(p["vm"])))
+            case "run_in_guest":
+                creds = GuestCredentials(p["username"], p["password"])
+                return await host.run_in_guest(
+                    _vm(p["vm"]), creds, p["program"], p["arguments"], float(p["wait_s"])
+                )
+            case "screenshot":
+                shot = await host.screenshot(_vm(p["vm"]))
+                return None if shot is None else base64.b64encode(shot).decode()
             case "vms":
                 return [_ref(v.ref) for v in host.vms.values()]
             case "set_portmap_port":
@@ -238,7 +251,7 @@ async def _send(stream: anyio.abc.ByteSendStream, message: dict[str, Any]) -> No
         await stream.send(json.dumps(message).encode() + b"\n")
 
 
-class RemoteSimulatedHost:
+class RemoteSimulatedHost(GuestOperations):
     """A ``VSphereClient`` + ``VSphereInventory`` for a simulated host in another process."""
 
     def __init__(self, socket_path: str | os.PathLike[str], *, call_timeout: float = 600.0) -> None:
@@ -363,6 +376,35 @@ class RemoteSimulatedHost:
     async def find_vm(self, vmx_path: str) -> VmRef | None:
         found = await self.call("find_vm", vmx_path=vmx_path)
         return None if found is None else _vm(found)
+
+    # -- GuestOperations ---------------------------------------------------------------------------
+
+    async def guest_info(self, vm: VmRef) -> GuestInfo:
+        return GuestInfo(**await self.call("guest_info", vm=_ref(vm)))
+
+    async def run_in_guest(
+        self,
+        vm: VmRef,
+        credentials: GuestCredentials,
+        program: str,
+        arguments: str,
+        wait_s: float,
+    ) -> int:
+        return int(
+            await self.call(
+                "run_in_guest",
+                vm=_ref(vm),
+                username=credentials.username,
+                password=credentials.password,
+                program=program,
+                arguments=arguments,
+                wait_s=wait_s,
+            )
+        )
+
+    async def screenshot(self, vm: VmRef) -> bytes | None:
+        shot = await self.call("screenshot", vm=_ref(vm))
+        return None if shot is None else base64.b64decode(shot)
 
     # -- for tests -------------------------------------------------------------------------------
 

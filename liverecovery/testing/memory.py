@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +29,9 @@ from liverecovery.backends import (
     DiskInfo,
     DiskReader,
     ExportInfo,
+    GuestCredentials,
+    GuestInfo,
+    GuestOperations,
     HostFacts,
     ProgressCallback,
     RestorePoint,
@@ -42,6 +46,7 @@ from liverecovery.config import GiB, MiB
 from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
 from liverecovery.nfs.filesystem import Filesystem, Stability
+from liverecovery.sim.guest import GuestBehaviour, tiny_png
 from liverecovery.testing.faults import FaultPlan
 from liverecovery.testing.samples import sample_vmx_text
 
@@ -450,6 +455,8 @@ class VmState:
     migrated: bool = False
     folder: str | None = None
     resource_pool: str | None = None
+    booted_at: float | None = None
+    """When the guest booted (monotonic), while powered on."""
 
 
 def _datastore_of(vmx_path: str) -> str:
@@ -458,8 +465,11 @@ def _datastore_of(vmx_path: str) -> str:
     return vmx_path[1 : vmx_path.index("]")]
 
 
-class MemoryVSphere:
+class MemoryVSphere(GuestOperations):
     """Hosts, NFS datastores and VMs in dictionaries, with vSphere's power-state rules.
+
+    Its guests behave as ``guest`` (``sim.guest.GuestBehaviour``) says: heartbeat and IP
+    address after a delay, or never; guest commands; a screenshot.
 
     What ``describe`` reports can be set for tests: ``maintenance`` and ``disconnected`` hosts,
     ``networks`` (port groups every host has), ``folders`` and ``resource_pools`` that exist,
@@ -490,6 +500,7 @@ class MemoryVSphere:
         self.datastore_facts: dict[str, DatastoreFacts] = {}
         self.denied: dict[Target, set[str]] = {}
         self.privileges_known = True
+        self.guest = GuestBehaviour()
         self._next = 1
 
     async def describe(self, query: TargetQuery) -> TargetFacts:
@@ -617,6 +628,7 @@ class MemoryVSphere:
         if state.powered_on:
             raise self._fault("power_on", f"VM {vm.name} is already on", "InvalidPowerState")
         state.powered_on = True
+        state.booted_at = time.monotonic()
 
     async def power_off(self, vm: VmRef) -> None:
         await self.faults.hit("vsphere.power_off")
@@ -624,6 +636,7 @@ class MemoryVSphere:
         if not state.powered_on:
             raise self._fault("power_off", f"VM {vm.name} is already off", "InvalidPowerState")
         state.powered_on = False
+        state.booted_at = None
 
     async def relocate(
         self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
@@ -653,6 +666,32 @@ class MemoryVSphere:
     async def find_vm(self, vmx_path: str) -> VmRef | None:
         await self.faults.hit("vsphere.find_vm")
         return next((v.ref for v in self.vms.values() if v.ref.vmx_path == vmx_path), None)
+
+    async def guest_info(self, vm: VmRef) -> GuestInfo:
+        await self.faults.hit("vsphere.guest_info")
+        state = self._vm(vm, "guest_info")
+        return self.guest.info(vm.name, state.booted_at)
+
+    async def run_in_guest(
+        self,
+        vm: VmRef,
+        credentials: GuestCredentials,
+        program: str,
+        arguments: str,
+        wait_s: float,
+    ) -> int:
+        await self.faults.hit("vsphere.run_in_guest")
+        state = self._vm(vm, "run_in_guest")
+        code = self.guest.command(vm.name, state.booted_at, credentials, program)
+        await anyio.sleep(self.guest.command_delay_s)
+        return code
+
+    async def screenshot(self, vm: VmRef) -> bytes | None:
+        await self.faults.hit("vsphere.screenshot")
+        state = self._vm(vm, "screenshot")
+        if not self.guest.screenshots or state.booted_at is None:
+            return None
+        return tiny_png()
 
     async def aclose(self) -> None:
         await anyio.lowlevel.checkpoint()

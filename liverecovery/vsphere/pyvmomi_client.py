@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -32,6 +35,9 @@ from pyVim import connect as pyvim_connect
 from pyVmomi import vim, vmodl
 
 from liverecovery.backends import (
+    GuestCredentials,
+    GuestInfo,
+    GuestOperations,
     ProgressCallback,
     TargetFacts,
     TargetQuery,
@@ -42,6 +48,7 @@ from liverecovery.errors import (
     BackendError,
     BackendTimeoutError,
     NfsVolumeLimitError,
+    NotOfferedError,
     VSphereError,
 )
 from liverecovery.io.threads import run_sync
@@ -72,7 +79,7 @@ def _subject(vm: VmRef) -> str:
     return f"VM {vm.name} ({vm.moref})"
 
 
-class PyvmomiVSphereClient(AsyncResource):
+class PyvmomiVSphereClient(AsyncResource, GuestOperations):
     """**VSphereClient** for vCenter Server or a standalone ESXi host.
 
     Build it with :meth:`connect` (or from an existing pyVmomi session and its content).
@@ -95,7 +102,10 @@ class PyvmomiVSphereClient(AsyncResource):
         poll_interval: float = 0.5,
         max_concurrent_calls: int = 4,
         call_timeout: float = DEFAULT_HTTP_TIMEOUT_S,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self._tls = tls
+        """The TLS context of the session, for file downloads (a console screenshot)."""
         self._si = service_instance
         self._content = content
         self._inventory = VSphereInventory(content, server)
@@ -184,6 +194,7 @@ class PyvmomiVSphereClient(AsyncResource):
             relocate_timeout=relocate_timeout,
             poll_interval=poll_interval,
             call_timeout=http_timeout,
+            tls=context,
         )
         logger.info("connected to %s (%s)", where, client._content.about.fullName)
         return client
@@ -546,6 +557,113 @@ class PyvmomiVSphereClient(AsyncResource):
     async def power_state(self, vm: VmRef) -> str:
         """``poweredOn``, ``poweredOff`` or ``suspended``."""
         return await self._call("vsphere.power_state", lambda: str(self._vm(vm).runtime.powerState))
+
+    # -- GuestOperations (backup verification) ---------------------------------------------------
+
+    async def guest_info(self, vm: VmRef) -> GuestInfo:
+        """Whether VMware Tools run, the heartbeat, the primary IP address (``summary``)."""
+        target = self._vm(vm)
+
+        def read() -> GuestInfo:
+            # One property, ``summary``: its guest and quick stats hold all three (and the
+            # govmomi simulator fails a fetch of an unset top-level property).
+            summary = target.summary
+            stats, guest = summary.quickStats, summary.guest
+            heartbeat = str((stats.guestHeartbeatStatus if stats else None) or "gray")
+            if guest is None:
+                return GuestInfo(heartbeat=heartbeat)
+            return GuestInfo(
+                tools_running=str(guest.toolsRunningStatus or "") == "guestToolsRunning",
+                heartbeat=heartbeat,
+                ip_address=guest.ipAddress or None,
+            )
+
+        return await self._call("vsphere.guest_info", read, _subject(vm))
+
+    async def run_in_guest(
+        self,
+        vm: VmRef,
+        credentials: GuestCredentials,
+        program: str,
+        arguments: str,
+        wait_s: float,
+    ) -> int:
+        """``StartProgramInGuest``, then ``ListProcessesInGuest`` until the process ends; its
+        exit code. Past ``wait_s`` the process is terminated (best effort).
+
+        :raises VSphereError: the guest refused (``InvalidGuestLogin``, ``GuestOperationsUnavailable``,
+            ``FileNotFound``...). :raises BackendTimeoutError: it ran longer than ``wait_s``.
+        """
+        target = self._vm(vm)
+        subject = _subject(vm)
+        op = "vsphere.run_in_guest"
+        manager = self._content.guestOperationsManager
+        processes = manager.processManager if manager is not None else None
+        if processes is None:
+            raise NotOfferedError(f"{self._server} offers no guest operations", operation=op)
+        auth = new(vim.vm.guest.NamePasswordAuthentication)
+        auth.username, auth.password = credentials.username, credentials.password
+        spec = new(vim.vm.guest.ProcessManager.ProgramSpec)
+        spec.programPath, spec.arguments = program, arguments
+        pid = await self._call(
+            op, lambda: processes.StartProgramInGuest(target, auth, spec), subject
+        )
+        try:
+            with anyio.fail_after(wait_s):
+                while True:
+                    found = await self._call(
+                        op, lambda: processes.ListProcessesInGuest(target, auth, [pid]), subject
+                    )
+                    if found and found[0].endTime is not None:
+                        return int(found[0].exitCode or 0)
+                    await anyio.sleep(self._poll_interval)
+        except TimeoutError:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WAIT_S):
+                try:
+                    await self._call(
+                        op, lambda: processes.TerminateProcessInGuest(target, auth, pid), subject
+                    )
+                except BackendError as exc:
+                    logger.warning("could not end guest process %s of %s: %s", pid, subject, exc)
+            raise BackendTimeoutError(
+                f"{op} of {subject}: {program} still ran after {wait_s:g} s (terminated)",
+                operation=op,
+            ) from None
+
+    async def screenshot(self, vm: VmRef) -> bytes | None:
+        """``CreateScreenshot_Task``, then the PNG downloaded from the datastore file URL; None
+        when vSphere does not offer it (fault ``NotSupported``, ``NotImplemented``, or the
+        method is unknown, as in the govmomi simulator)."""
+        target = self._vm(vm)
+        subject = _subject(vm)
+        op = "vsphere.screenshot"
+        try:
+            task = await self._call(op, lambda: target.CreateScreenshot(), subject)
+            path = await self._wait_task(op, task, time_limit=self._task_timeout, subject=subject)
+        except VSphereError as exc:
+            if exc.fault in ("NotSupported", "NotImplemented", "MethodNotFound", "MethodFault"):
+                return None
+            raise
+        match = _VMX_PATH.match(str(path or ""))
+        if match is None:
+            return None
+
+        def download() -> bytes:
+            datacenter = target.parent
+            while datacenter is not None and not isinstance(datacenter, vim.Datacenter):
+                datacenter = datacenter.parent
+            query = urllib.parse.urlencode(
+                {"dsName": match["datastore"], "dcPath": datacenter.name if datacenter else ""}
+            )
+            url = f"https://{self._server}/folder/{urllib.parse.quote(match['path'])}?{query}"
+            request = urllib.request.Request(url, headers={"Cookie": self._si._stub.cookie})
+            with urllib.request.urlopen(
+                request, context=self._tls, timeout=self._call_timeout
+            ) as reply:
+                data: bytes = reply.read(64 << 20)
+                return data
+
+        return await self._call(op, download, subject)
 
     async def reconfigure(self, vm: VmRef, spec: vim.vm.ConfigSpec) -> None:
         """Apply a ``ReconfigVM_Task`` spec to the VM. :raises VSphereError:"""

@@ -204,7 +204,37 @@ func removeEntity(ctx *simulator.Context, ds *simulator.Datastore) {
 // make a step fail inside vSphere. (Entity.disabledMethod then lists the simulator's Go names.)
 const disableMethodsPrefix = "vcsim.disableMethods."
 
-// hostOptionManager wraps a host's advanced option manager (embedded by value) for the hook.
+// guestPrefix starts the keys of a second hook: key "vcsim.guest.VirtualMachine:vm-42" with value
+// "192.0.2.20" makes that VM's guest report what VMware Tools report once a guest has booted
+// (tools running, heartbeat green, that IP address), which 0.24.2 never does for a registered VM;
+// an empty value makes it report no Tools again. It lets a test play the guest of a backup
+// verification.
+const guestPrefix = "vcsim.guest."
+
+// setGuest makes vm's guest report Tools running with ip, or no Tools when ip is empty.
+func setGuest(vm *simulator.VirtualMachine, ip string) {
+	running := string(types.VirtualMachineToolsRunningStatusGuestToolsRunning)
+	status := types.VirtualMachineToolsStatusToolsOk
+	heartbeat := types.ManagedEntityStatusGreen
+	if ip == "" {
+		running = string(types.VirtualMachineToolsRunningStatusGuestToolsNotRunning)
+		status = types.VirtualMachineToolsStatusToolsNotRunning
+		heartbeat = types.ManagedEntityStatusGray
+	}
+	if vm.Guest == nil {
+		vm.Guest = &types.GuestInfo{}
+	}
+	vm.Guest.ToolsRunningStatus, vm.Guest.ToolsStatus, vm.Guest.IpAddress = running, status, ip
+	vm.GuestHeartbeatStatus = heartbeat
+	vm.Summary.QuickStats.GuestHeartbeatStatus = heartbeat
+	if vm.Summary.Guest == nil {
+		vm.Summary.Guest = &types.VirtualMachineGuestSummary{}
+	}
+	vm.Summary.Guest.ToolsRunningStatus, vm.Summary.Guest.ToolsStatus = running, status
+	vm.Summary.Guest.IpAddress = ip
+}
+
+// hostOptionManager wraps a host's advanced option manager (embedded by value) for the hooks.
 type hostOptionManager struct {
 	simulator.OptionManager
 }
@@ -213,6 +243,21 @@ func (m *hostOptionManager) UpdateOptions(ctx *simulator.Context, req *types.Upd
 	var rest []types.BaseOptionValue
 	for _, change := range req.ChangedValue {
 		opt := change.GetOptionValue()
+		if strings.HasPrefix(opt.Key, guestPrefix) {
+			var ref types.ManagedObjectReference
+			vm, ok := (*simulator.VirtualMachine)(nil), false
+			if ref.FromString(strings.TrimPrefix(opt.Key, guestPrefix)) {
+				vm, ok = simulator.Map.Get(ref).(*simulator.VirtualMachine)
+			}
+			if !ok {
+				body := new(methods.UpdateOptionsBody)
+				body.Fault_ = simulator.Fault("no such VM: "+opt.Key, &types.InvalidName{Name: opt.Key})
+				return body
+			}
+			ip, _ := opt.Value.(string)
+			ctx.WithLock(vm, func() { setGuest(vm, strings.TrimSpace(ip)) })
+			continue
+		}
 		if !strings.HasPrefix(opt.Key, disableMethodsPrefix) {
 			rest = append(rest, change)
 			continue

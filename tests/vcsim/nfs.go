@@ -144,6 +144,7 @@ func parseRegisterVM(body []byte) (*types.RegisterVM_Task, bool) {
 		}
 		var req struct {
 			Path string `xml:"path"`
+			Name string `xml:"name"`
 			Host *struct {
 				Type  string `xml:"type,attr"`
 				Value string `xml:",chardata"`
@@ -152,7 +153,7 @@ func parseRegisterVM(body []byte) (*types.RegisterVM_Task, bool) {
 		if decoder.DecodeElement(&req, &start) != nil {
 			return nil, false
 		}
-		out := &types.RegisterVM_Task{Path: req.Path}
+		out := &types.RegisterVM_Task{Path: req.Path, Name: strings.TrimSpace(req.Name)}
 		if req.Host != nil {
 			out.Host = &types.ManagedObjectReference{Type: req.Host.Type, Value: strings.TrimSpace(req.Host.Value)}
 		}
@@ -201,6 +202,17 @@ func mirrorForRegistration(req *types.RegisterVM_Task) error {
 	}
 	if err := mirrorFolder(remote, local); err != nil {
 		return err
+	}
+	// The simulator opens "<name>.nvram" at registration whatever the .vmx's nvram key names
+	// (ESXi follows the key): a VM registered under another name than its files (a backup
+	// verification's copy) needs one, so an empty one stands in.
+	if req.Name != "" {
+		nvram := filepath.Join(local, req.Name+".nvram")
+		if _, err := os.Stat(nvram); os.IsNotExist(err) {
+			if err := os.WriteFile(nvram, nil, 0o600); err != nil {
+				return err
+			}
+		}
 	}
 	mirrors.Lock()
 	mirrors.folders[nas.Url] = append(mirrors.folders[nas.Url], local)
