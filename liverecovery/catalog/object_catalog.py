@@ -149,6 +149,12 @@ class ObjectCatalog(AsyncResource):
         """Nothing to release: every disk opened is closed by its reader."""
         return None
 
+    async def object_tags(self) -> dict[str, tuple[int, str]]:
+        """Key -> (size, ETag) of every object under the prefix: equal before and after a
+        recovery when nothing was written to the backup (any write changes an ETag)."""
+        listing = await self._list(self.location.prefix)
+        return {k: (v.size, v.etag) for k, v in listing.items()}
+
     # -- listing ------------------------------------------------------------------------------
 
     async def _call(self, url: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
