@@ -50,7 +50,7 @@ def test_inventory_of_an_s3_prefix(forms_url: str, capsys: pytest.CaptureFixture
     assert code == 0, err
     (vm,) = json.loads(out)["vms"]
     assert vm["name"] == "forms"
-    old, new = vm["restore_points"]
+    _old, new = vm["restore_points"]
     formats = [d["format"] for d in new["disks"]]
     assert formats == [
         "monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat",
