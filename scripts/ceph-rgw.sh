@@ -55,13 +55,23 @@ wait_for() {  # description, command...: retry for RGW_START_TIMEOUT seconds
   done
 }
 
+failed_start() {  # a start that fails shows why and leaves no process behind
+  local log
+  for log in "$dir"/log/*.out "$dir"/log/mon.a.log "$dir"/log/osd.0.log "$dir"/log/client.rgw.log; do
+    [[ -s $log ]] && { echo "== $log" >&2; tail -n 15 "$log" >&2; }
+  done
+  stop_one rgw
+  stop_one osd
+  stop_one mon
+}
+
 ceph_cli() { ceph -c "$conf" --connect-timeout 5 "$@"; }
 
 start_rgw() {
   local port
   port=$(cat "$dir/rgw.port")
   setsid radosgw -f -c "$conf" -n client.rgw \
-    --rgw-frontends "beast endpoint=127.0.0.1:$port" </dev/null >>"$dir/log/rgw.out" 2>&1 &
+    --rgw-frontends "beast endpoint=127.0.0.1:$port tcp_nodelay=1" </dev/null >>"$dir/log/rgw.out" 2>&1 &
   record rgw $!
   wait_for "the gateway on port $port" curl -sf -o /dev/null "http://127.0.0.1:$port/"
 }
@@ -158,7 +168,11 @@ EOF
 }
 
 case $cmd in
-  start) start ;;
+  start)
+    trap 'failed_start' EXIT
+    start
+    trap - EXIT
+    ;;
   stop)
     stop_one rgw
     stop_one osd

@@ -42,16 +42,23 @@ class RadosGateway:
 
     @classmethod
     def start(cls, dir: Path, *, timeout_s: float = 240.0) -> RadosGateway:
-        """Start it in ``dir`` (about 15-30 s). :raises RuntimeError: with the script's output."""
-        done = subprocess.run(
-            ["bash", str(SCRIPT), "start", str(dir)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"ceph-rgw.sh start failed:\n{done.stdout}\n{done.stderr}")
+        """Start it in ``dir`` (about 15-30 s); a failed start (a port taken between its choice
+        and its use, a loaded machine) is tried once more.
+
+        :raises RuntimeError: with the script's output.
+        """
+        for attempt in (1, 2):
+            done = subprocess.run(
+                ["bash", str(SCRIPT), "start", str(dir)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+            if done.returncode == 0:
+                break
+            if attempt == 2:
+                raise RuntimeError(f"ceph-rgw.sh start failed:\n{done.stdout}\n{done.stderr}")
         env = {}
         for line in (dir / "env").read_text().splitlines():
             key, _, value = line.partition("=")
