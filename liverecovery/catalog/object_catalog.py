@@ -8,7 +8,8 @@ The layout is the folder catalog's, with keys for paths (see ``catalog/directory
 The prefix itself may also be one VM folder. Each restore point folder may hold a
 ``catalog.json``. Every extent form the folder catalog reads is read the same way (the VMDK
 readers see objects through ``catalog/objects.py``'s byte sources); OVA files are not read from
-object storage yet. A VM's objects are listed once, with their ETags; every later ranged GET
+object storage yet. A VM's objects are listed once per catalog (its restore points are kept:
+a restore point added later is seen by a new catalog), with their ETags; every later ranged GET
 must find the same object (``If-Match``). Nothing is ever written to the store.
 """
 
@@ -33,6 +34,7 @@ from liverecovery.catalog.directory import MAX_SMALL_FILE
 from liverecovery.catalog.objects import (
     ObjectFiles,
     ObjectInfo,
+    ReadStats,
     S3Location,
     StoreOptions,
     open_store,
@@ -80,7 +82,8 @@ class ObjectCatalog(AsyncResource):
         self._store = store or open_store(self.location, options or StoreOptions(), environ)
         self._cache: dict[str, list[_Point]] = {}
         self._lock = anyio.Lock()
-        self.files_opened: list[ObjectFiles] = []
+        self.stats = ReadStats()
+        """GETs and bytes the opened disks have read from the store."""
 
     @property
     def store(self) -> S3Store:
@@ -90,7 +93,7 @@ class ObjectCatalog(AsyncResource):
     @property
     def bytes_read(self) -> int:
         """Bytes the opened disks have fetched from the store so far."""
-        return sum(f.stats.bytes for f in self.files_opened)
+        return self.stats.bytes
 
     # -- CatalogReader -----------------------------------------------------------------------
 
@@ -132,8 +135,7 @@ class ObjectCatalog(AsyncResource):
         name = disk.file_name
         if "/" in name or name in (".", ".."):
             raise CatalogError(f"invalid disk name {name!r}", path=self.location.url(found.folder))
-        files = ObjectFiles(self._store, self.location, found.listing)
-        self.files_opened.append(files)
+        files = ObjectFiles(self._store, self.location, found.listing, self.stats)
         with self._urls():
             return await run_sync(
                 functools.partial(
@@ -268,8 +270,7 @@ class ObjectCatalog(AsyncResource):
         )
         name = posixpath.basename(folder)
         created = meta.created or _dated(name) or listing[vmx_key].modified
-        files = ObjectFiles(self._store, self.location, listing)
-        self.files_opened.append(files)
+        files = ObjectFiles(self._store, self.location, listing, self.stats)
         disks = await run_sync(_disk_infos, folder, config, confine, files, self.grain_cache_bytes)
         nvram = config.nvram_name
         if nvram is not None and _join(folder, nvram) not in listing:

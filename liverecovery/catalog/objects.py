@@ -39,6 +39,7 @@ __all__ = [
     "ObjectFiles",
     "ObjectInfo",
     "ObjectWindow",
+    "ReadStats",
     "S3Location",
     "StoreOptions",
     "is_s3_url",
@@ -237,10 +238,18 @@ class ObjectInfo:
     modified: datetime | None = None
 
 
-@attrs.define
-class _Counter:
-    requests: int = 0
-    bytes: int = 0
+class ReadStats:
+    """GETs and bytes read from the store, added to from any thread."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.bytes += nbytes
 
 
 class ObjectWindow:
@@ -251,7 +260,7 @@ class ObjectWindow:
     """
 
     def __init__(
-        self, store: S3Store, info: ObjectInfo, url: str, counter: _Counter | None = None
+        self, store: S3Store, info: ObjectInfo, url: str, stats: ReadStats | None = None
     ) -> None:
         self.path = url
         self.url = url
@@ -261,8 +270,7 @@ class ObjectWindow:
         self._key = info.key
         self._etag = info.etag
         self._closed = False
-        self._counter = counter or _Counter()
-        self._lock = threading.Lock()
+        self._stats = stats or ReadStats()
 
     def _get(self, offset: int, length: int) -> bytes:
         if self._closed:
@@ -274,9 +282,7 @@ class ObjectWindow:
             data = bytes(obstore.get(self._store, self._key, options=options).bytes())
         except Exception as exc:  # every store failure is mapped to our tree
             raise store_error(exc, self.url) from None
-        with self._lock:
-            self._counter.requests += 1
-            self._counter.bytes += len(data)
+        self._stats.add(len(data))
         return data
 
     def pread(self, offset: int, length: int) -> bytes:
@@ -320,12 +326,16 @@ class ObjectFiles:
     """
 
     def __init__(
-        self, store: S3Store, location: S3Location, listing: Mapping[str, ObjectInfo]
+        self,
+        store: S3Store,
+        location: S3Location,
+        listing: Mapping[str, ObjectInfo],
+        stats: ReadStats | None = None,
     ) -> None:
         self._store = store
         self._location = location
         self._listing = listing
-        self.stats = _Counter()
+        self.stats = stats or ReadStats()
 
     def real(self, path: str) -> str:
         return posixpath.normpath("/" + path.lstrip("/"))

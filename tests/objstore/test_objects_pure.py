@@ -10,7 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.catalog.object_catalog import ObjectCatalog
 from liverecovery.catalog.objects import S3Location, is_s3_url, store_credentials, store_error
+from liverecovery.catalog.opening import open_catalog
+from liverecovery.config import Settings
 from liverecovery.errors import BackupUnavailableError, CatalogError, NfsStatus
 
 
@@ -79,3 +83,13 @@ def test_what_a_failure_means() -> None:
     assert isinstance(down, BackupUnavailableError) and down.status is NfsStatus.JUKEBOX
     for error in (missing, changed, denied, down):
         assert str(error).startswith(url + ": ")
+
+
+def test_open_catalog_picks_by_the_location(tmp_path: Path) -> None:
+    assert isinstance(open_catalog(tmp_path), DirectoryCatalog)
+    # settings.backup_root is a Path, which folds "s3://" to "s3:/"
+    settings = Settings(backup_root="s3://backups/vms", s3_retries=1)
+    assert settings.backup_root is not None
+    catalog = open_catalog(settings.backup_root, settings)
+    assert isinstance(catalog, ObjectCatalog)
+    assert catalog.url == "s3://backups/vms"
