@@ -34,6 +34,7 @@ from liverecovery.catalog.directory import MAX_SMALL_FILE
 from liverecovery.catalog.objects import (
     ObjectFiles,
     ObjectInfo,
+    Outage,
     ReadStats,
     S3Location,
     StoreOptions,
@@ -84,6 +85,8 @@ class ObjectCatalog(AsyncResource):
         self._lock = anyio.Lock()
         self.stats = ReadStats()
         """GETs and bytes the opened disks have read from the store."""
+        self.outage = Outage()
+        """The store's health as the disks' reads found it (shared: one outage, one wait)."""
 
     @property
     def store(self) -> S3Store:
@@ -135,7 +138,7 @@ class ObjectCatalog(AsyncResource):
         name = disk.file_name
         if "/" in name or name in (".", ".."):
             raise CatalogError(f"invalid disk name {name!r}", path=self.location.url(found.folder))
-        files = ObjectFiles(self._store, self.location, found.listing, self.stats)
+        files = ObjectFiles(self._store, self.location, found.listing, self.stats, self.outage)
         with self._urls():
             return await run_sync(
                 functools.partial(
@@ -270,7 +273,7 @@ class ObjectCatalog(AsyncResource):
         )
         name = posixpath.basename(folder)
         created = meta.created or _dated(name) or listing[vmx_key].modified
-        files = ObjectFiles(self._store, self.location, listing, self.stats)
+        files = ObjectFiles(self._store, self.location, listing, self.stats, self.outage)
         disks = await run_sync(_disk_infos, folder, config, confine, files, self.grain_cache_bytes)
         nvram = config.nvram_name
         if nvram is not None and _join(folder, nvram) not in listing:

@@ -23,6 +23,7 @@ import os
 import posixpath
 import re
 import threading
+import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "ObjectFiles",
     "ObjectInfo",
     "ObjectWindow",
+    "Outage",
     "ReadStats",
     "S3Location",
     "StoreOptions",
@@ -238,6 +240,30 @@ class ObjectInfo:
     modified: datetime | None = None
 
 
+class Outage:
+    """What the reads of one store know of its health: once a request found it unavailable,
+    the reads of the next ``hold_s`` seconds fail at once (then one tries the store again), so
+    a store that is down costs one retry cycle per ``hold_s``, not one per READ, and does not
+    hold every data-path read thread for ``retry_timeout_s``."""
+
+    def __init__(self, hold_s: float = 1.0) -> None:
+        self.hold_s = hold_s
+        self._until = 0.0
+        self._problem = ""
+        self._lock = threading.Lock()
+
+    def check(self, url: str) -> None:
+        """:raises BackupUnavailableError: the store failed less than ``hold_s`` ago."""
+        with self._lock:
+            if time.monotonic() < self._until:
+                raise BackupUnavailableError(self._problem, url=url)
+
+    def failed(self, error: BackupUnavailableError) -> None:
+        with self._lock:
+            self._until = time.monotonic() + self.hold_s
+            self._problem = error.problem
+
+
 class ReadStats:
     """GETs and bytes read from the store, added to from any thread."""
 
@@ -260,7 +286,12 @@ class ObjectWindow:
     """
 
     def __init__(
-        self, store: S3Store, info: ObjectInfo, url: str, stats: ReadStats | None = None
+        self,
+        store: S3Store,
+        info: ObjectInfo,
+        url: str,
+        stats: ReadStats | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.path = url
         self.url = url
@@ -271,17 +302,22 @@ class ObjectWindow:
         self._etag = info.etag
         self._closed = False
         self._stats = stats or ReadStats()
+        self._outage = outage or Outage()
 
     def _get(self, offset: int, length: int) -> bytes:
         if self._closed:
             raise CatalogError("read from a closed disk", path=self.url)
+        self._outage.check(self.url)
         options: Any = {"range": (offset, offset + length)}
         if self._etag:
             options["if_match"] = self._etag
         try:
             data = bytes(obstore.get(self._store, self._key, options=options).bytes())
         except Exception as exc:  # every store failure is mapped to our tree
-            raise store_error(exc, self.url) from None
+            error = store_error(exc, self.url)
+            if isinstance(error, BackupUnavailableError):
+                self._outage.failed(error)
+            raise error from None
         self._stats.add(len(data))
         return data
 
@@ -331,11 +367,13 @@ class ObjectFiles:
         location: S3Location,
         listing: Mapping[str, ObjectInfo],
         stats: ReadStats | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
         self._location = location
         self._listing = listing
         self.stats = stats or ReadStats()
+        self.outage = outage or Outage()
 
     def real(self, path: str) -> str:
         return posixpath.normpath("/" + path.lstrip("/"))
@@ -349,4 +387,4 @@ class ObjectFiles:
         info = self._listing.get(key)
         if info is None:
             raise CatalogError("extent file is missing (no such object)", path=url)
-        return ObjectWindow(self._store, info, url, self.stats)
+        return ObjectWindow(self._store, info, url, self.stats, self.outage)

@@ -3,6 +3,7 @@ store failure means (no store needed)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import obstore.exceptions as obs_errors
@@ -12,7 +13,17 @@ from hypothesis import strategies as st
 
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.catalog.object_catalog import ObjectCatalog
-from liverecovery.catalog.objects import S3Location, is_s3_url, store_credentials, store_error
+from liverecovery.catalog.objects import (
+    ObjectInfo,
+    ObjectWindow,
+    Outage,
+    S3Location,
+    StoreOptions,
+    is_s3_url,
+    open_store,
+    store_credentials,
+    store_error,
+)
 from liverecovery.catalog.opening import open_catalog
 from liverecovery.config import Settings
 from liverecovery.errors import BackupUnavailableError, CatalogError, NfsStatus
@@ -93,3 +104,47 @@ def test_open_catalog_picks_by_the_location(tmp_path: Path) -> None:
     catalog = open_catalog(settings.backup_root, settings)
     assert isinstance(catalog, ObjectCatalog)
     assert catalog.url == "s3://backups/vms"
+
+
+def test_an_outage_is_waited_out_once_not_per_read() -> None:
+    """After a read found the store down, the reads of the next ``hold_s`` fail at once without
+    a request (JUKEBOX for the VM); after it, one read tries the store again."""
+    accepted = 0
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        server.settimeout(0.05)
+        port = server.getsockname()[1]
+
+        def drain() -> None:
+            nonlocal accepted
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    return
+                accepted += 1
+                conn.close()  # a gateway that hangs up: no answer
+
+        env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
+               "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/nonexistent"}  # fmt: skip
+        options = StoreOptions(retries=1, retry_timeout_s=2.0, request_timeout_s=2.0)
+        store = open_store(S3Location("b"), options, env)
+        outage = Outage(hold_s=3600.0)
+        window = ObjectWindow(store, ObjectInfo("k", 100, '"e"'), "s3://b/k", outage=outage)
+        with pytest.raises(BackupUnavailableError):
+            window.pread(0, 10)
+        drain()
+        tried = accepted
+        assert tried >= 1
+        for _ in range(5):
+            with pytest.raises(BackupUnavailableError, match="s3://b/k"):
+                window.pread(0, 10)
+        drain()
+        assert accepted == tried  # no request while the outage holds
+        outage.hold_s = 0.0
+        outage.failed(BackupUnavailableError("down"))
+        with pytest.raises(BackupUnavailableError):
+            window.pread(0, 10)
+        drain()
+        assert accepted > tried  # the hold is over: the store was asked again
