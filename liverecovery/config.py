@@ -208,7 +208,8 @@ class Settings:
     job_results_dir: Path = attrs.field(factory=default_job_results_dir, converter=Path)
     backup_root: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     """Where ``LiveRecovery.from_settings`` reads backups (a ``DirectoryCatalog``) when it is
-    given no catalog: a backup root, one VM folder or one .ova."""
+    given no catalog: a backup root, one VM folder or one .ova; or ``s3://bucket/prefix``
+    (an ``ObjectCatalog``)."""
     cache_root: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     cache_min_free_percent: float = attrs.field(default=5.0, validator=_percent)
     job_space_floor_bytes: int = attrs.field(default=20 * GiB, validator=_non_negative_int)
@@ -263,6 +264,18 @@ class Settings:
     migration_backoff_s: float = attrs.field(default=60.0, validator=_non_negative_float())
     """The wait before the first retry of a failed storage vMotion; it doubles with each retry."""
     timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_timeouts_value)
+    s3_verify_tls: bool = attrs.field(default=True, validator=_boolean)
+    """Backups in an S3 store (``s3://bucket/prefix``): verify the endpoint's TLS certificate
+    (false only for a store with a self-signed certificate you trust)."""
+    s3_request_timeout_s: float = attrs.field(
+        default=30.0, validator=_positive("s3_request_timeout_s")
+    )
+    """One request to the S3 store (a ranged GET of a block) may take this long."""
+    s3_retries: int = attrs.field(default=3, validator=_non_negative_int)
+    """A failed request to the S3 store is retried this many times, with back-off ..."""
+    s3_retry_timeout_s: float = attrs.field(default=10.0, validator=_positive("s3_retry_timeout_s"))
+    """... for at most this long; then the read is answered "retry later" (NFS3ERR_JUKEBOX) and
+    the ESX host asks again, so a VM waits out a store outage instead of seeing an I/O error."""
 
     @property
     def effective_cache_root(self) -> Path:

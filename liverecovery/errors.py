@@ -14,6 +14,7 @@ __all__ = [
     "ArchivedVmError",
     "BackendError",
     "BackendTimeoutError",
+    "BackupUnavailableError",
     "CacheError",
     "CacheSpaceError",
     "CatalogError",
@@ -274,6 +275,20 @@ class NfsError(LiveRecoveryError):
             f"NFS3ERR_{status.name}: {message}" if message else f"NFS3ERR_{status.name}"
         )
         self.status = status
+
+
+class BackupUnavailableError(NfsError):
+    """The store holding the backup did not answer within its retries (down, unreachable,
+    overloaded): temporary, unlike a ``CatalogError``. An NFS client is told to retry later
+    (NFS3ERR_JUKEBOX), so a VM running from the backup waits instead of seeing an I/O error;
+    ``url`` names the object."""
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        text = f"{url}: {message}" if url else message
+        super().__init__(NfsStatus.JUKEBOX, text)
+        self.args = (text,)  # what a user reads: the object and the problem, no NFS status
+        self.url = url
+        self.problem = message
 
 
 class NfsClientError(BackendError):

@@ -21,7 +21,7 @@ import anyio
 import attrs
 
 from liverecovery.backends import RestorePoint, StagingContext
-from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.catalog.opening import open_catalog
 from liverecovery.cli.inspect import NO_VMS
 from liverecovery.cli.serve import _listen
 from liverecovery.cli.signals import stop_signals, wait_for_stop_signal
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "browse", help="export a restore point's VM folder read-only, in flat form"
     )
-    parser.add_argument("backup", type=Path, help="backup root, VM folder or .ova")
+    parser.add_argument("backup", help="backup root, VM folder, .ova or s3://bucket/prefix")
     parser.add_argument("--vm", help="the VM (default: the only one)")
     parser.add_argument("--point", help="restore point id (default: the newest)")
     parser.add_argument("--listen", type=_listen, default=("0.0.0.0", 2049), metavar="HOST:PORT")
@@ -58,7 +58,7 @@ async def run(args: argparse.Namespace) -> int:
     settings = attrs.evolve(
         settings, nfs_listen_host=host, nfs_port=port, portmap_port=port, nfs_grace_s=0.0
     )
-    async with DirectoryCatalog(args.backup) as catalog:
+    async with open_catalog(args.backup, settings) as catalog:
         vm = args.vm
         if vm is None:
             names = list(await catalog.vm_names())

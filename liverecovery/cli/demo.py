@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 
 from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.catalog.object_catalog import ObjectCatalog
+from liverecovery.catalog.opening import open_catalog
 from liverecovery.cli.lines import print_states
 from liverecovery.config import GiB, MiB, Settings, load_toml
 from liverecovery.errors import LiveRecoveryError, SettingsError
@@ -142,6 +144,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="verify the sample backup instead (boot it isolated, check it, undo everything)",
     )
+    parser.add_argument(
+        "--backup",
+        metavar="PATH_OR_URL",
+        help="recover this backup (a folder or s3://bucket/prefix; --vm picks the VM when it "
+        "holds several) instead of a generated sample",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -195,6 +203,13 @@ async def run(args: argparse.Namespace) -> int:
     """Run the demo job; returns 0 when it completed, verified and left the backup unchanged."""
     size = parse_size(args.disk_size)
     if getattr(args, "verify", False):
+        if getattr(args, "backup", None):
+            print(
+                "liverecovery: error: demo --verify verifies the generated sample; "
+                f"to verify {args.backup}, run: liverecovery verify {args.backup} --vm NAME",
+                file=sys.stderr,
+            )
+            return 2
         from liverecovery.cli.verify import run_demo_verify
 
         return await run_demo_verify(args, size)
@@ -207,13 +222,22 @@ async def run(args: argparse.Namespace) -> int:
         owner = await run_sync(_claim, work)  # held until the folder is removed
         settings = await run_sync(demo_settings, work, args)
         backup_root = work / "backup"
-        await run_sync(sample_vm(args.vm, disk_sizes=(size,)).write, backup_root)
-        before = await run_sync(tree_digests, backup_root)
-        catalog = DirectoryCatalog(backup_root)
-        point = await catalog.restore_point(args.vm)
+        vm = args.vm
+        catalog: DirectoryCatalog | ObjectCatalog
+        if getattr(args, "backup", None):
+            catalog = open_catalog(args.backup, settings)
+            vm = await _backup_vm(catalog, args.vm)
+            before = await _fingerprint(catalog)
+        else:
+            await run_sync(sample_vm(vm, disk_sizes=(size,)).write, backup_root)
+            catalog = DirectoryCatalog(backup_root)
+            before = await _fingerprint(catalog)
+        point = await catalog.restore_point(vm)
+        if getattr(args, "backup", None):
+            size = sum(d.capacity_bytes for d in point.disks)
         async with embedded_environment(work, catalog, settings=settings) as env:
             async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
-                job = await lr.start(env.spec(args.vm))
+                job = await lr.start(env.spec(vm))
 
                 async def watch() -> None:
                     nonlocal fetched_before_power_on
@@ -249,8 +273,8 @@ async def run(args: argparse.Namespace) -> int:
                     finally:
                         await reader.aclose()
                     verified &= ok
+        unchanged = await _fingerprint(catalog) == before
         await catalog.aclose()
-        unchanged = await run_sync(tree_digests, backup_root) == before
         os.close(owner)
     stats = job.stats
     result = summary.to_json() | {
@@ -280,3 +304,24 @@ async def run(args: argparse.Namespace) -> int:
             print(f"error: {error}", file=sys.stderr)
     ok = summary.state is State.COMPLETED and verified and unchanged
     return 0 if ok else 1
+
+
+async def _backup_vm(catalog: DirectoryCatalog | ObjectCatalog, wanted: str) -> str:
+    """The VM of ``--backup`` to recover: ``--vm`` when given, else its only VM."""
+    names = list(await catalog.vm_names())
+    if wanted in names:
+        return wanted
+    if wanted == "demo-vm" and len(names) == 1:
+        return names[0]
+    held = ", ".join(names) or "no VMs"
+    raise SettingsError(
+        f"{catalog.url if isinstance(catalog, ObjectCatalog) else catalog.root}: "
+        f"holds {held}: choose one with --vm"
+    )
+
+
+async def _fingerprint(catalog: DirectoryCatalog | ObjectCatalog) -> dict[str, object]:
+    """What proves the backup unchanged: each file's SHA-256, each object's size and ETag."""
+    if isinstance(catalog, ObjectCatalog):
+        return dict(await catalog.object_tags())
+    return dict(await run_sync(tree_digests, catalog.root))

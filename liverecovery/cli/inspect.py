@@ -11,8 +11,8 @@ import json
 import sys
 from typing import Any
 
-from liverecovery.backends import RunKind
-from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.backends import CatalogReader, RunKind
+from liverecovery.catalog.opening import open_catalog
 from liverecovery.catalog.vmdk import VmdkDisk
 from liverecovery.errors import CatalogError
 
@@ -24,14 +24,16 @@ def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "inspect", help="list the VMs, restore points and disks of a backup"
     )
-    parser.add_argument("path", help="a backup root, one VM folder, or an .ova file")
+    parser.add_argument(
+        "path", help="a backup root, one VM folder, an .ova file, or s3://bucket/prefix"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(handler=run)
 
 
 async def inspect_path(path: str) -> dict[str, Any]:
     """The inventory of ``path`` as plain data. :raises CatalogError: malformed backup."""
-    catalog = DirectoryCatalog(path)
+    catalog = open_catalog(path)
     vms: list[dict[str, Any]] = []
     for name in await catalog.vm_names():
         try:
@@ -41,7 +43,7 @@ async def inspect_path(path: str) -> dict[str, Any]:
     return {"path": path, "vms": vms}
 
 
-async def _points(catalog: DirectoryCatalog, name: str) -> list[dict[str, Any]]:
+async def _points(catalog: CatalogReader, name: str) -> list[dict[str, Any]]:
     points: list[dict[str, Any]] = []
     for point in await catalog.restore_points(name):
         disks = []

@@ -29,6 +29,7 @@ import anyio
 import attrs
 
 from liverecovery.backends import VSphereClient
+from liverecovery.catalog.objects import is_s3_url
 from liverecovery.cli.lines import print_states, summary_line
 from liverecovery.cli.route import route_address
 from liverecovery.cli.serve import tcp_port
@@ -357,7 +358,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     """Add the ``recover`` and ``resume`` subcommands."""
     recover = sub.add_parser("recover", help="live-recover a VM from a backup onto vSphere")
-    recover.add_argument("backup", nargs="?", help="backup root, VM folder or .ova")
+    recover.add_argument(
+        "backup", nargs="?", help="backup root, VM folder, .ova or s3://bucket/prefix"
+    )
     recover.add_argument("--vm", help="the VM to recover")
     recover.add_argument("--point", help="restore point id (default: the newest)")
     recover.add_argument("--datastore", help="the destination datastore")
@@ -385,7 +388,7 @@ def register(sub: Any) -> None:
 
 async def run_recover(args: argparse.Namespace) -> int:
     config = RecoverConfig.from_args(args, need_job=True)
-    if not await anyio.Path(config.backup).exists():
+    if not is_s3_url(config.backup) and not await anyio.Path(config.backup).exists():
         raise SettingsError(f"{config.backup}: the backup path does not exist")
     spec = config.spec()
     async with production(config, args) as (lr, server):

@@ -42,7 +42,7 @@ from liverecovery.backends import (
 from liverecovery.config import MiB
 from liverecovery.datastore.readahead import ReadAhead
 from liverecovery.datastore.zeros import zero_bytes, zero_range
-from liverecovery.errors import CatalogError, NfsError, NfsStatus
+from liverecovery.errors import BackupUnavailableError, CatalogError, NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.filesystem import Stability, WriteData
 
@@ -471,6 +471,9 @@ class FlatDisk(AsyncResource):
             else:
                 data = await self._base(offset, length)
         except (CatalogError, BaseExceptionGroup) as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is not None:  # concurrent block reads while the store is down
+                raise unavailable from None
             damage = _catalog_error(exc)
             if damage is None:
                 raise
@@ -561,6 +564,18 @@ class FlatDisk(AsyncResource):
                 await self._overlay.aclose()
         finally:
             await self._reader.aclose()
+
+
+def _unavailable(exc: BaseException) -> BackupUnavailableError | None:
+    """The first ``BackupUnavailableError`` of a group holding nothing else (a READ spanning
+    blocks fetched at once while the backup's store is down: the client retries it whole)."""
+    if isinstance(exc, BackupUnavailableError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        found = [_unavailable(e) for e in exc.exceptions]
+        if found and all(f is not None for f in found):
+            return found[0]
+    return None
 
 
 def _catalog_error(exc: BaseException) -> CatalogError | None:

@@ -3,7 +3,9 @@
 It walks the disks in the order a storage vMotion reads them (disk by disk, ascending offsets),
 only over blocks that hold data, and steps aside for the VM: before each block it waits until no
 foreground read has been in flight for a short quiet period (10 ms), so it never starts a backup
-read in the gap between two of the VM's reads. An optional bandwidth limit caps its rate.
+read in the gap between two of the VM's reads. An optional bandwidth limit caps its rate. While
+the store holding the backup is unavailable (``BackupUnavailableError``), it waits and tries the
+same block again: an outage pauses the restore, it never ends the job.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from liverecovery.backends import ServedDisk
+from liverecovery.errors import BackupUnavailableError
 
 __all__ = ["BackgroundRestore", "allocated_blocks"]
 
@@ -43,10 +46,14 @@ class BackgroundRestore:
         *,
         bandwidth_bps: float | None = None,
         quiet_s: float = 0.01,
+        unavailable_retry_s: float = 1.0,
     ) -> None:
         self._disks = list(disks)
         self._bandwidth = bandwidth_bps
         self._quiet_s = quiet_s
+        self._unavailable_retry_s = unavailable_retry_s
+        self.unavailable = 0
+        """How many times a block waited for the backup's store to come back."""
         self.total_bytes = sum(_block_len(d, i) for d in self._disks for i in allocated_blocks(d))
         self.done_bytes = 0
         self.yields = 0
@@ -58,7 +65,13 @@ class BackgroundRestore:
             for index in allocated_blocks(disk):
                 if await disk.wait_quiet(self._quiet_s):
                     self.yields += 1
-                await disk.restore_block(index)
+                while True:
+                    try:
+                        await disk.restore_block(index)
+                        break
+                    except BackupUnavailableError:
+                        self.unavailable += 1
+                        await anyio.sleep(self._unavailable_retry_s)
                 self.done_bytes += _block_len(disk, index)
                 if self._bandwidth:
                     ahead = self.done_bytes / self._bandwidth - (time.monotonic() - started)

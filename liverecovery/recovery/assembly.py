@@ -1,8 +1,8 @@
 """One place that assembles a working recovery from ``Settings``.
 
 The parts a live recovery needs besides vSphere: our NFS server listening where the settings say,
-the on-disk circular block cache, the catalog (a ``DirectoryCatalog`` at ``settings.backup_root``
-unless one is given) and the File Recovery Enabler's builder (virtual datastores with durable
+the on-disk circular block cache, the catalog (``open_catalog(settings.backup_root)``: a folder or
+an ``s3://`` URL, unless one is given) and the File Recovery Enabler's builder (virtual datastores with durable
 write overlays, or read-only ones for browsing). ``assemble`` starts them and closes, on the way
 out and in reverse order, every part it built; parts the caller passes in stay the caller's.
 ``LiveRecovery.from_settings`` runs a ``LiveRecovery`` on top of them.
@@ -30,7 +30,7 @@ from liverecovery.backends import (
     VSphereInventory,
 )
 from liverecovery.cache.block_cache import DiskBlockCache
-from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.catalog.opening import open_catalog
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
 from liverecovery.errors import JobStateError, SettingsError
@@ -113,7 +113,10 @@ async def assemble(
     async with contextlib.AsyncExitStack() as stack:
         if catalog is None:
             assert settings.backup_root is not None
-            catalog = await stack.enter_async_context(DirectoryCatalog(settings.backup_root))
+            opened: CatalogReader = await stack.enter_async_context(
+                open_catalog(settings.backup_root, settings)
+            )
+            catalog = opened
         if cache is None:
             disk_cache = await DiskBlockCache.from_settings(settings)
             stack.push_async_callback(disk_cache.aclose)

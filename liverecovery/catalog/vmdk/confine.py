@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from liverecovery.errors import CatalogError
 
@@ -67,11 +68,20 @@ def inside(root: str, real: str) -> bool:
         return False
 
 
-def confined(root: str, base: str, name: str, *, what: str, descriptor: str) -> str:
+def confined(
+    root: str,
+    base: str,
+    name: str,
+    *,
+    what: str,
+    descriptor: str,
+    realpath: Callable[[str], str] = os.path.realpath,
+) -> str:
     """The real path of ``name`` (relative to folder ``base``), checked to lie in ``root``.
 
     ``root`` must already be a real path. ``what`` ("extent", "parent disk") and
-    ``descriptor`` name the reference in the error.
+    ``descriptor`` name the reference in the error; ``realpath`` resolves a path in the
+    namespace the files live in (the OS's by default, an object store's keys otherwise).
 
     :raises CatalogError: a device path, or a real path outside ``root``.
     """
@@ -82,7 +92,7 @@ def confined(root: str, base: str, name: str, *, what: str, descriptor: str) -> 
             f"{what} {name!r} is a device or an absolute host path, not a file of the backup",
             path=descriptor,
         )
-    real = os.path.realpath(os.path.join(base, name))
+    real = realpath(os.path.join(base, name))
     if not inside(root, real):
         raise CatalogError(
             f"{what} {name!r} resolves to {real!r}, outside the backup folder {root!r}",

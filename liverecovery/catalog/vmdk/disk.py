@@ -39,6 +39,7 @@ from liverecovery.catalog.vmdk.extents import (
     ZeroExtent,
     zeros,
 )
+from liverecovery.catalog.vmdk.files import LOCAL_FILES, ByteSource, Files
 from liverecovery.catalog.vmdk.sesparse import SeSparseExtent
 from liverecovery.catalog.vmdk.sparse_header import SPARSE_MAGIC
 from liverecovery.errors import CatalogError
@@ -236,6 +237,7 @@ def open_vmdk(
     window: FileWindow | None = None,
     grain_cache_bytes: int = 64 << 20,
     confine: str | os.PathLike[str] | None = None,
+    files: Files = LOCAL_FILES,
 ) -> VmdkDisk:
     """Open the VMDK at ``path`` (a descriptor or a monolithic sparse/streamOptimized file).
 
@@ -244,23 +246,29 @@ def open_vmdk(
     device paths are never followed.
 
     ``window`` reads the main file from inside a larger one (an OVA member) instead of ``path``;
-    such a disk must be self-contained (no extent files, no parent).
+    such a disk must be self-contained (no extent files, no parent). ``files`` is the namespace
+    the paths live in: the local filesystem, or an object store's keys (``catalog/objects.py``).
 
     :raises CatalogError: a file is missing, truncated, malformed or outside the folder, a
         host-device disk, or the chain is too deep or loops.
     """
     name = os.fspath(path)
     if window is not None:
-        return _open(name, window, grain_cache_bytes, root=None, depth=0, seen=frozenset())
-    root = os.path.realpath(os.fspath(confine) if confine is not None else os.path.dirname(name))
-    real = confined(root, "", os.path.abspath(name), what="disk", descriptor=name)
-    return _open(name, None, grain_cache_bytes, root=root, real=real, depth=0, seen=frozenset())
+        return _open(name, window, grain_cache_bytes, files, root=None, depth=0, seen=frozenset())
+    root = files.real(os.fspath(confine) if confine is not None else os.path.dirname(name))
+    real = confined(
+        root, "", os.path.abspath(name), what="disk", descriptor=name, realpath=files.real
+    )
+    return _open(
+        name, None, grain_cache_bytes, files, root=root, real=real, depth=0, seen=frozenset()
+    )
 
 
 def _open(
     path: str,
     window: FileWindow | None,
     cache: int,
+    files: Files,
     *,
     root: str | None,
     real: str = "",
@@ -272,7 +280,7 @@ def _open(
     key = real if window is None else f"{path}@{window.start}"
     if key in seen:
         raise CatalogError("delta chain loops back to this disk", path=path)
-    main = window if window is not None else FileWindow(real, root=root)
+    main: ByteSource = window if window is not None else files.open(real, root)
     main.path = path
     extents: list[ExtentReader] = []
     try:
@@ -299,7 +307,9 @@ def _open(
             _refuse_device_disk(descriptor, path)
             for line in descriptor.extents:
                 try:
-                    extents.append(_open_extent(line, root, os.path.dirname(real), path, cache))
+                    extents.append(
+                        _open_extent(line, root, os.path.dirname(real), path, cache, files)
+                    )
                 except CatalogError as exc:
                     raise _named_by(exc, path, f"extent {line.file_name!r}") from None
         parent = None
@@ -310,12 +320,13 @@ def _open(
                     f"a disk inside an archive names a parent disk {hint!r}: not supported",
                     path=path,
                 )
-            parent_path = _resolve_parent(hint, root, os.path.dirname(real), path)
+            parent_path = _resolve_parent(hint, root, os.path.dirname(real), path, files)
             try:
                 parent = _open(
                     os.path.join(os.path.dirname(path), os.path.basename(parent_path)),
                     None,
                     cache,
+                    files,
                     root=root,
                     real=parent_path,
                     depth=depth + 1,
@@ -348,7 +359,7 @@ def _refuse_device_disk(descriptor: Descriptor, path: str) -> None:
     refuse_host_device(descriptor.create_type, types, descriptor=path)
 
 
-def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
+def _read_descriptor(main: ByteSource, path: str) -> Descriptor:
     if main.size > MAX_DESCRIPTOR_BYTES:
         raise CatalogError(
             "neither a sparse extent (no KDMV magic) nor a descriptor (too large)", path=path
@@ -372,7 +383,7 @@ def _read_descriptor(main: FileWindow, path: str) -> Descriptor:
 
 
 def _open_extent(
-    line: ExtentLine, root: str | None, base: str, path: str, cache: int
+    line: ExtentLine, root: str | None, base: str, path: str, cache: int, files: Files
 ) -> ExtentReader:
     size = line.sectors * SECTOR
     if line.type is ExtentType.ZERO:
@@ -383,10 +394,12 @@ def _open_extent(
             f"a descriptor inside an archive names extent file {line.file_name!r}: not supported",
             path=path,
         )
-    file_path = confined(root, base, line.file_name, what="extent", descriptor=path)
+    file_path = confined(
+        root, base, line.file_name, what="extent", descriptor=path, realpath=files.real
+    )
     if line.type not in _READERS:
         raise CatalogError(f"{line.type} extents are not supported", path=path)
-    file = FileWindow(file_path, root=root)
+    file = files.open(file_path, root)
     if line.type in (ExtentType.FLAT, ExtentType.VMFS):
         return FlatExtent(file, size, line.offset_sectors * SECTOR)
     if line.type is ExtentType.SESPARSE:
@@ -422,7 +435,7 @@ def _check_parent_cid(child: Descriptor, parent: VmdkDisk, path: str) -> None:
         )
 
 
-def _resolve_parent(hint: str, root: str, base: str, path: str) -> str:
+def _resolve_parent(hint: str, root: str, base: str, path: str, files: Files) -> str:
     """The real path of the parent named by ``parentFileNameHint``, inside ``root``.
 
     ESXi often records an absolute ``/vmfs/volumes/...`` path: when that lies outside the
@@ -432,16 +445,20 @@ def _resolve_parent(hint: str, root: str, base: str, path: str) -> str:
     if device_path(hint):
         raise CatalogError(f"parent disk {hint!r} is a device, not a file of the backup", path=path)
     if not hint.startswith("/") and not windows_absolute(hint):
-        candidate = confined(root, base, hint, what="parent disk", descriptor=path)
-        if os.path.exists(candidate):
+        candidate = confined(
+            root, base, hint, what="parent disk", descriptor=path, realpath=files.real
+        )
+        if files.exists(candidate):
             return candidate
         raise CatalogError(f"parent disk {hint!r} not found", path=path)
     if hint.startswith("/"):
-        real = os.path.realpath(hint)
-        if inside(root, real) and os.path.exists(real):
+        real = files.real(hint)
+        if inside(root, real) and files.exists(real):
             return real
     beside = os.path.basename(hint.replace("\\", "/"))
-    candidate = confined(root, base, beside, what="parent disk", descriptor=path)
-    if os.path.exists(candidate):
+    candidate = confined(
+        root, base, beside, what="parent disk", descriptor=path, realpath=files.real
+    )
+    if files.exists(candidate):
         return candidate
     raise CatalogError(f"parent disk {hint!r} not found (nor {beside!r} beside it)", path=path)

@@ -21,7 +21,7 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from liverecovery.backends import RunKind
 from liverecovery.catalog.vmdk.confine import inside
@@ -35,6 +35,9 @@ from liverecovery.catalog.vmdk.sparse_header import (
     parse_sparse_header,
 )
 from liverecovery.errors import CatalogError
+
+if TYPE_CHECKING:
+    from liverecovery.catalog.vmdk.files import ByteSource
 
 __all__ = [
     "Fallback",
@@ -242,7 +245,7 @@ class ZeroExtent:
 class FlatExtent:
     """A ``FLAT``/``VMFS`` extent: ``size`` bytes of a raw file from byte ``base`` on."""
 
-    def __init__(self, file: FileWindow, size: int, base: int) -> None:
+    def __init__(self, file: ByteSource, size: int, base: int) -> None:
         self.path = file.path
         self.size = size
         self.base = base
@@ -294,7 +297,7 @@ class SparseExtent:
 
     def __init__(
         self,
-        file: FileWindow,
+        file: ByteSource,
         size: int | None = None,
         *,
         grain_cache_bytes: int = 64 << 20,

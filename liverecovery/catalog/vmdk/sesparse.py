@@ -23,10 +23,14 @@ import struct
 import sys
 from array import array
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from liverecovery.backends import RunKind
-from liverecovery.catalog.vmdk.extents import Fallback, FileWindow, Piece, Run, zeros
+from liverecovery.catalog.vmdk.extents import Fallback, Piece, Run, zeros
 from liverecovery.errors import CatalogError
+
+if TYPE_CHECKING:
+    from liverecovery.catalog.vmdk.files import ByteSource
 
 __all__ = [
     "CONST_MAGIC",
@@ -149,7 +153,7 @@ def _whole_kind(gt: array[int] | None) -> int | None:
 class SeSparseExtent:
     """A ``SESPARSE`` extent of a descriptor (see the module docstring)."""
 
-    def __init__(self, file: FileWindow, size: int | None = None) -> None:
+    def __init__(self, file: ByteSource, size: int | None = None) -> None:
         self.path = file.path
         self._file = file
         try:
