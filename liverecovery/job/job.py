@@ -80,6 +80,9 @@ _log = logging.getLogger(__name__)
 
 _CANCELLED = object()
 
+_POWER_STATE_BOUND_S = 5.0
+"""How long a job asks vSphere whether an interrupted power-on took effect."""
+
 
 def retry_delay(settings: Settings, failures: int) -> float | None:
     """How long to wait before retrying a storage vMotion that failed ``failures`` times in a
@@ -137,6 +140,8 @@ class RecoveryJob:
         self._entered: dict[State, float] = {initial: time.monotonic()}
         self._timings: dict[str, float] = {}
         self._done = anyio.Event()
+        self._state_changed = anyio.Event()
+        """Set at each state change, then replaced (waiters see the next one)."""
         self._cancel_requested = False
         self._stop_requested = False
         self._stop_settled = anyio.Event()
@@ -347,7 +352,10 @@ class RecoveryJob:
         :raises JobStateError: the VM runs from the backup (see ``request_cancel``).
         """
         self.request_cancel()
-        await self._done.wait()
+        while not self.done:
+            if self.running_from_backup and not self.disposable:  # powered on first
+                raise self._running_refusal("a cancel")
+            await self._state_changed.wait()
         return self.state
 
     def request_stop(self, *, power_off: bool = False) -> None:
@@ -575,6 +583,7 @@ class RecoveryJob:
                 self._ctx.sessions.release(self.spec.vm, self.id)
             self._events.close()
             self._done.set()
+            self._state_changed.set()
 
     async def _rolled_back(self) -> bool:
         """Run a rollback the loop reached; True when the job goes back to serving (an
@@ -698,6 +707,8 @@ class RecoveryJob:
         self._entered[state] = now
         self._states.append(state)
         self._events.append(StateChanged(self.id, previous, state, self._events.elapsed()))
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
 
     async def _did(self, effect: str, *, adopted: bool = False, **data: Any) -> None:
         """A side effect is in place: hold its undo (from the effects table), and journal it.
@@ -891,10 +902,43 @@ class RecoveryJob:
     async def _power_on(self) -> None:
         assert self.vm is not None
         with self._whole():
-            await self._ctx.backends.vsphere.power_on(self.vm)
+            try:
+                await self._ctx.backends.vsphere.power_on(self.vm)
+            except BaseException:
+                # Cut short (a cancel, the step's timeout) or answered with an error, the call
+                # may still have powered the VM on: then it is production, and the rollback
+                # must not unexport its datastore from under it.
+                with anyio.CancelScope(shield=True):
+                    if await self._powered_on_anyway():
+                        await self._did("powered_on", moref=self.vm.moref)
+                raise
             await self._did("powered_on", moref=self.vm.moref)
         self._progress()
         self._start_background()
+
+    async def _powered_on_anyway(self) -> bool:
+        """Whether the VM runs after a power-on call that did not succeed: vSphere's answer,
+        asked for at most ``_POWER_STATE_BOUND_S``; when vSphere cannot say, yes (a VM that may
+        run from the backup is left running, never undone under it). Without an inventory to
+        ask, no: the call's error stands."""
+        inventory = self._ctx.backends.inventory
+        if inventory is None or self.vm is None:
+            return False
+        with anyio.move_on_after(_POWER_STATE_BOUND_S):
+            try:
+                state = await inventory.power_state(self.vm)
+            except BackendError as exc:
+                self._warn(
+                    f"after the power-on failed, vSphere could not say whether the VM "
+                    f"runs ({exc}); it is treated as running"
+                )
+                return True
+            return state == "poweredOn"
+        self._warn(
+            "after the power-on failed, vSphere did not say in time whether the VM runs; "
+            "it is treated as running"
+        )
+        return True
 
     # -- resuming after a restart ------------------------------------------------------------------
 

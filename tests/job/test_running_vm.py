@@ -11,6 +11,7 @@ import pytest
 
 from liverecovery import JobWarning, LiveRecovery, Settings, StateChanged, Timeouts
 from liverecovery.errors import (
+    BackendError,
     BackendTimeoutError,
     JobCancelledError,
     JobLeftRunningError,
@@ -419,3 +420,64 @@ async def test_a_vm_powered_off_outside_the_job_keeps_its_writes(tmp_path: Path)
     assert "write overlay" in " ".join(_warnings(resumed))
     assert discarded == []
     assert world.clean(), world.leftovers()
+
+
+async def test_a_cancel_inside_a_power_on_that_took_effect_leaves_the_vm_running() -> None:
+    """vCenter powered the VM on but had not answered when the cancel came: the VM is
+    production, so its datastore stays exported and mounted and it keeps running."""
+    world = World()
+    world.catalog.add_vm("web01")
+    original = world.vsphere.power_on
+
+    async def slow_answer(vm: object) -> None:
+        await original(vm)  # type: ignore[arg-type]
+        await anyio.sleep(5)
+
+    world.vsphere.power_on = slow_answer  # type: ignore[method-assign]
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10):
+            while not _running(world):
+                await anyio.sleep(0.001)
+        with anyio.fail_after(15), pytest.raises(JobStateError, match="running from the backup"):
+            await job.cancel()
+        assert job.state is State.SERVING
+        assert _running(world) == ["web01"] and world.exporter.exports()
+        assert any("powered on before a cancel" in w for w in _warnings(job))
+        assert await job.stop(power_off=True) is State.CANCELLED
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_power_on_that_failed_but_took_effect_keeps_serving() -> None:
+    """The power-on answered with an error (a lost reply) although the VM runs: vSphere's
+    power state decides, and the VM is served, not rolled back under it."""
+    world = World()
+    world.catalog.add_vm("web01")
+    original = world.vsphere.power_on
+
+    async def lost_reply(vm: object) -> None:
+        await original(vm)  # type: ignore[arg-type]
+        raise VSphereError("connection reset while waiting for the task")
+
+    world.vsphere.power_on = lost_reply  # type: ignore[method-assign]
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
+        job = await lr.start(spec())
+        await _until(job, State.SERVING)
+        assert _running(world) == ["web01"] and world.exporter.exports()
+        assert await job.stop(power_off=True) is State.CANCELLED
+    assert world.clean(), world.leftovers()
+
+
+async def test_a_power_on_that_failed_without_effect_is_rolled_back() -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    world.faults.fail("vsphere.power_on")
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10), pytest.raises(BackendError, match="injected failure"):
+            await job.wait()
+    assert job.state is State.FAILED and world.clean(), world.leftovers()
