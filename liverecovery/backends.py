@@ -35,6 +35,7 @@ __all__ = [
     "DiskReader",
     "DiskStats",
     "ExportInfo",
+    "GuestHeartbeat",
     "HostFacts",
     "AllocationRun",
     "RunKind",
@@ -51,6 +52,7 @@ __all__ = [
     "VSphereClient",
     "VSphereInventory",
     "VmRef",
+    "guest_heartbeat",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -446,6 +448,10 @@ class HostFacts:
     nfs_max_volumes: int = DEFAULT_NFS_MAX_VOLUMES
     networks: tuple[str, ...] = ()
     """Names of the networks (standard and distributed port groups) the host has."""
+    memory_free_bytes: int | None = None
+    """Memory not used on the host (None: not reported); a plan's least-loaded placement."""
+    cpu_free_mhz: int | None = None
+    """CPU not used on the host, in MHz (None: not reported)."""
 
 
 @attrs.frozen
@@ -547,6 +553,24 @@ class VSphereInventory(Protocol):
         """The VM registered from ``vmx_path`` (``[datastore] folder/vm.vmx``), or None: finds
         a VM whose registration finished after the process that asked for it died."""
         ...
+
+
+@runtime_checkable
+class GuestHeartbeat(Protocol):
+    """**Protocol:** a ``VSphereClient`` that can also say whether a guest's VMware Tools
+    report a heartbeat. Optional: ask through ``guest_heartbeat``, which answers None for a
+    client without it."""
+
+    async def guest_heartbeat(self, vm: VmRef) -> bool:
+        """True once the guest's tools report a heartbeat (``green`` or ``yellow``)."""
+        ...
+
+
+async def guest_heartbeat(client: VSphereClient, vm: VmRef) -> bool | None:
+    """Whether ``vm``'s guest reports a heartbeat; None when ``client`` cannot tell."""
+    if isinstance(client, GuestHeartbeat):
+        return await client.guest_heartbeat(vm)
+    return None
 
 
 @attrs.frozen

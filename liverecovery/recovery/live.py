@@ -57,6 +57,8 @@ from liverecovery.job.migration import (
 )
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
+from liverecovery.plan.model import Plan
+from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 
@@ -107,6 +109,7 @@ class LiveRecovery:
             else None,
         )
         self._jobs: dict[str, RecoveryJob] = {}
+        self._plans: list[PlanRun] = []
         self.resume_errors: list[str] = []
         self.assembly: Assembly | None = None
         """The parts ``from_settings`` started (the NFS server, cache, catalog, builder)."""
@@ -239,6 +242,47 @@ class LiveRecovery:
             await job.run()
         finally:
             self.sessions.release(job.spec.vm, job.id)
+
+    async def run_plan(self, plan: Plan, *, passkey: str | None = None) -> PlanRun:
+        """Check ``plan`` as a whole, then run it in the background; returns its handle
+        (``events()``, ``rows()``, ``wait()``, ``cancel()``).
+
+        :raises PlanError: every problem of the plan at once (VMs not in the catalog, unknown
+            hosts, the hosts' NFS limits); nothing was started then.
+        :raises JobStateError: not inside ``async with``.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before running a plan")
+        run_id = new_run_id()
+        planned = await preflight(plan, self.backends, self.settings, run_id=run_id)
+        run = PlanRun(plan, self, planned, run_id=run_id, passkey=passkey)
+        self._plans.append(run)
+        self._tg.start_soon(run.run, name=f"liverecovery plan {plan.name}")
+        await anyio.lowlevel.checkpoint()
+        return run
+
+    async def resume_plans(self) -> list[PlanRun]:
+        """Resume the plans a stopped process left unfinished: their jobs are resumed
+        (``resume``) and adopted, groups not yet started are started, and no running VM is
+        touched. Plan journals that cannot be read are listed in ``resume_errors``.
+
+        :raises JobStateError: not inside ``async with``.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before resuming plans")
+        await self.resume()
+        runs: list[PlanRun] = []
+        for found in resumable_plans(self.settings, self._jobs, self.resume_errors):
+            run = found.run(self)
+            self._plans.append(run)
+            self._tg.start_soon(run.run, name=f"liverecovery plan {run.plan.name} (resumed)")
+            runs.append(run)
+        await anyio.lowlevel.checkpoint()
+        return runs
+
+    def plans(self) -> list[PlanRun]:
+        """Every plan run or resumed here, oldest first."""
+        return list(self._plans)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""
