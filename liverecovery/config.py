@@ -262,6 +262,11 @@ class Settings:
     backup meanwhile); after that the job keeps serving until an operator's ``migrate-now``."""
     migration_backoff_s: float = attrs.field(default=60.0, validator=_non_negative_float())
     """The wait before the first retry of a failed storage vMotion; it doubles with each retry."""
+    max_migrations: int = attrs.field(default=4, validator=_positive_int)
+    """Storage vMotions this process runs at once (the others wait, their VMs still served):
+    many at once would starve the reads of the VMs running from the backup."""
+    max_migrations_per_host: int = attrs.field(default=2, validator=_positive_int)
+    """Storage vMotions at once per destination ESX host."""
     timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_timeouts_value)
 
     @property

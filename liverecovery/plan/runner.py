@@ -223,6 +223,9 @@ class PlanRun:
         self._cancelled = False
         self._done = anyio.Event()
         self._journal: Journal | None = None
+        self._scope = anyio.CancelScope()
+        self._cancel_event = anyio.Event()
+        self._exiting = False
         self.state = "running"
 
     # -- what callers see ------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class PlanRun:
         if self._cancelled or self.done:
             return
         self._cancelled = True
+        self._cancel_event.set()
         self._log.append(
             PlanWarning("cancelled: no more groups start; running VMs keep running", self._now())
         )
@@ -295,16 +299,39 @@ class PlanRun:
     def _now(self) -> float:
         return self._log.elapsed()
 
+    def request_exit(self) -> None:
+        """The process stops serving: stop the runner where it is, without ending the plan's
+        journal (``resume_plans`` continues it); the jobs decide for themselves."""
+        self._exiting = True
+        self._scope.cancel()
+
     async def run(self) -> None:
         """Run the plan to its end: every group started or skipped, every job ended."""
+        with self._scope:
+            await self._run()
+        if self._exiting and not self.done:
+            self.state = "interrupted"
+            self._log.append(PlanEnded(self.state, self._now()))
+            self._log.close()
+            self._done.set()
+
+    async def _run(self) -> None:
         try:
             await self._open_journal()
             preds = self.plan.predecessors()
             ready = {g.name: anyio.Event() for g in self.plan.groups}
             limiter = anyio.CapacityLimiter(self.plan.max_in_flight)
             async with anyio.create_task_group() as tg:
-                for group in self.plan.groups:
-                    tg.start_soon(self._group, tg, group, preds[group.name], ready, limiter)
+                async with anyio.create_task_group() as groups:
+                    for group in self.plan.groups:
+                        groups.start_soon(self._group, tg, group, preds[group.name], ready, limiter)
+                if self._cancelled:
+                    # Jobs not yet powered on roll back; running VMs run on outside the plan.
+                    for job in list(self._jobs.values()):
+                        if not job.running_from_backup:
+                            with contextlib.suppress(Exception):
+                                await job.wait()
+                    tg.cancel_scope.cancel()
             failed = [vm for vm, s in self._states.items() if s in ("failed", "cancelled")]
             if self._cancelled:
                 self.state = "cancelled"
@@ -395,7 +422,8 @@ class PlanRun:
                 if group.wait is GroupWait.HEARTBEAT:
                     await self._heartbeats(group, members)
                 if group.delay_s:
-                    await anyio.sleep(group.delay_s)
+                    with anyio.move_on_after(group.delay_s):
+                        await self._cancel_event.wait()
                 await self._record("group_ready", group=group.name)
             self._log.append(GroupReady(group.name, self._now(), failed))
         finally:
@@ -429,8 +457,11 @@ class PlanRun:
                         return
                     if beat:
                         del waiting[vm]
-                if waiting:
-                    await anyio.sleep(_HEARTBEAT_POLL_S)
+                if waiting and not self._cancelled:
+                    with anyio.move_on_after(_HEARTBEAT_POLL_S):
+                        await self._cancel_event.wait()
+                if self._cancelled:
+                    return
         if scope.cancelled_caught:
             self._log.append(
                 PlanWarning(

@@ -57,6 +57,7 @@ from liverecovery.job.migration import (
 )
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
+from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
@@ -104,6 +105,7 @@ class LiveRecovery:
             builder=builder or CopyingBuilder(),
             migration_policy=migration_policy or default_policy(self.settings),
             space_lock=anyio.Lock(),
+            migration_slots=MigrationSlots.for_settings(self.settings),
             journal_dir=journal_dir(self.settings.job_results_dir)
             if self.settings.journal
             else None,
@@ -161,6 +163,8 @@ class LiveRecovery:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        for run in self._plans:
+            run.request_exit()
         for job in self._jobs.values():
             job.request_exit()
         try:

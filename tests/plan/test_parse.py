@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from pathlib import Path
 
@@ -53,14 +54,19 @@ def test_a_good_plan() -> None:
     assert plan.name == "site-a"
     assert plan.placement is Placement.ROUND_ROBIN
     assert plan.max_in_flight == 4
-    db, app = plan.groups
+    db, _app = plan.groups
     assert (db.wait, db.delay_s, db.on_failure) == (GroupWait.HEARTBEAT, 5.0, FailurePolicy.STOP)
     assert plan.predecessors() == {"db": (), "app": ("db",)}
     sql, web = plan.vms
     assert (sql.host, sql.datastore, sql.line) == ("esx02", "ds1", 19)
     assert (web.host, web.disconnect_nics) == (None, True)
     spec = web.spec("esx01", "job-1")
-    assert (spec.vm, spec.esx_host, spec.datastore, spec.job_id) == ("web01", "esx01", "ds1", "job-1")
+    assert (spec.vm, spec.esx_host, spec.datastore, spec.job_id) == (
+        "web01",
+        "esx01",
+        "ds1",
+        "job-1",
+    )
     assert Plan.from_json(plan.to_json()) == plan
 
 
@@ -126,9 +132,9 @@ datastore = "ds1"
         36: "host is missing",
     }
     for line, text_part in expected.items():
-        assert any(
-            p.startswith(f"{path}:{line}: ") and text_part in p for p in problems
-        ), f"line {line}: {text_part!r} not in\n{joined}"
+        assert any(p.startswith(f"{path}:{line}: ") and text_part in p for p in problems), (
+            f"line {line}: {text_part!r} not in\n{joined}"
+        )
     assert len(problems) == len(expected), joined
     assert str(path) in str(info.value)
 
@@ -154,7 +160,9 @@ def test_reference_problems_name_vms_and_hosts_with_lines() -> None:
         "p.toml:3: host 'esx02' is not in the vSphere inventory",
         "p.toml:19: vm 'sql01' is not in the backup catalog",
     ]
-    assert reference_problems(plan, vm_names=["web01", "sql01"], host_names=["esx01", "esx02"]) == []
+    assert (
+        reference_problems(plan, vm_names=["web01", "sql01"], host_names=["esx01", "esx02"]) == []
+    )
 
 
 def test_after_overrides_file_order_and_empty_after_starts_at_once() -> None:
@@ -168,11 +176,13 @@ names = st.sampled_from([f"g{i}" for i in range(6)])
 
 
 @given(st.dictionaries(names, st.lists(names, max_size=3).map(tuple), min_size=1))
-def test_group_cycle_finds_a_real_cycle_or_an_order_exists(preds: dict[str, tuple[str, ...]]) -> None:
+def test_group_cycle_finds_a_real_cycle_or_an_order_exists(
+    preds: dict[str, tuple[str, ...]],
+) -> None:
     cycle = group_cycle(preds)
     if cycle is not None:
         assert cycle[0] == cycle[-1]
-        for a, b in zip(cycle, cycle[1:], strict=False):
+        for a, b in itertools.pairwise(cycle):
             assert b in preds[a]
         return
     # No cycle: a topological order exists (Kahn).
