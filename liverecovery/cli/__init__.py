@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from liverecovery.cli import browse, control, demo, inspect, passkey, recover, serve
+    from liverecovery.cli import browse, control, demo, inspect, passkey, plan, recover, serve
 
     parser = _Parser(
         prog="liverecovery",
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         recover.register,
         browse.register,
         passkey.register,
+        plan.register,
     ):
         register(sub)
     return parser

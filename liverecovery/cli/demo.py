@@ -44,6 +44,7 @@ __all__ = [
     "run",
     "seconds",
     "sweep_demo_residue",
+    "vm_count",
     "vm_name",
 ]
 
@@ -137,7 +138,25 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="a TOML file whose [settings] table applies (the NFS server stays on loopback)",
     )
+    parser.add_argument(
+        "--vms",
+        type=vm_count,
+        default=None,
+        metavar="N",
+        help="recover N generated VMs as a plan in boot groups on several simulated ESX hosts",
+    )
     parser.set_defaults(handler=run)
+
+
+def vm_count(text: str) -> int:
+    """argparse type of ``--vms``: 1 to 1000 VMs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a number of VMs from 1 to 1000, got {text!r}")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -188,6 +207,10 @@ def demo_settings(work: Path, args: argparse.Namespace) -> Settings:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the demo job; returns 0 when it completed, verified and left the backup unchanged."""
+    if args.vms is not None:
+        from liverecovery.cli.demo_plan import run_plan_demo
+
+        return await run_plan_demo(args)
     size = parse_size(args.disk_size)
     started = time.monotonic()
     marks: dict[str, float] = {}
