@@ -49,6 +49,7 @@ __all__ = [
     "Target",
     "TargetFacts",
     "TargetQuery",
+    "ToolsStatus",
     "VSphereClient",
     "VSphereInventory",
     "VmRef",
@@ -555,21 +556,29 @@ class VSphereInventory(Protocol):
         ...
 
 
-@runtime_checkable
-class GuestHeartbeat(Protocol):
-    """**Protocol:** a ``VSphereClient`` that can also say whether a guest's VMware Tools
-    report a heartbeat. Optional: ask through ``guest_heartbeat``, which answers None for a
-    client without it."""
+class ToolsStatus(Protocol):
+    """**Protocol:** what VMware Tools report of a guest; only the heartbeat matters here."""
 
-    async def guest_heartbeat(self, vm: VmRef) -> bool:
-        """True once the guest's tools report a heartbeat (``green`` or ``yellow``)."""
+    @property
+    def heartbeat(self) -> str:
+        """``green`` (Tools answer), ``yellow``, ``red`` or ``gray`` (no Tools, or not yet)."""
         ...
 
 
+@runtime_checkable
+class GuestHeartbeat(Protocol):
+    """**Protocol:** a ``VSphereClient`` that can also report what a guest's VMware Tools say
+    (``guest_info``, as vSphere's ``vm.guest``). Optional: ask through ``guest_heartbeat``,
+    which answers None for a client without it."""
+
+    async def guest_info(self, vm: VmRef) -> ToolsStatus: ...
+
+
 async def guest_heartbeat(client: VSphereClient, vm: VmRef) -> bool | None:
-    """Whether ``vm``'s guest reports a heartbeat; None when ``client`` cannot tell."""
+    """Whether ``vm``'s guest reports a heartbeat (green or yellow); None when ``client``
+    cannot tell."""
     if isinstance(client, GuestHeartbeat):
-        return await client.guest_heartbeat(vm)
+        return (await client.guest_info(vm)).heartbeat in ("green", "yellow")
     return None
 
 

@@ -81,6 +81,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _HEARTBEAT_POLL_S = 1.0
+_DOWN = frozenset({State.ROLLING_BACK, State.FAILED, State.CANCELLED})
 
 
 class JobStarter(Protocol):
@@ -436,7 +437,7 @@ class PlanRun:
         with anyio.move_on_after(group.heartbeat_timeout_s) as scope:
             while waiting:
                 for vm, job in list(waiting.items()):
-                    if job.vm is None or job.state not in RUNNING_STATES:
+                    if job.vm is None or job.state in _DOWN:  # rolled back: no guest
                         del waiting[vm]
                         continue
                     try:

@@ -33,7 +33,7 @@ from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.esx_host import SimulatedEsxHost
 
-__all__ = ["EmbeddedHosts", "SimulatedHosts", "embedded_hosts"]
+__all__ = ["EmbeddedHosts", "SimulatedHosts", "ToolsInfo", "embedded_hosts"]
 
 DESTINATION = "datastore1"
 
@@ -164,9 +164,17 @@ class SimulatedHosts:
                 return self._join(esx, found)
         return None
 
-    async def guest_heartbeat(self, vm: VmRef) -> bool:
-        """The simulated guest runs as soon as it is powered on: it beats while it runs."""
-        return await self.power_state(vm) == "poweredOn"
+    async def guest_info(self, vm: VmRef) -> ToolsInfo:
+        """The simulated guest runs as soon as it is powered on: its Tools beat while it runs."""
+        on = await self.power_state(vm) == "poweredOn"
+        return ToolsInfo(heartbeat="green" if on else "gray")
+
+
+@attrs.frozen
+class ToolsInfo:
+    """What the simulated guests' Tools report."""
+
+    heartbeat: str
 
 
 @attrs.frozen

@@ -256,3 +256,60 @@ def test_settings_for_migration_slots() -> None:
     assert (s.max_migrations, s.max_migrations_per_host) == (8, 3)
     with pytest.raises(ValueError, match="max_migrations_per_host"):
         Settings(max_migrations_per_host=0)
+
+
+class _Tools:
+    def __init__(self, heartbeat: str) -> None:
+        self.heartbeat = heartbeat
+
+
+class HeartbeatVSphere(MemoryVSphere):
+    """Guests report a heartbeat only after ``beats_after`` questions about them."""
+
+    def __init__(self, beats_after: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.beats_after = beats_after
+        self.asked: dict[str, int] = {}
+
+    async def guest_info(self, vm: Any) -> _Tools:
+        self.asked[vm.name] = self.asked.get(vm.name, 0) + 1
+        return _Tools("green" if self.asked[vm.name] > self.beats_after else "gray")
+
+
+@pytest.mark.parametrize("beats_after", [2, 1000])
+async def test_a_heartbeat_group_waits_for_its_guests(beats_after: int) -> None:
+    import attrs
+
+    backends, _ = world(["db1", "app1"])
+    vsphere = HeartbeatVSphere(beats_after, hosts=HOSTS)
+    backends = attrs.evolve(backends, vsphere=vsphere, inventory=vsphere)
+    text = plan_text({"db": ["db1"], "app": ["app1"]}).replace(
+        'name = "db"\n', 'name = "db"\nwait = "heartbeat"\nheartbeat_timeout_s = 2.5\n'
+    )
+    async with LiveRecovery(fast_settings(), backends) as lr:
+        summary, events = await finish(await lr.run_plan(plan_of(text)))
+    assert summary["state"] == "completed"
+    ready = next(
+        e for e in events if getattr(e, "group", None) == "db" and type(e).__name__ == "GroupReady"
+    )
+    app_start = next(e for e in events if isinstance(e, VmChanged) and e.vm == "app1")
+    assert ready.at <= app_start.at
+    if beats_after == 2:
+        assert vsphere.asked["db1"] == 3  # asked until it beat, then no more
+        assert not any("no guest heartbeat" in getattr(e, "message", "") for e in events)
+    else:
+        warning = [e for e in events if "no guest heartbeat" in getattr(e, "message", "")]
+        assert warning and "db1" in warning[0].message and "2.5 s" in warning[0].message
+        assert ready.at >= 2.5
+
+
+async def test_least_loaded_uses_the_hosts_free_memory() -> None:
+    backends, _ = world(["a", "b", "c"])
+    vsphere = backends.vsphere
+    assert isinstance(vsphere, MemoryVSphere)
+    vsphere.host_free = {"esx01": (3 << 30, 1000), "esx02": (64 << 30, 1000)}
+    text = plan_text({"g": ["a", "b", "c"]}).replace("round-robin", "least-loaded")
+    async with LiveRecovery(fast_settings(), backends) as lr:
+        summary, _ = await finish(await lr.run_plan(plan_of(text)))
+    # each VM has 2 GiB of memory: all three fit best on esx02 (64 GiB free against 3)
+    assert {r["host"] for r in summary["vms"]} == {"esx02"}
