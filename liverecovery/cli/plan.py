@@ -5,6 +5,7 @@
     liverecovery plan run plan.toml --simulate --backup /backups   # simulated ESX hosts
     liverecovery plan status
     liverecovery plan cancel [NAME]
+    liverecovery plan resume plan.toml --vcenter ...   # after the process stopped
 
 The plan file's shape is in ``liverecovery.plan.parse``; its ``[settings]`` table applies, and
 its ``[connection]`` table may hold ``vcenter``, ``user``, ``password_env``, ``backup``,
@@ -28,6 +29,7 @@ import anyio
 import attrs
 
 from liverecovery.catalog.directory import DirectoryCatalog
+from liverecovery.cli.signals import STOP_GRACE_S, hard_exit_after, stop_signals
 from liverecovery.config import Settings, load_toml
 from liverecovery.errors import JobStateError, SettingsError
 from liverecovery.plan.model import Plan
@@ -71,6 +73,17 @@ def register(sub: Any) -> None:
     run.add_argument("--nfs-address", help="the address the ESX hosts mount from")
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.set_defaults(handler=run_plan)
+    resume = verbs.add_parser(
+        "resume", help="resume the unfinished plans of a stopped process (vCenter)"
+    )
+    resume.add_argument(
+        "plan_file", metavar="PLAN.toml", help="for its [settings] and [connection]"
+    )
+    for flag in ("--backup", "--vcenter", "--user", "--password-env", "--ca-file", "--nfs-address"):
+        resume.add_argument(flag)
+    resume.add_argument("--insecure", action="store_true", help="skip TLS verification")
+    resume.add_argument("--json", action="store_true", help="print one JSON summary per plan")
+    resume.set_defaults(handler=resume_plan)
     for name, handler, help_text in (
         ("status", plan_status, "the plans of a running process and their VMs"),
         ("cancel", plan_cancel, "cancel a running plan: no more groups start"),
@@ -213,9 +226,53 @@ async def run_plan(args: argparse.Namespace) -> int:
                 f"{len(plan.groups)} group(s)",
                 file=sys.stderr,
             )
+        tg.start_soon(_cancel_on_signal, [run])
         code = await follow_plan(run, as_json=args.json)
         tg.cancel_scope.cancel()
     return code
+
+
+async def _cancel_on_signal(runs: list[PlanRun]) -> None:
+    """Ctrl-C (SIGTERM) cancels the plans: no more groups start, jobs not yet powered on roll
+    back, VMs running from the backup are left running (``plan resume`` serves them again);
+    a second signal leaves at once."""
+    with stop_signals() as signals:
+        stopping = False
+        async for _ in signals:
+            if stopping:
+                hard_exit_after(0, lambda: "liverecovery: stopped; running VMs were left running")
+                continue
+            stopping = True
+            print(
+                "stopping: no more groups start; jobs not yet powered on roll back; VMs "
+                "running from the backup are left running...",
+                file=sys.stderr,
+            )
+            for run in runs:
+                run.cancel()
+            hard_exit_after(
+                STOP_GRACE_S, lambda: "liverecovery: stopped; running VMs were left running"
+            )
+
+
+async def resume_plan(args: argparse.Namespace) -> int:
+    """Resume the unfinished plans of a stopped process (vCenter only: simulated hosts do not
+    outlive their process)."""
+    settings = Settings.from_toml(args.plan_file)
+    conn = _connection(args.plan_file, args)
+    plan = load_plan(args.plan_file)
+    async with _vcenter(plan, settings, conn, args) as (lr, _plan), anyio.create_task_group() as tg:
+        runs = await lr.resume_plans()
+        for error in lr.resume_errors:
+            print(f"skipped: {error}", file=sys.stderr)
+        if not runs:
+            print("no unfinished plans", file=sys.stderr)
+            tg.cancel_scope.cancel()
+            return 0
+        tg.start_soon(_cancel_on_signal, runs)
+        codes = [await follow_plan(run, as_json=args.json) for run in runs]
+        tg.cancel_scope.cancel()
+    return max(codes)
 
 
 def _results_dir(args: argparse.Namespace) -> Path:

@@ -174,3 +174,31 @@ def test_demo_vms_5(tmp_path: Path) -> None:
     assert result["verified"] is True and result["backup_unchanged"] is True
     assert {r["group"] for r in result["vms"]} == {"db", "app", "web"}
     assert len({r["host"] for r in result["vms"]}) == 3
+
+
+def test_ctrl_c_cancels_the_plan_and_leaves_running_vms_running(tmp_path: Path) -> None:
+    import signal
+
+    path = write_plan(tmp_path, PLAN.format(app_keys=""), trigger="manual")
+    path.write_text(path.read_text().replace('name = "db"\n', 'name = "db"\ndelay_s = 60\n'))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liverecovery.cli", "plan", "run", str(path), "--simulate"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")},
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "vm db1 (db, esx-1): serving" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, err
+    assert "stopping: no more groups start" in err
+    assert "group app: skipped: the plan was cancelled" in out
+    assert "Traceback" not in err
