@@ -156,6 +156,13 @@ async def preflight(
             ) from None
     found_hosts = [h for h, f in facts.items() if f.found]
     problems += reference_problems(plan, vm_names=names, host_names=found_hosts)
+    for host, f in sorted(facts.items()):
+        if f.found and f.maintenance:
+            problems.append(
+                f"{plan.source}: host {host!r} is in maintenance mode: it powers on no VM"
+            )
+        elif f.found and f.connection_state != "connected":
+            problems.append(f"{plan.source}: host {host!r} is {f.connection_state}, not connected")
     needs: dict[str, VmNeeds] = {}
     if plan.placement is Placement.LEAST_LOADED:
         for vm in plan.vms:
@@ -549,12 +556,14 @@ class ResumablePlan:
     ready_groups: tuple[str, ...]
     ended_jobs: Mapping[str, str]
 
-    def run(self, starter: JobStarter) -> PlanRun:
+    def run(self, starter: JobStarter, passkey: str | None = None) -> PlanRun:
+        """The run that continues the plan (``passkey``: for the jobs not yet started)."""
         return PlanRun(
             self.plan,
             starter,
             self.planned,
             run_id=self.run_id,
+            passkey=passkey,
             adopt=self.adopt,
             started_groups=self.started_groups,
             ready_groups=self.ready_groups,

@@ -265,7 +265,7 @@ class LiveRecovery:
         await anyio.lowlevel.checkpoint()
         return run
 
-    async def resume_plans(self) -> list[PlanRun]:
+    async def resume_plans(self, *, passkey: str | None = None) -> list[PlanRun]:
         """Resume the plans a stopped process left unfinished: their jobs are resumed
         (``resume``) and adopted, groups not yet started are started, and no running VM is
         touched. Plan journals that cannot be read are listed in ``resume_errors``.
@@ -277,7 +277,7 @@ class LiveRecovery:
         await self.resume()
         runs: list[PlanRun] = []
         for found in resumable_plans(self.settings, self._jobs, self.resume_errors):
-            run = found.run(self)
+            run = found.run(self, passkey)
             self._plans.append(run)
             self._tg.start_soon(run.run, name=f"liverecovery plan {run.plan.name} (resumed)")
             runs.append(run)

@@ -313,3 +313,15 @@ async def test_least_loaded_uses_the_hosts_free_memory() -> None:
         summary, _ = await finish(await lr.run_plan(plan_of(text)))
     # each VM has 2 GiB of memory: all three fit best on esx02 (64 GiB free against 3)
     assert {r["host"] for r in summary["vms"]} == {"esx02"}
+
+
+async def test_a_host_in_maintenance_is_refused_before_anything_starts() -> None:
+    backends, _ = world(["a", "b"])
+    vsphere = backends.vsphere
+    assert isinstance(vsphere, MemoryVSphere)
+    vsphere.maintenance.add("esx02")
+    async with LiveRecovery(fast_settings(), backends) as lr:
+        with pytest.raises(PlanError, match="host 'esx02' is in maintenance mode"):
+            await lr.run_plan(plan_of(plan_text({"g": ["a", "b"]})))
+        assert lr.jobs() == []
+    assert backends.exporter.exports() == {}
