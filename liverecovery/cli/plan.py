@@ -38,6 +38,7 @@ from liverecovery.plan.runner import PlanRun
 from liverecovery.plan.table import event_line, format_table
 from liverecovery.recovery.control import ControlServer, request, socket_path
 from liverecovery.recovery.live import LiveRecovery
+from liverecovery.recovery.plan_progress import show_plan
 
 __all__ = ["follow_plan", "register"]
 
@@ -50,7 +51,6 @@ _CONNECTION_KEYS = (
     "ca_file",
     "nfs_address",
 )
-_REDRAW_S = 0.5
 
 
 def register(sub: Any) -> None:
@@ -123,7 +123,7 @@ async def follow_plan(run: PlanRun, *, as_json: bool, out: TextIO | None = None)
     if as_json:
         summary = await run.wait()
     elif out.isatty():
-        summary = await _table(run, out)
+        summary = await show_plan(run, file=out)
     else:
         async for event in run.events():
             print(event_line(event), file=out, flush=True)
@@ -140,23 +140,6 @@ async def follow_plan(run: PlanRun, *, as_json: bool, out: TextIO | None = None)
             if row.error:
                 print(f"vm {row.vm}: {row.error}", file=sys.stderr)
     return 0 if summary["state"] == "completed" else 1
-
-
-async def _table(run: PlanRun, out: TextIO) -> dict[str, Any]:
-    """Redraw the table in place until the plan ends."""
-    drawn = 0
-    while True:
-        lines = format_table(run.rows())
-        if drawn:
-            out.write(f"\x1b[{drawn}F\x1b[J")
-        out.write("\n".join(lines) + "\n")
-        out.flush()
-        drawn = len(lines)
-        if run.done:
-            out.write(f"\x1b[{drawn}F\x1b[J")
-            return await run.wait()
-        with anyio.move_on_after(_REDRAW_S):
-            await run.wait()
 
 
 @asynccontextmanager
