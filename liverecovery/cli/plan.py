@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +51,7 @@ _CONNECTION_KEYS = (
     "insecure",
     "ca_file",
     "nfs_address",
+    "passkey_env",
 )
 
 
@@ -71,6 +73,7 @@ def register(sub: Any) -> None:
     run.add_argument("--insecure", action="store_true", help="skip TLS verification")
     run.add_argument("--ca-file", help="CA bundle to verify vCenter's certificate")
     run.add_argument("--nfs-address", help="the address the ESX hosts mount from")
+    run.add_argument("--passkey-env", help="environment variable holding the restore passkey")
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.set_defaults(handler=run_plan)
     resume = verbs.add_parser(
@@ -79,7 +82,15 @@ def register(sub: Any) -> None:
     resume.add_argument(
         "plan_file", metavar="PLAN.toml", help="for its [settings] and [connection]"
     )
-    for flag in ("--backup", "--vcenter", "--user", "--password-env", "--ca-file", "--nfs-address"):
+    for flag in (
+        "--backup",
+        "--vcenter",
+        "--user",
+        "--password-env",
+        "--ca-file",
+        "--nfs-address",
+        "--passkey-env",
+    ):
         resume.add_argument(flag)
     resume.add_argument("--insecure", action="store_true", help="skip TLS verification")
     resume.add_argument("--json", action="store_true", help="print one JSON summary per plan")
@@ -114,6 +125,17 @@ def _connection(path: str, args: argparse.Namespace) -> dict[str, Any]:
         if value not in (None, False, ""):
             found[key] = value
     return found
+
+
+def _passkey(conn: dict[str, Any]) -> str | None:
+    """The restore passkey from the environment variable ``passkey_env`` names, if any."""
+    env = conn.get("passkey_env")
+    if not env:
+        return None
+    value = os.environ.get(str(env))
+    if not value:
+        raise SettingsError(f"--passkey-env: environment variable {env} is not set")
+    return value
 
 
 async def follow_plan(run: PlanRun, *, as_json: bool, out: TextIO | None = None) -> int:
@@ -202,7 +224,7 @@ async def run_plan(args: argparse.Namespace) -> int:
     async with context as (lr, plan), anyio.create_task_group() as tg:
         if args.simulate:
             await tg.start(ControlServer(lr, socket_path(lr.settings.job_results_dir)).serve)
-        run = await lr.run_plan(plan)
+        run = await lr.run_plan(plan, passkey=_passkey(conn))
         if not args.json:
             print(
                 f"plan {plan.name} (run {run.run_id}): {len(plan.vms)} VM(s) in "
@@ -245,7 +267,7 @@ async def resume_plan(args: argparse.Namespace) -> int:
     conn = _connection(args.plan_file, args)
     plan = load_plan(args.plan_file)
     async with _vcenter(plan, settings, conn, args) as (lr, _plan), anyio.create_task_group() as tg:
-        runs = await lr.resume_plans()
+        runs = await lr.resume_plans(passkey=_passkey(conn))
         for error in lr.resume_errors:
             print(f"skipped: {error}", file=sys.stderr)
         if not runs:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -58,7 +59,6 @@ from liverecovery.plan.model import (
     BootGroup,
     FailurePolicy,
     GroupWait,
-    Placement,
     Plan,
     PlanVm,
     plan_job_id,
@@ -164,16 +164,18 @@ async def preflight(
         elif f.found and f.connection_state != "connected":
             problems.append(f"{plan.source}: host {host!r} is {f.connection_state}, not connected")
     needs: dict[str, VmNeeds] = {}
-    if plan.placement is Placement.LEAST_LOADED:
-        for vm in plan.vms:
-            if vm.vm not in names:
-                continue
-            try:
-                point = await backends.catalog.restore_point(vm.vm, vm.point_id)
-            except LiveRecoveryError as exc:
-                problems.append(f"{plan.source}:{vm.line}: vm {vm.vm!r}: {exc}")
-                continue
-            needs[vm.vm] = VmNeeds(point.memory_mb * (1 << 20), point.num_cpus)
+    cache_need = 0
+    for vm in plan.vms:
+        if vm.vm not in names:
+            continue
+        try:
+            point = await backends.catalog.restore_point(vm.vm, vm.point_id)
+        except LiveRecoveryError as exc:
+            problems.append(f"{plan.source}:{vm.line}: vm {vm.vm!r}: {exc}")
+            continue
+        needs[vm.vm] = VmNeeds(point.memory_mb * (1 << 20), point.num_cpus)
+        cache_need += settings.job_space_bytes(point.total_disk_bytes)
+    problems += await _cache_problems(plan, backends, settings, cache_need)
     if problems:
         raise PlanError(f"{plan.source}: the plan has {len(problems)} problem(s):", tuple(problems))
     loads = {h: HostLoad(f.memory_free_bytes, f.cpu_free_mhz) for h, f in facts.items() if f.found}
@@ -190,6 +192,25 @@ async def preflight(
             f"{plan.source}: the plan does not fit the ESX hosts' limits:", tuple(problems)
         )
     return [PlannedVm(v, placement[v.vm], _job_id(run_id, plan, v.vm)) for v in plan.vms]
+
+
+async def _cache_problems(
+    plan: Plan, backends: Backends, settings: Settings, need: int
+) -> list[str]:
+    """The cache space every VM of the plan reserves while it runs from the backup, at once
+    (each job's own preflight rule, summed): refused now rather than half-way through."""
+    space = await backends.cache.space()
+    keep = math.ceil(space.total_bytes * settings.cache_min_free_percent / 100)
+    available = space.free_bytes - keep - sum(backends.cache.reservations().values())
+    if need <= available:
+        return []
+    gib = 1 << 30
+    return [
+        f"{plan.source}: the plan's {len(plan.vms)} VMs need {need / gib:.2f} GiB of cache space "
+        f"together (each max(job_space_floor_bytes, job_space_fraction x its disks)) and the "
+        f"cache at {settings.effective_cache_root} has {max(0, available) / gib:.2f} GiB "
+        f"available ({space.free_bytes / gib:.2f} GiB free, {keep / gib:.2f} GiB kept free)"
+    ]
 
 
 def plan_journals(job_results_dir: str | os.PathLike[str]) -> Path:

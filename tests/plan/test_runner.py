@@ -325,3 +325,21 @@ async def test_a_host_in_maintenance_is_refused_before_anything_starts() -> None
             await lr.run_plan(plan_of(plan_text({"g": ["a", "b"]})))
         assert lr.jobs() == []
     assert backends.exporter.exports() == {}
+
+
+async def test_a_plan_needing_more_cache_than_there_is_is_refused_up_front() -> None:
+    backends, _ = memory_backends(hosts=HOSTS, cache_capacity=50 << 30)
+    catalog = backends.catalog
+    assert isinstance(catalog, MemoryCatalog)
+    for vm in ("a", "b", "c"):
+        catalog.add_vm(vm, disk_sizes=(64 << 20,), data_per_disk=1 << 16)
+    async with LiveRecovery(fast_settings(), backends) as lr:
+        with pytest.raises(PlanError) as info:
+            await lr.run_plan(plan_of(plan_text({"g": ["a", "b", "c"]})))
+        assert lr.jobs() == []
+    (problem,) = info.value.problems
+    assert "the plan's 3 VMs need 60.00 GiB of cache space together" in problem
+    # two of them fit (2 x the 20 GiB floor, 5 % of 50 GiB kept free)
+    async with LiveRecovery(fast_settings(), backends) as lr:
+        summary, _ = await finish(await lr.run_plan(plan_of(plan_text({"g": ["a", "b"]}))))
+    assert summary["state"] == "completed"
