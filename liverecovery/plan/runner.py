@@ -346,7 +346,7 @@ class PlanRun:
 
     async def _run(self) -> None:
         try:
-            await self._open_journal()
+            await self.open_journal()
             preds = self.plan.predecessors()
             ready = {g.name: anyio.Event() for g in self.plan.groups}
             limiter = anyio.CapacityLimiter(self.plan.max_in_flight)
@@ -382,9 +382,13 @@ class PlanRun:
                 with anyio.CancelScope(shield=True):
                     await self._journal.aclose()
 
-    async def _open_journal(self) -> None:
+    async def open_journal(self) -> None:
+        """Open (or, resumed, continue) the plan's journal; ``run`` does it if not done yet.
+
+        :raises BackendError: it cannot be written (nothing was started).
+        """
         settings = self._starter.settings
-        if not settings.journal:
+        if not settings.journal or self._journal is not None:
             return
         path = plan_journals(settings.job_results_dir) / f"{self.plan.name}-{self.run_id}.journal"
         resumed = path.exists()

@@ -252,7 +252,8 @@ class LiveRecovery:
         (``events()``, ``rows()``, ``wait()``, ``cancel()``).
 
         :raises PlanError: every problem of the plan at once (VMs not in the catalog, unknown
-            hosts, the hosts' NFS limits); nothing was started then.
+            hosts, the hosts' NFS limits, cache space); nothing was started then.
+        :raises BackendError: the plan's journal cannot be written; nothing was started.
         :raises JobStateError: not inside ``async with``.
         """
         if self._tg is None:
@@ -260,6 +261,7 @@ class LiveRecovery:
         run_id = new_run_id()
         planned = await preflight(plan, self.backends, self.settings, run_id=run_id)
         run = PlanRun(plan, self, planned, run_id=run_id, passkey=passkey)
+        await run.open_journal()  # a plan that cannot keep its journal does not start
         self._plans.append(run)
         self._tg.start_soon(run.run, name=f"liverecovery plan {plan.name}")
         await anyio.lowlevel.checkpoint()

@@ -343,3 +343,14 @@ async def test_a_plan_needing_more_cache_than_there_is_is_refused_up_front() -> 
     async with LiveRecovery(fast_settings(), backends) as lr:
         summary, _ = await finish(await lr.run_plan(plan_of(plan_text({"g": ["a", "b"]}))))
     assert summary["state"] == "completed"
+
+
+async def test_a_plan_that_cannot_keep_its_journal_does_not_start(tmp_path: Any) -> None:
+    from liverecovery.errors import BackendError
+
+    backends, _ = world(["a"])
+    (tmp_path / "plans").write_text("not a folder")
+    async with LiveRecovery(fast_settings(job_results_dir=tmp_path), backends) as lr:
+        with pytest.raises(BackendError, match="cannot write the plan journal"):
+            await lr.run_plan(plan_of(plan_text({"g": ["a"]})))
+        assert lr.jobs() == [] and lr.plans() == []
