@@ -19,9 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.demo import DEMO_PREFIX, _claim, demo_settings, parse_size, sweep_demo_residue
 from liverecovery.cli.plan import follow_plan
+from liverecovery.config import MiB
 from liverecovery.io.threads import run_sync
 from liverecovery.plan.model import BootGroup, GroupWait, Placement, Plan, PlanVm
 from liverecovery.recovery.live import LiveRecovery
@@ -69,6 +72,8 @@ async def run_plan_demo(args: argparse.Namespace) -> int:
         work = Path(tmp)
         owner = await run_sync(_claim, work)
         settings = await run_sync(demo_settings, work, args)
+        if not args.settings:  # N small VMs: 128 MiB of cache each, not the single demo's 1 GiB
+            settings = attrs.evolve(settings, job_space_floor_bytes=128 * MiB)
         backup_root = work / "backup"
         for i, vm in enumerate(plan.vms):
             await run_sync(sample_vm(vm.vm, disk_sizes=(size,), seed=i).write, backup_root)
