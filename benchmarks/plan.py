@@ -263,8 +263,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--size", type=int, default=GiB)
     parser.add_argument("--in-flight", type=int, default=16)
-    parser.add_argument("--max-migrations", type=int, default=4)
-    parser.add_argument("--max-migrations-per-host", type=int, default=2)
+    parser.add_argument("--max-migrations", type=int, default=2)
+    parser.add_argument("--max-migrations-per-host", type=int, default=1)
     parser.add_argument(
         "--migrate", type=int, default=12, help="VMs storage-vMotioned while the rest run"
     )
