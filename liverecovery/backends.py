@@ -27,6 +27,7 @@ __all__ = [
     "BlockKey",
     "CacheSpace",
     "CatalogReader",
+    "DEFAULT_MAX_CONN_PER_IP",
     "DEFAULT_NFS_MAX_VOLUMES",
     "MAX_NFS_MAX_VOLUMES",
     "DatastoreBuilder",
@@ -406,6 +407,10 @@ the govmomi simulator, for one, has no ``NFS.*`` options."""
 MAX_NFS_MAX_VOLUMES = 256
 """The largest ``NFS.MaxVolumes`` ESXi 5.0 to 8.0 accept."""
 
+DEFAULT_MAX_CONN_PER_IP = 128
+"""ESXi's ``SunRPC.MaxConnPerIP`` limit: TCP connections from one host to one server address.
+Used when a host does not report the option."""
+
 
 @attrs.frozen(order=True)
 class Target:
@@ -447,6 +452,8 @@ class HostFacts:
     nfs_datastores: tuple[str, ...] = ()
     """Names of the NFSv3 datastores the host mounts now."""
     nfs_max_volumes: int = DEFAULT_NFS_MAX_VOLUMES
+    max_conn_per_ip: int = DEFAULT_MAX_CONN_PER_IP
+    """The host's ``SunRPC.MaxConnPerIP``: its TCP connections to one NFS server address."""
     networks: tuple[str, ...] = ()
     """Names of the networks (standard and distributed port groups) the host has."""
     memory_free_bytes: int | None = None

@@ -19,15 +19,13 @@ import attrs
 from liverecovery.backends import HostFacts
 from liverecovery.job.sharing import datastore_name_for
 
-__all__ = ["DEFAULT_MAX_CONN_PER_IP", "CONNECTIONS_PER_MOUNT", "ServerLimits", "limit_problems"]
-
-DEFAULT_MAX_CONN_PER_IP = 128
-"""ESXi's ``SunRPC.MaxConnPerIP`` limit: TCP connections from one host to one server address."""
+__all__ = ["CONNECTIONS_PER_MOUNT", "OUR_PREFIX", "ServerLimits", "limit_problems"]
 
 CONNECTIONS_PER_MOUNT = 1
 """TCP connections an ESXi NFSv3 datastore opens (one since vSphere 5.0)."""
 
-OUR_PREFIX = datastore_name_for("")[: -len("host")]
+OUR_PREFIX = "liverecovery-"
+"""How ``datastore_name_for`` names our datastores (each one connection to our address)."""
 
 
 @attrs.frozen
@@ -44,14 +42,12 @@ def limit_problems(
     *,
     client_addresses: Mapping[str, str] | None = None,
     server: ServerLimits | None = None,
-    max_conn_per_ip: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Every way the plan (``placement``: VM -> host) would exceed a limit, each naming the host
     (or address) and the counts; empty: it fits. ``client_addresses`` maps a host to the address
     it connects from (default: its name)."""
     server = server or ServerLimits()
     addresses = client_addresses or {}
-    per_ip = max_conn_per_ip or {}
     vms_on = Counter(placement.values())
     problems: list[str] = []
     connections: dict[str, int] = {}
@@ -71,7 +67,7 @@ def limit_problems(
             )
         ours_there = {d for d in mounted if d.startswith(OUR_PREFIX)} | {ours}
         conns = len(ours_there) * CONNECTIONS_PER_MOUNT
-        limit = per_ip.get(host, DEFAULT_MAX_CONN_PER_IP)
+        limit = facts.max_conn_per_ip
         if conns > limit:
             problems.append(
                 f"host {host!r} would open {conns} TCP connections to our NFS server's address "

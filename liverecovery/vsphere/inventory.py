@@ -13,6 +13,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from liverecovery.backends import (
+    DEFAULT_MAX_CONN_PER_IP,
     DEFAULT_NFS_MAX_VOLUMES,
     DatastoreFacts,
     HostFacts,
@@ -195,21 +196,30 @@ class VSphereInventory:
 
     def nfs_max_volumes(self, host: vim.HostSystem) -> int:
         """The host's ``NFS.MaxVolumes``; ESXi's default when the host does not report it."""
+        return self.int_option(host, "NFS.MaxVolumes", DEFAULT_NFS_MAX_VOLUMES)
+
+    def max_conn_per_ip(self, host: vim.HostSystem) -> int:
+        """The host's ``SunRPC.MaxConnPerIP``; ESXi's limit when the host does not report it."""
+        return self.int_option(host, "SunRPC.MaxConnPerIP", DEFAULT_MAX_CONN_PER_IP)
+
+    def int_option(self, host: vim.HostSystem, key: str, default: int) -> int:
+        """An integer advanced option of the host; ``default`` when the host does not report
+        it."""
         options = host.configManager.advancedOption
         if options is None:
-            return DEFAULT_NFS_MAX_VOLUMES
+            return default
         try:
-            values = options.QueryView("NFS.MaxVolumes")
+            values = options.QueryView(key)
         except vim.fault.InvalidName:
             # Not reported (the govmomi simulator has no NFS.* options): ESXi's default applies.
-            return DEFAULT_NFS_MAX_VOLUMES
+            return default
         for value in values:
-            if value.key == "NFS.MaxVolumes" and isinstance(value.value, int | str):
+            if value.key == key and isinstance(value.value, int | str):
                 try:
                     return int(value.value)
                 except ValueError:
                     break
-        return DEFAULT_NFS_MAX_VOLUMES
+        return default
 
     def mounted_nfs(self, host: vim.HostSystem) -> list[str]:
         """Names of the NFSv3 datastores ``host`` mounts."""
@@ -313,6 +323,7 @@ class VSphereInventory:
                 )
             ),
             nfs_max_volumes=self.nfs_max_volumes(host),
+            max_conn_per_ip=self.max_conn_per_ip(host),
             networks=tuple(sorted(nets)),
             memory_free_bytes=memory_free,
             cpu_free_mhz=cpu_free,

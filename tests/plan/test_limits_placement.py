@@ -79,8 +79,10 @@ def test_server_connection_limits_name_the_address_and_counts() -> None:
 
 def test_sunrpc_max_conn_per_ip() -> None:
     ours = tuple(f"liverecovery-old{i}" for i in range(3))
-    facts = {"esx01": HostFacts("esx01", nfs_datastores=ours, nfs_max_volumes=256)}
-    problems = limit_problems({"a": "esx01"}, facts, max_conn_per_ip={"esx01": 3})
+    facts = {
+        "esx01": HostFacts("esx01", nfs_datastores=ours, nfs_max_volumes=256, max_conn_per_ip=3)
+    }
+    problems = limit_problems({"a": "esx01"}, facts)
     assert problems == [
         "host 'esx01' would open 4 TCP connections to our NFS server's address and its "
         "SunRPC.MaxConnPerIP is 3"

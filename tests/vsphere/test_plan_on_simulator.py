@@ -56,6 +56,7 @@ async def test_a_plan_of_three_vms_through_pyvmomi(
     facts = (await vsphere.describe(TargetQuery(host=HOST))).host
     assert facts.memory_free_bytes is not None and facts.memory_free_bytes > 0
     assert facts.cpu_free_mhz is not None
+    assert facts.max_conn_per_ip == 128  # the simulator has no SunRPC.* options: ESXi's limit
     catalog = MemoryCatalog()
     for vm in ("plan-a", "plan-b", "plan-c"):
         catalog.add_vm(vm, disk_sizes=(16 << 20,), data_per_disk=1 << 20)
