@@ -28,6 +28,7 @@ __all__ = [
     "BlockKey",
     "CacheSpace",
     "CatalogReader",
+    "DEFAULT_MAX_CONN_PER_IP",
     "DEFAULT_NFS_MAX_VOLUMES",
     "MAX_NFS_MAX_VOLUMES",
     "DatastoreBuilder",
@@ -37,6 +38,7 @@ __all__ = [
     "DiskStats",
     "ExportInfo",
     "GuestCredentials",
+    "GuestHeartbeat",
     "GuestInfo",
     "GuestOperations",
     "HostFacts",
@@ -52,9 +54,11 @@ __all__ = [
     "Target",
     "TargetFacts",
     "TargetQuery",
+    "ToolsStatus",
     "VSphereClient",
     "VSphereInventory",
     "VmRef",
+    "guest_heartbeat",
 ]
 
 ProgressCallback = Callable[[int, int], None]
@@ -407,6 +411,10 @@ the govmomi simulator, for one, has no ``NFS.*`` options."""
 MAX_NFS_MAX_VOLUMES = 256
 """The largest ``NFS.MaxVolumes`` ESXi 5.0 to 8.0 accept."""
 
+DEFAULT_MAX_CONN_PER_IP = 128
+"""ESXi's ``SunRPC.MaxConnPerIP`` limit: TCP connections from one host to one server address.
+Used when a host does not report the option."""
+
 
 @attrs.frozen(order=True)
 class Target:
@@ -448,8 +456,14 @@ class HostFacts:
     nfs_datastores: tuple[str, ...] = ()
     """Names of the NFSv3 datastores the host mounts now."""
     nfs_max_volumes: int = DEFAULT_NFS_MAX_VOLUMES
+    max_conn_per_ip: int = DEFAULT_MAX_CONN_PER_IP
+    """The host's ``SunRPC.MaxConnPerIP``: its TCP connections to one NFS server address."""
     networks: tuple[str, ...] = ()
     """Names of the networks (standard and distributed port groups) the host has."""
+    memory_free_bytes: int | None = None
+    """Memory not used on the host (None: not reported); a plan's least-loaded placement."""
+    cpu_free_mhz: int | None = None
+    """CPU not used on the host, in MHz (None: not reported)."""
 
 
 @attrs.frozen
@@ -604,6 +618,32 @@ class VSphereInventory(Protocol):
         """The VM registered from ``vmx_path`` (``[datastore] folder/vm.vmx``), or None: finds
         a VM whose registration finished after the process that asked for it died."""
         ...
+
+
+class ToolsStatus(Protocol):
+    """**Protocol:** what VMware Tools report of a guest; only the heartbeat matters here."""
+
+    @property
+    def heartbeat(self) -> str:
+        """``green`` (Tools answer), ``yellow``, ``red`` or ``gray`` (no Tools, or not yet)."""
+        ...
+
+
+@runtime_checkable
+class GuestHeartbeat(Protocol):
+    """**Protocol:** a ``VSphereClient`` that can also report what a guest's VMware Tools say
+    (``guest_info``, as vSphere's ``vm.guest``). Optional: ask through ``guest_heartbeat``,
+    which answers None for a client without it."""
+
+    async def guest_info(self, vm: VmRef) -> ToolsStatus: ...
+
+
+async def guest_heartbeat(client: VSphereClient, vm: VmRef) -> bool | None:
+    """Whether ``vm``'s guest reports a heartbeat (green or yellow); None when ``client``
+    cannot tell."""
+    if isinstance(client, GuestHeartbeat):
+        return (await client.guest_info(vm)).heartbeat in ("green", "yellow")
+    return None
 
 
 @attrs.frozen

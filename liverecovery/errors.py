@@ -37,6 +37,7 @@ __all__ = [
     "NotOfferedError",
     "OverlayError",
     "PasskeyError",
+    "PlanError",
     "PreflightError",
     "PrivilegeError",
     "ResourcePoolNotFoundError",
@@ -56,6 +57,15 @@ class LiveRecoveryError(Exception):
 
 class SettingsError(LiveRecoveryError, ValueError):
     """A setting or job file is invalid; the message names the setting and the source."""
+
+
+class PlanError(SettingsError):
+    """A recovery plan cannot run as written: ``problems`` lists every reason at once, each
+    naming the file and line (or the host and count, for the hosts' limits)."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message + "".join(f"\n  {p}" for p in problems))
+        self.problems = problems
 
 
 class JobStateError(LiveRecoveryError):

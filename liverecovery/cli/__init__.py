@@ -40,7 +40,17 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand registered."""
-    from liverecovery.cli import browse, control, demo, inspect, passkey, recover, serve, verify
+    from liverecovery.cli import (
+        browse,
+        control,
+        demo,
+        inspect,
+        passkey,
+        plan,
+        recover,
+        serve,
+        verify,
+    )
 
     parser = _Parser(
         prog="liverecovery",
@@ -56,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         browse.register,
         passkey.register,
         verify.register,
+        plan.register,
     ):
         register(sub)
     return parser

@@ -46,6 +46,7 @@ __all__ = [
     "run",
     "seconds",
     "sweep_demo_residue",
+    "vm_count",
     "vm_name",
 ]
 
@@ -150,7 +151,25 @@ def register(sub: Any) -> None:
         help="recover this backup (a folder or s3://bucket/prefix; --vm picks the VM when it "
         "holds several) instead of a generated sample",
     )
+    parser.add_argument(
+        "--vms",
+        type=vm_count,
+        default=None,
+        metavar="N",
+        help="recover N generated VMs as a plan in boot groups on several simulated ESX hosts",
+    )
     parser.set_defaults(handler=run)
+
+
+def vm_count(text: str) -> int:
+    """argparse type of ``--vms``: 1 to 1000 VMs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a number of VMs from 1 to 1000, got {text!r}")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -201,15 +220,28 @@ def demo_settings(work: Path, args: argparse.Namespace) -> Settings:
 
 async def run(args: argparse.Namespace) -> int:
     """Run the demo job; returns 0 when it completed, verified and left the backup unchanged."""
+    modes = [
+        flag
+        for flag, given in (
+            ("--verify", getattr(args, "verify", False)),
+            ("--vms", args.vms is not None),
+            ("--backup", getattr(args, "backup", None) is not None),
+        )
+        if given
+    ]
+    if len(modes) > 1:
+        print(
+            f"liverecovery: error: demo {' and '.join(modes)} cannot be combined: each is its "
+            "own demo (to verify or plan a backup of yours: liverecovery verify / plan run)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.vms is not None:
+        from liverecovery.cli.demo_plan import run_plan_demo
+
+        return await run_plan_demo(args)
     size = parse_size(args.disk_size)
     if getattr(args, "verify", False):
-        if getattr(args, "backup", None):
-            print(
-                "liverecovery: error: demo --verify verifies the generated sample; "
-                f"to verify {args.backup}, run: liverecovery verify {args.backup} --vm NAME",
-                file=sys.stderr,
-            )
-            return 2
         from liverecovery.cli.verify import run_demo_verify
 
         return await run_demo_verify(args, size)

@@ -13,6 +13,7 @@ from liverecovery.config import Settings
 from liverecovery.job.migration import MigrationPolicy
 from liverecovery.job.sessions import SessionRegistry
 from liverecovery.job.sharing import HostShares
+from liverecovery.job.throttle import MigrationSlots
 
 __all__ = ["JobContext"]
 
@@ -29,3 +30,5 @@ class JobContext:
     migration_policy: MigrationPolicy
     space_lock: anyio.Lock
     journal_dir: Path | None = None
+    migration_slots: MigrationSlots | None = None
+    """Bounds concurrent storage vMotions (None: no bound)."""

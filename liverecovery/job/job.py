@@ -1034,8 +1034,15 @@ class RecoveryJob:
 
         self._migrate_now = anyio.Event()  # a later migrate_now starts the next attempt
         self._retry_at = None
-        await self._record("migration_started", moref=self.vm.moref, datastore=self.spec.datastore)
-        self.vm = await self._ctx.backends.vsphere.relocate(self.vm, self.spec.datastore, progress)
+        async with contextlib.AsyncExitStack() as stack:
+            if self._ctx.migration_slots is not None:  # wait for a slot, still serving
+                await stack.enter_async_context(self._ctx.migration_slots.slot(self.spec.esx_host))
+            await self._record(
+                "migration_started", moref=self.vm.moref, datastore=self.spec.datastore
+            )
+            self.vm = await self._ctx.backends.vsphere.relocate(
+                self.vm, self.spec.datastore, progress
+            )
         self.migrated = True
         await self._record("migrated", strict=False, moref=self.vm.moref, vmx_path=self.vm.vmx_path)
         self._migrated_fraction = 1.0

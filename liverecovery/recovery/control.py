@@ -12,7 +12,9 @@ JSON reply per line:
 - ``{"op": "stop", "job": ID, "power_off": true}`` is the operator's explicit request to power
   off a VM running from the backup and undo everything (without ``power_off``: refused once the
   VM runs; a cancel before);
-- ``{"op": "migrate_now", "job": ID}`` starts (or retries) the storage vMotion now.
+- ``{"op": "migrate_now", "job": ID}`` starts (or retries) the storage vMotion now;
+- ``{"op": "plan_status"}`` answers each plan's summary and table; ``{"op": "plan_cancel",
+  "plan": NAME}`` cancels a running plan (no more groups start; running VMs keep running).
 
 Errors come back as ``{"error": "..."}``. Only the process's owner can connect, so there is no
 authentication beyond the file's permissions.
@@ -94,6 +96,10 @@ class ControlServer:
                     for j in self._lr.jobs()
                 ]
             }
+        if op == "plan_status":
+            return {"plans": [run.summary() for run in self._lr.plans()]}
+        if op == "plan_cancel":
+            return self._plan_cancel(req.get("plan"))
         try:
             if op == "status":
                 jobs = [self._lr.job(str(req["job"]))] if req.get("job") else self._lr.jobs()
@@ -112,6 +118,24 @@ class ControlServer:
         except JobStateError as exc:
             return {"error": str(exc)}
         return {"error": f"unknown op {op!r}"}
+
+    def _plan_cancel(self, wanted: object) -> dict[str, Any]:
+        """Cancel the running plan named ``wanted`` (its name, run id, or ``name-run``; None:
+        the only one running)."""
+        running = [r for r in self._lr.plans() if not r.done]
+        if wanted is not None:
+            w = str(wanted)
+            running = [
+                r for r in running if w in (r.plan.name, r.run_id, f"{r.plan.name}-{r.run_id}")
+            ]
+        if not running:
+            return {"error": "no running plan" + (f" {wanted!r}" if wanted is not None else "")}
+        if len(running) > 1:
+            names = ", ".join(f"{r.plan.name}-{r.run_id}" for r in running)
+            return {"error": f"several plans are running ({names}): name one"}
+        run = running[0]
+        run.cancel()
+        return {"plan": run.plan.name, "run_id": run.run_id, "state": "cancelling"}
 
 
 async def request(path: Path, req: dict[str, Any]) -> dict[str, Any]:

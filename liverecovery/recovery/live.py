@@ -57,6 +57,9 @@ from liverecovery.job.migration import (
 )
 from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
+from liverecovery.job.throttle import MigrationSlots
+from liverecovery.plan.model import Plan
+from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 from liverecovery.verify.checks import Check
@@ -105,11 +108,13 @@ class LiveRecovery:
             builder=builder or CopyingBuilder(),
             migration_policy=migration_policy or default_policy(self.settings),
             space_lock=anyio.Lock(),
+            migration_slots=MigrationSlots.for_settings(self.settings),
             journal_dir=journal_dir(self.settings.job_results_dir)
             if self.settings.journal
             else None,
         )
         self._jobs: dict[str, RecoveryJob] = {}
+        self._plans: list[PlanRun] = []
         self.resume_errors: list[str] = []
         self.assembly: Assembly | None = None
         """The parts ``from_settings`` started (the NFS server, cache, catalog, builder)."""
@@ -161,6 +166,8 @@ class LiveRecovery:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        for run in self._plans:
+            run.request_exit()
         for job in self._jobs.values():
             job.request_exit()
         try:
@@ -242,6 +249,49 @@ class LiveRecovery:
             await job.run()
         finally:
             self.sessions.release(job.spec.vm, job.id)
+
+    async def run_plan(self, plan: Plan, *, passkey: str | None = None) -> PlanRun:
+        """Check ``plan`` as a whole, then run it in the background; returns its handle
+        (``events()``, ``rows()``, ``wait()``, ``cancel()``).
+
+        :raises PlanError: every problem of the plan at once (VMs not in the catalog, unknown
+            hosts, the hosts' NFS limits, cache space); nothing was started then.
+        :raises BackendError: the plan's journal cannot be written; nothing was started.
+        :raises JobStateError: not inside ``async with``.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before running a plan")
+        run_id = new_run_id()
+        planned = await preflight(plan, self.backends, self.settings, run_id=run_id)
+        run = PlanRun(plan, self, planned, run_id=run_id, passkey=passkey)
+        await run.open_journal()  # a plan that cannot keep its journal does not start
+        self._plans.append(run)
+        self._tg.start_soon(run.run, name=f"liverecovery plan {plan.name}")
+        await anyio.lowlevel.checkpoint()
+        return run
+
+    async def resume_plans(self, *, passkey: str | None = None) -> list[PlanRun]:
+        """Resume the plans a stopped process left unfinished: their jobs are resumed
+        (``resume``) and adopted, groups not yet started are started, and no running VM is
+        touched. Plan journals that cannot be read are listed in ``resume_errors``.
+
+        :raises JobStateError: not inside ``async with``.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before resuming plans")
+        await self.resume()
+        runs: list[PlanRun] = []
+        for found in resumable_plans(self.settings, self._jobs, self.resume_errors):
+            run = found.run(self, passkey)
+            self._plans.append(run)
+            self._tg.start_soon(run.run, name=f"liverecovery plan {run.plan.name} (resumed)")
+            runs.append(run)
+        await anyio.lowlevel.checkpoint()
+        return runs
+
+    def plans(self) -> list[PlanRun]:
+        """Every plan run or resumed here, oldest first."""
+        return list(self._plans)
 
     async def verify(
         self,

@@ -501,6 +501,8 @@ class MemoryVSphere(GuestOperations):
         self.denied: dict[Target, set[str]] = {}
         self.privileges_known = True
         self.guest = GuestBehaviour()
+        self.host_free: dict[str, tuple[int | None, int | None]] = {}
+        """Free memory (bytes) and CPU (MHz) ``describe`` reports per host (default: none)."""
         self._next = 1
 
     async def describe(self, query: TargetQuery) -> TargetFacts:
@@ -516,6 +518,8 @@ class MemoryVSphere(GuestOperations):
             nfs_datastores=tuple(sorted(self.datastores[name])),
             nfs_max_volumes=self.max_nfs_volumes,
             networks=tuple(sorted(self.networks)),
+            memory_free_bytes=self.host_free.get(name, (None, None))[0],
+            cpu_free_mhz=self.host_free.get(name, (None, None))[1],
         )
         datastores: dict[str, DatastoreFacts] = {}
         for ds in query.datastores:

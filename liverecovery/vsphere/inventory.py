@@ -13,6 +13,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from liverecovery.backends import (
+    DEFAULT_MAX_CONN_PER_IP,
     DEFAULT_NFS_MAX_VOLUMES,
     DatastoreFacts,
     HostFacts,
@@ -25,8 +26,35 @@ from liverecovery.vsphere.vmomi import new
 
 __all__ = ["DEFAULT_NFS_MAX_VOLUMES", "VSphereInventory"]
 
-_HOST_PROPS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode"]
+_HOST_PROPS = [
+    "name",
+    "runtime.connectionState",
+    "runtime.inMaintenanceMode",
+    "summary.hardware",
+    "summary.quickStats",
+]
 _DATASTORE_PROPS = ["name", "summary", "host"]
+
+
+def _free_capacity(props: dict[str, Any]) -> tuple[int | None, int | None]:
+    """Free memory (bytes) and CPU (MHz) from the host's hardware summary and quick stats
+    (a plan's least-loaded placement); None where the host does not report them."""
+    hardware, stats = props.get("summary.hardware"), props.get("summary.quickStats")
+    memory = getattr(hardware, "memorySize", None)
+    mhz, cores = getattr(hardware, "cpuMhz", None), getattr(hardware, "numCpuCores", None)
+    used_mb = getattr(stats, "overallMemoryUsage", None)
+    used_mhz = getattr(stats, "overallCpuUsage", None)
+    free_memory = (
+        max(0, int(memory) - int(used_mb) * (1 << 20))
+        if memory is not None and used_mb is not None
+        else None
+    )
+    free_cpu = (
+        max(0, int(mhz) * int(cores) - int(used_mhz))
+        if mhz is not None and cores is not None and used_mhz is not None
+        else None
+    )
+    return free_memory, free_cpu
 
 
 class VSphereInventory:
@@ -168,21 +196,30 @@ class VSphereInventory:
 
     def nfs_max_volumes(self, host: vim.HostSystem) -> int:
         """The host's ``NFS.MaxVolumes``; ESXi's default when the host does not report it."""
+        return self.int_option(host, "NFS.MaxVolumes", DEFAULT_NFS_MAX_VOLUMES)
+
+    def max_conn_per_ip(self, host: vim.HostSystem) -> int:
+        """The host's ``SunRPC.MaxConnPerIP``; ESXi's limit when the host does not report it."""
+        return self.int_option(host, "SunRPC.MaxConnPerIP", DEFAULT_MAX_CONN_PER_IP)
+
+    def int_option(self, host: vim.HostSystem, key: str, default: int) -> int:
+        """An integer advanced option of the host; ``default`` when the host does not report
+        it."""
         options = host.configManager.advancedOption
         if options is None:
-            return DEFAULT_NFS_MAX_VOLUMES
+            return default
         try:
-            values = options.QueryView("NFS.MaxVolumes")
+            values = options.QueryView(key)
         except vim.fault.InvalidName:
             # Not reported (the govmomi simulator has no NFS.* options): ESXi's default applies.
-            return DEFAULT_NFS_MAX_VOLUMES
+            return default
         for value in values:
-            if value.key == "NFS.MaxVolumes" and isinstance(value.value, int | str):
+            if value.key == key and isinstance(value.value, int | str):
                 try:
                     return int(value.value)
                 except ValueError:
                     break
-        return DEFAULT_NFS_MAX_VOLUMES
+        return default
 
     def mounted_nfs(self, host: vim.HostSystem) -> list[str]:
         """Names of the NFSv3 datastores ``host`` mounts."""
@@ -273,6 +310,7 @@ class VSphereInventory:
         host_props, datastores, networks = self._host_view(host)
         mounted = {str(props.get("name")): (ds, props) for ds, props in datastores}
         nets = {str(props.get("name")): net for net, props in networks}
+        memory_free, cpu_free = _free_capacity(host_props)
         facts = HostFacts(
             query.host,
             connection_state=str(host_props.get("runtime.connectionState") or "connected"),
@@ -285,7 +323,10 @@ class VSphereInventory:
                 )
             ),
             nfs_max_volumes=self.nfs_max_volumes(host),
+            max_conn_per_ip=self.max_conn_per_ip(host),
             networks=tuple(sorted(nets)),
+            memory_free_bytes=memory_free,
+            cpu_free_mhz=cpu_free,
         )
         ds_facts: dict[str, DatastoreFacts] = {}
         entities: dict[Target, Any] = {Target("host", query.host): host}

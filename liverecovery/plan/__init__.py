@@ -1,0 +1,1 @@
+"""Recovery plans: many VMs in boot groups, one job each, within the ESX hosts' limits."""
