@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -55,6 +55,7 @@ __all__ = [
     "Listener",
     "LogThrottle",
     "RpcServerProtocol",
+    "StreamTransport",
     "listen",
 ]
 
@@ -76,6 +77,21 @@ _ACCEPT_RETRY_S: Final = 0.5
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BACKLOG: Final = 128
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+@runtime_checkable
+class StreamTransport(Protocol):
+    """What a connection needs of its transport: asyncio's ``Transport`` has it, and so has
+    uvloop's (which is not an ``asyncio.Transport`` subclass)."""
+
+    def write(self, data: Buffer, /) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_extra_info(self, name: str, default: Any = None, /) -> Any: ...
+    def get_write_buffer_size(self) -> int: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 @attrs.frozen
@@ -269,7 +285,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: collections.deque[bytes | bytearray] = collections.deque()
-        self._transport: asyncio.Transport | None = None
+        self._transport: StreamTransport | None = None
         self._fileno = -1
         self._reading_paused = False
         self._eof = False
@@ -302,7 +318,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if not isinstance(transport, StreamTransport):  # a datagram or subprocess transport
+            raise TypeError(f"an RPC connection needs a stream transport, not {transport!r}")
         self._transport = transport
         if self._table.closed or self not in self._table:  # closing, or evicted while starting
             transport.close()
@@ -490,7 +507,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._write_rest(transport, buffers, sent)
 
     @staticmethod
-    def _write_rest(transport: asyncio.Transport, buffers: list[Buffer], skip: int) -> None:
+    def _write_rest(transport: StreamTransport, buffers: list[Buffer], skip: int) -> None:
         for chunk in buffers:
             view = memoryview(chunk).cast("B")
             if skip >= len(view):
