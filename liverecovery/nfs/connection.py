@@ -70,6 +70,8 @@ _HIGH_WATER: Final = 8 << 20
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+_IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024) - 8
+"""Buffers gathered for one writev at most (the kernel refuses more than IOV_MAX)."""
 _ACCEPT_BATCH: Final = 64
 """Connections accepted per wake-up of the listening socket (then other work runs)."""
 _ACCEPT_RETRY_S: Final = 0.5
@@ -294,6 +296,10 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._transport_paused = False
         self._raw: socket.socket | None = None
         """A duplicate of the connection's socket: splice writes to it while the outbox is busy."""
+        self._corked: list[Buffer] = []
+        """Replies finished in this turn of the event loop, written together at its end."""
+        self._corked_bytes = 0
+        self._flush_planned = False
         self._outbox: collections.deque[tuple[collections.deque[Part], int]] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_full = False
@@ -404,6 +410,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         for task in self._tasks:
             task.cancel()
         self._drop_outbox()
+        self._corked = []
+        self._corked_bytes = 0
         if self._raw is not None:
             self._raw.close()  # before the transport closes its own descriptor (FIN goes out)
             self._raw = None
@@ -444,6 +452,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
+        if self._eof and not self._tasks and not self._queued:
+            self._flush()
         if (
             self._eof
             and not self._tasks
@@ -472,6 +482,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             release(reply)
             return
         if reply is None:
+            self._flush()
             self.close()
             return
         size = 0
@@ -487,6 +498,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._enqueue(parts, size + 4)
             return
         if piped:
+            self._flush()  # the gathered replies go first
             if not transport.get_write_buffer_size() and self._raw_socket() is not None:
                 self._enqueue(parts, size + 4)
                 self._pump()
@@ -494,16 +506,40 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             parts = _copied(parts)  # type: ignore[assignment]
         buffers: list[Buffer] = parts  # type: ignore[assignment]  # no PipedData left
         if self._fileno < 0 or transport.get_write_buffer_size():
+            self._flush()
             self._write_rest(transport, buffers, 0)
             return
-        # The transport holds nothing: one writev puts the record mark and every chunk (READ
-        # data unjoined, uncopied) on the socket in one system call and one TCP push; whatever
-        # the socket does not take goes to the transport, which sends it in order.
-        try:
-            sent = os.writev(self._fileno, buffers)
-        except OSError:  # EAGAIN, or an error the transport reports on its own write below
-            sent = 0
-        if sent < size + 4:
+        # The transport holds nothing: the replies finished in this turn of the event loop are
+        # gathered and go out in one writev (record marks and every chunk, READ data unjoined
+        # and uncopied) at its end: one system call and one TCP push for many small replies.
+        self._corked.extend(buffers)
+        self._corked_bytes += size + 4
+        if len(self._corked) > _IOV_MAX or self._corked_bytes >= _LOW_WATER:
+            self._flush()
+        elif not self._flush_planned:
+            self._flush_planned = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the gathered replies: what the socket does not take goes to the transport,
+        which sends it in order."""
+        self._flush_planned = False
+        buffers = self._corked
+        if not buffers:
+            return
+        size = self._corked_bytes
+        self._corked = []
+        self._corked_bytes = 0
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        sent = 0
+        if not transport.get_write_buffer_size():
+            try:
+                sent = os.writev(self._fileno, buffers)
+            except OSError:  # EAGAIN, or an error the transport reports on its write below
+                sent = 0
+        if sent < size:
             self._write_rest(transport, buffers, sent)
 
     @staticmethod
