@@ -61,9 +61,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Part] | None]]
+Dispatch = Callable[[bytes | bytearray, str], list[Part] | Awaitable[list[Part] | None] | None]
 """Answers one record from a peer address: the reply's parts (buffers, or ``PipedData``), or
-None to close the connection."""
+None to close the connection; either at once, or as something to await (which then runs in a
+task of its own, so that a slow call never holds up the others)."""
 
 _LOW_WATER: Final = 1 << 20
 _HIGH_WATER: Final = 8 << 20
@@ -300,6 +301,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         """Replies finished in this turn of the event loop, written together at its end."""
         self._corked_bytes = 0
         self._flush_planned = False
+        self._batching = False
+        """Inside ``_start_queued``, which writes what it answered when it is done."""
         self._outbox: collections.deque[tuple[collections.deque[Part], int]] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_full = False
@@ -429,11 +432,22 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     # -- calls ------------------------------------------------------------------------------
 
     def _start_queued(self) -> None:
-        while self._queued and len(self._tasks) < self._max_in_flight:
-            record = self._queued.popleft()
-            task = asyncio.get_running_loop().create_task(self._answer(record))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+        """Answer what is ready at once (no task, replies gathered into one write); calls that
+        must wait run in tasks, at most ``max_in_flight``."""
+        self._batching = True
+        try:
+            while self._queued and len(self._tasks) < self._max_in_flight:
+                record = self._queued.popleft()
+                answer = self._dispatch(record, self.peer)
+                if (answer is None or isinstance(answer, list)) and self._can_write.is_set():
+                    self._reply(answer)
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(answer))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+        finally:
+            self._batching = False
+        self._flush()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -463,18 +477,21 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         ):
             self._transport.close()
 
-    async def _answer(self, record: bytes | bytearray) -> None:
-        reply = await self._dispatch(record, self.peer)
-        if reply is not None and not self._reader.eager:
-            # A client of some export: its large WRITEs may be received without doublings.
-            self._reader.eager = self._trusts(self.peer)
+    async def _answer(self, answer: list[Part] | Awaitable[list[Part] | None] | None) -> None:
+        reply = answer if answer is None or isinstance(answer, list) else await answer
         try:
             if reply is not None and not self._can_write.is_set():
                 await self._can_write.wait()
-            self._send(reply)
+            self._reply(reply)
         except BaseException:
             release(reply)  # a cancelled or failed send: no pipe stays taken
             raise
+
+    def _reply(self, reply: list[Part] | None) -> None:
+        if reply is not None and not self._reader.eager:
+            # A client of some export: its large WRITEs may be received without doublings.
+            self._reader.eager = self._trusts(self.peer)
+        self._send(reply)
 
     def _send(self, reply: list[Part] | None) -> None:
         transport = self._transport
@@ -516,7 +533,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._corked_bytes += size + 4
         if len(self._corked) > _IOV_MAX or self._corked_bytes >= _LOW_WATER:
             self._flush()
-        elif not self._flush_planned:
+        elif not self._flush_planned and not self._batching:
             self._flush_planned = True
             asyncio.get_running_loop().call_soon(self._flush)
 

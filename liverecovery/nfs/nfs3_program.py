@@ -42,6 +42,22 @@ _SPLICE_MIN: Final = 16 * 1024
 """READs at least this large are spliced from the file when the filesystem can say where their
 bytes are (``read_file_range``): below it, copying is cheaper than the pipe round trip."""
 
+_KEEPS_ATTRIBUTES: Final = frozenset(
+    {
+        n3.Proc.GETATTR,
+        n3.Proc.LOOKUP,
+        n3.Proc.ACCESS,
+        n3.Proc.READLINK,
+        n3.Proc.READ,
+        n3.Proc.READDIR,
+        n3.Proc.READDIRPLUS,
+        n3.Proc.FSSTAT,
+        n3.Proc.FSINFO,
+        n3.Proc.PATHCONF,
+    }
+)
+"""Procedures that change no file: every other one drops its export's cached attributes."""
+
 _Entry: TypeAlias = tuple[Callable[[Unpacker], Any], Callable[..., Awaitable[Any]], type[Any]]
 """A procedure: its arguments' decoder, its handler, its result type (for failures)."""
 
@@ -73,7 +89,19 @@ class Nfs3Program:
         self._procs = self._table()
 
     async def call(self, xid: int, proc: int, args: Unpacker, peer: str) -> list[Part]:
-        """The reply to one NFSv3 call; the one place an ``NfsError`` becomes a status."""
+        """The reply to one NFSv3 call (``answer``, awaited when it is not ready at once)."""
+        reply = self.answer(xid, proc, args, peer)
+        return reply if isinstance(reply, list) else await reply
+
+    def answer(
+        self, xid: int, proc: int, args: Unpacker, peer: str
+    ) -> list[Part] | Awaitable[list[Part]]:
+        """The reply to one NFSv3 call when it is ready at once (GETATTR with cached
+        attributes, READ of data in the page cache: no task, no await), else the coroutine
+        that answers it.
+
+        :raises GarbageArgs: the arguments do not decode.
+        """
         if proc == n3.Proc.NULL:
             return encode_accepted(xid).parts()
         entry = self._procs.get(proc)
@@ -84,10 +112,33 @@ class Nfs3Program:
             decoded = unpack(args)
         except (XdrError, ValueError) as exc:
             raise GarbageArgs(str(exc)) from None
+        if proc == n3.Proc.READ:
+            reply = self._read_now(xid, decoded, peer)
+            if reply is not None:
+                return reply
+        elif proc == n3.Proc.GETATTR:
+            reply = self._getattr_now(xid, decoded, peer)
+            if reply is not None:
+                return reply
+        return self._complete(xid, proc, decoded, peer, handler, result_type)
+
+    async def _complete(
+        self,
+        xid: int,
+        proc: int,
+        decoded: Any,
+        peer: str,
+        handler: Callable[..., Awaitable[Any]],
+        result_type: type[Any],
+    ) -> list[Part]:
+        """The one place an ``NfsError`` becomes a status."""
         fsid = 0
+        exp: Export | None = None
+        fileid = epoch = 0
         try:
             exp, fileid = self._resolve(_primary_handle(decoded), peer)
             fsid = exp.export_id
+            epoch = exp.attribute_epoch
             result = await handler(exp, fileid, decoded, peer)
             if result.status is NfsStatus.STALE and self._in_grace():
                 # A folder not published again yet: the client retries, its VM keeps going.
@@ -98,8 +149,61 @@ class Nfs3Program:
             # An argument in range for XDR that the OS still refuses as a value: the client's.
             log.debug("NFS3 procedure %s from %s: argument refused: %s", proc, peer, exc)
             result = result_type(NfsStatus.INVAL)
+        finally:
+            if exp is not None and proc not in _KEEPS_ATTRIBUTES:
+                exp.forget_attributes()  # after the change: no READ re-caches the old ones
         p = encode_accepted(xid)
         result.pack(p, fsid)
+        if proc == n3.Proc.GETATTR and exp is not None and result.status is NfsStatus.OK:
+            exp.remember_attributes(fileid, result.attributes, epoch)
+        return p.parts()
+
+    # -- answers ready at once: the hot path ----------------------------------------------
+
+    def _getattr_now(self, xid: int, a: n3.FhArgs, peer: str) -> list[Part] | None:
+        """GETATTR answered from the attributes cached for the handle (or read inline), or None
+        (then the awaited path answers it, errors included)."""
+        try:
+            exp, fileid = self._resolve(a.fh, peer)  # (the allow list, before anything else)
+            packed = exp.packed_attributes(fileid)
+        except (NfsError, OverflowError, ValueError):
+            return None
+        if packed is None:
+            return None
+        p = encode_accepted(xid)
+        p.u32(NfsStatus.OK)
+        p.raw(packed)
+        return p.parts()
+
+    def _read_now(self, xid: int, a: n3.ReadArgs, peer: str) -> list[Part] | None:
+        """A READ of data the filesystem has at once (page cache), copied inline, with cached
+        attributes; None: the awaited path answers it (large reads it splices, errors...)."""
+        length = min(a.count, MAX_IO)
+        if length >= _SPLICE_MIN and self.pipes is not None:
+            return None
+        if a.offset > MAX_OFFSET - length:
+            return None
+        try:
+            exp, fileid = self._resolve(a.fh, peer)  # (the allow list, before anything else)
+            read_inline = exp.read_inline
+            if read_inline is None:
+                return None
+            got = read_inline(fileid, a.offset, length)
+            if got is None:
+                return None
+            packed = exp.packed_attributes(fileid)
+        except (NfsError, OverflowError, ValueError):
+            return None
+        if packed is None:
+            return None
+        data, eof = got
+        n = len(data)
+        p = encode_accepted(xid)
+        p.u32(NfsStatus.OK)
+        p.u32(1)  # post_op_attr: present
+        p.raw(packed)
+        p.pack_struct(n3.READ_OK, n, 1 if eof else 0, n)
+        p.opaque_body(data, n)
         return p.parts()
 
     def _table(self) -> dict[int, _Entry]:

@@ -98,7 +98,9 @@ class NfsServer(anyio.abc.AsyncResource):
             (MountProgram.PROGRAM, MountProgram.VERSION): self._mount.call,
             (Nfs3Program.PROGRAM, Nfs3Program.VERSION): self._nfs3.call,
         }
-        self._dispatcher = RpcDispatcher(self._programs)
+        self._dispatcher = RpcDispatcher(
+            self._programs, {(Nfs3Program.PROGRAM, Nfs3Program.VERSION): self._nfs3.answer}
+        )
         self._listeners: list[Listener] = []
         self._connections = ConnectionTable(self.limits)
         self._bound_port = 0
@@ -149,7 +151,7 @@ class NfsServer(anyio.abc.AsyncResource):
         return await listen(
             self._host,
             port,
-            self._dispatcher.dispatch,
+            self._dispatcher.answer,
             self._connections,
             admits=self.admits,
             trusts=self.allowed_anywhere,
