@@ -47,7 +47,7 @@ from liverecovery.errors import NfsError
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import Stability
 from liverecovery.nfs.localfs import LocalFilesystem
-from liverecovery.nfs.server import NfsServer
+from liverecovery.nfs.server import NfsServer, event_loop_options
 from liverecovery.testing.samples import expected_read, sample_vm
 
 MiB = 1 << 20
@@ -335,7 +335,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_virtual is not None:
-        anyio.run(serve_virtual, args.serve_virtual, args.port)
+        anyio.run(
+            serve_virtual, args.serve_virtual, args.port, backend_options=event_loop_options()
+        )
         return
     scenarios = set(args.scenarios.split(","))
     size = args.size_mib * MiB
