@@ -17,13 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from liverecovery.nfs import connection
+from liverecovery.nfs import connection, rpc
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import FileAttributes, SetAttributes, Stability
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.rpc import AuthSys, RecordReader, decode_reply, encode_call
 from liverecovery.nfs.server import NfsServer
+from liverecovery.nfs.xdr import Packer
 from liverecovery.nfs.zero_copy import PipedData
 
 pytestmark = pytest.mark.anyio
@@ -220,3 +221,58 @@ async def test_replies_finished_together_go_out_in_one_write(
                     xids.add(decode_reply(record).xid)
     assert xids == set(range(1, n + 1))
     assert 1 <= len(writes) < n // 4, writes  # one writev per received batch, not per reply
+
+
+def _slow_decode(record: bytes) -> rpc.Call:
+    known = rpc._known_call
+    rpc._known_call = lambda _record: None  # type: ignore[assignment]
+    try:
+        return rpc.decode_call(record)
+    finally:
+        rpc._known_call = known
+
+
+_creds = st.one_of(
+    st.just(rpc.AUTH_NONE),
+    st.builds(
+        rpc.AuthSys,
+        uid=st.integers(0, 2**32 - 1),
+        gid=st.integers(0, 2**32 - 1),
+        gids=st.lists(st.integers(0, 2**32 - 1), max_size=16).map(tuple),
+        machine_name=st.text(max_size=40),
+    ).map(rpc.AuthSys.encode),
+    st.builds(rpc.OpaqueAuth, st.integers(0, 7), st.binary(max_size=40)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    xid=st.integers(0, 2**32 - 1),
+    proc=st.integers(0, 30),
+    cred=_creds,
+    verf=st.one_of(st.just(rpc.AUTH_NONE), _creds),
+    args=st.binary(max_size=64),
+    cut=st.one_of(st.none(), st.integers(0, 120)),
+)
+def test_the_quick_call_header_parse_equals_the_full_one(
+    xid: int, proc: int, cred: rpc.OpaqueAuth, verf: rpc.OpaqueAuth, args: bytes, cut: int | None
+) -> None:
+    p = Packer()
+    p.pack_struct(struct.Struct(">6I"), xid, 0, 2, n3.NFS_PROGRAM, n3.NFS_VERSION, proc)
+    for auth in (cred, verf):
+        p.u32(auth.flavor)
+        p.opaque(auth.body)
+    p.raw(args)
+    record = p.getvalue()[:cut]
+    for _ in range(2):  # the second time, AUTH_SYS credentials are known ones
+        try:
+            slow = _slow_decode(record)
+        except rpc.RpcError as exc:
+            with pytest.raises(type(exc)):
+                rpc.decode_call(record)
+            return
+        quick = rpc._known_call(record)
+        full = rpc.decode_call(record)
+        for call in (quick, full) if quick is not None else (full,):
+            assert call == slow
+            assert call.args.position == slow.args.position
