@@ -49,7 +49,7 @@ from liverecovery.testing.samples import sample_vm
 
 MiB = 1 << 20
 KiB = 1 << 10
-RANDOM_SIZES = {"4k": 4 * KiB, "64k": 64 * KiB, "1m": MiB}
+RANDOM_SIZES = {"4k": 4 * KiB, "64k": 64 * KiB, "256k": 256 * KiB, "1m": MiB}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
