@@ -438,7 +438,11 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         try:
             while self._queued and len(self._tasks) < self._max_in_flight:
                 record = self._queued.popleft()
-                answer = self._dispatch(record, self.peer)
+                try:
+                    answer = self._dispatch(record, self.peer)
+                except Exception:  # (a dispatch that raises: as a failed task, no reply)
+                    log.error("call from %s failed", self.peer, exc_info=True)
+                    continue
                 if (answer is None or isinstance(answer, list)) and self._can_write.is_set():
                     self._reply(answer)
                     continue

@@ -10,6 +10,7 @@ import struct
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -24,7 +25,7 @@ from liverecovery.nfs.filesystem import FileAttributes, SetAttributes, Stability
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.rpc import AuthSys, RecordReader, decode_reply, encode_call
 from liverecovery.nfs.server import NfsServer
-from liverecovery.nfs.xdr import Packer
+from liverecovery.nfs.xdr import Packer, Part
 from liverecovery.nfs.zero_copy import PipedData
 
 pytestmark = pytest.mark.anyio
@@ -282,3 +283,39 @@ def test_the_quick_call_header_parse_equals_the_full_one(
         for call in (quick, full) if quick is not None else (full,):
             assert call == slow
             assert call.args.position == slow.args.position
+
+
+async def test_a_dispatch_that_raises_costs_only_its_own_call() -> None:
+    """A dispatch answering at once that fails is logged like a failed task: no reply to that
+    record, and the connection goes on answering the next ones, at once or awaited."""
+
+    async def later() -> list[Part] | None:
+        await anyio.sleep(0.01)
+        return [b"later"]
+
+    def dispatch(record: bytes | bytearray, peer: str) -> Any:
+        if record == b"boom":
+            raise RuntimeError("dispatch failed")
+        return [b"now:" + bytes(record)] if record != b"wait" else later()
+
+    table = connection.ConnectionTable(connection.ConnectionLimits())
+    listener = await connection.listen(PEER, 0, dispatch, table)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with anyio.fail_after(20):
+            async with await anyio.connect_tcp(PEER, port) as stream:
+                wire = b"".join(
+                    struct.pack(">I", 0x80000000 | len(r)) + r for r in (b"boom", b"wait", b"a")
+                )
+                await stream.send(wire)
+                reader = RecordReader(1 << 20)
+                got: list[bytes] = []
+                while len(got) < 2:
+                    reader.feed(await stream.receive())
+                    while (record := reader.next_record()) is not None:
+                        got.append(bytes(record))
+                assert got == [b"now:a", b"later"]
+    finally:
+        listener.close()
+        for conn in table:
+            conn.close()
