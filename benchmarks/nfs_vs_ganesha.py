@@ -47,7 +47,7 @@ from liverecovery.errors import NfsError
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.filesystem import Stability
 from liverecovery.nfs.localfs import LocalFilesystem
-from liverecovery.nfs.server import NfsServer
+from liverecovery.nfs.server import NfsServer, event_loop_options
 from liverecovery.testing.samples import expected_read, sample_vm
 
 MiB = 1 << 20
@@ -83,7 +83,10 @@ def start_rpcbind() -> subprocess.Popen[bytes] | None:
     return proc
 
 
-def start_ganesha(tmp: Path, data: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start_ganesha(
+    tmp: Path, data: Path, wrapper: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Ganesha over ``data``; ``wrapper`` runs it under another program (valgrind)."""
     nfs_port, mount_port = free_port(), free_port()
     conf = tmp / "ganesha.conf"
     conf.write_text(
@@ -96,12 +99,12 @@ EXPORT {{ Export_Id = 1; Path = {data}; Pseudo = /export; Protocols = 3; Transpo
 """
     )
     proc = subprocess.Popen(
-        [shutil.which("ganesha.nfsd") or "/usr/bin/ganesha.nfsd", "-F", "-f", str(conf),
+        [*(wrapper or []), shutil.which("ganesha.nfsd") or "/usr/bin/ganesha.nfsd", "-F", "-f", str(conf),
          "-L", str(tmp / "ganesha.log"), "-p", str(tmp / "ganesha.pid")],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    wait_port(nfs_port, proc)
-    wait_port(mount_port, proc)
+    wait_port(nfs_port, proc, timeout=300 if wrapper else 30)
+    wait_port(mount_port, proc, timeout=300 if wrapper else 30)
     return proc, nfs_port, mount_port
 
 
@@ -332,7 +335,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_virtual is not None:
-        anyio.run(serve_virtual, args.serve_virtual, args.port)
+        anyio.run(
+            serve_virtual, args.serve_virtual, args.port, backend_options=event_loop_options()
+        )
         return
     scenarios = set(args.scenarios.split(","))
     size = args.size_mib * MiB

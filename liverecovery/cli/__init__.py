@@ -85,10 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     from liverecovery.cli.signals import exit_without_lingering, threads_now
+    from liverecovery.nfs.server import event_loop_options
 
     before = threads_now()
     try:
-        code: Any = anyio.run(handler, args)
+        code: Any = anyio.run(handler, args, backend_options=event_loop_options())
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         exit_without_lingering(130, before)

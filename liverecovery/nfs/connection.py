@@ -34,7 +34,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -55,20 +55,24 @@ __all__ = [
     "Listener",
     "LogThrottle",
     "RpcServerProtocol",
+    "StreamTransport",
     "listen",
 ]
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[bytes | bytearray, str], Awaitable[list[Part] | None]]
+Dispatch = Callable[[bytes | bytearray, str], list[Part] | Awaitable[list[Part] | None] | None]
 """Answers one record from a peer address: the reply's parts (buffers, or ``PipedData``), or
-None to close the connection."""
+None to close the connection; either at once, or as something to await (which then runs in a
+task of its own, so that a slow call never holds up the others)."""
 
 _LOW_WATER: Final = 1 << 20
 _HIGH_WATER: Final = 8 << 20
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
+_IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024) - 8
+"""Buffers gathered for one writev at most (the kernel refuses more than IOV_MAX)."""
 _ACCEPT_BATCH: Final = 64
 """Connections accepted per wake-up of the listening socket (then other work runs)."""
 _ACCEPT_RETRY_S: Final = 0.5
@@ -76,6 +80,21 @@ _ACCEPT_RETRY_S: Final = 0.5
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BACKLOG: Final = 128
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
+
+
+@runtime_checkable
+class StreamTransport(Protocol):
+    """What a connection needs of its transport: asyncio's ``Transport`` has it, and so has
+    uvloop's (which is not an ``asyncio.Transport`` subclass)."""
+
+    def write(self, data: Buffer, /) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_extra_info(self, name: str, default: Any = None, /) -> Any: ...
+    def get_write_buffer_size(self) -> int: ...
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 @attrs.frozen
@@ -269,7 +288,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: collections.deque[bytes | bytearray] = collections.deque()
-        self._transport: asyncio.Transport | None = None
+        self._transport: StreamTransport | None = None
         self._fileno = -1
         self._reading_paused = False
         self._eof = False
@@ -278,6 +297,12 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._transport_paused = False
         self._raw: socket.socket | None = None
         """A duplicate of the connection's socket: splice writes to it while the outbox is busy."""
+        self._corked: list[Buffer] = []
+        """Replies finished in this turn of the event loop, written together at its end."""
+        self._corked_bytes = 0
+        self._flush_planned = False
+        self._batching = False
+        """Inside ``_start_queued``, which writes what it answered when it is done."""
         self._outbox: collections.deque[tuple[collections.deque[Part], int]] = collections.deque()
         self._outbox_bytes = 0
         self._outbox_full = False
@@ -302,7 +327,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     # -- asyncio callbacks ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        if not isinstance(transport, StreamTransport):  # a datagram or subprocess transport
+            raise TypeError(f"an RPC connection needs a stream transport, not {transport!r}")
         self._transport = transport
         if self._table.closed or self not in self._table:  # closing, or evicted while starting
             transport.close()
@@ -387,6 +413,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         for task in self._tasks:
             task.cancel()
         self._drop_outbox()
+        self._corked = []
+        self._corked_bytes = 0
         if self._raw is not None:
             self._raw.close()  # before the transport closes its own descriptor (FIN goes out)
             self._raw = None
@@ -404,11 +432,26 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     # -- calls ------------------------------------------------------------------------------
 
     def _start_queued(self) -> None:
-        while self._queued and len(self._tasks) < self._max_in_flight:
-            record = self._queued.popleft()
-            task = asyncio.get_running_loop().create_task(self._answer(record))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
+        """Answer what is ready at once (no task, replies gathered into one write); calls that
+        must wait run in tasks, at most ``max_in_flight``."""
+        self._batching = True
+        try:
+            while self._queued and len(self._tasks) < self._max_in_flight:
+                record = self._queued.popleft()
+                try:
+                    answer = self._dispatch(record, self.peer)
+                except Exception:  # (a dispatch that raises: as a failed task, no reply)
+                    log.error("call from %s failed", self.peer, exc_info=True)
+                    continue
+                if (answer is None or isinstance(answer, list)) and self._can_write.is_set():
+                    self._reply(answer)
+                    continue
+                task = asyncio.get_running_loop().create_task(self._answer(answer))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+        finally:
+            self._batching = False
+        self._flush()
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -427,6 +470,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
+        if self._eof and not self._tasks and not self._queued:
+            self._flush()
         if (
             self._eof
             and not self._tasks
@@ -436,18 +481,21 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         ):
             self._transport.close()
 
-    async def _answer(self, record: bytes | bytearray) -> None:
-        reply = await self._dispatch(record, self.peer)
-        if reply is not None and not self._reader.eager:
-            # A client of some export: its large WRITEs may be received without doublings.
-            self._reader.eager = self._trusts(self.peer)
+    async def _answer(self, answer: list[Part] | Awaitable[list[Part] | None] | None) -> None:
+        reply = answer if answer is None or isinstance(answer, list) else await answer
         try:
             if reply is not None and not self._can_write.is_set():
                 await self._can_write.wait()
-            self._send(reply)
+            self._reply(reply)
         except BaseException:
             release(reply)  # a cancelled or failed send: no pipe stays taken
             raise
+
+    def _reply(self, reply: list[Part] | None) -> None:
+        if reply is not None and not self._reader.eager:
+            # A client of some export: its large WRITEs may be received without doublings.
+            self._reader.eager = self._trusts(self.peer)
+        self._send(reply)
 
     def _send(self, reply: list[Part] | None) -> None:
         transport = self._transport
@@ -455,6 +503,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             release(reply)
             return
         if reply is None:
+            self._flush()
             self.close()
             return
         size = 0
@@ -470,6 +519,7 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._enqueue(parts, size + 4)
             return
         if piped:
+            self._flush()  # the gathered replies go first
             if not transport.get_write_buffer_size() and self._raw_socket() is not None:
                 self._enqueue(parts, size + 4)
                 self._pump()
@@ -477,20 +527,44 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             parts = _copied(parts)  # type: ignore[assignment]
         buffers: list[Buffer] = parts  # type: ignore[assignment]  # no PipedData left
         if self._fileno < 0 or transport.get_write_buffer_size():
+            self._flush()
             self._write_rest(transport, buffers, 0)
             return
-        # The transport holds nothing: one writev puts the record mark and every chunk (READ
-        # data unjoined, uncopied) on the socket in one system call and one TCP push; whatever
-        # the socket does not take goes to the transport, which sends it in order.
-        try:
-            sent = os.writev(self._fileno, buffers)
-        except OSError:  # EAGAIN, or an error the transport reports on its own write below
-            sent = 0
-        if sent < size + 4:
+        # The transport holds nothing: the replies finished in this turn of the event loop are
+        # gathered and go out in one writev (record marks and every chunk, READ data unjoined
+        # and uncopied) at its end: one system call and one TCP push for many small replies.
+        self._corked.extend(buffers)
+        self._corked_bytes += size + 4
+        if len(self._corked) > _IOV_MAX or self._corked_bytes >= _LOW_WATER:
+            self._flush()
+        elif not self._flush_planned and not self._batching:
+            self._flush_planned = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the gathered replies: what the socket does not take goes to the transport,
+        which sends it in order."""
+        self._flush_planned = False
+        buffers = self._corked
+        if not buffers:
+            return
+        size = self._corked_bytes
+        self._corked = []
+        self._corked_bytes = 0
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        sent = 0
+        if not transport.get_write_buffer_size():
+            try:
+                sent = os.writev(self._fileno, buffers)
+            except OSError:  # EAGAIN, or an error the transport reports on its write below
+                sent = 0
+        if sent < size:
             self._write_rest(transport, buffers, sent)
 
     @staticmethod
-    def _write_rest(transport: asyncio.Transport, buffers: list[Buffer], skip: int) -> None:
+    def _write_rest(transport: StreamTransport, buffers: list[Buffer], skip: int) -> None:
         for chunk in buffers:
             view = memoryview(chunk).cast("B")
             if skip >= len(view):

@@ -24,7 +24,7 @@ from liverecovery.nfs.rpc import (
 )
 from liverecovery.nfs.xdr import Part, Unpacker
 
-__all__ = ["GarbageArgs", "Program", "RpcDispatcher", "proc_unavailable"]
+__all__ = ["Answer", "GarbageArgs", "Program", "QuickProgram", "RpcDispatcher", "proc_unavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ _FAILURE_LOG_INTERVAL: Final = 60.0
 Program: TypeAlias = Callable[[int, int, Unpacker, str], Awaitable[list[Part]]]
 """One version of an RPC program: ``(xid, proc, args, peer)`` to the reply's parts (buffers, or
 ``PipedData`` for spliced READ data). :raises GarbageArgs: the arguments do not decode."""
+
+
+QuickProgram: TypeAlias = Callable[[int, int, Unpacker, str], list[Part] | Awaitable[list[Part]]]
+"""A program that answers at once when it can (a READ of cached data, a GETATTR): the reply's
+parts; else what to await for it (only calls that must wait pay for a task).
+:raises GarbageArgs: the arguments do not decode."""
+
+Answer: TypeAlias = list[Part] | None
+"""A reply's parts, or None: close the connection (the record is not an RPC call)."""
 
 
 class GarbageArgs(Exception):
@@ -47,8 +56,15 @@ def proc_unavailable(xid: int) -> list[Part]:
 class RpcDispatcher:
     """Answers records with the programs of ``programs``, keyed by (program, version)."""
 
-    def __init__(self, programs: Mapping[tuple[int, int], Program]) -> None:
+    def __init__(
+        self,
+        programs: Mapping[tuple[int, int], Program],
+        quick: Mapping[tuple[int, int], QuickProgram] | None = None,
+    ) -> None:
         self._programs = dict(programs)
+        self._quick = dict(quick or {})
+        """Programs that may answer without a task, keyed like ``programs`` (which they
+        replace for ``answer``)."""
         self._failures: dict[tuple[int, int], tuple[float, int]] = {}
         """When each (program, procedure) failure was last logged, and how many since."""
         self._versions: dict[int, tuple[int, int]] = {}
@@ -56,8 +72,17 @@ class RpcDispatcher:
             low, high = self._versions.get(prog, (vers, vers))
             self._versions[prog] = (min(low, vers), max(high, vers))
 
-    async def dispatch(self, record: bytes | bytearray, peer: str) -> list[Part] | None:
+    async def dispatch(self, record: bytes | bytearray, peer: str) -> Answer:
         """The reply to one record; None when it is not an RPC call (the connection closes)."""
+        answer = self.answer(record, peer)
+        if answer is None or isinstance(answer, list):
+            return answer
+        return await answer
+
+    def answer(self, record: bytes | bytearray, peer: str) -> Answer | Awaitable[Answer]:
+        """The reply to one record when it is ready at once (``dispatch``'s answer), else what
+        to await for it: the connection runs only calls that must wait in a task of their own.
+        Never raises (a failure is answered SYSTEM_ERR)."""
         try:
             call = decode_call(record)
         except CallRejected as exc:
@@ -66,17 +91,46 @@ class RpcDispatcher:
         except RpcError as exc:
             log.info("closing connection from %s: %s", peer, exc)
             return None
-        program = self._programs.get((call.prog, call.vers))
+        key = (call.prog, call.vers)
+        quick = self._quick.get(key)
+        if quick is not None:
+            try:
+                reply = quick(call.xid, call.proc, call.args, peer)
+            except GarbageArgs as exc:
+                return self._garbage(call, peer, exc)
+            except Exception:
+                self._log_failure(call, peer)
+                return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
+            if isinstance(reply, list):
+                return reply
+            return self._finish(call, peer, reply)
+        program = self._programs.get(key)
         if program is None:
             return [self._unavailable(call)]
+        return self._finish(call, peer, None, program)
+
+    async def _finish(
+        self,
+        call: Call,
+        peer: str,
+        pending: Awaitable[list[Part]] | None,
+        program: Program | None = None,
+    ) -> Answer:
         try:
-            return await program(call.xid, call.proc, call.args, peer)
+            if pending is None:
+                assert program is not None
+                pending = program(call.xid, call.proc, call.args, peer)
+            return await pending
         except GarbageArgs as exc:
-            log.debug("garbage arguments from %s: %s", peer, exc)
-            return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
+            return self._garbage(call, peer, exc)
         except Exception:
             self._log_failure(call, peer)
             return [encode_accepted(call.xid, AcceptStat.SYSTEM_ERR).getvalue()]
+
+    @staticmethod
+    def _garbage(call: Call, peer: str, exc: GarbageArgs) -> list[Part]:
+        log.debug("garbage arguments from %s: %s", peer, exc)
+        return [encode_accepted(call.xid, AcceptStat.GARBAGE_ARGS).getvalue()]
 
     def _log_failure(self, call: Call, peer: str) -> None:
         key = (call.prog, call.proc & 0xFFFF)

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias, runtime_checkable
 
 import anyio
 import attrs
@@ -27,16 +27,38 @@ import attrs
 from liverecovery.errors import BackendError, NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.composite import CompositeFilesystem
-from liverecovery.nfs.filesystem import Filesystem
+from liverecovery.nfs.filesystem import FileAttributes, Filesystem
 from liverecovery.nfs.handles import HandleCodec, load_or_create_key
+from liverecovery.nfs.nfs3_codec import pack_fattr
+from liverecovery.nfs.xdr import Buffer, Packer
 
-__all__ = ["Export", "ExportInfo", "ExportRegistry"]
+__all__ = ["ATTRIBUTE_TTL_S", "Export", "ExportInfo", "ExportRegistry", "InlineFilesystem"]
 
 log = logging.getLogger(__name__)
 
 _EXPORTS_FILE: Final = "exports.json"
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+ATTRIBUTE_TTL_S: Final = 1.0
+"""How long a file's attributes are answered from memory (GETATTR, READ's post-op attributes)
+when nothing changed them through the server: every procedure that changes a file drops its
+export's cached attributes, so this only bounds how late a change made behind the server's back
+shows (NFS clients cache attributes for 3 s and more themselves)."""
+_ATTRIBUTE_CACHE_MAX: Final = 4096
+
+
+@runtime_checkable
+class InlineFilesystem(Protocol):
+    """A ``Filesystem`` that can answer some calls at once, without awaiting: the server then
+    answers small READs of cached data and GETATTRs without a task."""
+
+    def getattr_inline(self, fileid: int) -> FileAttributes:
+        """``getattr``, at once. :raises NfsError: as ``getattr``."""
+
+    def read_inline(self, fileid: int, offset: int, length: int) -> tuple[Buffer, bool] | None:
+        """``read`` when its data is at hand (the page cache), else None (then ``read``).
+        :raises NfsError: as ``read``."""
 
 
 @attrs.frozen
@@ -45,6 +67,16 @@ class ExportInfo:
 
     path: str
     clients: tuple[str, ...]
+
+
+def _same_class(fs: object, method: str, twin: str) -> bool:
+    """``method`` and its inline ``twin`` come from the same class: a subclass that overrides
+    ``read`` (say, to delay or count reads) and not ``read_inline`` is never bypassed."""
+
+    def owner(name: str) -> type | None:
+        return next((c for c in type(fs).__mro__ if name in vars(c)), None)
+
+    return owner(method) is owner(twin)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -77,9 +109,56 @@ class Export:
     """``fs.read_file_range``, bound once (not looked up per READ)."""
     _allowed: dict[str, bool] = attrs.field(factory=dict, init=False)
     """Answers of ``allows`` by peer address (every call asks); cleared when clients change."""
+    read_inline: Callable[[int, int, int], tuple[Buffer, bool] | None] | None = attrs.field(
+        init=False, default=None
+    )
+    """``fs.read_inline`` when the filesystem is an ``InlineFilesystem``."""
+    _getattr_inline: Callable[[int], FileAttributes] | None = attrs.field(init=False, default=None)
+    _attributes: dict[int, tuple[bytes, float]] = attrs.field(factory=dict, init=False)
+    """Packed fattr3 by file id, with when it stops being fresh (``ATTRIBUTE_TTL_S``)."""
+    attribute_epoch: int = attrs.field(default=0, init=False)
+    """Counts ``forget_attributes``: attributes read before a change are not remembered after."""
 
     def __attrs_post_init__(self) -> None:
         self.read_file_range = self.fs.read_file_range
+        if isinstance(self.fs, InlineFilesystem):
+            if _same_class(self.fs, "read", "read_inline"):
+                self.read_inline = self.fs.read_inline
+            if _same_class(self.fs, "getattr", "getattr_inline"):
+                self._getattr_inline = self.fs.getattr_inline
+
+    def packed_attributes(self, fileid: int) -> bytes | None:
+        """The file's fattr3 as sent (this export's fsid): cached, or read at once from an
+        ``InlineFilesystem``; None when neither can say (then ask ``fs.getattr``).
+
+        :raises NfsError: as ``getattr``.
+        """
+        now = time.monotonic()
+        cached = self._attributes.get(fileid)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        if self._getattr_inline is None:
+            return None
+        return self._store(fileid, self._getattr_inline(fileid), now)
+
+    def remember_attributes(self, fileid: int, attributes: FileAttributes, epoch: int) -> None:
+        """Keep attributes read (awaited) since ``epoch`` for the next GETATTRs."""
+        if epoch == self.attribute_epoch:
+            self._store(fileid, attributes, time.monotonic())
+
+    def forget_attributes(self) -> None:
+        """A file of this export changed (or may have): no attribute is answered from memory."""
+        self.attribute_epoch += 1
+        self._attributes.clear()
+
+    def _store(self, fileid: int, attributes: FileAttributes, now: float) -> bytes:
+        p = Packer()
+        pack_fattr(p, attributes, self.export_id)
+        packed = p.getvalue()
+        if len(self._attributes) >= _ATTRIBUTE_CACHE_MAX:
+            self._attributes.clear()
+        self._attributes[fileid] = (packed, now + ATTRIBUTE_TTL_S)
+        return packed
 
     def allows(self, address: str) -> bool:
         known = self._allowed.get(address)
@@ -271,6 +350,7 @@ class ExportRegistry:
             self._composite(path, "nfs.publish").publish(folder, filesystem)
         except NfsError as exc:
             raise BackendError(f"{path}: {exc}", operation="nfs.publish") from None
+        self._exports[_normalize_path(path)].forget_attributes()  # its root changed
 
     async def unpublish(self, path: str, folder: str) -> None:
         """Remove a published folder; its handles become STALE. :raises BackendError:"""
@@ -278,6 +358,7 @@ class ExportRegistry:
             self._composite(path, "nfs.unpublish").unpublish(folder)
         except NfsError as exc:
             raise BackendError(f"{path}: {exc}", operation="nfs.unpublish") from None
+        self._exports[_normalize_path(path)].forget_attributes()  # no attribute outlives it
 
     def exports(self) -> Mapping[str, ExportInfo]:
         return {path: exp.info for path, exp in self._exports.items()}

@@ -255,6 +255,10 @@ class LocalFilesystem(Filesystem):
     # -- Filesystem -------------------------------------------------------------------------
 
     async def getattr(self, fileid: int) -> FileAttributes:
+        return self.getattr_inline(fileid)
+
+    def getattr_inline(self, fileid: int) -> FileAttributes:
+        """``getattr`` without awaiting (an ``fstat`` or ``lstat``: the server calls it inline)."""
         fd = self._fds.get(fileid)
         try:
             if fd is not None:
@@ -320,25 +324,31 @@ class LocalFilesystem(Filesystem):
             raise _nfs_error(exc, name) from None
 
     async def read(self, fileid: int, offset: int, length: int) -> tuple[bytes, bool]:
+        got = self.read_inline(fileid, offset, length)
+        if got is not None:
+            return got  # type: ignore[return-value]  # a bytearray: bytes to every reader
+        return await run_read(on_own_fd, self._read, _dup(self._fd(fileid)), offset, length)
+
+    def read_inline(self, fileid: int, offset: int, length: int) -> tuple[bytearray, bool] | None:
+        """A read of data already in the page cache, copied inline (memory speed); None when it
+        would wait for the disk (then ``read`` pays for a worker thread)."""
         fd = self._fd(fileid)
-        if _NOWAIT is not None and 0 < length <= _INLINE_MAX:
-            # Small reads of data already in the page cache are copied inline (memory speed);
-            # only a read that would wait for the disk pays for a worker thread. Large reads
-            # always use the thread: copying 1 MiB would hold the event loop too long.
-            try:
-                size = os.fstat(fd).st_size
-                want = max(0, min(length, size - offset))
-                if want == 0:
-                    return b"", True
-                buf = bytearray(want)
-                if os.preadv(fd, [buf], offset, _NOWAIT) == want:
-                    return buf, offset + want >= size  # type: ignore[return-value]
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                    raise _nfs_error(exc, "read") from None
-        return await run_read(on_own_fd, self._read, _dup(fd), offset, length)
+        if _NOWAIT is None or length > _INLINE_MAX:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            want = max(0, min(length, size - offset))
+            if want == 0:
+                return bytearray(), offset >= size
+            buf = bytearray(want)
+            if os.preadv(fd, [buf], offset, _NOWAIT) == want:
+                return buf, offset + want >= size
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise _nfs_error(exc, "read") from None
+        return None
 
     async def read_file_range(self, fileid: int, offset: int, length: int) -> FileRange | None:
         """The READ's bytes as a range of the file (a duplicate descriptor), for splicing;

@@ -53,6 +53,7 @@ __all__ = [
     "NFS_VERSION",
     "PathconfRes",
     "Proc",
+    "READ_OK",
     "ReadArgs",
     "ReadRes",
     "ReaddirArgs",
@@ -494,6 +495,8 @@ class ReadlinkRes(_Result):
 
 
 _READ_OK: Final = struct.Struct(">III")  # count, eof, length of the data
+READ_OK: Final = _READ_OK
+"""READ3resok after the post-op attributes: count, eof, the data's length."""
 _READ_OK_PAYLOAD: Final = struct.Struct(">II")  # count, eof (opaque_payload packs the length)
 _STATUS: Final = {int(s): s for s in NfsStatus}
 

@@ -49,8 +49,11 @@ splits at about 4 KB, so 1024 covers a 1 MiB WRITE from it); empty fragments cou
 _HDR: Final = struct.Struct(">I")
 _CALL_HEAD: Final = struct.Struct(">IIIIII")  # xid, CALL, rpcvers, prog, vers, proc
 _REPLY_OK_HEAD: Final = struct.Struct(">IIIIII")  # xid, REPLY, MSG_ACCEPTED, AUTH_NONE, 0, stat
-_VALID_SYS_CREDS: dict[bytes, None] = {}
-"""AUTH_SYS bodies that decoded: a client sends the same credentials on every call."""
+_AUTH_HEAD: Final = struct.Struct(">II")  # flavor, body length
+_CALL_HEAD_AUTH: Final = struct.Struct(">IIIIIIII")  # the call head, then the credentials' head
+_VALID_SYS_CREDS: dict[bytes, OpaqueAuth] = {}
+"""AUTH_SYS bodies that decoded, and their credentials: a client sends the same ones on every
+call (one object for them all, not one per call)."""
 _VALID_SYS_CREDS_MAX: Final = 1024
 
 
@@ -160,8 +163,43 @@ class CallRejected(RpcError):
 
 
 def _auth(u: Unpacker) -> OpaqueAuth:
-    flavor = u.u32()
-    return OpaqueAuth(flavor, u.opaque(MAX_AUTH_BYTES))
+    flavor, n = u.unpack_struct(_AUTH_HEAD)
+    if n == 0 and flavor == AuthFlavor.NONE:
+        return AUTH_NONE  # (every verifier a client sends)
+    if n > MAX_AUTH_BYTES:
+        raise XdrError(f"opaque at byte {u.position - 4} has length {n} > {MAX_AUTH_BYTES}")
+    body = bytes(u.fixed_view(n))
+    if flavor == AuthFlavor.SYS:
+        known = _VALID_SYS_CREDS.get(body)
+        if known is not None:
+            return known
+    return OpaqueAuth(flavor, body)
+
+
+def _known_call(record: Buffer) -> Call | None:
+    """The call header of an RPC v2 call with credentials seen before (or none) and no verifier,
+    which is every call of a mounted client, in three ``unpack_from``; None for anything else
+    (``decode_call`` then parses it field by field, with its errors)."""
+    if len(record) < _CALL_HEAD_AUTH.size + _AUTH_HEAD.size:
+        return None
+    xid, mtype, rpcvers, prog, vers, proc, flavor, n = _CALL_HEAD_AUTH.unpack_from(record)
+    if mtype != 0 or rpcvers != RPC_VERSION or n > MAX_AUTH_BYTES:
+        return None
+    end = _CALL_HEAD_AUTH.size + n
+    verf_at = end + (-n & 3)
+    if len(record) < verf_at + _AUTH_HEAD.size:
+        return None
+    if _AUTH_HEAD.unpack_from(record, verf_at) != (AuthFlavor.NONE, 0):
+        return None
+    if flavor == AuthFlavor.SYS:
+        cred = _VALID_SYS_CREDS.get(bytes(record[_CALL_HEAD_AUTH.size : end]))
+        if cred is None:
+            return None
+    elif flavor != AuthFlavor.NONE or n:
+        return None
+    else:
+        cred = AUTH_NONE
+    return Call(xid, prog, vers, proc, cred, AUTH_NONE, Unpacker(record, verf_at + _AUTH_HEAD.size))
 
 
 def decode_call(record: Buffer) -> Call:
@@ -170,6 +208,9 @@ def decode_call(record: Buffer) -> Call:
     :raises CallRejected: wrong RPC version (RPC_MISMATCH) or bad credentials (AUTH_ERROR).
     :raises RpcError: not a call, or too short to hold a header (nothing can be answered).
     """
+    known = _known_call(record)
+    if known is not None:
+        return known
     u = Unpacker(record)
     try:
         xid, mtype, rpcvers, prog, vers, proc = u.unpack_struct(_CALL_HEAD)
@@ -200,7 +241,7 @@ def decode_call(record: Buffer) -> Call:
             ) from None
         if len(_VALID_SYS_CREDS) >= _VALID_SYS_CREDS_MAX:
             _VALID_SYS_CREDS.clear()
-        _VALID_SYS_CREDS[cred.body] = None
+        _VALID_SYS_CREDS[cred.body] = cred
     return Call(xid, prog, vers, proc, cred, verf, u)
 
 

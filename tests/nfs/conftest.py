@@ -17,13 +17,15 @@ import pytest
 from liverecovery.nfs.client import NfsClient
 from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.server import NfsServer
+from tests.nfs.loops import LOOPS
 
 EXPORT = "/export"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    """Every async NFS test runs on both loops: the server must not depend on which."""
+    return request.param  # type: ignore[no-any-return]
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@ control, exports at run time, restarts."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import time
@@ -15,6 +16,7 @@ from liverecovery.datastore.memfs import MemoryFilesystem
 from liverecovery.errors import NfsClientError, NfsError, NfsStatus
 from liverecovery.nfs import nfs3_codec as n3
 from liverecovery.nfs.client import NfsClient
+from liverecovery.nfs.connection import StreamTransport
 from liverecovery.nfs.filesystem import (
     CreateMode,
     Filesystem,
@@ -264,6 +266,7 @@ async def test_composite_exports_publish_unpublish_unexport(tmp_path: Path) -> N
             assert exc.value.status == NfsStatus.ACCES
             sub = await c.mount("/liverecovery/esx1/job-1")
             assert sub == folder
+            assert (await c.getattr(vmx)).size == 18  # its attributes now cached by the server
             await server.unpublish("/liverecovery/esx1", "job-1")
             with pytest.raises(NfsError) as exc:
                 await c.getattr(vmx)
@@ -462,3 +465,22 @@ async def test_grace_period_after_a_restart(tmp_path: Path, grace_s: float) -> N
         with pytest.raises(NfsError) as exc:
             await c.getattr(gone)
         assert exc.value.status == NfsStatus.STALE
+
+
+async def test_the_server_runs_on_the_loop_under_test(
+    served: Served, client: NfsClient, anyio_backend: tuple[str, dict[str, object]]
+) -> None:
+    """The uvloop runs really are on uvloop, whose transports are not ``asyncio.Transport``:
+    the connection accepts any transport with the methods it uses."""
+    loop = asyncio.get_running_loop()
+    uses_uvloop = bool(anyio_backend[1].get("use_uvloop"))
+    assert type(loop).__module__.startswith("uvloop") == uses_uvloop
+    (served.data / "f").write_bytes(b"hello")
+    root = await client.mount(served.path)
+    fh, _ = await client.lookup(root, "f")
+    assert await client.read(fh, 0, 10) == (b"hello", True)
+    transports = [conn._transport for conn in served.server.connections]
+    assert transports
+    for transport in transports:
+        assert isinstance(transport, StreamTransport)
+        assert isinstance(transport, asyncio.Transport) != uses_uvloop

@@ -32,6 +32,7 @@ from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.nfs.rpc import AuthSys, RecordReader, decode_reply, encode_call
 from liverecovery.nfs.server import MAX_IO, NfsServer
 from liverecovery.nfs.xdr import Packer, Unpacker
+from tests.nfs.loops import LOOPS
 
 MiB = 1 << 20
 PROPS = settings(
@@ -84,12 +85,16 @@ class Live:
         return fh, (self.data / name).stat().st_ino
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+@pytest.fixture(scope="module", params=LOOPS)
+def live(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Live]:
+    """The server on its own thread, on each event loop (asyncio's, uvloop's)."""
     tmp = tmp_path_factory.mktemp("zero-copy")
     data = tmp / "data"
     data.mkdir()
-    with start_blocking_portal("asyncio") as portal:
+    backend, options = request.param
+    with start_blocking_portal(backend, options) as portal:
         server = NfsServer(tmp / "state")
         portal.call(server.start)
         fs = LocalFilesystem(data)
@@ -152,6 +157,8 @@ def test_large_reads_are_spliced_and_small_ones_copied(live: Live) -> None:
     assert live.portal.call(live.client.read, fh, 2 * MiB, MiB) == (blob[2 * MiB :], True)
     assert pool.loaded == before + 2
     assert pool.in_use == 0
+    # ... and spliced to the socket through the connection's duplicate (on either loop):
+    assert any(conn._raw is not None for conn in live.server.connections)
 
 
 # -- a real client: libnfs reads random ranges ------------------------------------------------
