@@ -437,11 +437,14 @@ class SimulatedEsxHost(GuestOperations):
                     continue
                 for vm in list(self.vms.values()):
                     if vm.powered_on and not vm.migrated and vm.datastore == mount.datastore:
-                        try:
-                            await self._refresh_locks(vm, mount)
-                        except NfsError:
-                            # A storage vMotion may be deleting the source files right now.
-                            continue
+                        # Bounded: the hard mount retries a call to a server that went away
+                        # forever, and a heartbeat stuck in a lock refresh would never see it.
+                        with anyio.move_on_after(max(self.heartbeat_s, 1.0)):
+                            try:
+                                await self._refresh_locks(vm, mount)
+                            except NfsError:
+                                # A storage vMotion may be deleting the source files right now.
+                                continue
 
     async def unmount_datastore(self, host: str, datastore: str) -> None:
         self._check_host(host, "unmount_datastore")

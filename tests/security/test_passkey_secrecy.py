@@ -72,7 +72,9 @@ def written_bytes(path: Path) -> bytes:
 
 def scan_files_sync(root: Path, where: str, scanned: set[Path]) -> list[str]:
     found: list[str] = []
-    for p in sorted(root.rglob("*")):
+    # os.walk, not rglob: a folder the job removes mid-walk is skipped, not an error.
+    paths = sorted(Path(d) / n for d, _dirs, files in os.walk(root) for n in files)
+    for p in paths:
         if p.is_file() and not p.is_symlink():
             try:
                 found += leaks(f"{where}: {p.relative_to(root)}", written_bytes(p))
