@@ -5,7 +5,7 @@ last wrote; when a renewal finds the tag changed (another node took it) or none 
 for ``lease_s/2`` (counted from when the last good renewal was *sent*), the owner fences itself:
 it stops serving the address before anyone may take it. A watcher calls a lease expired when
 its tag has not changed for ``lease_s`` on the watcher's own monotonic clock (no wall clock, so
-no clock skew between nodes; only their rates must agree within a third), and then takes it with
+no clock skew between nodes; their rates need only agree within a factor of two), and takes it with
 one compare-and-swap: of several watchers, one wins.
 
 The decisions are pure functions (``holder_decision``, ``watcher_decision``); ``LeaseHolder``
