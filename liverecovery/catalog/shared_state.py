@@ -96,6 +96,19 @@ class DirectorySharedState:
     async def replace(self, key: str, data: bytes, etag: str) -> str | None:
         return await anyio.to_thread.run_sync(self._write, key, data, etag)
 
+    def _keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
+
+    async def keys(self, prefix: str) -> list[str]:
+        return await anyio.to_thread.run_sync(self._keys, prefix)
+
     async def aclose(self) -> None:
         return None
 
@@ -145,6 +158,15 @@ class ObjectSharedState:
 
     async def replace(self, key: str, data: bytes, etag: str) -> str | None:
         return await self._put(key, data, {"e_tag": _unquoted(etag)})
+
+    async def keys(self, prefix: str) -> list[str]:
+        full = self._key(prefix) + "/"
+        try:
+            found = await obstore.list(self._store, prefix=full).collect_async()
+        except Exception as exc:
+            raise _state_error(exc, self.location.url(full)) from None
+        start = len(self.location.prefix) + 1
+        return sorted(str(meta["path"])[start:] for meta in found)
 
     async def aclose(self) -> None:
         return None

@@ -117,6 +117,8 @@ class LeaseHolder:
         self.renewed_at = 0.0
         self.fenced = False
         self.renewals = 0
+        self.reason = ""
+        """Why it fenced (for the log and the operator)."""
 
     async def acquire(self, stale: StateObject | None) -> bool:
         """Take the lease: create it when ``stale`` is None, else replace exactly that version
@@ -162,6 +164,11 @@ class LeaseHolder:
                 now=self._clock(), renewed_at=self.renewed_at, lost=lost, lease_s=self.lease_s
             )
             if action is HolderAction.FENCE:
+                self.reason = (
+                    "another node took the lease over"
+                    if lost
+                    else f"no renewal succeeded for {self._clock() - self.renewed_at:.1f} s"
+                )
                 break
             if action is HolderAction.RENEW:
                 lost = await self._renew() is False

@@ -6,11 +6,12 @@
 Both nodes serve the backup from the store (``ObjectCatalog``), each with its own block cache
 (``WORK/cache-NODE``) and NFS state directory (``WORK/nfs-NODE``), on the service address
 127.0.0.2. The handle key, the lease of the address and its export registry are in the shared
-state in the store (``STATE_URL``). The job journals and the write overlays are in
-``WORK/results``, a directory both nodes see: the loopback stand-in for journals and overlays in
-the store (docs/scale-out.md). Credentials come from the environment (AWS_*).
+state in the store (``STATE_URL``); the job journals are mirrored there too. The job results
+folder (``WORK/results``: journals, the job folders the ESX host writes into, the write overlays)
+is one directory both nodes see: the loopback stand-in (docs/scale-out.md). Credentials come
+from the environment (AWS_*).
 
-It prints ``lease <epoch>``, ``listening <port>``, ``state <name>``, ``resumed <n>``,
+It prints ``lease <epoch>``, ``journals <n>`` (restored), ``listening <port>``, ``state <name>``, ``resumed <n>``,
 ``done <state> <error>`` and, if it loses its lease, ``fenced``.
 """
 
@@ -27,10 +28,12 @@ from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.object_catalog import ObjectCatalog
 from liverecovery.catalog.objects import StoreOptions
 from liverecovery.catalog.shared_state import open_shared_state
+from liverecovery.cluster.journals import JournalMirror, restore_journals
 from liverecovery.cluster.lease import LeaseHolder, LeaseWatcher
 from liverecovery.cluster.node_state import ExportsMirror, install_node_state
 from liverecovery.datastore.builder import FreBuilder, durable_overlay
 from liverecovery.job.job import RecoveryJob
+from liverecovery.job.journal import journal_dir
 from liverecovery.nfs.server import NfsServer
 from liverecovery.sim.remote import RemoteSimulatedHost
 
@@ -73,7 +76,7 @@ async def main(argv: list[str]) -> None:
 
         async def fence() -> None:
             await server.aclose()  # listeners and connections closed: the VIP is free
-            print("fenced", flush=True)
+            print(f"fenced {holder.reason}", flush=True)
             tg.cancel_scope.cancel()
 
         holder = LeaseHolder(state, VIP, node, lease_s=settings.lease_s, fence=fence)
@@ -87,6 +90,12 @@ async def main(argv: list[str]) -> None:
         assert holder.record is not None
         print(f"lease {holder.record.epoch}", flush=True)
         await install_node_state(state, VIP, nfs_state)
+        journals = journal_dir(settings.job_results_dir)
+        if mode != "start":
+            # what a node without the shared results folder would resume from (compared by
+            # the test with the journal A left in it)
+            restored = await restore_journals(state, VIP, work / "restored-journals")
+            print(f"journals {len(restored)}", flush=True)
         port_file = work / "nfs-port"
         port = int(port_file.read_text()) if port_file.exists() else 0
         server = NfsServer(nfs_state, host=VIP, port=port, grace_s=10)
@@ -95,6 +104,7 @@ async def main(argv: list[str]) -> None:
         print(f"listening {server.port}", flush=True)
         tg.start_soon(holder.run)
         tg.start_soon(ExportsMirror(state, VIP, nfs_state, interval_s=0.1).run)
+        tg.start_soon(JournalMirror(state, VIP, journals, interval_s=0.05).run)
         vsphere = RemoteSimulatedHost(socket, call_timeout=180)
         await vsphere.set_portmap_port(server.portmap_port)
         cache = await DiskBlockCache.from_settings(settings)

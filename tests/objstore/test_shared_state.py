@@ -89,3 +89,11 @@ async def test_the_backups_are_not_touched(rgw: RadosGateway, forms_url: str) ->
     with pytest.raises(Exception, match="overlaps the backups"):
         open_shared_state(forms_url + "/state", backups=forms_url)
     assert object_digests(rgw.store(), "forms-root") == before
+
+
+async def test_keys_on_rgw(state_url: str) -> None:
+    state = open_shared_state(state_url)
+    for key in ("journals/v/j/0000000001", "journals/v/j/0000000000", "leases/v"):
+        assert await state.create(key, b"x")
+    assert await state.keys("journals") == ["journals/v/j/0000000000", "journals/v/j/0000000001"]
+    assert await state.keys("nothing") == []

@@ -36,10 +36,14 @@ HOST = "esx-takeover"
 class Process:
     """A child process whose stdout lines we follow."""
 
-    def __init__(self, *args: str | Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str | Path, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
+        self.log = open(log, "w") if log else None  # noqa: SIM115 - closed by kill
         self.proc = subprocess.Popen(
             [sys.executable, *map(str, args)],
             stdout=subprocess.PIPE,
+            stderr=self.log,
             text=True,
             start_new_session=True,
             env=env,
@@ -62,6 +66,8 @@ class Process:
         self.proc.wait(timeout=30)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.log is not None:
+            self.log.close()
 
 
 async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
@@ -90,7 +96,7 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
 
         def node(name: str, mode: str) -> Process:
             args = (work, socket, HOST, name, state_url, backup_url, mode)
-            nodes.append(Process(HERE / "run_node.py", *args, env=env))
+            nodes.append(Process(HERE / "run_node.py", *args, env=env, log=work / f"{name}.log"))
             return nodes[-1]
 
         a = node("a", "start")
@@ -104,6 +110,7 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         a.kill()
 
         assert b.until("lease") == "lease 2"
+        assert b.until("journals") == "journals 1"  # A's journal, from the store
         b.until("listening")
         assert b.until("resumed") == "resumed 1"
         while len(await host.guest_writes(moved)) <= writes_at_kill + 1:
@@ -113,7 +120,13 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         print(f"takeover: kill to the first acknowledged guest write {takeover_s:.2f} s")
         done = b.until("done")
         assert done == "done completed -", b.lines
-        assert "fenced" not in b.lines
+        assert not any(line.startswith("fenced") for line in b.lines), b.lines
+        # A's journal was mirrored in the store up to the kill: what B restored from there is
+        # the start of the journal A left, and holds the power-on
+        (restored,) = (work / "restored-journals").iterdir()
+        left = (work / "results" / "journal" / restored.name).read_bytes()
+        assert left.startswith(restored.read_bytes())
+        assert b'"powered_on"' in restored.read_bytes()
 
         # the same handles: B's NFS state is A's (key and export ids), from the store
         key = "handle-key"
