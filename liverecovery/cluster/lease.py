@@ -119,6 +119,8 @@ class LeaseHolder:
         self.renewals = 0
         self.reason = ""
         """Why it fenced (for the log and the operator)."""
+        self._seq = 0
+        self._sent: dict[int, float] = {}
 
     async def acquire(self, stale: StateObject | None) -> bool:
         """Take the lease: create it when ``stale`` is None, else replace exactly that version
@@ -138,19 +140,37 @@ class LeaseHolder:
         return True
 
     async def _renew(self) -> bool | None:
-        """True renewed, False lost (another tag), None failed (store unreachable, slow)."""
+        """True renewed, False lost (another node's tag), None failed (store unreachable, slow).
+
+        A renewal given up on (timed out, or retried by the client after its reply was lost)
+        may still have been applied: the next one then finds another tag. The lease is only
+        lost if that tag is not one of this node's own writes (same node and epoch, a ``seq``
+        it sent); if it is, it is adopted, counted from when that write was sent.
+        """
         assert self.record is not None
-        record = attrs.evolve(self.record, seq=self.record.seq + 1)
+        self._seq = max(self._seq, self.record.seq) + 1
+        record = attrs.evolve(self.record, seq=self._seq)
         sent = self._clock()
+        self._sent[record.seq] = sent
         timeout = max(0.0, self.renewed_at + self.lease_s * FENCE_FRACTION - sent)
         try:
             with anyio.fail_after(timeout):
                 etag = await self.state.replace(lease_key(self.vip), record.encode(), self.etag)
+                if etag is None:
+                    current = await self.state.get(lease_key(self.vip))
+                    mine = LeaseRecord.decode(current.data) if current is not None else None
+                    if (
+                        current is None
+                        or mine is None
+                        or (mine.node, mine.epoch) != (self.node, self.record.epoch)
+                        or mine.seq not in self._sent
+                    ):
+                        return False
+                    record, etag, sent = mine, current.etag, self._sent[mine.seq]
         except (TimeoutError, LiveRecoveryError, OSError):
             return None
-        if etag is None:
-            return False
         self.record, self.etag, self.renewed_at = record, etag, sent
+        self._sent = {k: v for k, v in self._sent.items() if k > record.seq}
         self.renewals += 1
         return True
 

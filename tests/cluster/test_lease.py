@@ -211,3 +211,54 @@ def test_lease_record_round_trip_and_garbage() -> None:
     assert LeaseRecord.decode(r.encode()) == r
     assert LeaseRecord.decode(b"not json") is None
     assert LeaseRecord.decode(b'{"vip": 1}') is None
+
+
+class RetriedState(DirectorySharedState):
+    """Applies the next renewal but answers 412, as a client's retry of a PUT whose first reply
+    was lost finds the write its first attempt made."""
+
+    retried = False
+    foreign = False
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        result = await super().replace(key, data, etag)
+        if self.retried and result is not None:
+            self.retried = False
+            if self.foreign:  # another node's write came in between: really lost
+                record = LeaseRecord.decode(data)
+                assert record is not None
+                other = attrs.evolve(record, node="b", epoch=record.epoch + 1)
+                await super().replace(key, other.encode(), result)
+            return None
+        return result
+
+
+@pytest.mark.anyio
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("foreign", [False, True])
+async def test_a_renewal_retried_by_the_client_is_not_a_lost_lease(
+    tmp_path: Path, foreign: bool
+) -> None:
+    state = RetriedState(tmp_path / "s")
+    state.foreign = foreign
+    fenced: list[str] = []
+
+    async def fence() -> None:
+        fenced.append("fenced")
+
+    holder = LeaseHolder(state, "127.0.0.2", "a", lease_s=1.0, fence=fence)
+    assert await holder.acquire(None)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holder.run)
+            await anyio.sleep(0.3)
+            state.retried = True
+            await anyio.sleep(1.0)
+            if foreign:
+                assert fenced and holder.reason == "another node took the lease over"
+            else:
+                assert not fenced, holder.reason
+                before = holder.renewals
+                await anyio.sleep(0.5)
+                assert holder.renewals > before  # renewing normally again
+            tg.cancel_scope.cancel()
