@@ -49,6 +49,8 @@ __all__ = [
     "ProgressCallback",
     "RestorePoint",
     "ServedDisk",
+    "SharedState",
+    "StateObject",
     "StagedVm",
     "StagingContext",
     "Target",
@@ -668,3 +670,42 @@ class Backends:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+@attrs.frozen
+class StateObject:
+    """One object of the shared state: its bytes and the version tag a compare-and-swap names."""
+
+    data: bytes
+    etag: str
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    """**Protocol:** the small state several serving nodes share (``docs/scale-out.md``): the
+    NFS handle key, the leases of the service addresses, the export registries.
+
+    Keys are relative (``handle-key``, ``leases/127.0.0.2``). Writes are conditional, so two
+    nodes never both win: ``create`` succeeds only where nothing is, ``replace`` only while the
+    object still has the tag its caller read. A lost race returns None, never raises; a store
+    that does not answer raises ``BackendError`` (or ``BackupUnavailableError``).
+    """
+
+    async def get(self, key: str) -> StateObject | None:
+        """The object, or None if there is none."""
+        ...
+
+    async def create(self, key: str, data: bytes) -> str | None:
+        """Write ``key`` if absent: its tag, or None when it already exists."""
+        ...
+
+    async def replace(self, key: str, data: bytes, etag: str) -> str | None:
+        """Write ``key`` if its tag is still ``etag``: the new tag, or None when it changed.
+        ``data`` must differ from the current bytes (a tag may be a digest of them)."""
+        ...
+
+    async def keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix/`` (relative to the state, sorted)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -155,13 +155,18 @@ def open_store(
     location: S3Location,
     options: StoreOptions = StoreOptions(),
     environ: Mapping[str, str] | None = None,
+    *,
+    conditional_put: bool = False,
 ) -> S3Store:
-    """An obstore client for the location's bucket (nothing is contacted yet)."""
+    """An obstore client for the location's bucket (nothing is contacted yet); with
+    ``conditional_put``, PUTs may carry ``If-Match`` / ``If-None-Match`` (the shared state)."""
     found = store_credentials(environ)
     config: Any = {"region": found.get("region", "us-east-1")}
     for key in ("access_key_id", "secret_access_key", "session_token", "endpoint"):
         if key in found:
             config[key] = found[key]
+    if conditional_put:
+        config["conditional_put"] = "etag"
     if "access_key_id" not in found:
         config["skip_signature"] = True  # anonymous: a public bucket
     endpoint = found.get("endpoint", "")

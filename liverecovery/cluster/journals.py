@@ -1,0 +1,125 @@
+"""Job journals mirrored in the shared state, so another node can resume a dead node's jobs.
+
+A journal is append-only, one checksummed record per line (``job/journal.py``); its mirror is
+one object per record, ``journals/<vip>/<job id>/<n:010d>`` (record ``n`` of the file,
+counted from 0), each written with ``create``: a record is never overwritten, so a fenced node
+that wakes up cannot rewrite history. ``JournalMirror`` copies the records that are complete on
+disk (every ``interval_s``, and once more on ``sync``); ``restore_journals`` writes them back
+into a node's journal folder, in order, up to the first missing record, before that node calls
+``LiveRecovery.resume()``.
+
+The mirror trails the local journal by up to ``interval_s``: a record written just before a
+node died may be missing in the store. That is the case ``job/resume.py`` already handles for
+a crash between a side effect and its record: what vSphere shows (a mount, a registration, a
+power-on) is reconciled with the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import anyio
+
+from liverecovery.backends import SharedState
+from liverecovery.errors import LiveRecoveryError
+from liverecovery.io.private_dirs import make_private_dirs
+
+__all__ = ["JournalMirror", "journal_records_key", "restore_journals"]
+
+_SUFFIX = ".journal"
+
+
+def journal_records_key(vip: str, job_id: str) -> str:
+    return f"journals/{vip}/{job_id}"
+
+
+def _complete_lines(raw: bytes) -> list[bytes]:
+    """The complete (LF-terminated) lines of ``raw``, each with its LF."""
+    parts = raw.split(b"\n")
+    return [part + b"\n" for part in parts[:-1]]
+
+
+class JournalMirror:
+    """Copies the journals in ``journal_dir`` to the shared state under the address ``vip``."""
+
+    def __init__(
+        self, state: SharedState, vip: str, journal_dir: Path, *, interval_s: float = 0.1
+    ) -> None:
+        self.state = state
+        self.vip = vip
+        self.journal_dir = journal_dir
+        self.interval_s = interval_s
+        self._sent: dict[str, int] = {}
+
+    async def sync(self) -> int:
+        """Copy every complete record not in the store yet; how many were copied."""
+        copied = 0
+        try:
+            paths = sorted(await anyio.to_thread.run_sync(self._journals))
+        except FileNotFoundError:
+            return 0
+        for path in paths:
+            job_id = path.name[: -len(_SUFFIX)]
+            lines = _complete_lines(await anyio.Path(path).read_bytes())
+            base = journal_records_key(self.vip, job_id)
+            for n in range(self._sent.get(job_id, 0), len(lines)):
+                # None: the record exists (copied before a restart of this mirror): keep it
+                if await self.state.create(f"{base}/{n:010d}", lines[n]) is not None:
+                    copied += 1
+                self._sent[job_id] = n + 1
+        return copied
+
+    def _journals(self) -> list[Path]:
+        return [p for p in self.journal_dir.iterdir() if p.name.endswith(_SUFFIX)]
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(LiveRecoveryError):  # the store is away: next round
+                await self.sync()
+            await anyio.sleep(self.interval_s)
+
+
+def _write_longer(path: Path, data: bytes) -> bool:
+    """Write ``data`` at ``path`` unless a file at least as long is there."""
+    make_private_dirs(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_size >= len(data):
+            return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return True
+
+
+async def restore_journals(state: SharedState, vip: str, journal_dir: Path) -> list[str]:
+    """Write the journals mirrored for ``vip`` into ``journal_dir`` (a journal already there
+    and at least as long is kept); the job ids restored."""
+    keys = await state.keys(f"journals/{vip}")
+    jobs: dict[str, list[str]] = {}
+    for key in keys:
+        _, _, job_id, record = key.split("/", 3)
+        jobs.setdefault(job_id, []).append(record)
+    restored = []
+    for job_id, records in sorted(jobs.items()):
+        lines = []
+        for n, record in enumerate(sorted(records)):
+            if record != f"{n:010d}":
+                break  # a gap: what follows it cannot be trusted to follow
+            got = await state.get(f"{journal_records_key(vip, job_id)}/{record}")
+            if got is None:
+                break
+            lines.append(got.data)
+        data = b"".join(lines)
+        path = journal_dir / f"{job_id}{_SUFFIX}"
+
+        written: bool = bool(data) and await anyio.to_thread.run_sync(_write_longer, path, data)
+        if written:
+            restored.append(job_id)
+    return restored

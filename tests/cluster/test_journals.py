@@ -1,0 +1,65 @@
+"""Journals mirrored in the shared state: every complete record copied once, never
+overwritten; restored in order up to the first gap; a torn tail is not copied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from liverecovery.catalog.shared_state import DirectorySharedState
+from liverecovery.cluster.journals import JournalMirror, journal_records_key, restore_journals
+from liverecovery.job.journal import Journal, read_journal
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_a_journal_survives_its_node(tmp_path: Path) -> None:
+    state = DirectorySharedState(tmp_path / "state")
+    local = tmp_path / "a" / "journal"
+    local.mkdir(parents=True)
+    journal = await Journal.open(local / "job1.journal")
+    await journal.append("state", state="serving")
+    await journal.append("effect", effect="powered_on", moref="vm-1")
+    mirror = JournalMirror(state, "127.0.0.2", local)
+    assert await mirror.sync() == 2
+    assert await mirror.sync() == 0  # nothing new
+    await journal.append("state", state="migrating")
+    assert await mirror.sync() == 1
+    await journal.aclose()
+    with (local / "job1.journal").open("ab") as f:
+        f.write(b"deadbeef {torn")  # a crash in the middle of a record: not copied
+    assert await JournalMirror(state, "127.0.0.2", local).sync() == 0  # a restarted mirror
+
+    other = tmp_path / "b" / "journal"
+    assert await restore_journals(state, "127.0.0.2", other) == ["job1"]
+    restored = read_journal(other / "job1.journal")
+    original = read_journal(local / "job1.journal")
+    assert restored.records == original.records and not restored.tail_error
+    assert restored.last_state == "migrating"
+    assert [r.data["effect"] for r in restored.effects()] == ["powered_on"]
+    # restoring again changes nothing; another address has no journals
+    assert await restore_journals(state, "127.0.0.2", other) == []
+    assert await restore_journals(state, "127.0.0.3", tmp_path / "c") == []
+
+
+async def test_restore_stops_at_a_gap(tmp_path: Path) -> None:
+    state = DirectorySharedState(tmp_path / "state")
+    base = journal_records_key("127.0.0.2", "job2")
+    for n in (0, 1, 3):
+        await state.create(f"{base}/{n:010d}", f"record {n}\n".encode())
+    assert await restore_journals(state, "127.0.0.2", tmp_path / "j") == ["job2"]
+    assert (tmp_path / "j" / "job2.journal").read_bytes() == b"record 0\nrecord 1\n"
+
+
+async def test_keys_lists_under_a_prefix(tmp_path: Path) -> None:
+    state = DirectorySharedState(tmp_path / "state")
+    for key in ("journals/v/j/1", "journals/v/j/0", "leases/v", "journalsx/1"):
+        await state.create(key, b"x")
+    assert await state.keys("journals") == ["journals/v/j/0", "journals/v/j/1"]
+    assert await state.keys("nothing") == []
