@@ -32,7 +32,7 @@ from liverecovery.catalog.objects import (
     store_error,
 )
 from liverecovery.errors import BackendError, SettingsError
-from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 
 __all__ = [
     "DirectorySharedState",
@@ -77,14 +77,7 @@ class DirectorySharedState:
             current = self._read(key)
             if (current.etag if current else None) != expect:
                 return None
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            write_private_file(path, data)
             return hashlib.sha256(data).hexdigest()
 
     async def get(self, key: str) -> StateObject | None:

@@ -17,14 +17,13 @@ power-on) is reconciled with the journal.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import anyio
 
 from liverecovery.backends import SharedState
 from liverecovery.errors import LiveRecoveryError
-from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 
 __all__ = ["JournalMirror", "journal_records_key", "restore_journals"]
 
@@ -87,14 +86,7 @@ def _write_longer(path: Path, data: bytes) -> bool:
     with contextlib.suppress(FileNotFoundError):
         if path.stat().st_size >= len(data):
             return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(path, data)
     return True
 
 

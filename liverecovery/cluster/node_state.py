@@ -11,7 +11,6 @@ to the store by its lease holder while it serves (``ExportsMirror``).
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 from pathlib import Path
 from typing import Final
@@ -20,7 +19,7 @@ import anyio
 
 from liverecovery.backends import SharedState
 from liverecovery.errors import BackendError, LiveRecoveryError
-from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 
 __all__ = [
     "HANDLE_KEY",
@@ -61,17 +60,6 @@ async def shared_handle_key(state: SharedState) -> bytes:
     return found.data
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 async def install_node_state(state: SharedState, vip: str, state_dir: Path) -> None:
     """Write the shared handle key and the address's export registry (if any) into
     ``state_dir``, replacing what was there: call before the NFS server of ``vip`` starts."""
@@ -80,9 +68,9 @@ async def install_node_state(state: SharedState, vip: str, state_dir: Path) -> N
 
     def write() -> None:
         make_private_dirs(state_dir)
-        _write_private(state_dir / _KEY_FILE, key)
+        write_private_file(state_dir / _KEY_FILE, key)
         if exports is not None:
-            _write_private(state_dir / _EXPORTS_FILE, exports.data)
+            write_private_file(state_dir / _EXPORTS_FILE, exports.data)
 
     await anyio.to_thread.run_sync(write)
 

@@ -22,7 +22,7 @@ from liverecovery.datastore.flatdisk import DiskOverlay, FlatDisk, ForegroundGat
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
-from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 from liverecovery.io.threads import run_sync
 from liverecovery.nfs.localfs import LocalFilesystem
 
@@ -84,7 +84,7 @@ class FreBuilder:
             files[point.nvram_name] = await catalog.read_file(point, point.nvram_name)
         for name, data in files.items():
             if not (folder / name).exists():  # a restart keeps what the ESX host changed
-                await run_sync(_write_private, folder / name, data)
+                await run_sync(write_private_file, folder / name, data)
         gate = ForegroundGate()
         disks: dict[str, FlatDisk] = {}
         try:
@@ -126,12 +126,3 @@ def _make_private_dirs(*dirs: Path) -> None:
     for d in dirs:
         make_private_dirs(d)
         os.chmod(d, 0o700)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["make_private_dirs"]
+__all__ = ["make_private_dirs", "write_private_file"]
 
 
 def make_private_dirs(path: str | os.PathLike[str]) -> Path:
@@ -35,3 +35,22 @@ def make_private_dirs(path: str | os.PathLike[str]) -> Path:
             continue  # made meanwhile by someone else: theirs
         os.chmod(d, 0o700)  # a umask that removes owner bits must not win either
     return target
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path``, owner-only, durably and whole: to a temporary name in the same
+    folder, fsynced, then renamed over ``path``, so a reader (or a crash) sees the old file or
+    the new one, never a part.
+
+    :raises OSError: the folder cannot be written.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Generic, TypeVar
 
 import anyio
 import attrs
 
 from liverecovery.job.states import State
 
-__all__ = ["CompensationRan", "Event", "EventLog", "JobWarning", "Progress", "StateChanged"]
+__all__ = [
+    "CompensationRan",
+    "Event",
+    "EventLog",
+    "FollowedLog",
+    "JobWarning",
+    "Progress",
+    "StateChanged",
+]
 
 
 @attrs.frozen
@@ -61,12 +70,14 @@ class CompensationRan:
 
 Event = StateChanged | Progress | JobWarning | CompensationRan
 
+E = TypeVar("E")
 
-class EventLog:
-    """An append-only list of events that any number of tasks can follow."""
+
+class FollowedLog(Generic[E]):
+    """An append-only list of events that any number of tasks can follow (a job's, a plan's)."""
 
     def __init__(self) -> None:
-        self._events: list[Event] = []
+        self._events: list[E] = []
         self._changed = anyio.Event()
         self._closed = False
         self._started = time.monotonic()
@@ -75,7 +86,7 @@ class EventLog:
         """Seconds since the log was created."""
         return time.monotonic() - self._started
 
-    def append(self, event: Event) -> None:
+    def append(self, event: E) -> None:
         """Record ``event`` and wake every follower (ignored once closed)."""
         if self._closed:
             return
@@ -89,11 +100,11 @@ class EventLog:
         self._changed.set()
 
     @property
-    def events(self) -> tuple[Event, ...]:
+    def events(self) -> tuple[E, ...]:
         """Everything recorded so far."""
         return tuple(self._events)
 
-    async def follow(self) -> AsyncIterator[Event]:
+    async def follow(self) -> AsyncIterator[E]:
         """Yield every event from the first, then new ones as they come, until closed."""
         index = 0
         while True:
@@ -104,3 +115,7 @@ class EventLog:
             if self._closed:
                 return
             await changed.wait()
+
+
+class EventLog(FollowedLog[Event]):
+    """A job's events."""

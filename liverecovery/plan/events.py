@@ -5,12 +5,9 @@ Like a job's ``EventLog``, every follower sees every event from the start, in or
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-
-import anyio
 import attrs
 
+from liverecovery.job.events import FollowedLog
 from liverecovery.job.states import State
 
 __all__ = [
@@ -84,42 +81,9 @@ class PlanEnded:
 PlanEvent = GroupStarted | GroupReady | GroupSkipped | VmChanged | PlanWarning | PlanEnded
 
 
-class PlanEventLog:
-    """An append-only list of plan events that any number of tasks can follow."""
-
-    def __init__(self) -> None:
-        self._events: list[PlanEvent] = []
-        self._changed = anyio.Event()
-        self._closed = False
-        self._started = time.monotonic()
+class PlanEventLog(FollowedLog[PlanEvent]):
+    """A plan's events; times rounded to the microsecond, as the plan journal keeps them."""
 
     def elapsed(self) -> float:
         """Seconds since the plan started."""
-        return round(time.monotonic() - self._started, 6)
-
-    def append(self, event: PlanEvent) -> None:
-        if self._closed:
-            return
-        self._events.append(event)
-        changed, self._changed = self._changed, anyio.Event()
-        changed.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._changed.set()
-
-    @property
-    def events(self) -> tuple[PlanEvent, ...]:
-        return tuple(self._events)
-
-    async def follow(self) -> AsyncIterator[PlanEvent]:
-        """Every event from the first, then new ones as they come, until closed."""
-        index = 0
-        while True:
-            changed = self._changed
-            while index < len(self._events):
-                yield self._events[index]
-                index += 1
-            if self._closed:
-                return
-            await changed.wait()
+        return round(super().elapsed(), 6)
