@@ -110,6 +110,7 @@ class _PlanVerification:
     options: VerifyOptions
     report_dir: Path
     cancel: anyio.Event
+    passkey: str | None = None
     t0: float = attrs.field(factory=time.monotonic)
     vms: dict[str, _Vm] = attrs.field(factory=dict)
     skipped: dict[str, str] = attrs.field(factory=dict)
@@ -208,7 +209,7 @@ class _PlanVerification:
         def keep(report: VerificationReport) -> None:
             vm.report = report
 
-        spec = p.vm.spec(p.host, p.job_id)
+        spec = p.vm.spec(p.host, p.job_id, self.passkey)
         options = attrs.evolve(self.options, report_dir=self.report_dir / p.job_id)
         try:
             with vm.scope:
@@ -282,6 +283,7 @@ async def verify_plan(
     options: VerifyOptions | None = None,
     *,
     cancel: anyio.Event | None = None,
+    passkey: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PlanVerificationReport:
     """Verify every VM of ``plan`` in its boot groups; the report (also written to
@@ -311,7 +313,7 @@ async def verify_plan(
             f"{len(plan.groups)} group(s); reports in {report_dir}"
         )
     state = _PlanVerification(
-        plan, starter, planned, checks, options, report_dir, cancel or anyio.Event()
+        plan, starter, planned, checks, options, report_dir, cancel or anyio.Event(), passkey
     )
     started = _now()
     try:

@@ -319,19 +319,21 @@ class LiveRecovery:
         options: VerifyOptions | None = None,
         *,
         cancel: anyio.Event | None = None,
+        passkey: str | None = None,
     ) -> PlanVerificationReport:
         """Verify every VM of ``plan`` in its boot groups, each as ``verify`` does (isolated,
         disposable, never migrated), within the plan's ``max_in_flight`` and the hosts' NFS
         limits; a failure in an ``on_failure = "stop"`` group leaves the groups after it not
         run. Returns one report for the plan (``liverecovery.plan.verify``), also written to
         the results folder. ``cancel``: set it to stop; every copy is undone either way.
+        ``passkey``: for backups that need one.
 
         :raises VerificationRefusedError: the checks cannot run as asked.
         :raises PlanError: the plan's preflight refused it; nothing was started.
         """
         if self._tg is None:
             raise JobStateError("use 'async with LiveRecovery(...)' before verifying a plan")
-        return await verify_plan(self, plan, checks, options, cancel=cancel)
+        return await verify_plan(self, plan, checks, options, cancel=cancel, passkey=passkey)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""
