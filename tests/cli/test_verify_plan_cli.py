@@ -98,3 +98,33 @@ def test_verify_plan_refusals(tmp_path: Path) -> None:
     out = _cli("verify", str(backup), "--plan", str(plan), "--simulate", "--check", "tcp:22")
     assert out.returncode != 0 and "tcp checks" in out.stderr
     assert not (tmp_path / "results" / "verify").exists()
+
+
+def test_demo_verify_vms_3_passes_and_leaves_nothing(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[settings]\ncache_min_free_percent = 0\n")
+    out = _cli(
+        "demo",
+        "--verify",
+        "--vms",
+        "3",
+        "--disk-size",
+        "64M",
+        "--json",
+        "--settings",
+        str(settings),
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["passed"] is True and result["backup_unchanged"] is True
+    assert not any(result["left_behind"].values()), result["left_behind"]
+    report = result["report"]
+    assert report["kind"] == "plan-verification" and report["passed"] is True
+    assert [v["group"] for v in report["vms"]] == ["db", "app", "web"]
+    assert all(v["time_to_heartbeat_s"] >= 0.3 for v in report["vms"])
+    assert report["totals"]["slowest_time_to_heartbeat_s"] >= 0.3
+
+
+def test_demo_still_refuses_verify_with_backup(tmp_path: Path) -> None:
+    out = _cli("demo", "--verify", "--vms", "2", "--backup", str(tmp_path))
+    assert out.returncode == 2 and "cannot be combined" in out.stderr
