@@ -26,9 +26,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from liverecovery.backends import Backends, GuestOperations
+from liverecovery.backends import Backends, GuestOperations, TargetQuery
 from liverecovery.config import Settings
-from liverecovery.errors import LiveRecoveryError, VerificationRefusedError
+from liverecovery.errors import LiveRecoveryError, PlanError, VerificationRefusedError
 from liverecovery.plan.model import BootGroup, FailurePolicy, GroupWait, Plan
 from liverecovery.plan.runner import JobStarter, PlannedVm, new_run_id, preflight
 from liverecovery.plan.verify_report import GroupRecord, PlanVerificationReport, VmRecord
@@ -80,6 +80,32 @@ def group_checks(checks: Sequence[Check], group: BootGroup) -> tuple[Check, ...]
             in_run_order([*checks, Check("heartbeat", timeout_s=group.heartbeat_timeout_s)])
         )
     return tuple(checks)
+
+
+async def _check_network(
+    plan: Plan, planned: Sequence[PlannedVm], backends: Backends, network: str
+) -> None:
+    """Every host the plan uses has the isolated port group (each VM's own preflight would
+    refuse it too, but only once its group starts).
+
+    :raises PlanError: the hosts without it, all at once.
+    """
+    problems = []
+    for host in sorted({p.host for p in planned}):
+        try:
+            facts = await backends.vsphere.describe(TargetQuery(host=host, networks=(network,)))
+        except LiveRecoveryError as exc:
+            raise PlanError(
+                f"{plan.source}: cannot ask vSphere about host {host!r}: {exc}"
+            ) from None
+        if network not in facts.host.networks:
+            have = ", ".join(sorted(facts.host.networks)) or "none"
+            problems.append(
+                f"{plan.source}: host {host!r} has no port group {network!r} for the isolated "
+                f"network (its networks: {have})"
+            )
+    if problems:
+        raise PlanError(f"{plan.source}: the isolated network is missing:", tuple(problems))
 
 
 def _now() -> str:
@@ -294,7 +320,8 @@ async def verify_plan(
     report is then only on disk.
 
     :raises VerificationRefusedError: the checks cannot run as asked (nothing started).
-    :raises PlanError: the plan's preflight refused it, every problem listed (nothing started).
+    :raises PlanError: the plan's preflight refused it, every problem listed, or a host it
+        uses lacks the isolated network (nothing started).
     """
     options = options or VerifyOptions()
     checks = in_run_order(checks or default_checks(network=options.isolated_network is not None))
@@ -305,6 +332,8 @@ async def verify_plan(
         raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     run_id = new_run_id()
     planned = await preflight(plan, backends, settings, run_id=run_id)
+    if options.isolated_network:
+        await _check_network(plan, planned, backends, options.isolated_network)
     base = options.report_dir or Path(settings.job_results_dir) / "verify"
     report_dir = base / f"plan-{plan.name}-{run_id}"
     if progress is not None:

@@ -242,13 +242,17 @@ async def test_a_plan_over_the_limits_or_with_bad_checks_is_refused_before_anyth
     w.assert_clean()
 
 
-async def test_an_isolated_network_that_does_not_exist_fails_each_vm_cleanly() -> None:
+async def test_an_isolated_network_that_does_not_exist_is_refused_before_anything() -> None:
     w = World(["db1", "app1"])
-    plan = plan_of(plan_text({"db": ["db1"], "app": ["app1"]}, group_keys='on_failure = "stop"'))
+    w.vsphere.networks.add("verify-pg")
+    plan = plan_of(plan_text({"db": ["db1"], "app": ["app1"]}))
     async with LiveRecovery(w.settings, w.backends) as lr:
-        report = await lr.verify_plan(plan, CHECKS, options(isolated_network="no-such-pg"))
-    outcomes = {r.vm: r.outcome for r in report.vms}
-    assert outcomes == {"db1": "failed", "app1": "not_run"}
-    db1 = report.vms[0]
-    assert "no-such-pg" in db1.reason
+        with pytest.raises(PlanError) as err:
+            await lr.verify_plan(plan, CHECKS, options(isolated_network="no-such-pg"))
+        assert "no port group 'no-such-pg'" in str(err.value)
+        assert "esx01" in str(err.value) and "esx02" in str(err.value)
+        assert lr.jobs() == []
+        report = await lr.verify_plan(plan, CHECKS, options(isolated_network="verify-pg"))
+    assert report.passed, report.to_markdown()
+    assert all("verify-pg" in r.report.isolation for r in report.vms if r.report)
     w.assert_clean()
