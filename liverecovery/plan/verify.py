@@ -347,6 +347,9 @@ async def verify_plan(
     started = _now()
     try:
         await state.run()
+    except anyio.get_cancelled_exc_class():
+        state.cancelled = True
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             report = state.result(run_id, started)

@@ -256,3 +256,28 @@ async def test_an_isolated_network_that_does_not_exist_is_refused_before_anythin
     assert report.passed, report.to_markdown()
     assert all("verify-pg" in r.report.isolation for r in report.vms if r.report)
     w.assert_clean()
+
+
+async def test_cancelling_the_callers_scope_undoes_everything_and_writes_the_report() -> None:
+    w = World(VMS)
+    w.vsphere.guest.never_heartbeat = _Prefix("app")  # type: ignore[assignment]
+    plan = plan_of(plan_text(GROUPS))
+    async with LiveRecovery(w.settings, w.backends) as lr:
+        with anyio.CancelScope() as scope:
+
+            async def cancel_in_group_two() -> None:
+                while not any(
+                    v.ref.name.startswith("app") and v.powered_on for v in w.vsphere.vms.values()
+                ):
+                    await anyio.sleep(0.01)
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_in_group_two)
+                await lr.verify_plan(plan, [Check("heartbeat", timeout_s=30)], options())
+        assert scope.cancelled_caught
+    w.assert_clean()
+    (folder,) = Path(w.settings.job_results_dir).glob("verify/plan-t-*")
+    data = json.loads((folder / "plan-report.json").read_text())
+    assert data["passed"] is False and data["cancelled"] is True
+    assert {v["vm"]: v["outcome"] for v in data["vms"]}["web1"] == "not_run"
