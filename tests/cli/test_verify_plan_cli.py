@@ -79,11 +79,22 @@ def test_a_failing_vm_in_a_stop_group_exits_1_and_later_groups_do_not_run(
 ) -> None:
     backup = _backup(tmp_path, ["app1"], blank=["db1"])
     plan = _plan(tmp_path, {"db": ["db1"], "app": ["app1"]}, policy="stop")
-    out = _cli("verify", str(backup), "--plan", str(plan), "--simulate")
+    reports = tmp_path / "reports"
+    out = _cli(
+        "verify", str(backup), "--plan", str(plan), "--simulate", "--report-dir", str(reports)
+    )
     assert out.returncode == 1
     assert "FAILED" in out.stdout and "1 not run" in out.stdout
     assert "stopped: group 'db' failed and its on_failure is stop" in out.stderr
     assert "partitions: failed" in out.stderr
+    (folder,) = reports.glob("plan-drill-*")
+    data = json.loads((folder / "plan-report.json").read_text())
+    assert {v["vm"]: v["outcome"] for v in data["vms"]} == {"db1": "failed", "app1": "not_run"}
+    assert data["groups"] == [
+        {"name": "db", "ran": True, "reason": ""},
+        {"name": "app", "ran": False, "reason": "group 'db' failed and its on_failure is stop"},
+    ]
+    assert "| app1 | app |" in (folder / "plan-report.md").read_text()
     assert not any((tmp_path / "results" / "jobs").glob("*"))
 
 
@@ -97,6 +108,8 @@ def test_verify_plan_refusals(tmp_path: Path) -> None:
     assert out.returncode != 0 and "either --vm" in out.stderr
     out = _cli("verify", str(backup), "--plan", str(plan), "--simulate", "--check", "tcp:22")
     assert out.returncode != 0 and "tcp checks" in out.stderr
+    out = _cli("verify", str(backup), "--vm", "db1", "--simulate")
+    assert out.returncode != 0 and "--simulate verifies a plan" in out.stderr
     assert not (tmp_path / "results" / "verify").exists()
 
 
