@@ -52,7 +52,9 @@ class VmRecord:
     ran: bool = True
     """False: its group was not started (a stop policy, a cancel)."""
     heartbeat_at_s: float | None = None
-    """Seconds from the plan's start to the guest's heartbeat (None: none)."""
+    """Seconds from the plan's start to the guest's heartbeat (None: none): when the plan saw
+    the copy powered on, plus its time to heartbeat (so at most the power-on call's own
+    duration late)."""
     reason: str = ""
     """Why it was not run, or why it failed without a report."""
 
