@@ -143,7 +143,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="verify the sample backup instead (boot it isolated, check it, undo everything)",
+        help="verify the sample backup instead (boot it isolated, check it, undo everything); "
+        "with --vms N: verify a plan of N VMs in its boot groups",
     )
     parser.add_argument(
         "--backup",
@@ -229,6 +230,10 @@ async def run(args: argparse.Namespace) -> int:
         )
         if given
     ]
+    if modes == ["--verify", "--vms"]:
+        from liverecovery.cli.demo_plan import run_plan_verify_demo
+
+        return await run_plan_verify_demo(args)
     if len(modes) > 1:
         print(
             f"liverecovery: error: demo {' and '.join(modes)} cannot be combined: each is its "

@@ -1,5 +1,6 @@
 """``liverecovery demo --vms N``: a plan of N generated VMs in boot groups, on several simulated
-ESX hosts, through our NFS server on loopback.
+ESX hosts, through our NFS server on loopback. ``demo --verify --vms N`` verifies that plan
+instead: each VM booted as an isolated copy in its boot group, checked, and undone.
 
 The VMs are written as sample backups (ESXi-style folders, sparse VMDKs holding known data);
 a plan puts them in up to three boot groups (the first waits for its guests' heartbeats) and
@@ -32,7 +33,7 @@ from liverecovery.sim.embedded import verify_disk
 from liverecovery.sim.hosts import embedded_hosts
 from liverecovery.testing.samples import sample_vm, tree_digests
 
-__all__ = ["demo_plan", "run_plan_demo"]
+__all__ = ["demo_plan", "demo_plan_verify", "run_plan_demo", "run_plan_verify_demo"]
 
 
 def demo_plan(count: int, prefix: str = "demo") -> Plan:
@@ -119,3 +120,67 @@ async def run_plan_demo(args: argparse.Namespace) -> int:
     else:
         print(f"verified: {verified}; backups unchanged: {unchanged}")
     return 0 if code == 0 and verified and unchanged else 1
+
+
+async def demo_plan_verify(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The plan verification of the demo on the embedded environment; its result as JSON."""
+    from liverecovery.cli.verify import _bootable_sample
+    from liverecovery.verify.run import VerifyOptions
+
+    size = parse_size(args.disk_size)
+    plan = demo_plan(args.vms, args.vm if args.vm != "demo-vm" else "demo")
+    settings = await run_sync(demo_settings, work, args)
+    if not args.settings:
+        settings = attrs.evolve(settings, job_space_floor_bytes=128 * MiB)
+    backup_root = work / "backup"
+    for vm in plan.vms:
+        await run_sync(_bootable_sample(vm.vm, size).write, backup_root)
+    before = await run_sync(tree_digests, backup_root)
+    async with (
+        DirectoryCatalog(backup_root) as catalog,
+        embedded_hosts(work, catalog, hosts=plan.hosts, settings=settings) as env,
+    ):
+        for host in env.hosts.hosts.values():
+            host.guest.heartbeat_delay_s = 0.3
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            report = await lr.verify_plan(
+                plan, options=VerifyOptions(report_dir=work / "report", poll_s=0.1)
+            )
+        hosts = env.hosts.hosts.values()
+        left = {
+            "vms": sorted(v.ref.name for h in hosts for v in h.vms.values()),
+            "mounts": sorted(f"{h.name}:{m}" for h in hosts for m in h.mounts),
+            "exports": sorted(env.server.exports()),
+            "job_folders": sorted(p.name for p in (work / "results" / "jobs").glob("*")),
+        }
+    unchanged = await run_sync(tree_digests, backup_root) == before
+    return {
+        "report": report.to_json(),
+        "markdown": report.to_markdown(),
+        "left_behind": left,
+        "backup_unchanged": unchanged,
+        "passed": report.passed and unchanged and not any(left.values()),
+    }
+
+
+async def run_plan_verify_demo(args: argparse.Namespace) -> int:
+    """``liverecovery demo --verify --vms N``: 0 when every VM passed, nothing was left behind
+    and the backups are unchanged."""
+    await run_sync(sweep_demo_residue)
+    with tempfile.TemporaryDirectory(prefix=DEMO_PREFIX) as tmp:
+        owner = await run_sync(_claim, Path(tmp))
+        try:
+            result = await demo_plan_verify(args, Path(tmp))
+        finally:
+            os.close(owner)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "markdown"}))
+    else:
+        print(result["markdown"], end="")
+        left = [f"{k}: {v}" for k, v in result["left_behind"].items() if v]
+        print(
+            f"plan verification of {args.vms} VMs: {'passed' if result['passed'] else 'FAILED'}; "
+            f"left behind: {', '.join(left) or 'nothing'}; "
+            f"backups unchanged: {result['backup_unchanged']}"
+        )
+    return 0 if result["passed"] else 1

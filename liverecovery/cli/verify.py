@@ -12,6 +12,13 @@ report (``report.json``, ``report.md``, ``screenshot.png``) goes to ``--report-d
 results folder. Exit code 0 only when every required check passed and everything was undone;
 1 when a check failed or the verification was refused. Ctrl-C stops the checks and cleans up.
 ``liverecovery demo --verify`` runs the same path on the embedded environment.
+
+The plan form verifies every VM of a plan in its boot groups, each as an isolated copy, and
+writes one report for the plan (``plan-report.json``, ``plan-report.md``, one folder per VM)::
+
+    liverecovery verify /backups --plan plan.toml --vcenter vc.example.com --user admin \\
+        --password-env VC_PASSWORD --check heartbeat
+    liverecovery verify /backups --plan plan.toml --simulate   # simulated ESX hosts
 """
 
 from __future__ import annotations
@@ -32,9 +39,11 @@ import attrs
 from liverecovery.backends import GuestCredentials
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.recover import RecoverConfig, _common, production
-from liverecovery.config import MiB
+from liverecovery.config import MiB, Settings
 from liverecovery.errors import SettingsError, VerificationRefusedError
 from liverecovery.io.threads import run_sync
+from liverecovery.plan.parse import load_plan
+from liverecovery.plan.verify_report import PlanVerificationReport
 from liverecovery.recovery.live import LiveRecovery
 from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing.disk_images import mbr_disk
@@ -114,6 +123,10 @@ async def _with_signals(verify: Any) -> VerificationReport | None:
 
 
 async def run_verify(args: argparse.Namespace) -> int:
+    if args.plan:
+        return await run_verify_plan(args)
+    if args.simulate:
+        raise SettingsError("--simulate verifies a plan: give --plan PLAN.toml")
     config = RecoverConfig.from_args(args, need_job=False)
     missing = [f for f, v in (("BACKUP", config.backup), ("--vm", config.vm)) if not v]
     if missing:
@@ -134,6 +147,70 @@ async def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _print_plan(report: PlanVerificationReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    for v in report.vms:
+        tth = v.time_to_heartbeat_s
+        heartbeat = f"heartbeat after {tth:.1f}s" if tth is not None else "no heartbeat"
+        print(f"  {v.vm} (group {v.group}, host {v.host}): {v.outcome}; {heartbeat}")
+        why = (v.report.failures if v.report is not None else []) or (
+            [v.reason] if v.reason else []
+        )
+        for line in why if v.outcome != "passed" else []:
+            print(f"    why: {line}", file=sys.stderr)
+    rtt = report.slowest_time_to_heartbeat_s
+    print(
+        f"plan verification {report.plan} (run {report.run_id}): "
+        f"{'passed' if report.passed else 'FAILED'}; {report.count('passed')}/{len(report.vms)} "
+        f"VMs passed, {report.count('not_run')} not run; measured recovery time: "
+        f"{'not every VM booted' if rtt is None else f'{rtt:.1f}s'}; report: {report.report_dir}"
+    )
+    if report.stopped:
+        print(f"  stopped: {report.stopped}", file=sys.stderr)
+
+
+async def run_verify_plan(args: argparse.Namespace) -> int:
+    """``liverecovery verify --plan PLAN.toml``: exit code 0 only when every required check of
+    every VM passed."""
+    from liverecovery.cli.plan import _connection, _passkey, _simulated, _vcenter
+
+    if args.vm:
+        raise SettingsError("give either --vm (one VM) or --plan (every VM of a plan), not both")
+    args.plan_file = args.plan
+    plan = load_plan(args.plan)
+    settings = Settings.from_toml(args.plan)
+    conn = _connection(args.plan, args)
+    if not conn.get("backup"):
+        raise SettingsError(f"{args.plan}: missing BACKUP (or backup in [connection])")
+    backup = Path(conn["backup"])
+    if not await anyio.Path(backup).exists():
+        raise SettingsError(f"{backup}: the backup path does not exist")
+    checks, options = _checks(args), _options(args)
+    if problems := refusals(checks or default_checks(network=bool(args.isolated_network)), options):
+        raise VerificationRefusedError("verification refused: " + "; ".join(problems))
+    passkey = _passkey(conn)
+    if args.simulate:
+        context = _simulated(plan, settings, backup)
+    else:
+        context = _vcenter(plan, settings, conn, args)
+    cancel = anyio.Event()
+    async with context as (lr, plan), anyio.create_task_group() as tg:
+
+        async def on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("stopping: powering the verification VMs off...", file=sys.stderr)
+                    cancel.set()
+
+        tg.start_soon(on_signal)
+        report = await lr.verify_plan(plan, checks, options, cancel=cancel, passkey=passkey)
+        tg.cancel_scope.cancel()
+    _print_plan(report, args.json)
+    return 0 if report.passed else 1
+
+
 def register(sub: Any) -> None:
     """Add the ``verify`` subcommand."""
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -141,6 +218,16 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("backup", nargs="?", help="backup root, VM folder or .ova")
     parser.add_argument("--vm", help="the VM to verify")
+    parser.add_argument(
+        "--plan",
+        metavar="PLAN.toml",
+        help="verify every VM of this plan in its boot groups (instead of --vm)",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="with --plan: run on simulated ESX hosts named as in the plan (no vCenter)",
+    )
     parser.add_argument("--point", help="restore point id (default: the newest)")
     parser.add_argument("--passkey-env", help="environment variable holding the passkey")
     parser.add_argument("--folder", help="the VM folder to register the copy in")

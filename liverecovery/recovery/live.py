@@ -60,6 +60,8 @@ from liverecovery.job.sharing import HostShares
 from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
+from liverecovery.plan.verify import verify_plan
+from liverecovery.plan.verify_report import PlanVerificationReport
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
 from liverecovery.verify.checks import Check
@@ -309,6 +311,29 @@ class LiveRecovery:
         :raises PreflightError: the job's preflight refused; nothing was touched.
         """
         return await verify_vm(self.start, self.backends, self.settings, spec, checks, options)
+
+    async def verify_plan(
+        self,
+        plan: Plan,
+        checks: Sequence[Check] = (),
+        options: VerifyOptions | None = None,
+        *,
+        cancel: anyio.Event | None = None,
+        passkey: str | None = None,
+    ) -> PlanVerificationReport:
+        """Verify every VM of ``plan`` in its boot groups, each as ``verify`` does (isolated,
+        disposable, never migrated), within the plan's ``max_in_flight`` and the hosts' NFS
+        limits; a failure in an ``on_failure = "stop"`` group leaves the groups after it not
+        run. Returns one report for the plan (``liverecovery.plan.verify``), also written to
+        the results folder. ``cancel``: set it to stop; every copy is undone either way.
+        ``passkey``: for backups that need one.
+
+        :raises VerificationRefusedError: the checks cannot run as asked.
+        :raises PlanError: the plan's preflight refused it; nothing was started.
+        """
+        if self._tg is None:
+            raise JobStateError("use 'async with LiveRecovery(...)' before verifying a plan")
+        return await verify_plan(self, plan, checks, options, cancel=cancel, passkey=passkey)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""

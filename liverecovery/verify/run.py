@@ -187,8 +187,17 @@ async def verify_vm(
     spec: RecoverySpec,
     checks: Sequence[Check] = (),
     options: VerifyOptions | None = None,
+    *,
+    on_powered_on: Callable[[], None] | None = None,
+    hold: Callable[[bool], Awaitable[None]] | None = None,
+    on_report: Callable[[VerificationReport], None] | None = None,
 ) -> VerificationReport:
     """Verify one VM's restore point; returns the report (also written to its folder).
+
+    For a plan's boot groups: ``on_powered_on`` is called once the copy runs from the backup;
+    ``hold`` is awaited once its checks ended (with whether they passed so far), before the
+    copy is undone, so later groups boot while it still runs; ``on_report`` receives the report
+    even when the verification is cancelled (which re-raises the cancellation).
 
     :raises VerificationRefusedError: the checks cannot run as asked (before anything).
     :raises PreflightError: the job's preflight refused (the isolated network does not exist,
@@ -236,6 +245,8 @@ async def verify_vm(
             if isinstance(failure, PreflightError) and State.POWERING_ON not in job.states_visited:
                 raise failure
             error = f"the restore point did not power on: {failure or job.state.value}"
+        elif on_powered_on is not None:
+            on_powered_on()
         for check in checks:
             if check.kind == "partitions":
                 continue
@@ -243,6 +254,8 @@ async def verify_vm(
                 run.skip(check, error)
                 continue
             await _guest_check(run, check, vm)
+        if hold is not None:
+            await hold(not error and all(r.ok for r in run.results))
     except anyio.get_cancelled_exc_class():
         cancelled = True
         raise
@@ -279,6 +292,8 @@ async def verify_vm(
                 )
                 with contextlib.suppress(OSError):
                     await report.write(report_dir)
+                if on_report is not None:
+                    on_report(report)
     return report
 
 
