@@ -283,7 +283,7 @@ class Settings:
     s3_retry_timeout_s: float = attrs.field(default=10.0, validator=_positive("s3_retry_timeout_s"))
     """... for at most this long; then the read is answered "retry later" (NFS3ERR_JUKEBOX) and
     the ESX host asks again, so a VM waits out a store outage instead of seeing an I/O error."""
-    shared_state: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    shared_state: str = attrs.field(default="", validator=_text)
     """Several serving nodes: where they share the NFS handle key, the leases of the service
     addresses and the export registries (``s3://bucket/state-prefix``, never inside a backup
     prefix, or a directory every node sees); empty for one node alone (docs/scale-out.md)."""

@@ -173,3 +173,16 @@ def test_from_settings_needs_a_catalog_or_a_backup_root(tmp_path: Path) -> None:
                 pass
 
     anyio.run(main)
+
+
+@pytest.mark.parametrize("field", [f.name for f in attrs.fields(Settings)])
+@pytest.mark.parametrize("value", [0, 1.5, "not a value", [1], {"a": 1}, True])
+def test_every_setting_of_any_type_gives_settings_or_a_settings_error(
+    field: str, value: object
+) -> None:
+    """Each setting, given a value of any TOML type: settings, or one SettingsError naming the
+    setting; never an attrs TypeError (the property test above found one by chance)."""
+    try:
+        Settings.from_mapping({field: value}, source="test.toml")
+    except SettingsError as exc:
+        assert field in str(exc) or field.split("_")[0] in str(exc), exc
