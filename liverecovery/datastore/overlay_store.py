@@ -19,7 +19,8 @@ block) and writes them into a local overlay, stable, before that overlay serves.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
 
 import anyio
 
@@ -29,7 +30,12 @@ from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
 
-__all__ = ["StoreBackedOverlay", "overlay_blocks_key", "restore_overlay"]
+__all__ = [
+    "StoreBackedOverlay",
+    "overlay_blocks_key",
+    "restore_overlay",
+    "store_backed_overlays",
+]
 
 
 def overlay_blocks_key(job_id: str, disk: str) -> str:
@@ -169,9 +175,16 @@ class StoreBackedOverlay(DiskOverlay):
             await self.local.aclose()
 
 
-async def restore_overlay(state: SharedState, job_id: str, disk: str, overlay: WriteOverlay) -> int:
-    """Write every block the store holds for ``disk`` (the highest epoch's copy of each) into
-    ``overlay``, stable; how many blocks.
+async def restore_overlay(
+    state: SharedState,
+    job_id: str,
+    disk: str,
+    overlay: WriteOverlay,
+    *,
+    up_to_epoch: int | None = None,
+) -> int:
+    """Write every block the store holds for ``disk`` (the highest epoch's copy of each, of
+    epochs up to ``up_to_epoch`` if given) into ``overlay``, stable; how many blocks.
 
     :raises OverlayError: a key that is not ``<epoch>/<block>`` or a block of the wrong size
         (the store was written for another geometry): named, nothing guessed.
@@ -183,6 +196,8 @@ async def restore_overlay(state: SharedState, job_id: str, disk: str, overlay: W
         if len(rest) != 2 or not all(part.isdigit() for part in rest):
             raise OverlayError(f"shared state key {key}: not an overlay block <epoch>/<block>")
         epoch, block = int(rest[0]), int(rest[1])
+        if up_to_epoch is not None and epoch > up_to_epoch:
+            continue
         if block not in newest or newest[block][0] < epoch:
             newest[block] = (epoch, key)
     bs, size = overlay.block_size, overlay.size
@@ -200,3 +215,23 @@ async def restore_overlay(state: SharedState, job_id: str, disk: str, overlay: W
         await overlay.write(start, got.data[:expected], Stability.UNSTABLE)
     await overlay.commit()
     return len(newest)
+
+
+def store_backed_overlays(
+    state: SharedState, epoch: int
+) -> Callable[[Path, int], Awaitable[DiskOverlay]]:
+    """An overlay factory for ``FreBuilder``: each disk's overlay
+    (``<job_results_dir>/jobs/<job id>/overlays/<disk>``) is first rebuilt from the store, then
+    written through to it under ``epoch`` (the lease epoch this node serves under)."""
+
+    async def open_overlay(directory: Path, size: int) -> DiskOverlay:
+        job_id, disk = directory.parent.parent.name, directory.name
+        local = await WriteOverlay.open(directory, size=size)
+        try:
+            await restore_overlay(state, job_id, disk, local)
+        except BaseException:
+            await local.aclose()
+            raise
+        return StoreBackedOverlay(local, state, job_id=job_id, disk=disk, epoch=epoch)
+
+    return open_overlay
