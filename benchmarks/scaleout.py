@@ -1,8 +1,9 @@
 """What several serving nodes cost per operation, against the real store (Ceph RGW on loopback).
 
 1. A stable (FILE_SYNC) guest WRITE: into the local durable overlay (``WriteOverlay``, fsync'd),
-   and the same followed by a PUT of the 64 KiB overlay block to the store, as a write-through
-   overlay would do before the reply (``docs/scale-out.md``), for 4 KiB and 64 KiB writes.
+   and into the write-through overlay (``StoreBackedOverlay``: the same, then the touched 64 KiB
+   blocks PUT to the shared state in the store before it returns; ``docs/scale-out.md``), for
+   4 KiB and 64 KiB writes, each to a new block and each rewriting a block (``replace``).
 2. The shared state's operations: a lease renewal (conditional PUT, ``If-Match``), a watcher's
    GET, the handle key's create-once PUT (``If-None-Match: *``).
 
@@ -23,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import obstore
 
 from liverecovery.catalog.objects import S3Location, StoreOptions
 from liverecovery.catalog.shared_state import ObjectSharedState
 from liverecovery.datastore.overlay import WriteOverlay
+from liverecovery.datastore.overlay_store import StoreBackedOverlay
 from liverecovery.nfs.filesystem import Stability
 from liverecovery.testing.objstore import RadosGateway
 
@@ -43,31 +44,47 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 
 async def stable_writes(rgw: RadosGateway, work: Path, size: int, n: int) -> dict[str, Any]:
-    overlay = await WriteOverlay.open(work / f"overlay-{size}", size=1 << 30)
-    store = rgw.store()
-    local: list[float] = []
-    through: list[float] = []
-    prefix = f"bench-scaleout/{uuid.uuid4().hex[:8]}"
+    _environ(rgw)
+    state = ObjectSharedState(
+        S3Location(rgw.bucket, f"bench-overlay-{uuid.uuid4().hex[:8]}"), StoreOptions()
+    )
+    local = await WriteOverlay.open(work / f"local-{size}", size=1 << 30)
+    through = StoreBackedOverlay(
+        await WriteOverlay.open(work / f"through-{size}", size=1 << 30),
+        state,
+        job_id="bench",
+        disk="scsi0_0",
+        epoch=1,
+    )
+    times: dict[str, list[float]] = {"local": [], "write_through": [], "write_through_rewrite": []}
     try:
         for i in range(n):
             data = os.urandom(size)
-            for out, put in ((local, False), (through, True)):
-                offset = (2 * i + put) * BLOCK
+            offset = i * BLOCK
+            for name, overlay in (
+                ("local", local),
+                ("write_through", through),
+                ("write_through_rewrite", through),
+            ):
                 base = {o: bytes(length) for o, length in overlay.to_fill(offset, size)}
+                if name == "write_through_rewrite":
+                    data = os.urandom(size)
                 t0 = time.perf_counter()
                 await overlay.write(offset, data, Stability.FILE_SYNC, base)
-                if put:
-                    block = await overlay.read(offset - offset % BLOCK, BLOCK)
-                    await obstore.put_async(store, f"{prefix}/{offset // BLOCK}", block)
-                out.append(time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0)
     finally:
-        await overlay.aclose()
-    return {"local": _ms(local), "write_through": _ms(through)}
+        await local.aclose()
+        await through.aclose()
+    return {name: _ms(values) for name, values in times.items()}
+
+
+def _environ(rgw: RadosGateway) -> None:
+    for key, value in rgw.env.items():
+        os.environ[key] = value
 
 
 async def state_ops(rgw: RadosGateway, n: int) -> dict[str, Any]:
-    for key, value in rgw.env.items():
-        os.environ[key] = value
+    _environ(rgw)
     state = ObjectSharedState(
         S3Location(rgw.bucket, f"bench-state-{uuid.uuid4().hex[:8]}"), StoreOptions()
     )

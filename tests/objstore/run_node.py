@@ -8,7 +8,9 @@ Both nodes serve the backup from the store (``ObjectCatalog``), each with its ow
 127.0.0.2. The handle key, the lease of the address and its export registry are in the shared
 state in the store (``STATE_URL``); the job journals are mirrored there too. The job results
 folder (``WORK/results``: journals, the job folders the ESX host writes into, the write overlays)
-is one directory both nodes see: the loopback stand-in (docs/scale-out.md). Credentials come
+is one directory both nodes see: the loopback stand-in (docs/scale-out.md); the overlays are
+also written through to the store (``store_backed_overlays``: stable writes before the reply,
+under the node's lease epoch) and rebuilt from it when opened. Credentials come
 from the environment (AWS_*).
 
 It prints ``lease <epoch>``, ``journals <n>`` (restored), ``listening <port>``, ``state <name>``, ``resumed <n>``,
@@ -31,7 +33,8 @@ from liverecovery.catalog.shared_state import open_shared_state
 from liverecovery.cluster.journals import JournalMirror, restore_journals
 from liverecovery.cluster.lease import LeaseHolder, LeaseWatcher
 from liverecovery.cluster.node_state import ExportsMirror, install_node_state
-from liverecovery.datastore.builder import FreBuilder, durable_overlay
+from liverecovery.datastore.builder import FreBuilder
+from liverecovery.datastore.overlay_store import store_backed_overlays
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import journal_dir
 from liverecovery.nfs.server import NfsServer
@@ -112,7 +115,9 @@ async def main(argv: list[str]) -> None:
         backends = Backends(
             exporter=server, catalog=catalog, cache=cache, vsphere=vsphere, inventory=vsphere
         )
-        builder = FreBuilder(cache, overlay_factory=durable_overlay)
+        builder = FreBuilder(
+            cache, overlay_factory=store_backed_overlays(state, holder.record.epoch)
+        )
         async with LiveRecovery(settings, backends, builder=builder) as lr:
             if mode == "start":
                 spec = RecoverySpec(

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from liverecovery.catalog.objects import S3Location, StoreOptions
+from liverecovery.catalog.shared_state import ObjectSharedState
+from liverecovery.datastore.overlay import WriteOverlay
+from liverecovery.datastore.overlay_store import restore_overlay
 from liverecovery.sim.remote import RemoteSimulatedHost
 from liverecovery.testing.objstore import RadosGateway, object_digests, upload_tree
 from liverecovery.testing.samples import expected_read, sample_vm
@@ -71,7 +75,7 @@ class Process:
 
 
 async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
-    rgw: RadosGateway, tmp_path: Path
+    rgw: RadosGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = uuid.uuid4().hex[:8]
     vm = sample_vm("vm", disk_sizes=(SIZE,), head=SIZE // 2)
@@ -149,6 +153,37 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         assert path is not None and path.read_bytes() == bytes(expected)
         assert await host.nfs_datastores(HOST) == []
         assert object_digests(rgw.store(), f"takeover-{run}/backups") == before
+
+        # every write A acknowledged is in the store under A's epoch: the overlay a node
+        # without the shared results folder rebuilds from there holds the guest's writes up to
+        # some point at or after the last one acknowledged before the kill
+        for name, value in rgw.environ().items():
+            if name.startswith("AWS_"):
+                monkeypatch.setenv(name, value)
+        state = ObjectSharedState(S3Location.parse(state_url), StoreOptions())
+        disks = {tuple(k.split("/")[1:4:2]) for k in await state.keys("jobs")}
+        assert len(disks) == 1, disks
+        ((job_id, disk),) = disks
+        rebuilt = await WriteOverlay.open(tmp_path / "rebuilt-overlay", size=size)
+        try:
+            assert await restore_overlay(state, job_id, disk, rebuilt, up_to_epoch=1) > 0
+            held = rebuilt.held(0, size)
+            got = {start: await rebuilt.read(start, n) for start, n in held}
+            for w in writes[:writes_at_kill]:
+                assert rebuilt.holds_any(w.offset, len(w.data)), w.offset
+        finally:
+            await rebuilt.aclose()
+        image = bytearray(expected_read(size, runs, 0, size))
+        for w in writes[:writes_at_kill]:
+            image[w.offset : w.offset + len(w.data)] = w.data
+        matches = []
+        for k in range(writes_at_kill, len(writes) + 1):
+            if k > writes_at_kill:
+                w = writes[k - 1]
+                image[w.offset : w.offset + len(w.data)] = w.data
+            if all(image[start : start + n] == got[start] for start, n in held):
+                matches.append(k)
+        assert matches, "the store lacks a write A acknowledged"
     finally:
         for p in nodes:
             p.kill()
