@@ -504,12 +504,26 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     async def _answer(self, answer: list[Part] | Awaitable[list[Part] | None] | None) -> None:
         reply = answer if answer is None or isinstance(answer, list) else await answer
         try:
-            if reply is not None and not self._can_write.is_set():
+            if reply is not None and not self._can_write.is_set() and not self._may_jump(reply):
                 await self._can_write.wait()
             self._reply(reply)
         except BaseException:
             release(reply)  # a cancelled or failed send: no pipe stays taken
             raise
+
+    def _may_jump(self, reply: list[Part]) -> bool:
+        """Whether a small reply may go into a full outbox, ahead of its large replies
+        (``outbox_position``), rather than wait for them to drain: only the spliced outbox is
+        full (the transport's buffer, which sends in order, is not), and at most
+        ``max_in_flight`` small replies can pile up that way."""
+        if not self._outbox or self._transport_paused:
+            return False
+        size = 0
+        for chunk in reply:
+            size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else chunk.nbytes
+            if size > _SMALL_REPLY:
+                return False
+        return True
 
     def _reply(self, reply: list[Part] | None) -> None:
         if reply is not None and not self._reader.eager:
