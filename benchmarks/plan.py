@@ -19,6 +19,12 @@ each VM into their local datastore.
    their host's own NFS mount; p50/p99/max (target p99 <= 50 ms). The rest are then stopped
    (``stop(power_off=True)``, the operator's explicit request) to end the run.
 
+``--hosts-mode`` (default ``both``, one after the other, remote first so the peak RSS of the
+server's process is not the in-process run's): ``inprocess`` runs the simulated hosts in the
+server's process (``sim.hosts.embedded_hosts``), ``remote`` one ``liverecovery.sim.remote``
+process per host (``sim.remote_hosts.remote_embedded_hosts``; the probe's READ is then timed in
+the host's process, ``RemoteSimulatedHost.timed_read``). RSS is the server's process only.
+
 Not every VM is migrated: each guest write dirties a 1 MiB chunk of the host's local copy, so
 100 VMs of 1 GiB migrating one after another would fill the disk of a small machine (they did:
 about 1 GiB per long-waiting VM).
