@@ -16,8 +16,12 @@ from liverecovery.io.threads import background_reads, run_read, submit_read
 pytestmark = pytest.mark.anyio
 
 
-async def test_foreground_reads_run_before_queued_background_reads() -> None:
-    max_threads = threads._READS._max
+async def test_foreground_reads_run_before_queued_background_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a pool of its own: threads other tests abandoned (a READ left behind) cannot skew it
+    max_threads = 4
+    monkeypatch.setattr(threads, "_READS", threads._Pool(max_threads=max_threads))
     started = threading.Semaphore(0)
     gates = [threading.Event() for _ in range(max_threads)]
     order: list[str] = []
