@@ -19,6 +19,12 @@ each VM into their local datastore.
    their host's own NFS mount; p50/p99/max (target p99 <= 50 ms). The rest are then stopped
    (``stop(power_off=True)``, the operator's explicit request) to end the run.
 
+``--hosts-mode`` (default ``both``, one after the other, remote first so the peak RSS of the
+server's process is not the in-process run's): ``inprocess`` runs the simulated hosts in the
+server's process (``sim.hosts.embedded_hosts``), ``remote`` one ``liverecovery.sim.remote``
+process per host (``sim.remote_hosts.remote_embedded_hosts``; the probe's READ is then timed in
+the host's process, ``RemoteSimulatedHost.timed_read``). RSS is the server's process only.
+
 Not every VM is migrated: each guest write dirties a 1 MiB chunk of the host's local copy, so
 100 VMs of 1 GiB migrating one after another would fill the disk of a small machine (they did:
 about 1 GiB per long-waiting VM).
@@ -35,6 +41,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,6 +58,7 @@ from liverecovery.plan.events import VmChanged
 from liverecovery.plan.model import BootGroup, Placement, Plan, PlanVm
 from liverecovery.plan.runner import PlanRun
 from liverecovery.sim.hosts import EmbeddedHosts, embedded_hosts
+from liverecovery.sim.remote_hosts import RemoteEmbeddedHosts, remote_embedded_hosts
 from liverecovery.testing.samples import sample_vm
 
 
@@ -115,7 +123,13 @@ def settings(work: Path, args: argparse.Namespace) -> Settings:
     )
 
 
-async def _probe(env: EmbeddedHosts, run: PlanRun, lr: LiveRecovery, out: list[float]) -> None:
+async def _probe(
+    env: EmbeddedHosts | RemoteEmbeddedHosts,
+    run: PlanRun,
+    lr: LiveRecovery,
+    out: list[float],
+    size: int,
+) -> None:
     """Random 64 KiB reads of the VMs served from the backup, while any migration runs."""
     rng = random.Random(1)
     while True:
@@ -126,6 +140,18 @@ async def _probe(env: EmbeddedHosts, run: PlanRun, lr: LiveRecovery, out: list[f
             continue
         job = rng.choice(serving)
         assert job.vm is not None
+        if isinstance(env, RemoteEmbeddedHosts):
+            # timed in the host's process, through its own mount
+            remote, rref = env.hosts.owner(job.vm)
+            offset = rng.randrange(max(1, size // (64 * 1024))) * 64 * 1024
+            try:
+                took = await remote.timed_read(rref, offset, 64 * 1024)
+            except Exception:
+                took = None
+            if took is not None and any(j.state is State.MIGRATING for j in lr.jobs()):
+                out.append(took)
+            await anyio.sleep(0.005)
+            continue
         esx, ref = env.hosts.owner(job.vm)
         vm = esx.vms.get(ref.moref)
         if vm is None or not vm.disks or vm.datastore not in esx.mounts:
@@ -145,18 +171,19 @@ async def _probe(env: EmbeddedHosts, run: PlanRun, lr: LiveRecovery, out: list[f
 
 
 async def run_one(
-    work: Path, names: list[str], args: argparse.Namespace, *, migrate: int
+    work: Path, names: list[str], args: argparse.Namespace, *, migrate: int, mode: str
 ) -> dict[str, Any]:
     hosts = tuple(f"esx-{i + 1}" for i in range(min(args.hosts, len(names))))
     plan = make_plan(names, hosts, args.in_flight)
     latencies: list[float] = []
+    environment = remote_embedded_hosts if mode == "remote" else embedded_hosts
     async with (
         DirectoryCatalog(work / "backup") as catalog,
-        embedded_hosts(
-            work / f"env-{len(names)}",
+        environment(
+            work / f"env-{mode}-{len(names)}",
             catalog,
             hosts=hosts,
-            settings=settings(work, args),
+            settings=settings(work / mode, args),
             write_interval_s=args.write_interval_s,
         ) as env,
         LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
@@ -180,7 +207,7 @@ async def run_one(
             chosen = lr.jobs()[:migrate]
             t0 = time.monotonic()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_probe, env, run, lr, latencies)
+                tg.start_soon(_probe, env, run, lr, latencies, args.size)
 
                 async def one(job: Any) -> None:
                     await job.migrate_now()
@@ -206,6 +233,7 @@ async def run_one(
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else None
 
     return {
+        "hosts_mode": mode,
         "vms": len(names),
         "hosts": len(hosts),
         "failed": [r["vm"] for r in summary["vms"] if r["power_on_s"] is None],
@@ -234,13 +262,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for i, name in enumerate(names):
             sample_vm(name, disk_sizes=(args.size,), seed=i).write(work / "backup")
         write_s = time.monotonic() - t0
-        one = await run_one(work, names[:1], args, migrate=0)
-        many = await run_one(work, names, args, migrate=min(args.migrate, len(names)))
-    ratio = (
-        many["all_powered_on_s"] / one["all_powered_on_s"]
-        if one["all_powered_on_s"] and many["all_powered_on_s"]
-        else None
-    )
+        modes = ("remote", "inprocess") if args.hosts_mode == "both" else (args.hosts_mode,)
+        by_mode: dict[str, Any] = {}
+        for mode in modes:
+            one = await run_one(work, names[:1], args, migrate=0, mode=mode)
+            many = await run_one(
+                work, names, args, migrate=min(args.migrate, len(names)), mode=mode
+            )
+            ratio = (
+                many["all_powered_on_s"] / one["all_powered_on_s"]
+                if one["all_powered_on_s"] and many["all_powered_on_s"]
+                else None
+            )
+            by_mode[mode] = {"one": one, "many": many, "power_on_ratio": ratio}
+            shutil.rmtree(work / f"env-{mode}-{len(names)}", ignore_errors=True)
+            shutil.rmtree(work / mode, ignore_errors=True)
     return {
         "benchmark": "plan",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
@@ -250,9 +286,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "max_migrations": args.max_migrations,
         "max_migrations_per_host": args.max_migrations_per_host,
         "backup_write_s": write_s,
-        "one": one,
-        "many": many,
-        "power_on_ratio": ratio,
+        "hosts_mode": args.hosts_mode,
+        **by_mode,
         "load_after": os.getloadavg(),
     }
 
@@ -270,6 +305,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--write-interval-s", type=float, default=1.0, help="each guest writes 4 KiB this often"
+    )
+    parser.add_argument(
+        "--hosts-mode",
+        choices=("inprocess", "remote", "both"),
+        default="both",
+        help="simulated ESX hosts in the server's process, one process each, or both in turn",
     )
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args()

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
+from liverecovery.io.threads import background_reads
+
 __all__ = ["ReadAhead", "SequentialDetector", "Slot"]
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,8 @@ class ReadAhead:
                 async with self._limit:
                     if self._closed:
                         raise _Stopped()
-                    data = slot.data = await self._fetch(index)
+                    with background_reads():  # a running VM's READs go first
+                        data = slot.data = await self._fetch(index)
                 self.fetched += 1
             except asyncio.CancelledError:
                 slot.error = _Stopped()

@@ -5,6 +5,9 @@ Which one to use:
 - ``run_read`` (abandoned on cancel) and ``run_write`` (waited for, shielded): the data path's
   lean pools (disk extents, cache blocks, overlays, NFS files), where a hand-off's cost shows in
   every READ and WRITE. ``submit_read`` when the caller must know when the thread is done.
+- ``background_reads()``: reads handed off inside it (a storage vMotion's read-ahead) wait
+  behind every foreground read (a running VM's): the read threads take a queued foreground read
+  first, so a VM's random READ never queues behind a copy's stream of 1 MiB fetches.
 - ``InlineWrites``: a page-cache write that may run on the loop while writes stay fast.
 - ``run_sync``: everything else that blocks, off the data path: a directory scan, a small
   metadata file, a pyVmomi SOAP call, a fsync of a journal. It is ``anyio.to_thread.run_sync``
@@ -31,18 +34,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeAlias, TypeVar
 
 import anyio
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-__all__ = ["InlineWrites", "run_read", "run_sync", "run_write", "submit_read"]
+__all__ = [
+    "InlineWrites",
+    "background_reads",
+    "run_read",
+    "run_sync",
+    "run_write",
+    "submit_read",
+]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -75,19 +86,26 @@ class InlineWrites:
 
 
 class _Pool:
-    """A few daemon threads fed through a ``SimpleQueue``: a lighter hand-off than
+    """A few daemon threads fed through two ``SimpleQueue``s: a lighter hand-off than
     ``anyio.to_thread`` (no capacity limiter or run-var lookups per call), for the blocking
-    calls of the hot path."""
+    calls of the hot path. A thread takes the oldest foreground job first, a background one only
+    when no foreground job waits."""
 
     def __init__(self, max_threads: int) -> None:
         self._max = max_threads
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._background: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[None] = queue.SimpleQueue()
+        """One token per job queued (a C queue: cheaper than a ``threading.Semaphore``, whose
+        release costs the submitting event loop a Python-level condition): a thread that takes a
+        token finds a job in one of the queues."""
         self._lock = threading.Lock()
         self._threads = 0
         self._idle = 0
 
-    def submit(self, job: _Job) -> None:
-        self._queue.put(job)
+    def submit(self, job: _Job, *, background: bool = False) -> None:
+        (self._background if background else self._queue).put(job)
+        self._jobs.put(None)
         with self._lock:
             if self._idle > 0 or self._threads >= self._max:
                 return
@@ -98,7 +116,7 @@ class _Pool:
         while True:
             with self._lock:
                 self._idle += 1
-            loop, future, fn, args = self._queue.get()
+            loop, future, fn, args = self._take()
             with self._lock:
                 self._idle -= 1
             result: Any = None
@@ -110,6 +128,18 @@ class _Pool:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, future, result, error)
             del loop, future, fn, args, result, error
+
+    def _take(self) -> _Job:
+        self._jobs.get()
+        while True:  # the count says a job is queued; a racing put may sit in the other queue
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                return self._background.get_nowait()
+            except queue.Empty:
+                time.sleep(0)
 
 
 _Job: TypeAlias = tuple[
@@ -128,6 +158,22 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 
 _READS = _Pool(max_threads=16)
 _WRITES = _Pool(max_threads=8)  # its own threads: a slow fsync never queues a read
+
+
+_BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "liverecovery_background_reads", default=False
+)
+
+
+@contextlib.contextmanager
+def background_reads() -> Iterator[None]:
+    """Reads handed off (``run_read``/``submit_read``) in this context, and in tasks started
+    from it, wait behind every foreground read: for work nobody is waiting on yet (read-ahead)."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
 
 
 def on_own_fd(fn: Callable[..., _T], fd: int, *args: Any) -> _T:
@@ -153,7 +199,7 @@ async def run_read(fn: Callable[..., _T], *args: Any) -> _T:
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[_T] = loop.create_future()
-    _READS.submit((loop, future, fn, args))
+    _READS.submit((loop, future, fn, args), background=_BACKGROUND.get())
     return await future
 
 
@@ -162,7 +208,7 @@ def submit_read(fn: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
     the thread is done even if they stop waiting, e.g. through ``asyncio.shield``)."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[_T] = loop.create_future()
-    _READS.submit((loop, future, fn, args))
+    _READS.submit((loop, future, fn, args), background=_BACKGROUND.get())
     return future
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "RpcServerProtocol",
     "StreamTransport",
     "listen",
+    "outbox_position",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ _SPLICE_MORE: Final = getattr(os, "SPLICE_F_MORE", 4)
 _MSG_MORE: Final = getattr(socket, "MSG_MORE", 0)
 _IOV_MAX: Final = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024) - 8
 """Buffers gathered for one writev at most (the kernel refuses more than IOV_MAX)."""
+_SMALL_REPLY: Final = 128 << 10
+"""A reply up to this size (a running guest's READ, any metadata answer) goes ahead of queued
+larger ones (a storage vMotion's 1 MiB READs): see ``outbox_position``."""
 _ACCEPT_BATCH: Final = 64
 """Connections accepted per wake-up of the listening socket (then other work runs)."""
 _ACCEPT_RETRY_S: Final = 0.5
@@ -95,6 +99,22 @@ class StreamTransport(Protocol):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+
+
+def outbox_position(queued: list[int], size: int) -> int:
+    """Where a reply of ``size`` bytes goes in an outbox of replies of ``queued`` sizes.
+
+    Replies answer by xid, so their order on the wire is free. A small reply (a running VM's
+    READ, a GETATTR) goes ahead of the large ones queued behind the head (which may be half
+    sent), after the small ones already there: one copy's 8 MiB of queued READ replies never
+    delays a guest's READ. Large replies keep their order among themselves, small ones theirs.
+    """
+    if size > _SMALL_REPLY:
+        return len(queued)
+    at = 1
+    while at < len(queued) and queued[at] <= _SMALL_REPLY:
+        at += 1
+    return min(at, len(queued))
 
 
 @attrs.frozen
@@ -484,12 +504,26 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
     async def _answer(self, answer: list[Part] | Awaitable[list[Part] | None] | None) -> None:
         reply = answer if answer is None or isinstance(answer, list) else await answer
         try:
-            if reply is not None and not self._can_write.is_set():
+            if reply is not None and not self._can_write.is_set() and not self._may_jump(reply):
                 await self._can_write.wait()
             self._reply(reply)
         except BaseException:
             release(reply)  # a cancelled or failed send: no pipe stays taken
             raise
+
+    def _may_jump(self, reply: list[Part]) -> bool:
+        """Whether a small reply may go into a full outbox, ahead of its large replies
+        (``outbox_position``), rather than wait for them to drain: only the spliced outbox is
+        full (the transport's buffer, which sends in order, is not), and at most
+        ``max_in_flight`` small replies can pile up that way."""
+        if not self._outbox or self._transport_paused:
+            return False
+        size = 0
+        for chunk in reply:
+            size += len(chunk) if isinstance(chunk, (bytes, bytearray)) else chunk.nbytes
+            if size > _SMALL_REPLY:
+                return False
+        return True
 
     def _reply(self, reply: list[Part] | None) -> None:
         if reply is not None and not self._reader.eager:
@@ -586,7 +620,8 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         return self._raw
 
     def _enqueue(self, parts: list[Part], size: int) -> None:
-        self._outbox.append((collections.deque(parts), size))
+        at = outbox_position([queued for _, queued in self._outbox], size)
+        self._outbox.insert(at, (collections.deque(parts), size))
         self._outbox_bytes += size
         if self._outbox_bytes > _HIGH_WATER and not self._outbox_full:
             self._outbox_full = True

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,26 @@ class SimulatedHostServer:
             case "disk_path":
                 path = host.disk_path(_vm(p["vm"]), int(p["index"]))
                 return None if path is None else str(path)
+            case "timed_read":
+                return await _timed_read(host, _vm(p["vm"]), int(p["offset"]), int(p["size"]))
         raise ValueError(f"unknown method {method!r}")
+
+
+async def _timed_read(host: SimulatedEsxHost, vm: VmRef, offset: int, size: int) -> float | None:
+    """Seconds one READ of a VM's first disk takes through the host's own NFS mount (measured
+    in the host's process, so a benchmark's probe costs the server's process nothing); None when
+    the VM is not served over NFS (gone, migrated, no disk) or the READ failed."""
+    state = host.vms.get(vm.moref)
+    if state is None or not state.disks or state.datastore not in host.mounts:
+        return None
+    disk = state.disks[0]
+    client = host.mounts[state.datastore].client
+    started = time.monotonic()
+    try:
+        await client.read(disk.fh, offset % max(1, disk.size), size)
+    except (LiveRecoveryError, OSError):
+        return None
+    return time.monotonic() - started
 
 
 async def _read_line(stream: anyio.abc.ByteReceiveStream) -> bytes:
@@ -426,6 +446,12 @@ class RemoteSimulatedHost(GuestOperations):
         rows = await self.call("guest_writes", vm=_ref(vm))
         return [GuestWrite(int(d), int(o), base64.b64decode(data)) for d, o, data in rows]
 
+    async def timed_read(self, vm: VmRef, offset: int, size: int) -> float | None:
+        """Seconds a READ of the VM's first disk takes through the host's mount (None: not
+        served over NFS)."""
+        took = await self.call("timed_read", vm=_ref(vm), offset=offset, size=size)
+        return None if took is None else float(took)
+
     async def disk_path(self, vm: VmRef, index: int) -> Path | None:
         """The local file holding a migrated VM's disk ``index``."""
         path = await self.call("disk_path", vm=_ref(vm), index=index)
@@ -443,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--heartbeat-s", type=float, default=2.0)
     parser.add_argument("--write-interval-s", type=float, default=0.02)
     parser.add_argument("--apd-timeout-s", type=float, default=140.0)
+    parser.add_argument("--boot-read-bytes", type=int, default=4 << 20)
     args = parser.parse_args(argv)
 
     async def run() -> None:
@@ -454,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             heartbeat_s=args.heartbeat_s,
             write_interval_s=args.write_interval_s,
             apd_timeout_s=args.apd_timeout_s,
+            boot_read_bytes=args.boot_read_bytes,
         ) as host:
             server = SimulatedHostServer(host, args.socket)
             async with anyio.create_task_group() as tg:
