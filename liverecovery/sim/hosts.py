@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 import attrs
 
@@ -22,11 +23,14 @@ from liverecovery.backends import (
     CatalogReader,
     GuestCredentials,
     GuestInfo,
+    GuestOperations,
     HostFacts,
     ProgressCallback,
     TargetFacts,
     TargetQuery,
     VmRef,
+    VSphereClient,
+    VSphereInventory,
 )
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
@@ -35,43 +39,27 @@ from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.esx_host import SimulatedEsxHost
 
-__all__ = ["EmbeddedHosts", "SimulatedHosts", "embedded_hosts"]
+__all__ = ["EmbeddedHosts", "HostRouter", "SimHost", "SimulatedHosts", "embedded_hosts"]
 
 DESTINATION = "datastore1"
 
 
-class SimulatedHosts:
-    """Routes each call to the simulated host it concerns; ``async with`` runs them all."""
+class SimHost(VSphereClient, VSphereInventory, GuestOperations, Protocol):
+    """What a simulated ESX host offers, in this process or behind a socket."""
 
-    def __init__(self, hosts: Sequence[SimulatedEsxHost]) -> None:
-        self.hosts = {h.name: h for h in hosts}
-        self._stack: contextlib.AsyncExitStack | None = None
 
-    async def __aenter__(self) -> SimulatedHosts:
-        stack = contextlib.AsyncExitStack()
-        await stack.__aenter__()
-        self._stack = stack
-        for host in self.hosts.values():
-            await stack.enter_async_context(host)
-        return self
+H = TypeVar("H", bound=SimHost)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._stack is not None
-        stack, self._stack = self._stack, None
-        return await stack.__aexit__(exc_type, exc, tb)
 
-    def mounting_from(self, server: NfsServer) -> SimulatedHosts:
-        """Every host set to find ``server``'s portmapper (a ``VSphereFactory``)."""
-        for host in self.hosts.values():
-            host.mounting_from(server)
-        return self
+class HostRouter(Generic[H]):
+    """Routes each call to the simulated host it concerns, as a vCenter does for its hosts: a
+    call naming a host goes to that host, a call naming a VM to the host that registered it
+    (the VM's managed object id is ``<host>/<its id on the host>``)."""
 
-    def _host(self, name: str, op: str) -> SimulatedEsxHost:
+    def __init__(self, hosts: dict[str, H]) -> None:
+        self.hosts = hosts
+
+    def _host(self, name: str, op: str) -> H:
         host = self.hosts.get(name)
         if host is None:
             raise VSphereError(
@@ -79,7 +67,8 @@ class SimulatedHosts:
             )
         return host
 
-    def _split(self, vm: VmRef, op: str) -> tuple[SimulatedEsxHost, VmRef]:
+    def owner(self, vm: VmRef, op: str = "owner") -> tuple[H, VmRef]:
+        """The host holding ``vm`` and the VM as that host names it."""
         name, sep, moref = vm.moref.partition("/")
         if not sep:
             raise VSphereError(
@@ -88,12 +77,8 @@ class SimulatedHosts:
         return self._host(name, op), attrs.evolve(vm, moref=moref)
 
     @staticmethod
-    def _join(host: SimulatedEsxHost, vm: VmRef) -> VmRef:
-        return attrs.evolve(vm, moref=f"{host.name}/{vm.moref}")
-
-    def owner(self, vm: VmRef) -> tuple[SimulatedEsxHost, VmRef]:
-        """The host holding ``vm`` and the VM as that host names it."""
-        return self._split(vm, "owner")
+    def _join(name: str, vm: VmRef) -> VmRef:
+        return attrs.evolve(vm, moref=f"{name}/{vm.moref}")
 
     # -- VSphereClient ---------------------------------------------------------------------------
 
@@ -120,25 +105,25 @@ class SimulatedHosts:
         ref = await esx.register_vm(
             host, vmx_path, name, folder=folder, resource_pool=resource_pool
         )
-        return self._join(esx, ref)
+        return self._join(host, ref)
 
     async def unregister_vm(self, vm: VmRef) -> None:
-        esx, ref = self._split(vm, "unregister_vm")
+        esx, ref = self.owner(vm, "unregister_vm")
         await esx.unregister_vm(ref)
 
     async def power_on(self, vm: VmRef) -> None:
-        esx, ref = self._split(vm, "power_on")
+        esx, ref = self.owner(vm, "power_on")
         await esx.power_on(ref)
 
     async def power_off(self, vm: VmRef) -> None:
-        esx, ref = self._split(vm, "power_off")
+        esx, ref = self.owner(vm, "power_off")
         await esx.power_off(ref)
 
     async def relocate(
         self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
     ) -> VmRef:
-        esx, ref = self._split(vm, "relocate")
-        return self._join(esx, await esx.relocate(ref, datastore, progress))
+        esx, ref = self.owner(vm, "relocate")
+        return self._join(vm.moref.partition("/")[0], await esx.relocate(ref, datastore, progress))
 
     async def describe(self, query: TargetQuery) -> TargetFacts:
         esx = self.hosts.get(query.host)
@@ -153,21 +138,21 @@ class SimulatedHosts:
     # -- VSphereInventory and the guests ---------------------------------------------------
 
     async def power_state(self, vm: VmRef) -> str:
-        esx, ref = self._split(vm, "power_state")
+        esx, ref = self.owner(vm, "power_state")
         return await esx.power_state(ref)
 
     async def nfs_datastores(self, host: str) -> list[str]:
-        return await self._host(host, "nfs_datastores").nfs_datastores(host)
+        return list(await self._host(host, "nfs_datastores").nfs_datastores(host))
 
     async def find_vm(self, vmx_path: str) -> VmRef | None:
-        for esx in self.hosts.values():
+        for name, esx in self.hosts.items():
             found = await esx.find_vm(vmx_path)
             if found is not None:
-                return self._join(esx, found)
+                return self._join(name, found)
         return None
 
     async def guest_info(self, vm: VmRef) -> GuestInfo:
-        esx, ref = self._split(vm, "guest_info")
+        esx, ref = self.owner(vm, "guest_info")
         return await esx.guest_info(ref)
 
     async def run_in_guest(
@@ -178,12 +163,44 @@ class SimulatedHosts:
         arguments: str,
         wait_s: float,
     ) -> int:
-        esx, ref = self._split(vm, "run_in_guest")
+        esx, ref = self.owner(vm, "run_in_guest")
         return await esx.run_in_guest(ref, credentials, program, arguments, wait_s)
 
     async def screenshot(self, vm: VmRef) -> bytes | None:
-        esx, ref = self._split(vm, "screenshot")
+        esx, ref = self.owner(vm, "screenshot")
         return await esx.screenshot(ref)
+
+
+class SimulatedHosts(HostRouter[SimulatedEsxHost]):
+    """Routes each call to the simulated host it concerns; ``async with`` runs them all."""
+
+    def __init__(self, hosts: Sequence[SimulatedEsxHost]) -> None:
+        super().__init__({h.name: h for h in hosts})
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def __aenter__(self) -> SimulatedHosts:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        self._stack = stack
+        for host in self.hosts.values():
+            await stack.enter_async_context(host)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        stack, self._stack = self._stack, None
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    def mounting_from(self, server: NfsServer) -> SimulatedHosts:
+        """Every host set to find ``server``'s portmapper (a ``VSphereFactory``)."""
+        for host in self.hosts.values():
+            host.mounting_from(server)
+        return self
 
 
 @attrs.frozen

@@ -4,8 +4,8 @@ The in-process ``SimulatedHosts`` shares the event loop (and the core) of the se
 measures: its NFS clients, boot reads, guests and storage-vMotion copiers compete with the
 server for it. Here each host is ``python -m liverecovery.sim.remote`` on a unix socket, driven
 through ``RemoteSimulatedHost``, so the server's process holds only the server and the jobs, as
-in production. Routing is ``SimulatedHosts``'s: a VM's managed object id is
-``<host>/<its id on the host>``. Used by benchmarks/plan.py (``--hosts-mode remote``).
+in production. Routing is ``HostRouter``'s, shared with ``SimulatedHosts``: a VM's managed
+object id is ``<host>/<its id on the host>``. Used by benchmarks/plan.py (``--hosts-mode remote``).
 """
 
 from __future__ import annotations
@@ -27,26 +27,19 @@ from liverecovery.backends import (
     Backends,
     BlockCache,
     CatalogReader,
-    GuestCredentials,
-    GuestInfo,
-    HostFacts,
-    ProgressCallback,
-    TargetFacts,
-    TargetQuery,
-    VmRef,
 )
 from liverecovery.config import Settings
 from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
-from liverecovery.errors import BackendError, VSphereError
+from liverecovery.errors import BackendError
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
-from liverecovery.sim.hosts import DESTINATION
+from liverecovery.sim.hosts import DESTINATION, HostRouter
 from liverecovery.sim.remote import RemoteSimulatedHost
 
 __all__ = ["RemoteEmbeddedHosts", "RemoteHosts", "remote_embedded_hosts"]
 
 
-class RemoteHosts:
+class RemoteHosts(HostRouter[RemoteSimulatedHost]):
     """One ``liverecovery.sim.remote`` process per host name, started by ``async with`` (after
     ``mounting_from`` told them the server's portmapper) and terminated after."""
 
@@ -65,7 +58,7 @@ class RemoteHosts:
         self.boot_read_bytes = boot_read_bytes
         self.start_timeout_s = start_timeout_s
         self.portmap_port = 111
-        self.hosts: dict[str, RemoteSimulatedHost] = {}
+        super().__init__({})
         self._processes: list[anyio.abc.Process] = []
 
     def mounting_from(self, server: NfsServer) -> RemoteHosts:
@@ -147,117 +140,6 @@ class RemoteHosts:
     ) -> None:
         with anyio.CancelScope(shield=True):
             await self._stop()
-
-    def _host(self, name: str, op: str) -> RemoteSimulatedHost:
-        host = self.hosts.get(name)
-        if host is None:
-            raise VSphereError(
-                f"host {name!r} not found", operation=f"vsphere.{op}", fault="NotFound"
-            )
-        return host
-
-    def owner(self, vm: VmRef, op: str = "owner") -> tuple[RemoteSimulatedHost, VmRef]:
-        """The host process holding ``vm`` and the VM as that host names it."""
-        name, sep, moref = vm.moref.partition("/")
-        if not sep:
-            raise VSphereError(
-                f"VM {vm.moref} not found", operation=f"vsphere.{op}", fault="ManagedObjectNotFound"
-            )
-        return self._host(name, op), attrs.evolve(vm, moref=moref)
-
-    @staticmethod
-    def _join(name: str, vm: VmRef) -> VmRef:
-        return attrs.evolve(vm, moref=f"{name}/{vm.moref}")
-
-    # -- VSphereClient ---------------------------------------------------------------------------
-
-    async def mount_nfs_datastore(
-        self, host: str, remote_host: str, remote_path: str, datastore: str
-    ) -> str:
-        return await self._host(host, "mount_nfs_datastore").mount_nfs_datastore(
-            host, remote_host, remote_path, datastore
-        )
-
-    async def unmount_datastore(self, host: str, datastore: str) -> None:
-        await self._host(host, "unmount_datastore").unmount_datastore(host, datastore)
-
-    async def register_vm(
-        self,
-        host: str,
-        vmx_path: str,
-        name: str,
-        *,
-        folder: str | None = None,
-        resource_pool: str | None = None,
-    ) -> VmRef:
-        esx = self._host(host, "register_vm")
-        ref = await esx.register_vm(
-            host, vmx_path, name, folder=folder, resource_pool=resource_pool
-        )
-        return self._join(host, ref)
-
-    async def unregister_vm(self, vm: VmRef) -> None:
-        esx, ref = self.owner(vm, "unregister_vm")
-        await esx.unregister_vm(ref)
-
-    async def power_on(self, vm: VmRef) -> None:
-        esx, ref = self.owner(vm, "power_on")
-        await esx.power_on(ref)
-
-    async def power_off(self, vm: VmRef) -> None:
-        esx, ref = self.owner(vm, "power_off")
-        await esx.power_off(ref)
-
-    async def relocate(
-        self, vm: VmRef, datastore: str, progress: ProgressCallback | None = None
-    ) -> VmRef:
-        esx, ref = self.owner(vm, "relocate")
-        return self._join(vm.moref.partition("/")[0], await esx.relocate(ref, datastore, progress))
-
-    async def describe(self, query: TargetQuery) -> TargetFacts:
-        esx = self.hosts.get(query.host)
-        if esx is None:
-            return TargetFacts(host=HostFacts(query.host, found=False))
-        return await esx.describe(query)
-
-    async def aclose(self) -> None:
-        for host in self.hosts.values():
-            await host.aclose()
-
-    # -- VSphereInventory and the guests ---------------------------------------------------
-
-    async def power_state(self, vm: VmRef) -> str:
-        esx, ref = self.owner(vm, "power_state")
-        return await esx.power_state(ref)
-
-    async def nfs_datastores(self, host: str) -> list[str]:
-        return list(await self._host(host, "nfs_datastores").nfs_datastores(host))
-
-    async def find_vm(self, vmx_path: str) -> VmRef | None:
-        for name, esx in self.hosts.items():
-            found = await esx.find_vm(vmx_path)
-            if found is not None:
-                return self._join(name, found)
-        return None
-
-    async def guest_info(self, vm: VmRef) -> GuestInfo:
-        esx, ref = self.owner(vm, "guest_info")
-        return await esx.guest_info(ref)
-
-    async def run_in_guest(
-        self,
-        vm: VmRef,
-        credentials: GuestCredentials,
-        program: str,
-        arguments: str,
-        wait_s: float,
-    ) -> int:
-        esx, ref = self.owner(vm, "run_in_guest")
-        return await esx.run_in_guest(ref, credentials, program, arguments, wait_s)
-
-    async def screenshot(self, vm: VmRef) -> bytes | None:
-        esx, ref = self.owner(vm, "screenshot")
-        return await esx.screenshot(ref)
 
 
 @attrs.frozen
