@@ -44,8 +44,7 @@ async def _power_on_cost(tmp: Path, size: int) -> int:
         embedded_environment(
             tmp,
             catalog,
-            # The background restore reads at most its first block, then waits ~forever: what is
-            # measured is the boot's reads, give or take that one block (when it ran is timing).
+            # The background restore reads at most its first block, then waits ~forever.
             settings=settings(tmp, migration_trigger="manual", restore_bandwidth_bps=1.0),
         ) as env,
         LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
@@ -60,11 +59,14 @@ async def _power_on_cost(tmp: Path, size: int) -> int:
 
 
 async def test_power_on_cost_does_not_depend_on_disk_size(tmp_path: Path) -> None:
+    """Powering on a 1 TiB disk reads from the backup what a 1 GiB one does: the boot's reads,
+    plus whatever read-ahead and the background restore's first block fetched meanwhile (that
+    part is timing: 6 to 8 MiB were seen), never more than the disks' 8 MiB of data. A cost
+    that grew with the disk's size (holes, tables) would be far above it for the 1 TiB disk."""
     small = await _power_on_cost(tmp_path / "a", 1 * GiB)
     huge = await _power_on_cost(tmp_path / "b", 1024 * GiB)
-    assert 0 < small <= 16 * MiB
-    one_block = Settings().cache_block_size  # the background restore's first block, or not yet
-    assert abs(huge - small) <= 0.1 * small + one_block, (small, huge)
+    data = 8 * MiB
+    assert 0 < small <= data and 0 < huge <= data, (small, huge)
 
 
 async def test_stop_while_serving_leaves_nothing_behind(tmp_path: Path) -> None:
