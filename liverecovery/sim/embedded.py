@@ -22,7 +22,7 @@ from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.esx_host import GuestWrite, SimulatedEsxHost
 from liverecovery.spec import RecoverySpec
 
-__all__ = ["Embedded", "embedded_environment", "verify_disk"]
+__all__ = ["Embedded", "embedded_environment", "loopback_settings", "verify_disk"]
 
 ESX_HOST = "esx-sim"
 DESTINATION = "datastore1"
@@ -46,6 +46,20 @@ class Embedded:
         return RecoverySpec(vm=vm, **kw)  # type: ignore[arg-type]
 
 
+def loopback_settings(settings: Settings | None, work_dir: Path) -> Settings:
+    """``settings`` (default: results under ``work_dir``) with our NFS server on loopback: one
+    OS-chosen port for NFS, MOUNT and the portmapper, no grace period. Every embedded
+    environment uses it, whatever the settings say."""
+    return attrs.evolve(
+        settings or Settings(job_results_dir=work_dir / "results"),
+        nfs_address="127.0.0.1",
+        nfs_listen_host="127.0.0.1",
+        nfs_port=0,
+        portmap_port=0,
+        nfs_grace_s=0.0,
+    )
+
+
 @asynccontextmanager
 async def embedded_environment(
     work_dir: Path,
@@ -62,15 +76,7 @@ async def embedded_environment(
     (one OS-chosen port for NFS, MOUNT and the portmapper, no grace period) whatever the
     settings say.
     """
-    settings = settings or Settings(job_results_dir=work_dir / "results")
-    settings = attrs.evolve(
-        settings,
-        nfs_address="127.0.0.1",
-        nfs_listen_host="127.0.0.1",
-        nfs_port=0,
-        portmap_port=0,
-        nfs_grace_s=0.0,
-    )
+    settings = loopback_settings(settings, work_dir)
     esx = SimulatedEsxHost(
         work_dir / "esx",
         name=ESX_HOST,

@@ -37,6 +37,7 @@ from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_o
 from liverecovery.errors import VSphereError
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
+from liverecovery.sim.embedded import loopback_settings
 from liverecovery.sim.esx_host import SimulatedEsxHost
 
 __all__ = ["EmbeddedHosts", "HostRouter", "SimHost", "SimulatedHosts", "embedded_hosts"]
@@ -232,15 +233,7 @@ async def embedded_hosts(
 ) -> AsyncIterator[EmbeddedHosts]:
     """Our NFS server on loopback and one simulated ESX host per name (each with a local
     ``datastore1``), under ``work_dir``; stopped after."""
-    settings = settings or Settings(job_results_dir=work_dir / "results")
-    settings = attrs.evolve(
-        settings,
-        nfs_address="127.0.0.1",
-        nfs_listen_host="127.0.0.1",
-        nfs_port=0,
-        portmap_port=0,
-        nfs_grace_s=0.0,
-    )
+    settings = loopback_settings(settings, work_dir)
     sims = SimulatedHosts(
         [
             SimulatedEsxHost(

@@ -33,6 +33,7 @@ from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_o
 from liverecovery.errors import BackendError
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
+from liverecovery.sim.embedded import loopback_settings
 from liverecovery.sim.hosts import DESTINATION, HostRouter
 from liverecovery.sim.remote import RemoteSimulatedHost
 
@@ -170,15 +171,7 @@ async def remote_embedded_hosts(
     boot_read_bytes: int = 4 << 20,
 ) -> AsyncIterator[RemoteEmbeddedHosts]:
     """``embedded_hosts`` with each simulated host in its own process; stopped after."""
-    settings = settings or Settings(job_results_dir=work_dir / "results")
-    settings = attrs.evolve(
-        settings,
-        nfs_address="127.0.0.1",
-        nfs_listen_host="127.0.0.1",
-        nfs_port=0,
-        portmap_port=0,
-        nfs_grace_s=0.0,
-    )
+    settings = loopback_settings(settings, work_dir)
     sims = RemoteHosts(
         work_dir, hosts, write_interval_s=write_interval_s, boot_read_bytes=boot_read_bytes
     )
