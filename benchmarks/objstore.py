@@ -14,6 +14,10 @@ OSD, the gateway on loopback), started here unless ``--env FILE`` names a runnin
    them: the same copy from the local folder (what the NFS path and the simulated host's copier
    allow at all), and the catalog's disk reader alone reading the object-backed disk in 1 MiB
    reads, 8 in flight (our object layer without NFS).
+3. Background restore: the job's restore of that disk from the backup into the node's block
+   cache while the VM runs (the one place a recovery reads the whole backup; the storage vMotion
+   then copies from the cache), with ``restore_depth`` 1, 4 and 8, from the store and from the
+   local folder; against the same raw rate.
 
 Run: ``.venv/bin/python benchmarks/objstore.py``. The last line is one JSON object.
 """
@@ -35,9 +39,10 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import attrs
 import obstore
 
-from liverecovery import LiveRecovery, Settings, State, StateChanged
+from liverecovery import LiveRecovery, Progress, Settings, State, StateChanged
 from liverecovery.backends import (
     AllocationRun,
     CatalogReader,
@@ -185,6 +190,38 @@ async def full_restore(where: str, rgw: RadosGateway, vm: str) -> dict[str, floa
     }
 
 
+async def background_restore(where: str, rgw: RadosGateway, vm: str, depth: int) -> float:
+    """The job's background restore (backup -> the node's block cache) of the whole disk while
+    the VM runs, ``restore_depth`` blocks at once: its rate, from the first SERVING to the last
+    byte restored. This is where a recovery reads the backup in full; the storage vMotion then
+    copies from the cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        catalog = _catalog(where, rgw)
+        settings = attrs.evolve(_settings(work), restore_depth=depth, progress_interval_s=0.02)
+        async with (
+            embedded_environment(work, catalog, settings=settings, write_interval_s=3600) as env,
+            LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
+        ):
+            job = await lr.start(env.spec(vm))
+            begin = 0.0
+            total = 0
+            async for event in job.events():
+                if isinstance(event, StateChanged) and event.state is State.SERVING:
+                    begin = time.perf_counter()
+                if (
+                    isinstance(event, Progress)
+                    and event.bytes_total
+                    and event.bytes_restored >= event.bytes_total
+                ):
+                    total = event.bytes_total
+                    break
+            seconds = time.perf_counter() - begin
+            await job.stop(power_off=True)
+        await catalog.aclose()
+    return total / seconds
+
+
 async def raw_gets(rgw: RadosGateway, key: str, block: int, depth: int) -> dict[str, float]:
     """The whole object read with ranged GETs of ``block`` bytes, ``depth`` in flight."""
     store = rgw.store()
@@ -291,6 +328,14 @@ def main() -> None:
                 anyio.run(reader_rate, s3, rgw, "big", MiB, 8) for _ in range(args.restore_rounds)
             ]
             local_restore = anyio.run(full_restore, str(local), rgw, "big")
+            background = {
+                f"{name}_depth_{depth}": [
+                    anyio.run(background_restore, where, rgw, "big", depth)
+                    for _ in range(args.restore_rounds)
+                ]
+                for depth in (1, 4, 8)
+                for name, where in (("s3", s3), ("local", str(local)))
+            }
             load["after_restore"] = _uptime()
         finally:
             if own:
@@ -331,6 +376,11 @@ def main() -> None:
         "reader_1MiB_x8_bps": median(readers),
         "reader_1MiB_x8_rounds_bps": [round(r) for r in readers],
         "reader_ratio_to_raw_x8": median(readers) / raw,
+        "background_restore_bps": {k: median(v) for k, v in background.items()},
+        "background_restore_rounds_bps": {k: [round(r) for r in v] for k, v in background.items()},
+        "background_restore_s3_ratio_to_raw_x8": {
+            k: median(v) / raw for k, v in background.items() if k.startswith("s3")
+        },
     }
     print(
         f"power-on: local {power['local']['seconds']:.3f} s, "
@@ -344,6 +394,10 @@ def main() -> None:
         f"MB/s; from the local folder: {local_restore['bps'] / 1e6:.0f} MB/s; the disk reader "
         f"alone 1 MiB x8: {median(readers) / 1e6:.0f} MB/s "
         f"(ratio {result['reader_ratio_to_raw_x8']:.2f})"
+    )
+    print(
+        "background restore (backup -> cache) "
+        + ", ".join(f"{k}: {median(v) / 1e6:.0f} MB/s" for k, v in background.items())
     )
     print(json.dumps(result))
 

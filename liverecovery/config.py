@@ -251,6 +251,9 @@ class Settings:
     )
     serve_before_migrate_s: float = attrs.field(default=0.0, validator=_non_negative_float())
     restore_bandwidth_bps: float = attrs.field(default=0.0, validator=_non_negative_float())
+    restore_depth: int = attrs.field(default=4, validator=_positive_int)
+    """Blocks the background restore reads at once (each started only while the VM's reads
+    are quiet): an object store serves a few concurrent ranged GETs much faster than one."""
     progress_interval_s: float = attrs.field(
         default=1.0, validator=_positive("progress_interval_s")
     )

@@ -3,7 +3,9 @@
 It walks the disks in the order a storage vMotion reads them (disk by disk, ascending offsets),
 only over blocks that hold data, and steps aside for the VM: before each block it waits until no
 foreground read has been in flight for a short quiet period (10 ms), so it never starts a backup
-read in the gap between two of the VM's reads. An optional bandwidth limit caps its rate. While
+read in the gap between two of the VM's reads. ``depth`` blocks are restored at once (each started only in a quiet moment): one
+at a time, a backup in an object store is read at a single GET stream's rate, well below what
+the store serves to a few concurrent ranged GETs. An optional bandwidth limit caps its rate. While
 the store holding the backup is unavailable (``BackupUnavailableError``), it waits and tries the
 same block again: an outage pauses the restore, it never ends the job.
 """
@@ -45,11 +47,13 @@ class BackgroundRestore:
         disks: Sequence[ServedDisk],
         *,
         bandwidth_bps: float | None = None,
+        depth: int = 1,
         quiet_s: float = 0.01,
         unavailable_retry_s: float = 1.0,
     ) -> None:
         self._disks = list(disks)
         self._bandwidth = bandwidth_bps
+        self._depth = max(1, depth)
         self._quiet_s = quiet_s
         self._unavailable_retry_s = unavailable_retry_s
         self.unavailable = 0
@@ -61,21 +65,30 @@ class BackgroundRestore:
     async def run(self) -> None:
         """Restore every allocated block; returns when done (cancel to stop early)."""
         started = time.monotonic()
-        for disk in self._disks:
-            for index in allocated_blocks(disk):
-                if await disk.wait_quiet(self._quiet_s):
-                    self.yields += 1
-                while True:
-                    try:
-                        await disk.restore_block(index)
-                        break
-                    except BackupUnavailableError:
-                        self.unavailable += 1
-                        await anyio.sleep(self._unavailable_retry_s)
-                self.done_bytes += _block_len(disk, index)
-                if self._bandwidth:
-                    ahead = self.done_bytes / self._bandwidth - (time.monotonic() - started)
-                    if ahead > 0:
-                        await anyio.sleep(ahead)
-                else:
-                    await anyio.lowlevel.checkpoint()
+        todo = ((disk, index) for disk in self._disks for index in allocated_blocks(disk))
+        if self._depth == 1:
+            await self._work(todo, started)
+            return
+        async with anyio.create_task_group() as tg:
+            for _ in range(self._depth):
+                tg.start_soon(self._work, todo, started)
+
+    async def _work(self, todo: Iterator[tuple[ServedDisk, int]], started: float) -> None:
+        """Take the next block from ``todo`` (shared by the workers) until none is left."""
+        for disk, index in todo:
+            if await disk.wait_quiet(self._quiet_s):
+                self.yields += 1
+            while True:
+                try:
+                    await disk.restore_block(index)
+                    break
+                except BackupUnavailableError:
+                    self.unavailable += 1
+                    await anyio.sleep(self._unavailable_retry_s)
+            self.done_bytes += _block_len(disk, index)
+            if self._bandwidth:
+                ahead = self.done_bytes / self._bandwidth - (time.monotonic() - started)
+                if ahead > 0:
+                    await anyio.sleep(ahead)
+            else:
+                await anyio.lowlevel.checkpoint()

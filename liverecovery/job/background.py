@@ -34,7 +34,9 @@ class Background:
         """Start restoring ``disks`` (if any) and reporting progress, in ``tg``."""
         if disks:
             self.restore = BackgroundRestore(
-                list(disks), bandwidth_bps=self._settings.restore_bandwidth_bps or None
+                list(disks),
+                bandwidth_bps=self._settings.restore_bandwidth_bps or None,
+                depth=self._settings.restore_depth,
             )
             tg.start_soon(self._run_restore, self.restore)
         tg.start_soon(self._report_progress)

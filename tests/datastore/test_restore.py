@@ -71,6 +71,51 @@ async def test_background_restore_waits_while_a_foreground_read_is_in_flight() -
     assert restore.done_bytes == restore.total_bytes and restore.yields == 1
 
 
+class CountingSlowDisk(MemoryDisk):
+    """A backup disk whose reads take a while, counting how many run at once."""
+
+    def __init__(self, size: int, runs: dict[int, bytes]) -> None:
+        super().__init__(size, runs)
+        self.now = 0
+        self.most = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await anyio.sleep(0.01)
+            return await super().read(offset, length)
+        finally:
+            self.now -= 1
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+async def test_depth_bounds_the_blocks_restored_at_once(depth: int) -> None:
+    cache = MemoryBlockCache(block_size=1 * MiB)
+    backup = CountingSlowDisk(16 * MiB, {0: bytes([7]) * (12 * MiB)})
+    disk = await FlatDisk.open(source="d", reader=backup, cache=cache)
+    restore = BackgroundRestore([disk], depth=depth)
+    await restore.run()
+    assert backup.most == depth  # as many at once as asked, never more
+    assert restore.done_bytes == restore.total_bytes == 12 * MiB
+    assert disk.stats.bytes_restored == 12 * MiB  # each block once
+    data, _ = await disk.read(0, 12 * MiB)
+    assert data == bytes([7]) * (12 * MiB)
+
+
+async def test_with_depth_each_block_still_waits_for_the_vm() -> None:
+    cache = MemoryBlockCache()
+    disks = await two_disks(cache)
+    restore = BackgroundRestore(disks, depth=4)
+    disks[0].gate.enter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(restore.run)
+        await anyio.sleep(0.05)
+        assert restore.done_bytes == 0  # no worker fetched while the VM waits
+        disks[0].gate.leave()
+    assert restore.done_bytes == restore.total_bytes and restore.yields >= 1
+
+
 async def test_bandwidth_limit_caps_the_rate() -> None:
     cache = MemoryBlockCache()
     disks = await two_disks(cache)
