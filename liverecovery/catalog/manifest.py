@@ -12,17 +12,18 @@ process, so listing, inspecting and serving the same OVA hash each member once.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tarfile
 import threading
-from pathlib import Path
+from collections.abc import Hashable
+from typing import BinaryIO, Protocol
 
 import attrs
 
+from liverecovery.catalog.vmdk.files import ByteSource
 from liverecovery.errors import CatalogError
 
-__all__ = ["MAX_MANIFEST_BYTES", "ManifestEntry", "parse_manifest", "verify_member"]
+__all__ = ["MAX_MANIFEST_BYTES", "ManifestEntry", "OvaSource", "parse_manifest", "verify_member"]
 
 MAX_MANIFEST_BYTES = 1 << 20
 _CHUNK = 4 << 20
@@ -30,9 +31,29 @@ _LINE = re.compile(
     r"^(?P<algo>SHA1|SHA256|SHA512)\s*\((?P<name>[^)]*)\)\s*=\s*(?P<digest>[0-9a-fA-F]+)\s*$"
 )
 _HEX_LENGTH = {"sha1": 40, "sha256": 64, "sha512": 128}
-_VERIFIED: set[tuple[int, int, int, int, str, str]] = set()
+_VERIFIED: set[tuple[Hashable, str, str]] = set()
 _VERIFIED_LOCK = threading.Lock()
 _MAX_REMEMBERED = 4096
+
+
+class OvaSource(Protocol):
+    """**Protocol:** where an OVA's bytes are (a local file, an object in a store)."""
+
+    name: str
+    """A path or URL, for messages; its last part names the OVA."""
+
+    def stream(self) -> BinaryIO:
+        """The whole tar as a seekable binary stream (for ``tarfile``).
+        :raises CatalogError: it cannot be opened."""
+        ...
+
+    def window(self, start: int, size: int) -> ByteSource:
+        """``size`` bytes from ``start`` on (a member's data), for positional reads."""
+        ...
+
+    def identity(self) -> Hashable:
+        """What changes whenever the bytes may have (file identity and mtime, an ETag)."""
+        ...
 
 
 @attrs.frozen
@@ -66,22 +87,22 @@ def parse_manifest(text: str, *, path: str = "") -> dict[str, ManifestEntry]:
     return entries
 
 
-def _manifest(ova: Path, tar: tarfile.TarFile) -> dict[str, ManifestEntry]:
+def _manifest(ova: OvaSource, tar: tarfile.TarFile) -> dict[str, ManifestEntry]:
     entries: dict[str, ManifestEntry] = {}
     for member in tar.getmembers():
         if not member.name.lower().endswith(".mf") or not member.isreg():
             continue
         if member.size > MAX_MANIFEST_BYTES:
-            raise CatalogError(f"manifest {member.name!r} is implausibly large", path=str(ova))
+            raise CatalogError(f"manifest {member.name!r} is implausibly large", path=ova.name)
         extracted = tar.extractfile(member)
         assert extracted is not None  # a regular member
         raw = extracted.read(member.size)
         text = raw.decode("utf-8", errors="replace")
-        entries.update(parse_manifest(text, path=f"{ova}:{member.name}"))
+        entries.update(parse_manifest(text, path=f"{ova.name}:{member.name}"))
     return entries
 
 
-def verify_member(ova: Path, member: tarfile.TarInfo) -> None:
+def verify_member(ova: OvaSource, member: tarfile.TarInfo) -> None:
     """Check ``member`` of ``ova`` against the OVA's manifest (nothing to check without one,
     or when the manifest does not list the member).
 
@@ -89,39 +110,50 @@ def verify_member(ova: Path, member: tarfile.TarInfo) -> None:
         manifest is malformed.
     """
     try:
-        with tarfile.open(ova, "r:") as tar:
+        with ova.stream() as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
             entry = _manifest(ova, tar).get(member.name)
     except (tarfile.TarError, OSError) as exc:
-        raise CatalogError(f"not a readable OVA (tar): {exc}", path=str(ova)) from None
+        raise CatalogError(f"not a readable OVA (tar): {exc}", path=ova.name) from None
     if entry is None:
         return
-    with open(ova, "rb") as f:
-        info = os.fstat(f.fileno())
-        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, member.name, entry.digest)
-        with _VERIFIED_LOCK:
-            if key in _VERIFIED:
-                return
-        actual = _digest(f.fileno(), member.offset_data, member.size, entry.algorithm)
+    try:
+        key = (ova.identity(), member.name, entry.digest)
+    except OSError as exc:
+        raise CatalogError(f"cannot read the OVA: {exc.strerror}", path=ova.name) from None
+    with _VERIFIED_LOCK:
+        if key in _VERIFIED:
+            return
+    window = ova.window(member.offset_data, member.size)
+    try:
+        actual = _digest(window, member.size, entry.algorithm)
+    finally:
+        window.close()
     if actual is None:
-        raise CatalogError(f"OVA member {member.name!r} is truncated", path=str(ova))
+        raise CatalogError(f"OVA member {member.name!r} is truncated", path=ova.name)
     if actual != entry.digest:
         raise CatalogError(
             f"OVA member {member.name!r} does not match the manifest: "
             f"{entry.algorithm.upper()} {actual}, the manifest says {entry.digest}",
-            path=str(ova),
+            path=ova.name,
         )
+    try:
+        unchanged = ova.identity() == key[0]
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        return  # replaced while it was hashed: check it again next time
     with _VERIFIED_LOCK:
         if len(_VERIFIED) >= _MAX_REMEMBERED:
             _VERIFIED.clear()
         _VERIFIED.add(key)
 
 
-def _digest(fd: int, start: int, size: int, algorithm: str) -> str | None:
-    """The hex digest of ``size`` bytes at ``start``, read in bounded chunks; None if short."""
+def _digest(window: ByteSource, size: int, algorithm: str) -> str | None:
+    """The hex digest of the window's ``size`` bytes, read in bounded chunks; None if short."""
     hasher = hashlib.new(algorithm)
     done = 0
     while done < size:
-        chunk = os.pread(fd, min(_CHUNK, size - done), start + done)
+        chunk = window.pread(done, min(_CHUNK, size - done))
         if not chunk:
             return None
         hasher.update(chunk)

@@ -4,11 +4,12 @@ The layout is the folder catalog's, with keys for paths (see ``catalog/directory
 
     prefix/<vm>/<vm>.vmx ...                          one VM folder: one restore point
     prefix/<vm>/<vm>-2024-05-01_22-00-00/<vm>.vmx     dated restore points (ghettoVCB style)
+    prefix/<vm>/<name>.ova                            OVA exports: one restore point each
 
 The prefix itself may also be one VM folder. Each restore point folder may hold a
 ``catalog.json``. Every extent form the folder catalog reads is read the same way (the VMDK
-readers see objects through ``catalog/objects.py``'s byte sources); OVA files are not read from
-object storage yet. A VM's objects are listed once per catalog (its restore points are kept:
+readers see objects through ``catalog/objects.py``'s byte sources; an OVA's tar through
+``ObjectOva``, its manifest checked as on disk, streamed once). A VM's objects are listed once per catalog (its restore points are kept:
 a restore point added later is seen by a new catalog), with their ETags; every later ranged GET
 must find the same object (``If-Match``). Nothing is ever written to the store.
 """
@@ -34,6 +35,7 @@ from liverecovery.catalog.directory import MAX_SMALL_FILE
 from liverecovery.catalog.objects import (
     ObjectFiles,
     ObjectInfo,
+    ObjectOva,
     Outage,
     ReadStats,
     S3Location,
@@ -41,6 +43,7 @@ from liverecovery.catalog.objects import (
     open_store,
     store_error,
 )
+from liverecovery.catalog.ova import load_ova_point, open_ova_disk, read_ova_file
 from liverecovery.catalog.point_meta import CATALOG_FILE, PointMeta, parse_point_meta
 from liverecovery.catalog.vm_config import VmConfig, config_from_vmx
 from liverecovery.catalog.vmdk import VmdkDisk, open_vmdk
@@ -59,6 +62,7 @@ class _Point:
     folder: str  # key prefix of the restore point's folder
     confine: str  # key prefix of the VM folder every file must lie in
     listing: Mapping[str, ObjectInfo]
+    ova: str | None = None  # the key of the OVA this restore point is, if it is one
 
 
 class ObjectCatalog(AsyncResource):
@@ -129,6 +133,12 @@ class ObjectCatalog(AsyncResource):
         found = await self._find(point.vm_name, point.point_id)
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise CatalogError(f"invalid file name {name!r}", path=self.location.url(found.folder))
+        if found.ova is not None:
+            return await run_sync(
+                functools.partial(
+                    read_ova_file, self._ova(found.listing, found.ova), name, limit=MAX_SMALL_FILE
+                )
+            )
         with self._urls():
             return await self._read_small(found.listing, _join(found.folder, name))
 
@@ -136,6 +146,15 @@ class ObjectCatalog(AsyncResource):
         """Open one disk of a restore point read-only. :raises CatalogError:"""
         found = await self._find(point.vm_name, point.point_id)
         name = disk.file_name
+        if found.ova is not None:
+            return await run_sync(
+                functools.partial(
+                    open_ova_disk,
+                    self._ova(found.listing, found.ova),
+                    name,
+                    grain_cache_bytes=self.grain_cache_bytes,
+                )
+            )
         if "/" in name or name in (".", ".."):
             raise CatalogError(f"invalid disk name {name!r}", path=self.location.url(found.folder))
         files = ObjectFiles(self._store, self.location, found.listing, self.stats, self.outage)
@@ -237,13 +256,10 @@ class ObjectCatalog(AsyncResource):
                 folder, listing = await self._vm_folder(vm_name)
                 found = _point_folders(folder, listing)
                 if not found:
-                    ova = any(k.lower().endswith(".ova") for k in listing)
-                    why = " (OVA files are not read from object storage yet)" if ova else ""
                     raise CatalogError(
-                        f"VM {vm_name!r} has no restore points{why}",
-                        path=self.location.url(folder),
+                        f"VM {vm_name!r} has no restore points", path=self.location.url(folder)
                     )
-                points = [await self._load(vm_name, p, folder, listing) for p in found]
+                points = [await self._load(vm_name, p, ova, folder, listing) for p, ova in found]
             points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
             self._cache[vm_name] = points
             return points
@@ -257,8 +273,17 @@ class ObjectCatalog(AsyncResource):
                 return p
         raise CatalogError(f"VM {vm_name!r} has no restore point {point_id!r}", path=self.url)
 
+    def _ova(self, listing: Mapping[str, ObjectInfo], key: str) -> ObjectOva:
+        url = self.location.url(key)
+        return ObjectOva(self._store, listing[key], url, self.stats, self.outage)
+
     async def _load(
-        self, vm_name: str, folder: str, confine: str, listing: dict[str, ObjectInfo]
+        self,
+        vm_name: str,
+        folder: str,
+        ova: str | None,
+        confine: str,
+        listing: dict[str, ObjectInfo],
     ) -> _Point:
         meta_key = _join(folder, CATALOG_FILE)
         meta = PointMeta()
@@ -266,12 +291,25 @@ class ObjectCatalog(AsyncResource):
             meta = parse_point_meta(
                 await self._read_small(listing, meta_key), path=self.location.url(meta_key)
             )
+        name = posixpath.basename(folder)
+        if ova is not None:
+            stem = posixpath.splitext(posixpath.basename(ova))[0]
+            created = meta.created or _dated(name) or listing[ova].modified
+            point = await run_sync(
+                functools.partial(
+                    load_ova_point,
+                    self._ova(listing, ova),
+                    vm_name=vm_name,
+                    point_id=name if name != vm_name else stem,
+                    meta=attrs.evolve(meta, created=created),
+                )
+            )
+            return _Point(point, folder, confine, listing, ova)
         vmx_key = _single_vmx(folder, listing, self.location)
         vmx_url = self.location.url(vmx_key)
         config = config_from_vmx(
             VmxFile.parse(await self._read_small(listing, vmx_key)), path=vmx_url
         )
-        name = posixpath.basename(folder)
         created = meta.created or _dated(name) or listing[vmx_key].modified
         files = ObjectFiles(self._store, self.location, listing, self.stats, self.outage)
         disks = await run_sync(_disk_infos, folder, config, confine, files, self.grain_cache_bytes)
@@ -324,14 +362,23 @@ def _vmx_in(keys: Sequence[str]) -> bool:
     return any(k.lower().endswith(".vmx") for k in keys)
 
 
-def _point_folders(folder: str, listing: Mapping[str, ObjectInfo]) -> list[str]:
-    """The restore point folders of one VM folder: itself, and its dated subfolders."""
-    found = [folder] if _vmx_in(_direct(folder, listing)) else []
+def _in_folder(folder: str, listing: Mapping[str, ObjectInfo]) -> list[tuple[str, str | None]]:
+    """The restore points directly in ``folder``: itself if it holds a .vmx, else each .ova."""
+    keys = _direct(folder, listing)
+    if _vmx_in(keys):
+        return [(folder, None)]
+    return [(folder, k) for k in sorted(keys) if k.lower().endswith(".ova")]
+
+
+def _point_folders(folder: str, listing: Mapping[str, ObjectInfo]) -> list[tuple[str, str | None]]:
+    """(folder, OVA key or None) of each restore point of one VM folder: in itself, and in
+    its dated subfolders."""
+    found = _in_folder(folder, listing)
     lead = folder + "/" if folder else ""
     subs = sorted({k[len(lead) :].split("/", 1)[0] for k in listing if "/" in k[len(lead) :]})
     for sub in subs:
-        if _DATED.match(sub) and _vmx_in(_direct(_join(folder, sub), listing)):
-            found.append(_join(folder, sub))
+        if _DATED.match(sub):
+            found.extend(_in_folder(_join(folder, sub), listing))
     return found
 
 

@@ -19,6 +19,7 @@ unless ``Settings.s3_verify_tls`` is false.
 from __future__ import annotations
 
 import configparser
+import io
 import os
 import posixpath
 import re
@@ -38,6 +39,7 @@ from liverecovery.errors import BackupUnavailableError, CatalogError, LiveRecove
 
 __all__ = [
     "ObjectFiles",
+    "ObjectOva",
     "ObjectInfo",
     "ObjectWindow",
     "Outage",
@@ -297,11 +299,16 @@ class ObjectWindow:
         url: str,
         stats: ReadStats | None = None,
         outage: Outage | None = None,
+        *,
+        start: int = 0,
+        size: int | None = None,
     ) -> None:
+        """``start``/``size``: a part of the object (a member of a tar), not all of it."""
         self.path = url
         self.url = url
-        self.start = 0
-        self.size = info.size
+        self.start = start
+        whole = max(0, info.size - start)
+        self.size = whole if size is None else max(0, min(size, whole))
         self._store = store
         self._key = info.key
         self._etag = info.etag
@@ -313,7 +320,7 @@ class ObjectWindow:
         if self._closed:
             raise CatalogError("read from a closed disk", path=self.url)
         self._outage.check(self.url)
-        options: Any = {"range": (offset, offset + length)}
+        options: Any = {"range": (self.start + offset, self.start + offset + length)}
         if self._etag:
             options["if_match"] = self._etag
         try:
@@ -357,6 +364,62 @@ class ObjectWindow:
 
     def close(self) -> None:
         self._closed = True
+
+
+class _ObjectStream(io.RawIOBase):
+    """An object as a seekable raw stream (what ``tarfile`` reads an OVA's headers with)."""
+
+    def __init__(self, window: ObjectWindow) -> None:
+        self._window = window
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._window.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._window.pread(self._pos, len(buffer))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class ObjectOva:
+    """An OVA stored as one object (``catalog/ova.py``'s ``OvaSource``): its tar headers read
+    through a small buffer, its members' data with ranged GETs, all pinned to the listed ETag."""
+
+    _BUFFER = 64 * 1024  # a tar header read costs one GET of this, not of the member after it
+
+    def __init__(
+        self,
+        store: S3Store,
+        info: ObjectInfo,
+        url: str,
+        stats: ReadStats | None = None,
+        outage: Outage | None = None,
+    ) -> None:
+        self.name = url
+        self._args = (store, info, url, stats, outage)
+        self._tag = (url, info.size, info.etag)
+
+    def stream(self) -> io.BufferedReader:
+        return io.BufferedReader(_ObjectStream(ObjectWindow(*self._args)), self._BUFFER)
+
+    def window(self, start: int, size: int) -> ObjectWindow:
+        return ObjectWindow(*self._args, start=start, size=size)
+
+    def identity(self) -> tuple[str, int, str]:
+        return self._tag
 
 
 class ObjectFiles:

@@ -32,7 +32,6 @@ from liverecovery.catalog.vmdk.descriptor import (
 from liverecovery.catalog.vmdk.extents import (
     ExtentReader,
     Fallback,
-    FileWindow,
     FlatExtent,
     Piece,
     SparseExtent,
@@ -234,7 +233,7 @@ def _merge(runs: list[tuple[int, int, RunKind]]) -> list[AllocationRun]:
 def open_vmdk(
     path: str | os.PathLike[str],
     *,
-    window: FileWindow | None = None,
+    window: ByteSource | None = None,
     grain_cache_bytes: int = 64 << 20,
     confine: str | os.PathLike[str] | None = None,
     files: Files = LOCAL_FILES,
@@ -266,7 +265,7 @@ def open_vmdk(
 
 def _open(
     path: str,
-    window: FileWindow | None,
+    window: ByteSource | None,
     cache: int,
     files: Files,
     *,
