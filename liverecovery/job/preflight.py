@@ -421,7 +421,9 @@ def target_refusals(
         )
     have = set(host.networks)
     for nic, network in sorted(networks.items()):
-        if network not in have:
+        # A NIC that starts disconnected needs no port group to power on (a verification
+        # copy's, or the operator's choice): it is connected once mapped, after the recovery.
+        if network not in have and not spec.disconnect_nics:
             mapped = [old for old, new in spec.network_map.items() if new == network]
             origin = f" (mapped from {mapped[0]!r})" if mapped else ""
             found.append(

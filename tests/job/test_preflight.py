@@ -411,6 +411,16 @@ async def test_a_port_group_the_host_lacks_is_refused_unless_mapped() -> None:
     assert summary.state is State.COMPLETED
 
 
+async def test_nics_that_start_disconnected_need_no_port_group() -> None:
+    world = World()
+    world.catalog.add_vm("web01")
+    world.vsphere.networks = {"DR-Net"}
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec(disconnect_nics=True))
+        summary = await job.wait()
+    assert summary.state is State.COMPLETED
+
+
 async def test_no_free_nfs_volume_slot_is_refused() -> None:
     world = World()
     world.catalog.add_vm("web01")

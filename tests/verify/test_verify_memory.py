@@ -201,6 +201,15 @@ async def test_preflight_refuses_a_missing_isolated_network() -> None:
     assert not any(world.leftovers().values())
 
 
+async def test_disconnected_nics_verify_on_a_host_without_the_vms_port_groups() -> None:
+    world, s = World(), settings()
+    world.vsphere.networks = {"Other"}  # the backup's NICs name "VM Network"
+    async with LiveRecovery(s, world.backends) as lr:
+        report = await lr.verify(spec(), [Check("heartbeat")], options())
+    assert report.passed, report.error
+    assert not any(world.leftovers().values())
+
+
 async def test_preflight_refuses_a_taken_verification_name() -> None:
     world, s = World(), settings()
     world.vsphere.datastores["esx01"]["other"] = ("h", "/p")
