@@ -7,9 +7,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from liverecovery import LiveRecovery, Settings, State, StateChanged
+from liverecovery import LiveRecovery, Progress, Settings, State, StateChanged
+from liverecovery.backends import VmRef
 from liverecovery.config import GiB, MiB
-from liverecovery.errors import JobCancelledError
+from liverecovery.errors import BackendError, JobCancelledError
 from liverecovery.job.job import RecoveryJob
 from liverecovery.sim.embedded import embedded_environment, verify_disk
 from liverecovery.testing import MemoryCatalog
@@ -67,6 +68,46 @@ async def test_power_on_cost_does_not_depend_on_disk_size(tmp_path: Path) -> Non
     huge = await _power_on_cost(tmp_path / "b", 1024 * GiB)
     data = 8 * MiB
     assert 0 < small <= data and 0 < huge <= data, (small, huge)
+
+
+async def test_after_a_stop_that_cannot_power_off_the_restore_and_reports_go_on(
+    tmp_path: Path,
+) -> None:
+    """The VM serves on after a stop whose power-off failed: its background restore and
+    progress reports, stopped for the rollback, start again (they stayed stopped for good)."""
+    catalog = MemoryCatalog()
+    catalog.add_vm("vm", disk_sizes=(64 * MiB,), data_per_disk=8 * MiB)
+    s = settings(
+        tmp_path,
+        migration_trigger="manual",
+        restore_bandwidth_bps=2 * MiB,  # not done before the stop
+        progress_interval_s=0.05,
+    )
+    async with embedded_environment(tmp_path, catalog, settings=s) as env:
+        real_power_off = env.esx.power_off
+        failures = 0
+
+        async def failing_power_off(ref: VmRef) -> None:
+            nonlocal failures
+            if failures < s.compensation_attempts:
+                failures += 1
+                raise BackendError("the host refused", operation="power_off")
+            await real_power_off(ref)
+
+        env.esx.power_off = failing_power_off  # type: ignore[method-assign]
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            job = await lr.start(env.spec("vm"))
+            await _until(job, State.SERVING)
+            with anyio.fail_after(30):
+                assert await job.stop(power_off=True) is State.SERVING
+            assert job.stats.bytes_restored < 8 * MiB
+            with anyio.fail_after(30):
+                async for event in job.events():
+                    if isinstance(event, Progress) and event.bytes_restored >= 8 * MiB:
+                        break
+            assert event.state is State.SERVING
+            with anyio.fail_after(30):
+                assert await job.stop(power_off=True) is State.FAILED  # the first error is kept
 
 
 async def test_stop_while_serving_leaves_nothing_behind(tmp_path: Path) -> None:

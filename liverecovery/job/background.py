@@ -42,10 +42,17 @@ class Background:
         tg.start_soon(self._report_progress)
 
     def stop(self) -> None:
-        """Stop restoring and reporting, for good."""
+        """Stop restoring and reporting (until ``restart``)."""
         self._stopped = True
         for scope in self._scopes:
             scope.cancel()
+        self._scopes.clear()
+
+    def restart(self, tg: anyio.abc.TaskGroup, disks: Sequence[ServedDisk]) -> None:
+        """Start again after ``stop``: a rollback that could not power the VM off leaves it
+        running from the backup, so its restore and reports go on (cached blocks are hits)."""
+        self._stopped = False
+        self.start(tg, disks)
 
     def _scope(self) -> anyio.CancelScope:
         scope = anyio.CancelScope()

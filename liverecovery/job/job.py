@@ -38,7 +38,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
-from liverecovery.backends import RestorePoint, StagedVm, StagingContext, VmRef
+from liverecovery.backends import RestorePoint, ServedDisk, StagedVm, StagingContext, VmRef
 from liverecovery.config import Settings
 from liverecovery.errors import (
     BackendError,
@@ -594,6 +594,7 @@ class RecoveryJob:
         with anyio.CancelScope(shield=True):
             if await self._rollback():
                 await self._fire("power_off_failed")
+                self._restart_background()
                 self._stop_settled.set()
                 return True
             await self._fire("rolled_back")
@@ -1004,7 +1005,15 @@ class RecoveryJob:
     def _start_background(self) -> None:
         """Background restore and progress reports, from power-on until cleanup."""
         assert self._tg is not None
-        self._background.start(self._tg, list(self.staged.disks.values()) if self.staged else [])
+        self._background.start(self._tg, self._served_disks())
+
+    def _restart_background(self) -> None:
+        """Background work again after a stop that could not power the VM off."""
+        assert self._tg is not None
+        self._background.restart(self._tg, self._served_disks())
+
+    def _served_disks(self) -> list[ServedDisk]:
+        return list(self.staged.disks.values()) if self.staged else []
 
     async def _serve(self) -> None:
         if self.disposable:
