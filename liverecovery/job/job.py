@@ -890,15 +890,50 @@ class RecoveryJob:
         # Journaled first: a restart finds a registration that finished after a crash by path.
         await self._record(effects.effect("registered").intent, vmx_path=vmx_path)
         with self._whole():
-            vm = await vsphere.register_vm(
-                self.spec.esx_host,
-                vmx_path,
-                self.spec.vm_name,
-                folder=self.spec.folder,
-                resource_pool=self.spec.resource_pool,
-            )
+            try:
+                vm = await vsphere.register_vm(
+                    self.spec.esx_host,
+                    vmx_path,
+                    self.spec.vm_name,
+                    folder=self.spec.folder,
+                    resource_pool=self.spec.resource_pool,
+                )
+            except BaseException:
+                # Cut short or answered with an error, the registration may have happened all
+                # the same: found by its path, it is undone with the rest (else a VM is left
+                # registered on a datastore the rollback unmounts, its name taken).
+                with anyio.CancelScope(shield=True):
+                    found = await self._registered_anyway(vmx_path)
+                    if found is not None:
+                        self.vm = found
+                        await self._did(
+                            "registered", moref=found.moref, name=found.name, vmx_path=vmx_path
+                        )
+                raise
             self.vm = vm
             await self._did("registered", moref=vm.moref, name=vm.name, vmx_path=vm.vmx_path)
+
+    async def _registered_anyway(self, vmx_path: str) -> VmRef | None:
+        """The VM registered from ``vmx_path`` after a registration call that did not succeed,
+        asked for at most ``_POWER_STATE_BOUND_S``; None when there is none or vSphere cannot
+        say (then a warning names the path, for the operator to check)."""
+        inventory = self._ctx.backends.inventory
+        if inventory is None:
+            return None
+        with anyio.move_on_after(_POWER_STATE_BOUND_S):
+            try:
+                return await inventory.find_vm(vmx_path)
+            except BackendError as exc:
+                self._warn(
+                    f"after the registration failed, vSphere could not say whether {vmx_path} "
+                    f"was registered ({exc}); check that no VM is left registered from it"
+                )
+                return None
+        self._warn(
+            f"after the registration failed, vSphere did not say in time whether {vmx_path} "
+            "was registered; check that no VM is left registered from it"
+        )
+        return None
 
     async def _power_on(self) -> None:
         assert self.vm is not None

@@ -481,3 +481,46 @@ async def test_a_power_on_that_failed_without_effect_is_rolled_back() -> None:
         with anyio.fail_after(10), pytest.raises(BackendError, match="injected failure"):
             await job.wait()
     assert job.state is State.FAILED and world.clean(), world.leftovers()
+
+
+async def test_a_registration_that_failed_but_took_effect_is_undone() -> None:
+    """RegisterVM answered with an error (a lost reply) although vCenter registered the VM:
+    found by its path, it is unregistered with the rest of the rollback, not left behind on a
+    datastore that is unmounted (its name taken for the next attempt)."""
+    world = World()
+    world.catalog.add_vm("web01")
+    original = world.vsphere.register_vm
+
+    async def lost_reply(*args: object, **kwargs: object) -> object:
+        await original(*args, **kwargs)  # type: ignore[arg-type]
+        raise VSphereError("connection reset while waiting for the task")
+
+    world.vsphere.register_vm = lost_reply  # type: ignore[method-assign,assignment]
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10), pytest.raises(VSphereError, match="connection reset"):
+            await job.wait()
+    assert job.state is State.FAILED
+    assert not world.vsphere.vms and world.clean(), world.leftovers()
+
+
+async def test_a_registration_cut_short_that_took_effect_is_undone() -> None:
+    """A cancel arrived while vCenter was registering the VM: it is found and unregistered."""
+    world = World()
+    world.catalog.add_vm("web01")
+    original = world.vsphere.register_vm
+    registered = anyio.Event()
+
+    async def slow_answer(*args: object, **kwargs: object) -> object:
+        ref = await original(*args, **kwargs)  # type: ignore[arg-type]
+        registered.set()
+        await anyio.sleep(30)
+        return ref
+
+    world.vsphere.register_vm = slow_answer  # type: ignore[method-assign,assignment]
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10):
+            await registered.wait()
+            assert await job.cancel() is State.CANCELLED
+    assert not world.vsphere.vms and world.clean(), world.leftovers()
