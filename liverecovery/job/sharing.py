@@ -8,15 +8,20 @@ the real export/mount is created by the first job and removed by the last.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import anyio
 import attrs
 
-from liverecovery.backends import NfsExporter, VSphereClient
-from liverecovery.errors import JobStateError
+from liverecovery.backends import NfsExporter, VSphereClient, VSphereInventory
+from liverecovery.errors import BackendError, JobStateError, VSphereError
 
 __all__ = ["HostShares", "datastore_name_for", "export_path_for"]
+
+_log = logging.getLogger(__name__)
+_ASK_BOUND_S = 5.0
+"""How long vSphere is asked whether a mount that failed happened anyway."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -47,9 +52,16 @@ class _HostShare:
 class HostShares:
     """Reference counts of the per-host export and mount, keyed by job id."""
 
-    def __init__(self, exporter: NfsExporter, vsphere: VSphereClient, export_root: str) -> None:
+    def __init__(
+        self,
+        exporter: NfsExporter,
+        vsphere: VSphereClient,
+        export_root: str,
+        inventory: VSphereInventory | None = None,
+    ) -> None:
         self._exporter = exporter
         self._vsphere = vsphere
+        self._inventory = inventory
         self._export_root = export_root
         self._hosts: dict[str, _HostShare] = {}
 
@@ -88,11 +100,37 @@ class HostShares:
             if share.datastore is None:
                 if share.export_path is None:
                     raise JobStateError(f"no export for host {host!r} to mount")
-                share.datastore = await self._vsphere.mount_nfs_datastore(
-                    host, remote_host, share.export_path, datastore_name_for(host)
-                )
+                name = datastore_name_for(host)
+                try:
+                    share.datastore = await self._vsphere.mount_nfs_datastore(
+                        host, remote_host, share.export_path, name
+                    )
+                except BaseException as exc:
+                    if not (isinstance(exc, VSphereError) and exc.fault == "DuplicateName"):
+                        with anyio.CancelScope(shield=True):
+                            await self._unmount_if_mounted_anyway(host, name)
+                    raise
             share.mount_users.add(job_id)
             return share.datastore
+
+    async def _unmount_if_mounted_anyway(self, host: str, name: str) -> None:
+        """A mount cut short or answered with an error (a lost reply) may have happened all
+        the same: no job holds it, so it is unmounted (ESXi refuses while a VM uses it).
+        A name that was taken before the call (``DuplicateName``) is never touched."""
+        if self._inventory is None:
+            return
+        with anyio.move_on_after(_ASK_BOUND_S):
+            try:
+                if name in await self._inventory.nfs_datastores(host):
+                    await self._vsphere.unmount_datastore(host, name)
+            except BackendError as exc:
+                _log.warning(
+                    "the mount of %s on %s failed and may have happened anyway; it could not "
+                    "be checked or undone: %s",
+                    name,
+                    host,
+                    exc,
+                )
 
     async def release_mount(self, host: str, job_id: str) -> bool:
         """Drop the job's use of the mount; unmount when no job uses it. True if unmounted."""

@@ -101,7 +101,9 @@ class LiveRecovery:
         self.settings = settings or Settings()
         self.backends = backends
         self.sessions = SessionRegistry.for_settings(self.settings)
-        self.shares = HostShares(backends.exporter, backends.vsphere, self.settings.export_root)
+        self.shares = HostShares(
+            backends.exporter, backends.vsphere, self.settings.export_root, backends.inventory
+        )
         self._ctx = JobContext(
             settings=self.settings,
             backends=backends,

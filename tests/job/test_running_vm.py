@@ -25,7 +25,7 @@ from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import RUNNING_STATES, TRANSITIONS, State
 from liverecovery.recovery.control import ControlServer, request, socket_path
 
-from .helpers import World, fast_settings, spec
+from .helpers import HOST, World, fast_settings, spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -524,3 +524,34 @@ async def test_a_registration_cut_short_that_took_effect_is_undone() -> None:
             await registered.wait()
             assert await job.cancel() is State.CANCELLED
     assert not world.vsphere.vms and world.clean(), world.leftovers()
+
+
+async def test_a_mount_that_failed_but_took_effect_is_undone() -> None:
+    """CreateNasDatastore answered with an error (a lost reply) although the host mounted the
+    export: no job holds the mount, so it is unmounted, not left pointing at a removed export."""
+    world = World()
+    world.catalog.add_vm("web01")
+    original = world.vsphere.mount_nfs_datastore
+
+    async def lost_reply(*args: object) -> str:
+        await original(*args)  # type: ignore[arg-type]
+        raise VSphereError("connection reset while waiting for the task")
+
+    world.vsphere.mount_nfs_datastore = lost_reply  # type: ignore[method-assign,assignment]
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10), pytest.raises(VSphereError, match="connection reset"):
+            await job.wait()
+    assert job.state is State.FAILED and world.clean(), world.leftovers()
+
+
+async def test_a_mount_refused_as_a_duplicate_name_is_never_unmounted() -> None:
+    """The datastore name was taken before the call: whatever it is, it is not ours to undo."""
+    world = World()
+    world.catalog.add_vm("web01")
+    await world.vsphere.mount_nfs_datastore(HOST, "nas", "/other", "liverecovery-" + HOST)
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10), pytest.raises(VSphereError):
+            await job.wait()
+    assert world.vsphere.datastores[HOST]["liverecovery-" + HOST] == ("nas", "/other")
