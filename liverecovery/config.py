@@ -273,6 +273,10 @@ class Settings:
     1.26 s with 4, for the same total copy time)."""
     max_migrations_per_host: int = attrs.field(default=1, validator=_positive_int)
     """Storage vMotions at once per destination ESX host."""
+    migration_stall_s: float = attrs.field(default=1800.0, validator=_non_negative_float())
+    """A storage vMotion whose progress has not moved for this long gives its slot to the next
+    VM waiting (it goes on, bounded by ``timeouts.migrate``): a hung one must not hold the
+    plan's migrations for days. 0: never."""
     timeouts: Timeouts = attrs.field(factory=Timeouts, validator=_timeouts_value)
     s3_verify_tls: bool = attrs.field(default=True, validator=_boolean)
     """Backups in an S3 store (``s3://bucket/prefix``): verify the endpoint's TLS certificate

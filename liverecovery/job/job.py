@@ -72,6 +72,7 @@ from liverecovery.job.states import (
     State,
 )
 from liverecovery.job.summary import JobStats, JobSummary
+from liverecovery.job.throttle import Slot
 from liverecovery.spec import RecoverySpec
 
 __all__ = ["JobContext", "JobStats", "JobStatus", "JobSummary", "RecoveryJob", "retry_delay"]
@@ -1079,20 +1080,47 @@ class RecoveryJob:
         self._migrate_now = anyio.Event()  # a later migrate_now starts the next attempt
         self._retry_at = None
         async with contextlib.AsyncExitStack() as stack:
+            slot = None
             if self._ctx.migration_slots is not None:  # wait for a slot, still serving
-                await stack.enter_async_context(self._ctx.migration_slots.slot(self.spec.esx_host))
+                slot = await stack.enter_async_context(
+                    self._ctx.migration_slots.slot(self.spec.esx_host)
+                )
             await self._record(
                 "migration_started", moref=self.vm.moref, datastore=self.spec.datastore
             )
-            self.vm = await self._ctx.backends.vsphere.relocate(
-                self.vm, self.spec.datastore, progress
-            )
+            watchdog = anyio.CancelScope()
+            if slot is not None and self._tg is not None and self._ctx.settings.migration_stall_s:
+                self._tg.start_soon(self._release_when_stalled, slot, watchdog)
+            try:
+                self.vm = await self._ctx.backends.vsphere.relocate(
+                    self.vm, self.spec.datastore, progress
+                )
+            finally:
+                watchdog.cancel()
         self.migrated = True
         await self._record("migrated", strict=False, moref=self.vm.moref, vmx_path=self.vm.vmx_path)
         self._migrated_fraction = 1.0
         # The VM now lives on its destination datastore: never take it down from here on.
         self._compensations = [c for c in self._compensations if not c.vm_bound]
         self._progress()
+
+    async def _release_when_stalled(self, slot: Slot, scope: anyio.CancelScope) -> None:
+        """Give the migration slot back once the copy's progress has not moved for
+        ``migration_stall_s``: the storage vMotion goes on, the next VM's may start."""
+        stall = self._ctx.settings.migration_stall_s
+        with scope:
+            seen, since = self._migrated_fraction, time.monotonic()
+            while True:
+                await anyio.sleep(min(stall / 4, 60.0))
+                if self._migrated_fraction != seen:
+                    seen, since = self._migrated_fraction, time.monotonic()
+                elif time.monotonic() - since >= stall:
+                    slot.release()
+                    self._warn(
+                        f"the storage vMotion made no progress for {stall:g} s (at {seen:.0%}); "
+                        "its migration slot goes to the next VM while it goes on"
+                    )
+                    return
 
     async def _cleanup(self) -> None:
         self._stop_background()

@@ -555,3 +555,37 @@ async def test_a_mount_refused_as_a_duplicate_name_is_never_unmounted() -> None:
         with anyio.fail_after(10), pytest.raises(VSphereError):
             await job.wait()
     assert world.vsphere.datastores[HOST]["liverecovery-" + HOST] == ("nas", "/other")
+
+
+@pytest.mark.parametrize("stall_s", [0.3, 0.0])
+async def test_a_stalled_storage_vmotion_gives_its_slot_to_the_next_vm(stall_s: float) -> None:
+    """One slot in all: the first VM's storage vMotion hangs (no progress). After
+    ``migration_stall_s`` its slot goes to the next VM, whose copy completes while the first
+    one still hangs; with 0 (never) the second waits."""
+    world = World()
+    world.catalog.add_vm("web01")
+    world.catalog.add_vm("web02")
+    world.faults.hang("vsphere.relocate")  # the first call only
+    settings = fast_settings(max_migrations=1, migration_stall_s=stall_s)
+    async with LiveRecovery(settings, world.backends, migration_policy=ManualMigration()) as lr:
+        first = await lr.start(spec("web01"))
+        second = await lr.start(spec("web02"))
+        await _until(first, State.SERVING)
+        await _until(second, State.SERVING)
+        await first.migrate_now()
+        with anyio.fail_after(10):
+            while not world.faults.count("vsphere.relocate"):  # the first copy, hung
+                await anyio.sleep(0.01)
+        await second.migrate_now()
+        if stall_s:
+            with anyio.fail_after(20):
+                assert (await second.wait()).state is State.COMPLETED
+            assert first.state is State.MIGRATING  # still hung, still served
+            assert any("made no progress" in w for w in _warnings(first))
+        else:
+            await anyio.sleep(1.0)
+            assert second.state is State.MIGRATING  # waiting for the slot, still served
+            assert world.faults.count("vsphere.relocate") == 1
+        for job in (first, second):
+            if not job.done:
+                await job.stop(power_off=True)
