@@ -3,7 +3,7 @@
     liverecovery plan run plan.toml --vcenter vc.example --user admin --password-env VC_PW \\
         --backup /backups
     liverecovery plan run plan.toml --simulate --backup /backups   # simulated ESX hosts
-    liverecovery plan status
+    liverecovery plan status          # plan runs and plan verifications (verify --plan)
     liverecovery plan cancel [NAME]
     liverecovery plan resume plan.toml --vcenter ...   # after the process stopped
 
@@ -297,7 +297,8 @@ async def plan_status(args: argparse.Namespace) -> int:
     from liverecovery.plan.runner import VmRow
 
     for summary in reply.get("plans", []):
-        print(f"plan {summary['plan']} (run {summary['run_id']}): {summary['state']}")
+        kind = " verification" if summary.get("kind") == "verification" else ""
+        print(f"plan {summary['plan']}{kind} (run {summary['run_id']}): {summary['state']}")
         for line in format_table([VmRow(**row) for row in summary["vms"]]):
             print(f"  {line}")
     return 0
@@ -310,5 +311,6 @@ async def plan_cancel(args: argparse.Namespace) -> int:
         )
     if "error" in reply:
         raise JobStateError(str(reply["error"]))
-    print(json.dumps(reply) if args.json else f"plan {reply['plan']}: {reply['state']}")
+    kind = " verification" if reply.get("kind") == "verification" else ""
+    print(json.dumps(reply) if args.json else f"plan {reply['plan']}{kind}: {reply['state']}")
     return 0

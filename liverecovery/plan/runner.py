@@ -221,6 +221,8 @@ def plan_journals(job_results_dir: str | os.PathLike[str]) -> Path:
 class PlanRun:
     """A plan being run: its events, its table, ``wait`` and ``cancel``."""
 
+    kind = "recovery"
+
     def __init__(
         self,
         plan: Plan,
@@ -297,6 +299,7 @@ class PlanRun:
         return {
             "plan": self.plan.name,
             "run_id": self.run_id,
+            "kind": self.kind,
             "state": self.state,
             "stopped": self._stopped,
             "elapsed_s": self._log.elapsed(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -15,7 +16,10 @@ from liverecovery import LiveRecovery, Settings
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.verify import _bootable_sample
 from liverecovery.plan.parse import parse_plan
+from liverecovery.plan.runner import VmRow
+from liverecovery.plan.table import format_table
 from liverecovery.plan.verify_report import PlanVerificationReport
+from liverecovery.recovery.control import ControlServer, request, socket_path
 from liverecovery.sim.hosts import EmbeddedHosts, embedded_hosts
 from liverecovery.testing.samples import tree_digests
 from liverecovery.verify.checks import Check
@@ -89,6 +93,7 @@ async def _verify(
     policy: str = "continue",
     never: str | None = None,
     cancel_in_app: bool = False,
+    control: list[dict[str, Any]] | None = None,
 ) -> PlanVerificationReport:
     backup = tmp_path / "backup"
     for vm in VMS:
@@ -128,8 +133,25 @@ async def _verify(
                     await anyio.sleep(0.01)
                 cancel.set()
 
+            async def cancel_through_the_control_socket(seen: list[dict[str, Any]]) -> None:
+                # what ``plan status`` and ``plan cancel`` send, from another process
+                path = socket_path(env.settings.job_results_dir)
+                await tg.start(ControlServer(lr, path).serve)
+                with anyio.fail_after(60):
+                    while True:
+                        status = await request(path, {"op": "plan_status"})
+                        seen.append(status)
+                        states = {r["vm"]: r["state"] for p in status["plans"] for r in p["vms"]}
+                        if states.get("app1") == "serving" or states.get("app2") == "serving":
+                            break
+                        await anyio.sleep(0.02)
+                    seen.append(await request(path, {"op": "plan_cancel", "plan": "emb"}))
+                    seen.append(await request(path, {"op": "plan_status"}))
+
             if cancel_in_app:
                 tg.start_soon(cancel_once_app_runs)
+            if control is not None:
+                tg.start_soon(cancel_through_the_control_socket, control)
             report = await lr.verify_plan(
                 plan,
                 [Check("partitions"), Check("heartbeat", timeout_s=3 if never else 30)],
@@ -168,3 +190,32 @@ async def test_a_cancel_in_the_middle_of_group_two(tmp_path: Path) -> None:
     assert outcomes["db1"] == "passed"
     assert outcomes["web1"] == "not_run"
     assert [g.ran for g in report.groups] == [True, True, False]
+
+
+async def test_plan_status_and_cancel_reach_a_plan_verification(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    report = await _verify(tmp_path, never="app", control=seen)
+    # status saw the verification with its table, the copies of group app running
+    *statuses, cancelled, after = seen
+    (plan,) = statuses[-1]["plans"]
+    assert plan["kind"] == "verification" and plan["plan"] == "emb"
+    assert plan["state"] == "verifying"
+    rows = {r["vm"]: r["state"] for r in plan["vms"]}
+    assert rows["db1"] == "checks passed" and rows["web1"] == "waiting", rows
+    assert "serving" in (rows["app1"], rows["app2"]), rows
+    table = format_table([VmRow(**r) for r in plan["vms"]])
+    assert table[0].split()[:4] == ["VM", "GROUP", "HOST", "STATE"] and len(table) == 5
+    assert cancelled == {
+        "plan": "emb",
+        "run_id": plan["run_id"],
+        "kind": "verification",
+        "state": "cancelling",
+    }
+    assert after["plans"][0]["state"] in ("cancelling", "cancelled")
+    # the cancel powered off and undid every copy (``_verify`` asserts nothing is left)
+    assert report.cancelled and not report.passed
+    outcomes = {r.vm: r.outcome for r in report.vms}
+    assert outcomes["db1"] == "passed" and outcomes["web1"] == "not_run"
+    for record in report.vms:
+        if record.report is not None:
+            assert record.report.cleanup_clean, record.report.to_markdown()
