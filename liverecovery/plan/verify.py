@@ -37,6 +37,7 @@ from liverecovery.plan.model import BootGroup, FailurePolicy, GroupWait, Plan
 from liverecovery.plan.runner import JobStarter, PlannedVm, VmRow, new_run_id, preflight
 from liverecovery.plan.verify_report import GroupRecord, PlanVerificationReport, VmRecord
 from liverecovery.verify.checks import Check, default_checks, in_run_order
+from liverecovery.verify.names import verification_name_problem
 from liverecovery.verify.report import VerificationReport
 from liverecovery.verify.run import VerifyOptions, refusals, verify_vm
 
@@ -423,8 +424,9 @@ async def verify_plan(
     report is then only on disk.
 
     :raises VerificationRefusedError: the checks cannot run as asked (nothing started).
-    :raises PlanError: the plan's preflight refused it, every problem listed, or a host it
-        uses lacks the isolated network (nothing started).
+    :raises PlanError: the plan's preflight refused it, every problem listed (a VM whose name
+        leaves no room for its copy's within vSphere's 80 characters among them:
+        ``verify.names``), or a host it uses lacks the isolated network (nothing started).
     """
     options = options or VerifyOptions()
     checks = in_run_order(checks or default_checks(network=options.isolated_network is not None))
@@ -434,7 +436,22 @@ async def verify_plan(
     if problems := refusals(checks, options, guest=guest):
         raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     run_id = new_run_id()
-    planned = await preflight(plan, backends, settings, run_id=run_id)
+    names = [
+        f"{plan.source}:{vm.line}: {why}" if vm.line else f"{plan.source}: {why}"
+        for vm in plan.vms
+        if (why := verification_name_problem(vm.vm)) is not None
+    ]
+    try:
+        planned = await preflight(plan, backends, settings, run_id=run_id)
+    except PlanError as exc:
+        if names:  # every problem at once
+            raise PlanError(
+                f"{plan.source}: the plan has {len(names) + len(exc.problems)} problem(s):",
+                (*names, *exc.problems),
+            ) from None
+        raise
+    if names:
+        raise PlanError(f"{plan.source}: the plan has {len(names)} problem(s):", tuple(names))
     if options.isolated_network:
         await _check_network(plan, planned, backends, options.isolated_network)
     base = options.report_dir or Path(settings.job_results_dir) / "verify"

@@ -15,6 +15,7 @@ import pytest
 from liverecovery import LiveRecovery, Settings
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.verify import _bootable_sample
+from liverecovery.errors import PlanError
 from liverecovery.plan.parse import parse_plan
 from liverecovery.plan.runner import VmRow
 from liverecovery.plan.table import format_table
@@ -219,3 +220,52 @@ async def test_plan_status_and_cancel_reach_a_plan_verification(tmp_path: Path) 
     for record in report.vms:
         if record.report is not None:
             assert record.report.cleanup_clean, record.report.to_markdown()
+
+
+LONG = "finance-reporting-database-primary-eu-west-1"  # 44 characters
+
+
+async def test_long_vm_names_get_copies_within_vsphere_s_limit(tmp_path: Path) -> None:
+    """A plan's job id holds the VM's name again: ``<vm>-verify-<job id>`` would be 120
+    characters, which vSphere (and the simulated host) refuses; the copy gets a shortened
+    name. A VM whose name leaves no room at all is refused before anything starts."""
+    backup = tmp_path / "backup"
+    too_long = "x" * 70
+    for vm in (LONG, too_long):
+        _bootable_sample(vm, 32 << 20).write(backup)
+    text = (
+        '[plan]\nname = "long"\nhosts = ["esx-a"]\nplacement = "round-robin"\n'
+        '[defaults]\ndatastore = "datastore1"\nesx_address = "127.0.0.1"\n'
+        f'[[group]]\nname = "g"\n[[vm]]\nname = "{LONG}"\ngroup = "g"\n'
+    )
+    settings = Settings(
+        job_results_dir=tmp_path / "results",
+        job_space_floor_bytes=0,
+        cache_min_free_percent=0,
+        compensation_retry_delay_s=0,
+    )
+    checks = [Check("partitions"), Check("heartbeat", timeout_s=30)]
+    async with (
+        DirectoryCatalog(backup) as catalog,
+        embedded_hosts(tmp_path, catalog, hosts=("esx-a",), settings=settings) as env,
+    ):
+        for host in env.hosts.hosts.values():
+            host.guest.heartbeat_delay_s = 0.1
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            plan = parse_plan(tomllib.loads(text), source="long.toml", text=text)
+            report = await lr.verify_plan(plan, checks, VerifyOptions(poll_s=0.05))
+            bad = text + f'[[vm]]\nname = "{too_long}"\ngroup = "g"\n'
+            plan = parse_plan(tomllib.loads(bad), source="long.toml", text=bad)
+            with pytest.raises(PlanError) as info:
+                await lr.verify_plan(plan, checks, VerifyOptions(poll_s=0.05))
+            assert len(lr.jobs()) == 1  # the first plan's only
+        assert not any(_left(env, tmp_path).values())
+    assert report.passed, report.to_markdown()
+    (record,) = report.vms
+    assert record.report is not None
+    copy = record.report.verification_vm
+    assert copy.startswith(f"{LONG}-verify-") and len(copy) <= 80
+    assert len(f"{LONG}-verify-{record.job_id}") > 80
+    (problem,) = info.value.problems
+    assert problem.startswith("long.toml:13: ") and repr(too_long) in problem
+    assert "vSphere's 80-character limit" in problem
