@@ -110,6 +110,7 @@ def _execute(nb: Any, work: Path, short: Path) -> tuple[Any, list[tuple[str, str
         JUPYTER_DATA_DIR=str(short / "data"),
         JUPYTER_CONFIG_DIR=str(short / "config"),
         MPLBACKEND="agg",
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
     )
     # IPC, not TCP: no ports to pick, so two kernels started at once cannot race for one.
     km = KernelManager(
