@@ -122,7 +122,13 @@ def _execute(nb: Any, work: Path, short: Path) -> tuple[Any, list[tuple[str, str
     client = _Recording(
         nb, km=km, timeout=150, startup_timeout=60, resources={"metadata": {"path": str(work)}}
     )
-    return client.execute(env=env, cwd=str(work)), client.displays
+    try:
+        # cleanup_kc: shut the kernel down afterwards even though the client does not own km
+        return client.execute(env=env, cwd=str(work), cleanup_kc=True), client.displays
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
+        assert not km.is_alive()
 
 
 def _outputs(nb: Any) -> list[Any]:
