@@ -96,8 +96,12 @@ def register(sub: Any) -> None:
     resume.add_argument("--json", action="store_true", help="print one JSON summary per plan")
     resume.set_defaults(handler=resume_plan)
     for name, handler, help_text in (
-        ("status", plan_status, "the plans of a running process and their VMs"),
-        ("cancel", plan_cancel, "cancel a running plan: no more groups start"),
+        ("status", plan_status, "the plans and plan verifications of a running process"),
+        (
+            "cancel",
+            plan_cancel,
+            "cancel a running plan (no more groups start) or plan verification (every copy undone)",
+        ),
     ):
         verb = verbs.add_parser(name, help=help_text)
         if name == "cancel":
