@@ -3,7 +3,7 @@
     liverecovery plan run plan.toml --vcenter vc.example --user admin --password-env VC_PW \\
         --backup /backups
     liverecovery plan run plan.toml --simulate --backup /backups   # simulated ESX hosts
-    liverecovery plan status
+    liverecovery plan status          # plan runs and plan verifications (verify --plan)
     liverecovery plan cancel [NAME]
     liverecovery plan resume plan.toml --vcenter ...   # after the process stopped
 
@@ -96,8 +96,12 @@ def register(sub: Any) -> None:
     resume.add_argument("--json", action="store_true", help="print one JSON summary per plan")
     resume.set_defaults(handler=resume_plan)
     for name, handler, help_text in (
-        ("status", plan_status, "the plans of a running process and their VMs"),
-        ("cancel", plan_cancel, "cancel a running plan: no more groups start"),
+        ("status", plan_status, "the plans and plan verifications of a running process"),
+        (
+            "cancel",
+            plan_cancel,
+            "cancel a running plan (no more groups start) or plan verification (every copy undone)",
+        ),
     ):
         verb = verbs.add_parser(name, help=help_text)
         if name == "cancel":
@@ -297,7 +301,8 @@ async def plan_status(args: argparse.Namespace) -> int:
     from liverecovery.plan.runner import VmRow
 
     for summary in reply.get("plans", []):
-        print(f"plan {summary['plan']} (run {summary['run_id']}): {summary['state']}")
+        kind = " verification" if summary.get("kind") == "verification" else ""
+        print(f"plan {summary['plan']}{kind} (run {summary['run_id']}): {summary['state']}")
         for line in format_table([VmRow(**row) for row in summary["vms"]]):
             print(f"  {line}")
     return 0
@@ -310,5 +315,6 @@ async def plan_cancel(args: argparse.Namespace) -> int:
         )
     if "error" in reply:
         raise JobStateError(str(reply["error"]))
-    print(json.dumps(reply) if args.json else f"plan {reply['plan']}: {reply['state']}")
+    kind = " verification" if reply.get("kind") == "verification" else ""
+    print(json.dumps(reply) if args.json else f"plan {reply['plan']}{kind}: {reply['state']}")
     return 0

@@ -44,6 +44,7 @@ from liverecovery.errors import SettingsError, VerificationRefusedError
 from liverecovery.io.threads import run_sync
 from liverecovery.plan.parse import load_plan
 from liverecovery.plan.verify_report import PlanVerificationReport
+from liverecovery.recovery.control import ControlServer, socket_path
 from liverecovery.recovery.live import LiveRecovery
 from liverecovery.sim.embedded import embedded_environment
 from liverecovery.testing.disk_images import mbr_disk
@@ -205,6 +206,8 @@ async def run_verify_plan(args: argparse.Namespace) -> int:
                     cancel.set()
 
         tg.start_soon(on_signal)
+        if args.simulate:  # with vCenter, ``production`` listens already
+            await tg.start(ControlServer(lr, socket_path(lr.settings.job_results_dir)).serve)
         report = await lr.verify_plan(plan, checks, options, cancel=cancel, passkey=passkey)
         tg.cancel_scope.cancel()
     _print_plan(report, args.json)

@@ -26,7 +26,9 @@
 
 ``[settings]`` and ``[connection]`` tables belong to the command line and are left alone here.
 ``parse_plan`` is pure; what needs the backup catalog and vSphere (unknown VMs and hosts) is
-``reference_problems``, also pure, given their names.
+``reference_problems``, also pure, given their names. A ``Plan`` built in Python skips the
+parser, so ``plan_problems`` checks the same rules on the value (the runner's preflight asks
+it first).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from liverecovery.plan.model import (
     PlanVm,
 )
 
-__all__ = ["group_cycle", "load_plan", "parse_plan", "reference_problems"]
+__all__ = ["group_cycle", "load_plan", "parse_plan", "plan_problems", "reference_problems"]
 
+_PLAN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 _TOP = frozenset({"plan", "defaults", "group", "vm", "settings", "connection"})
 _PLAN_KEYS = frozenset({"name", "hosts", "placement", "max_in_flight"})
 _GROUP_KEYS = frozenset({"name", "after", "wait", "delay_s", "heartbeat_timeout_s", "on_failure"})
@@ -220,7 +223,7 @@ def _plan_table(doc: Mapping[str, Any], source: str, out: _Problems) -> dict[str
     found: dict[str, Any] = {"name": Path(source).stem or "plan"}
     name = table.get("name")
     if name is not None:
-        if _is_text(name) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}", name):
+        if _is_text(name) and _PLAN_NAME.fullmatch(name):
             found["name"] = name
         else:
             out.at(
@@ -539,3 +542,88 @@ def reference_problems(
     found = list(dict.fromkeys(found))
     found.sort(key=lambda p: p[0])
     return [f"{plan.source}:{line}: {m}" if line else f"{plan.source}: {m}" for line, m in found]
+
+
+def plan_problems(plan: Plan) -> list[str]:
+    """What is wrong with a ``Plan`` value, whoever built it (``parse_plan`` refuses the same
+    in a file, with lines); pure. Empty: the plan's shape is sound (whether its VMs and hosts
+    exist is ``reference_problems``)."""
+    found: list[str] = []
+
+    def add(line: int, message: str) -> None:
+        found.append(f"{plan.source}:{line}: {message}" if line else f"{plan.source}: {message}")
+
+    if not isinstance(plan.name, str) or not _PLAN_NAME.fullmatch(plan.name):
+        add(0, f"the plan's name must be 1-40 letters, digits, '.', '_' or '-', got {plan.name!r}")
+    in_flight = plan.max_in_flight
+    if (
+        isinstance(in_flight, bool)
+        or not isinstance(in_flight, int)
+        or not (1 <= in_flight <= MAX_IN_FLIGHT)
+    ):
+        add(0, f"max_in_flight must be an integer in [1, {MAX_IN_FLIGHT}], got {in_flight!r}")
+    if len(set(plan.hosts)) != len(plan.hosts):
+        twice = sorted({h for h in plan.hosts if plan.hosts.count(h) > 1})
+        add(plan.hosts_line, f"hosts names {', '.join(map(repr, twice))} twice")
+    names: dict[str, int] = {}
+    for g in plan.groups:
+        if not _is_text(g.name):
+            add(g.line, f"a group's name must be a non-empty string, got {g.name!r}")
+            continue
+        if g.name in names:
+            add(g.line, f"group {g.name!r} is declared twice")
+        names.setdefault(g.name, g.line)
+        if not _number(g.delay_s) or g.delay_s < 0:
+            add(g.line, f"group {g.name!r}: delay_s must be 0 or more, got {g.delay_s!r}")
+        if not _number(g.heartbeat_timeout_s) or g.heartbeat_timeout_s <= 0:
+            add(
+                g.line,
+                f"group {g.name!r}: heartbeat_timeout_s must be positive, "
+                f"got {g.heartbeat_timeout_s!r}",
+            )
+    if not plan.groups:
+        add(0, "the plan has no boot group")
+    for g in plan.groups:
+        for other in g.after or ():
+            if other == g.name:
+                add(g.line, f"group {g.name!r} names itself in after")
+            elif other not in names:
+                add(g.line, f"group {g.name!r}: after names unknown group {other!r}")
+    preds = {
+        g: tuple(p for p in ps if p in names and p != g) for g, ps in plan.predecessors().items()
+    }
+    if cycle := group_cycle(preds):
+        add(
+            names.get(cycle[0], 0),
+            "boot groups wait for each other in a cycle: " + " -> ".join(map(repr, cycle)),
+        )
+    if not plan.vms:
+        add(0, "the plan lists no VM")
+    seen: set[str] = set()
+    for vm in plan.vms:
+        where = f"vm {vm.vm!r}"
+        if vm.vm in seen:
+            add(vm.line, f"{where} is listed twice")
+        seen.add(vm.vm)
+        if vm.group not in names:
+            known = ", ".join(sorted(names)) or "none"
+            add(vm.line, f"{where}: unknown group {vm.group!r} (declared: {known})")
+        if vm.host is None and not plan.hosts:
+            add(vm.line, f"{where}: no host, and the plan has no hosts to place it on")
+        elif vm.host is None and plan.placement is Placement.EXPLICIT:
+            add(
+                vm.line,
+                f"{where}: no host, and placement is explicit: name its host, or choose "
+                "round-robin or least-loaded placement",
+            )
+        elif vm.host is not None and plan.hosts and vm.host not in plan.hosts:
+            add(
+                vm.line,
+                f"{where}: host {vm.host!r} is not one of the plan's hosts "
+                f"({', '.join(plan.hosts)})",
+            )
+        try:
+            vm.spec(vm.host or "placeholder", "placeholder")
+        except SettingsError as exc:
+            add(vm.line, f"{where}: {exc}")
+    return found

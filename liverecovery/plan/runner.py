@@ -63,7 +63,7 @@ from liverecovery.plan.model import (
     PlanVm,
     plan_job_id,
 )
-from liverecovery.plan.parse import reference_problems
+from liverecovery.plan.parse import plan_problems, reference_problems
 from liverecovery.plan.placement import HostLoad, VmNeeds, place
 from liverecovery.spec import RecoverySpec
 
@@ -137,10 +137,13 @@ async def preflight(
 ) -> list[PlannedVm]:
     """Check the whole plan before anything starts and decide each VM's host and job id.
 
-    :raises PlanError: every problem at once: VMs not in the catalog, hosts vSphere does not
-        know, the hosts' NFS limits (naming the host and the counts).
+    :raises PlanError: every problem at once: the plan's shape (``plan_problems``: a plan built
+        in Python was not checked by the parser), VMs not in the catalog, hosts vSphere does
+        not know, the hosts' NFS limits (naming the host and the counts).
     """
-    problems: list[str] = []
+    if problems := plan_problems(plan):  # a plan built in Python skipped the parser
+        raise PlanError(f"{plan.source}: the plan has {len(problems)} problem(s):", tuple(problems))
+    problems = []
     try:
         names = list(await backends.catalog.vm_names())
     except LiveRecoveryError as exc:
@@ -221,6 +224,8 @@ def plan_journals(job_results_dir: str | os.PathLike[str]) -> Path:
 class PlanRun:
     """A plan being run: its events, its table, ``wait`` and ``cancel``."""
 
+    kind = "recovery"
+
     def __init__(
         self,
         plan: Plan,
@@ -297,6 +302,7 @@ class PlanRun:
         return {
             "plan": self.plan.name,
             "run_id": self.run_id,
+            "kind": self.kind,
             "state": self.state,
             "stopped": self._stopped,
             "elapsed_s": self._log.elapsed(),

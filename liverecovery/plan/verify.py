@@ -11,8 +11,10 @@ between their start and their power-on at a time. Copies stay up until every gro
 not run, so a later group boots next to the earlier ones as it would in a real recovery; then
 they are undone, the last group first. A failing VM in an ``on_failure = "stop"`` group means
 the groups after it (transitively) are not run (``skip_reasons``, pure); a cancel (the
-``cancel`` event) stops the running checks and starts no more groups. After every outcome every
-copy is powered off, unregistered, unmounted and unexported; one report covers the plan.
+``cancel`` event, or ``PlanVerificationRun.cancel``: ``plan cancel`` through the control
+socket) stops the running checks and starts no more groups. After every outcome every copy is
+powered off, unregistered, unmounted and unexported; one report covers the plan. While it runs,
+its ``PlanVerificationRun`` answers ``plan status`` with the same table as a plan's run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -29,14 +32,16 @@ import attrs
 from liverecovery.backends import Backends, GuestOperations, TargetQuery
 from liverecovery.config import Settings
 from liverecovery.errors import LiveRecoveryError, PlanError, VerificationRefusedError
+from liverecovery.job.job import RecoveryJob
 from liverecovery.plan.model import BootGroup, FailurePolicy, GroupWait, Plan
-from liverecovery.plan.runner import JobStarter, PlannedVm, new_run_id, preflight
+from liverecovery.plan.runner import JobStarter, PlannedVm, VmRow, new_run_id, preflight
 from liverecovery.plan.verify_report import GroupRecord, PlanVerificationReport, VmRecord
 from liverecovery.verify.checks import Check, default_checks, in_run_order
+from liverecovery.verify.names import verification_name_problem
 from liverecovery.verify.report import VerificationReport
 from liverecovery.verify.run import VerifyOptions, refusals, verify_vm
 
-__all__ = ["group_checks", "skip_reasons", "verify_plan"]
+__all__ = ["PlanVerificationRun", "group_checks", "skip_reasons", "verify_plan"]
 
 CANCELLED = "the verification was cancelled"
 
@@ -302,6 +307,101 @@ class _PlanVerification:
         )
 
 
+class PlanVerificationRun:
+    """A plan's verification while it runs, as ``plan status`` and ``plan cancel`` reach it
+    (``LiveRecovery.verifications``): its table (``rows``), ``summary`` and ``cancel``."""
+
+    kind = "verification"
+
+    def __init__(self, state: _PlanVerification, run_id: str) -> None:
+        self.plan = state.plan
+        self.run_id = run_id
+        self._state = state
+        self._jobs: dict[str, RecoveryJob] = {}
+        self._ended = anyio.Event()
+        self.report: PlanVerificationReport | None = None
+        """The report, once the verification ended."""
+
+    @property
+    def done(self) -> bool:
+        return self._ended.is_set()
+
+    def cancel(self) -> None:
+        """Stop: the running checks end, no more groups start, and every copy is powered off
+        and undone (they are isolated copies, not production). Sets the ``cancel`` event
+        ``verify_plan`` was given."""
+        self._state.cancel.set()
+
+    def _job(self, job_id: str) -> RecoveryJob | None:
+        if job_id not in self._jobs:
+            for job in self._state.starter.jobs():
+                if job.id == job_id:
+                    self._jobs[job_id] = job
+        return self._jobs.get(job_id)
+
+    def rows(self) -> list[VmRow]:
+        """The table now, one row per VM in plan order: ``waiting``, then its job's state until
+        its checks end, ``checks passed|failed`` while its copy is held for the later groups,
+        then ``passed``, ``failed``, ``not run`` or ``cancelled``."""
+        rows = []
+        for vm in self._state.vms.values():
+            p = vm.planned
+            job = self._job(p.job_id)
+            if vm.ended.is_set():
+                if vm.report is not None:
+                    state = "passed" if vm.report.passed else "failed"
+                elif not vm.ran:
+                    state = "cancelled" if vm.reason == CANCELLED else "not run"
+                else:
+                    state = "failed"
+            elif vm.checked.is_set():
+                state = "checks passed" if vm.passed else "checks failed"
+            else:
+                state = job.state.value if job is not None else "waiting"
+            stats = job.stats if job is not None else None
+            rows.append(
+                VmRow(
+                    vm=p.vm.vm,
+                    group=p.vm.group,
+                    host=p.host,
+                    job_id=p.job_id,
+                    state=state,
+                    power_on_s=None if vm.powered_on_at is None else round(vm.powered_on_at, 3),
+                    bytes_served=stats.bytes_served if stats else 0,
+                    bytes_restored=stats.bytes_restored if stats else 0,
+                    error=vm.reason,
+                )
+            )
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready, the shape of ``PlanRun.summary``: ``state`` is ``verifying``,
+        ``cancelling``, then ``passed``, ``failed`` or ``cancelled``."""
+        if self.report is not None:
+            state = (
+                "cancelled"
+                if self.report.cancelled
+                else ("passed" if self.report.passed else "failed")
+            )
+        elif self._state.cancel.is_set():
+            state = "cancelling"
+        else:
+            state = "verifying"
+        return {
+            "plan": self.plan.name,
+            "run_id": self.run_id,
+            "kind": self.kind,
+            "state": state,
+            "stopped": next(iter(self._state.skipped.values()), ""),
+            "elapsed_s": round(time.monotonic() - self._state.t0, 3),
+            "vms": [r.to_json() for r in self.rows()],
+        }
+
+    def _end(self, report: PlanVerificationReport) -> None:
+        self.report = report
+        self._ended.set()
+
+
 async def verify_plan(
     starter: JobStarter,
     plan: Plan,
@@ -311,17 +411,22 @@ async def verify_plan(
     cancel: anyio.Event | None = None,
     passkey: str | None = None,
     progress: Callable[[str], None] | None = None,
+    on_start: Callable[[PlanVerificationRun], None] | None = None,
 ) -> PlanVerificationReport:
     """Verify every VM of ``plan`` in its boot groups; the report (also written to
     ``<report_dir or job_results_dir/verify>/plan-<name>-<run id>/``).
+
+    ``on_start`` receives the run's handle once preflight passed, before any copy starts (for
+    ``plan status`` and ``plan cancel``).
 
     ``cancel``: set it to stop (the checks that run end, no more groups start, every copy is
     undone; the report says cancelled). Cancelling the caller's scope does the same, and the
     report is then only on disk.
 
     :raises VerificationRefusedError: the checks cannot run as asked (nothing started).
-    :raises PlanError: the plan's preflight refused it, every problem listed, or a host it
-        uses lacks the isolated network (nothing started).
+    :raises PlanError: the plan's preflight refused it, every problem listed (a VM whose name
+        leaves no room for its copy's within vSphere's 80 characters among them:
+        ``verify.names``), or a host it uses lacks the isolated network (nothing started).
     """
     options = options or VerifyOptions()
     checks = in_run_order(checks or default_checks(network=options.isolated_network is not None))
@@ -331,7 +436,22 @@ async def verify_plan(
     if problems := refusals(checks, options, guest=guest):
         raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     run_id = new_run_id()
-    planned = await preflight(plan, backends, settings, run_id=run_id)
+    names = [
+        f"{plan.source}:{vm.line}: {why}" if vm.line else f"{plan.source}: {why}"
+        for vm in plan.vms
+        if (why := verification_name_problem(vm.vm)) is not None
+    ]
+    try:
+        planned = await preflight(plan, backends, settings, run_id=run_id)
+    except PlanError as exc:
+        if names:  # every problem at once
+            raise PlanError(
+                f"{plan.source}: the plan has {len(names) + len(exc.problems)} problem(s):",
+                (*names, *exc.problems),
+            ) from None
+        raise
+    if names:
+        raise PlanError(f"{plan.source}: the plan has {len(names)} problem(s):", tuple(names))
     if options.isolated_network:
         await _check_network(plan, planned, backends, options.isolated_network)
     base = options.report_dir or Path(settings.job_results_dir) / "verify"
@@ -344,6 +464,9 @@ async def verify_plan(
     state = _PlanVerification(
         plan, starter, planned, checks, options, report_dir, cancel or anyio.Event(), passkey
     )
+    handle = PlanVerificationRun(state, run_id)
+    if on_start is not None:
+        on_start(handle)
     started = _now()
     try:
         await state.run()
@@ -353,6 +476,7 @@ async def verify_plan(
     finally:
         with anyio.CancelScope(shield=True):
             report = state.result(run_id, started)
+            handle._end(report)
             try:
                 await report.write(report_dir)
             except OSError as exc:

@@ -13,8 +13,10 @@ JSON reply per line:
   off a VM running from the backup and undo everything (without ``power_off``: refused once the
   VM runs; a cancel before);
 - ``{"op": "migrate_now", "job": ID}`` starts (or retries) the storage vMotion now;
-- ``{"op": "plan_status"}`` answers each plan's summary and table; ``{"op": "plan_cancel",
-  "plan": NAME}`` cancels a running plan (no more groups start; running VMs keep running).
+- ``{"op": "plan_status"}`` answers each plan's summary and table, plan runs and plan
+  verifications alike (``kind``: ``recovery`` or ``verification``); ``{"op": "plan_cancel",
+  "plan": NAME}`` cancels a running one: a plan run starts no more groups and its running VMs
+  keep running; a plan verification stops its checks and powers off and undoes every copy.
 
 Errors come back as ``{"error": "..."}``. Only the process's owner can connect, so there is no
 authentication beyond the file's permissions.
@@ -33,6 +35,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from liverecovery.errors import BackendError, JobStateError
 from liverecovery.io.private_dirs import make_private_dirs
+from liverecovery.plan.runner import PlanRun
+from liverecovery.plan.verify import PlanVerificationRun
 from liverecovery.recovery.live import LiveRecovery
 
 __all__ = ["ControlServer", "request", "socket_path"]
@@ -97,7 +101,7 @@ class ControlServer:
                 ]
             }
         if op == "plan_status":
-            return {"plans": [run.summary() for run in self._lr.plans()]}
+            return {"plans": [run.summary() for run in self._plans()]}
         if op == "plan_cancel":
             return self._plan_cancel(req.get("plan"))
         try:
@@ -119,10 +123,13 @@ class ControlServer:
             return {"error": str(exc)}
         return {"error": f"unknown op {op!r}"}
 
+    def _plans(self) -> list[PlanRun | PlanVerificationRun]:
+        return [*self._lr.plans(), *self._lr.verifications()]
+
     def _plan_cancel(self, wanted: object) -> dict[str, Any]:
-        """Cancel the running plan named ``wanted`` (its name, run id, or ``name-run``; None:
-        the only one running)."""
-        running = [r for r in self._lr.plans() if not r.done]
+        """Cancel the running plan or plan verification named ``wanted`` (its name, run id, or
+        ``name-run``; None: the only one running)."""
+        running = [r for r in self._plans() if not r.done]
         if wanted is not None:
             w = str(wanted)
             running = [
@@ -135,7 +142,12 @@ class ControlServer:
             return {"error": f"several plans are running ({names}): name one"}
         run = running[0]
         run.cancel()
-        return {"plan": run.plan.name, "run_id": run.run_id, "state": "cancelling"}
+        return {
+            "plan": run.plan.name,
+            "run_id": run.run_id,
+            "kind": run.kind,
+            "state": "cancelling",
+        }
 
 
 async def request(path: Path, req: dict[str, Any]) -> dict[str, Any]:

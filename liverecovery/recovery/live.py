@@ -60,7 +60,7 @@ from liverecovery.job.sharing import HostShares
 from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
-from liverecovery.plan.verify import verify_plan
+from liverecovery.plan.verify import PlanVerificationRun, verify_plan
 from liverecovery.plan.verify_report import PlanVerificationReport
 from liverecovery.recovery.assembly import Assembly, VSphereFactory, assemble
 from liverecovery.spec import RecoverySpec
@@ -119,6 +119,7 @@ class LiveRecovery:
         )
         self._jobs: dict[str, RecoveryJob] = {}
         self._plans: list[PlanRun] = []
+        self._verifications: list[PlanVerificationRun] = []
         self.resume_errors: list[str] = []
         self.assembly: Assembly | None = None
         """The parts ``from_settings`` started (the NFS server, cache, catalog, builder)."""
@@ -327,15 +328,28 @@ class LiveRecovery:
         disposable, never migrated), within the plan's ``max_in_flight`` and the hosts' NFS
         limits; a failure in an ``on_failure = "stop"`` group leaves the groups after it not
         run. Returns one report for the plan (``liverecovery.plan.verify``), also written to
-        the results folder. ``cancel``: set it to stop; every copy is undone either way.
-        ``passkey``: for backups that need one.
+        the results folder. ``cancel``: set it to stop (``plan cancel`` through the control
+        socket sets it too); every copy is undone either way. ``passkey``: for backups that
+        need one. While it runs, ``verifications()`` lists it (``plan status``).
 
         :raises VerificationRefusedError: the checks cannot run as asked.
         :raises PlanError: the plan's preflight refused it; nothing was started.
         """
         if self._tg is None:
             raise JobStateError("use 'async with LiveRecovery(...)' before verifying a plan")
-        return await verify_plan(self, plan, checks, options, cancel=cancel, passkey=passkey)
+        return await verify_plan(
+            self,
+            plan,
+            checks,
+            options,
+            cancel=cancel,
+            passkey=passkey,
+            on_start=self._verifications.append,
+        )
+
+    def verifications(self) -> list[PlanVerificationRun]:
+        """Every plan verification started here (``verify_plan``), oldest first."""
+        return list(self._verifications)
 
     def jobs(self) -> list[RecoveryJob]:
         """Every job started, oldest first."""

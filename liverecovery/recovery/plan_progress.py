@@ -36,24 +36,30 @@ def _notebook() -> Any | None:
 async def show_plan(
     run: PlanRun, *, file: TextIO | None = None, interval_s: float = 0.5
 ) -> dict[str, Any]:
-    """Show the plan's table until it ends, then its summary (returned)."""
+    """Show the plan's table until it ends, then its summary (returned). In a notebook kernel
+    one display is created and updated in place (``update_display_data``); elsewhere the table
+    is redrawn on ``file`` (default stdout). Looked at every ``interval_s``; sent only when it
+    changed, so a long plan does not flood the notebook or the terminal."""
     notebook = _notebook()
     out = file or sys.stdout
     handle = None
     drawn = 0
+    shown = ""
     while True:
         text = "\n".join(format_table(run.rows()))
-        if notebook is not None:
-            if handle is None:
-                handle = notebook.display(notebook.Pretty(text), display_id=True)
+        if text != shown:
+            shown = text
+            if notebook is not None:
+                if handle is None:
+                    handle = notebook.display(notebook.Pretty(text), display_id=True)
+                else:
+                    handle.update(notebook.Pretty(text))
             else:
-                handle.update(notebook.Pretty(text))
-        else:
-            if drawn:
-                out.write(f"\x1b[{drawn}F\x1b[J")
-            out.write(text + "\n")
-            out.flush()
-            drawn = text.count("\n") + 1
+                if drawn:
+                    out.write(f"\x1b[{drawn}F\x1b[J")
+                out.write(text + "\n")
+                out.flush()
+                drawn = text.count("\n") + 1
         if run.done:
             return await run.wait()
         with anyio.move_on_after(interval_s):

@@ -57,6 +57,7 @@ from liverecovery.nfs.filesystem import SetAttributes, Stability
 from liverecovery.nfs.server import NfsServer
 from liverecovery.sim.guest import GuestBehaviour, tiny_png
 from liverecovery.sim.hard_mount import HardMount
+from liverecovery.verify.names import MAX_VM_NAME, vsphere_name_length
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 
@@ -548,6 +549,10 @@ class SimulatedEsxHost(GuestOperations):
                 "register_vm", f"not a datastore path: {vmx_path!r}", "InvalidArgument"
             )
         datastore, folder, vmx_name = m.groups()
+        if vsphere_name_length(name) > MAX_VM_NAME:  # as vCenter: "The name is too long"
+            raise self._fault(
+                "register_vm", f"the name is too long: {name!r} (at most 80)", "InvalidName"
+            )
         if any(v.ref.name == name for v in self.vms.values()):
             raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
         await self._registrations_done(vmx_path)

@@ -49,6 +49,7 @@ from liverecovery.nfs.filesystem import Filesystem, Stability
 from liverecovery.sim.guest import GuestBehaviour, tiny_png
 from liverecovery.testing.faults import FaultPlan
 from liverecovery.testing.samples import sample_vmx_text
+from liverecovery.verify.names import MAX_VM_NAME, vsphere_name_length
 
 __all__ = [
     "MemoryBackup",
@@ -606,6 +607,10 @@ class MemoryVSphere(GuestOperations):
         ds = _datastore_of(vmx_path)
         if ds not in mounts and ds not in self.local_datastores:
             raise self._fault("register_vm", f"datastore {ds!r} not mounted", "NotFound")
+        if vsphere_name_length(name) > MAX_VM_NAME:  # as vCenter: "The name is too long"
+            raise self._fault(
+                "register_vm", f"the name is too long: {name!r} (at most 80)", "InvalidName"
+            )
         if any(v.ref.name == name for v in self.vms.values()):
             raise self._fault("register_vm", f"a VM named {name!r} exists", "DuplicateName")
         ref = VmRef(moref=f"vm-{self._next}", name=name, vmx_path=vmx_path)

@@ -1,7 +1,8 @@
 """One VM's backup verification, driven through a ``RecoveryJob``.
 
 The restore point is powered on from the backup as a disposable, isolated copy
-(``RecoverySpec.verification``): registered as ``<vm>-verify-<job id>`` with a new BIOS UUID
+(``RecoverySpec.verification``): registered as ``<vm>-verify-<job id>`` (within vSphere's
+80-character limit: ``verify.names``) with a new BIOS UUID
 and no ``vc.uuid``, its NICs disconnected or moved to the isolated port group, its writes in
 the job's overlay, never migrated. The guest-free checks read the backup first; the guest
 checks run once the VM is powered on; then, whatever happened (pass, fail, a check's timeout,
@@ -56,6 +57,7 @@ from liverecovery.verify.checks import (
     in_run_order,
 )
 from liverecovery.verify.disks import inspect_disk, layout_problems
+from liverecovery.verify.names import verification_name
 from liverecovery.verify.report import VerificationReport
 
 __all__ = ["SCREENSHOT", "VerifyOptions", "refusals", "verification_name", "verify_vm"]
@@ -81,11 +83,6 @@ class VerifyOptions:
     credentials: GuestCredentials | None = None
     report_dir: Path | None = None
     poll_s: float = 2.0
-
-
-def verification_name(vm: str, job_id: str) -> str:
-    """The name the verification's copy of ``vm`` is registered under."""
-    return f"{vm}-verify-{job_id}"
 
 
 def refusals(checks: Sequence[Check], options: VerifyOptions, *, guest: bool = True) -> list[str]:
@@ -199,7 +196,8 @@ async def verify_vm(
     copy is undone, so later groups boot while it still runs; ``on_report`` receives the report
     even when the verification is cancelled (which re-raises the cancellation).
 
-    :raises VerificationRefusedError: the checks cannot run as asked (before anything).
+    :raises VerificationRefusedError: the checks cannot run as asked, or the VM's name leaves
+        no room for the copy's within vSphere's limit (before anything).
     :raises PreflightError: the job's preflight refused (the isolated network does not exist,
         a VM is registered under the verification name...): nothing was touched.
     """
@@ -209,6 +207,7 @@ async def verify_vm(
     if problems := refusals(checks, options, guest=guest):
         raise VerificationRefusedError("verification refused: " + "; ".join(problems))
     job_id = spec.job_id or uuid.uuid4().hex[:12]
+    copy_name = verification_name(spec.vm, job_id)  # refused here when it cannot fit
     catalog = backends.catalog
     point = await catalog.restore_point(spec.vm, spec.point_id)
     networks = nic_networks(await catalog.read_file(point, point.vmx_name))
@@ -222,7 +221,7 @@ async def verify_vm(
         spec,
         job_id=job_id,
         point_id=point.point_id,
-        name_suffix=verification_name("", job_id),
+        name_suffix=copy_name[len(spec.vm) :],
         new_bios_uuid=True,
         disconnect_nics=options.isolated_network is None,
         network_map=network_map,

@@ -4,6 +4,9 @@ the plan's report files, refusals; ``liverecovery demo --verify --vms N``."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,50 @@ def test_demo_verify_vms_3_passes_and_leaves_nothing(tmp_path: Path) -> None:
 def test_demo_still_refuses_verify_with_backup(tmp_path: Path) -> None:
     out = _cli("demo", "--verify", "--vms", "2", "--backup", str(tmp_path))
     assert out.returncode == 2 and "cannot be combined" in out.stderr
+
+
+def test_plan_status_and_cancel_reach_verify_plan(tmp_path: Path) -> None:
+    """``plan status`` shows a running ``verify --plan`` with its table; ``plan cancel`` stops
+    it, and every copy is powered off and undone."""
+    backup = _backup(tmp_path, ["db1", "app1"])
+    plan = _plan(tmp_path, {"db": ["db1"], "app": ["app1"]})
+    # the db group waits 60 s once its copy's checks ended: time to ask and to cancel
+    plan.write_text(plan.read_text().replace('name = "db"\n', 'name = "db"\ndelay_s = 60\n'))
+    results = ["--job-results-dir", str(tmp_path / "results")]
+    argv = ["verify", str(backup), "--plan", str(plan), "--simulate", "--json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liverecovery.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        rows: dict[str, str] = {}
+        while time.monotonic() < deadline and rows.get("db1") != "checks passed":
+            time.sleep(0.2)
+            done = _cli("plan", "status", "--json", *results)
+            if done.returncode == 0:
+                (status,) = json.loads(done.stdout)["plans"]
+                rows = {r["vm"]: r["state"] for r in status["vms"]}
+        assert rows == {"db1": "checks passed", "app1": "waiting"}, rows
+        assert status["kind"] == "verification" and status["state"] == "verifying"
+        done = _cli("plan", "status", *results)
+        assert f"plan drill verification (run {status['run_id']}): verifying" in done.stdout
+        assert "db1" in done.stdout and "checks passed" in done.stdout
+        done = _cli("plan", "cancel", "drill", *results)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "plan drill verification: cancelling"
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["cancelled"] is True and report["passed"] is False
+    outcomes = {v["vm"]: v["outcome"] for v in report["vms"]}
+    assert outcomes == {"db1": "passed", "app1": "not_run"}
+    (db1,) = [v for v in report["vms"] if v["vm"] == "db1"]
+    assert db1["report"]["cleanup"] == {"clean": True, "errors": []}
+    assert not any((tmp_path / "results" / "jobs").glob("*"))
+    assert not (tmp_path / "results" / "control.sock").exists()

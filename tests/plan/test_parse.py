@@ -6,6 +6,7 @@ import itertools
 import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -234,3 +235,57 @@ def test_each_planted_problem_is_reported_once_on_its_line(case: tuple[str, int]
         assert 1 <= line <= len(lines)
         named = lines[line - 1]
         assert named.startswith(("group", "wheels", "disconnect_nics")), (p, named)
+
+
+def test_a_plan_built_in_python_is_checked_like_a_file() -> None:
+    from liverecovery import BootGroup, PlanVm
+    from liverecovery.plan.parse import plan_problems
+
+    plan = Plan(
+        name="../etc",
+        groups=(
+            BootGroup("a", after=("b",)),
+            BootGroup("b", after=("a", "c")),
+            BootGroup("a"),
+            BootGroup("d", delay_s=-1),
+        ),
+        vms=(
+            PlanVm("x", "nope", "ds1"),
+            PlanVm("x", "a", "ds1", host="esx01"),
+            PlanVm("y", "b", "ds1", host="esx09"),
+            PlanVm("z", "b", "ds1"),
+        ),
+        hosts=("esx01", "esx02", "esx01"),
+        max_in_flight=0,
+        source="notebook",
+    )
+    found = "\n".join(plan_problems(plan))
+    for expected in (
+        "notebook: the plan's name must be 1-40 letters",
+        "max_in_flight must be an integer in [1, 1024], got 0",
+        "hosts names 'esx01' twice",
+        "group 'a' is declared twice",
+        "group 'd': delay_s must be 0 or more",
+        "group 'b': after names unknown group 'c'",
+        "boot groups wait for each other in a cycle",
+        "vm 'x': unknown group 'nope'",
+        "vm 'x' is listed twice",
+        "vm 'y': host 'esx09' is not one of the plan's hosts",
+        "vm 'z': no host, and placement is explicit",
+    ):
+        assert expected in found, (expected, found)
+    assert plan_problems(attrs.evolve(plan, vms=(), groups=())) == [
+        "notebook: the plan's name must be 1-40 letters, digits, '.', '_' or '-', got '../etc'",
+        "notebook: max_in_flight must be an integer in [1, 1024], got 0",
+        "notebook: hosts names 'esx01' twice",
+        "notebook: the plan has no boot group",
+        "notebook: the plan lists no VM",
+    ]
+
+
+def test_a_parsed_plan_has_no_problems_as_a_value() -> None:
+    from liverecovery.plan.parse import plan_problems
+
+    plan = parse_plan(tomllib.loads(GOOD), source="good.toml", text=GOOD)
+    assert plan_problems(plan) == []
+    assert plan_problems(Plan.from_json(plan.to_json())) == []

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from liverecovery import LiveRecovery, Settings
@@ -14,7 +15,7 @@ from liverecovery.errors import PlanError
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.states import HAPPY_PATH, State
 from liverecovery.plan.events import GroupSkipped, PlanEvent, VmChanged
-from liverecovery.plan.model import Plan
+from liverecovery.plan.model import Placement, Plan
 from liverecovery.plan.parse import parse_plan
 from liverecovery.plan.runner import PlanRun
 from liverecovery.testing import memory_backends
@@ -354,3 +355,24 @@ async def test_a_plan_that_cannot_keep_its_journal_does_not_start(tmp_path: Any)
         with pytest.raises(BackendError, match="cannot write the plan journal"):
             await lr.run_plan(plan_of(plan_text({"g": ["a"]})))
         assert lr.jobs() == [] and lr.plans() == []
+
+
+async def test_a_plan_built_in_python_is_checked_before_anything_starts(tmp_path: Any) -> None:
+    from liverecovery import BootGroup, PlanVm
+
+    backends, _ = world(["a"])
+    plan = Plan(
+        name="../../escape",  # would be a path outside the plan journals' folder
+        groups=(BootGroup("g", after=("missing",)),),
+        vms=(PlanVm("a", "g", "datastore1"),),
+        hosts=HOSTS,
+        placement=Placement.ROUND_ROBIN,
+    )
+    settings = attrs.evolve(fast_settings(), job_results_dir=tmp_path, journal=True)
+    async with LiveRecovery(settings, backends) as lr:
+        with pytest.raises(PlanError) as info:
+            await lr.run_plan(plan)
+        assert lr.jobs() == [] and lr.plans() == []
+    assert len(info.value.problems) == 2, info.value.problems
+    assert "after names unknown group 'missing'" in info.value.problems[1]
+    assert not (tmp_path / "plans").exists() and not tmp_path.parent.joinpath("escape").exists()

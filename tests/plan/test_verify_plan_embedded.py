@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -14,8 +15,12 @@ import pytest
 from liverecovery import LiveRecovery, Settings
 from liverecovery.catalog.directory import DirectoryCatalog
 from liverecovery.cli.verify import _bootable_sample
+from liverecovery.errors import PlanError
 from liverecovery.plan.parse import parse_plan
+from liverecovery.plan.runner import VmRow
+from liverecovery.plan.table import format_table
 from liverecovery.plan.verify_report import PlanVerificationReport
+from liverecovery.recovery.control import ControlServer, request, socket_path
 from liverecovery.sim.hosts import EmbeddedHosts, embedded_hosts
 from liverecovery.testing.samples import tree_digests
 from liverecovery.verify.checks import Check
@@ -89,6 +94,7 @@ async def _verify(
     policy: str = "continue",
     never: str | None = None,
     cancel_in_app: bool = False,
+    control: list[dict[str, Any]] | None = None,
 ) -> PlanVerificationReport:
     backup = tmp_path / "backup"
     for vm in VMS:
@@ -128,8 +134,25 @@ async def _verify(
                     await anyio.sleep(0.01)
                 cancel.set()
 
+            async def cancel_through_the_control_socket(seen: list[dict[str, Any]]) -> None:
+                # what ``plan status`` and ``plan cancel`` send, from another process
+                path = socket_path(env.settings.job_results_dir)
+                await tg.start(ControlServer(lr, path).serve)
+                with anyio.fail_after(60):
+                    while True:
+                        status = await request(path, {"op": "plan_status"})
+                        seen.append(status)
+                        states = {r["vm"]: r["state"] for p in status["plans"] for r in p["vms"]}
+                        if states.get("app1") == "serving" or states.get("app2") == "serving":
+                            break
+                        await anyio.sleep(0.02)
+                    seen.append(await request(path, {"op": "plan_cancel", "plan": "emb"}))
+                    seen.append(await request(path, {"op": "plan_status"}))
+
             if cancel_in_app:
                 tg.start_soon(cancel_once_app_runs)
+            if control is not None:
+                tg.start_soon(cancel_through_the_control_socket, control)
             report = await lr.verify_plan(
                 plan,
                 [Check("partitions"), Check("heartbeat", timeout_s=3 if never else 30)],
@@ -168,3 +191,81 @@ async def test_a_cancel_in_the_middle_of_group_two(tmp_path: Path) -> None:
     assert outcomes["db1"] == "passed"
     assert outcomes["web1"] == "not_run"
     assert [g.ran for g in report.groups] == [True, True, False]
+
+
+async def test_plan_status_and_cancel_reach_a_plan_verification(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    report = await _verify(tmp_path, never="app", control=seen)
+    # status saw the verification with its table, the copies of group app running
+    *statuses, cancelled, after = seen
+    (plan,) = statuses[-1]["plans"]
+    assert plan["kind"] == "verification" and plan["plan"] == "emb"
+    assert plan["state"] == "verifying"
+    rows = {r["vm"]: r["state"] for r in plan["vms"]}
+    assert rows["db1"] == "checks passed" and rows["web1"] == "waiting", rows
+    assert "serving" in (rows["app1"], rows["app2"]), rows
+    table = format_table([VmRow(**r) for r in plan["vms"]])
+    assert table[0].split()[:4] == ["VM", "GROUP", "HOST", "STATE"] and len(table) == 5
+    assert cancelled == {
+        "plan": "emb",
+        "run_id": plan["run_id"],
+        "kind": "verification",
+        "state": "cancelling",
+    }
+    assert after["plans"][0]["state"] in ("cancelling", "cancelled")
+    # the cancel powered off and undid every copy (``_verify`` asserts nothing is left)
+    assert report.cancelled and not report.passed
+    outcomes = {r.vm: r.outcome for r in report.vms}
+    assert outcomes["db1"] == "passed" and outcomes["web1"] == "not_run"
+    for record in report.vms:
+        if record.report is not None:
+            assert record.report.cleanup_clean, record.report.to_markdown()
+
+
+LONG = "finance-reporting-database-primary-eu-west-1"  # 44 characters
+
+
+async def test_long_vm_names_get_copies_within_vsphere_s_limit(tmp_path: Path) -> None:
+    """A plan's job id holds the VM's name again: ``<vm>-verify-<job id>`` would be 120
+    characters, which vSphere (and the simulated host) refuses; the copy gets a shortened
+    name. A VM whose name leaves no room at all is refused before anything starts."""
+    backup = tmp_path / "backup"
+    too_long = "x" * 70
+    for vm in (LONG, too_long):
+        _bootable_sample(vm, 32 << 20).write(backup)
+    text = (
+        '[plan]\nname = "long"\nhosts = ["esx-a"]\nplacement = "round-robin"\n'
+        '[defaults]\ndatastore = "datastore1"\nesx_address = "127.0.0.1"\n'
+        f'[[group]]\nname = "g"\n[[vm]]\nname = "{LONG}"\ngroup = "g"\n'
+    )
+    settings = Settings(
+        job_results_dir=tmp_path / "results",
+        job_space_floor_bytes=0,
+        cache_min_free_percent=0,
+        compensation_retry_delay_s=0,
+    )
+    checks = [Check("partitions"), Check("heartbeat", timeout_s=30)]
+    async with (
+        DirectoryCatalog(backup) as catalog,
+        embedded_hosts(tmp_path, catalog, hosts=("esx-a",), settings=settings) as env,
+    ):
+        for host in env.hosts.hosts.values():
+            host.guest.heartbeat_delay_s = 0.1
+        async with LiveRecovery(env.settings, env.backends, builder=env.builder) as lr:
+            plan = parse_plan(tomllib.loads(text), source="long.toml", text=text)
+            report = await lr.verify_plan(plan, checks, VerifyOptions(poll_s=0.05))
+            bad = text + f'[[vm]]\nname = "{too_long}"\ngroup = "g"\n'
+            plan = parse_plan(tomllib.loads(bad), source="long.toml", text=bad)
+            with pytest.raises(PlanError) as info:
+                await lr.verify_plan(plan, checks, VerifyOptions(poll_s=0.05))
+            assert len(lr.jobs()) == 1  # the first plan's only
+        assert not any(_left(env, tmp_path).values())
+    assert report.passed, report.to_markdown()
+    (record,) = report.vms
+    assert record.report is not None
+    copy = record.report.verification_vm
+    assert copy.startswith(f"{LONG}-verify-") and len(copy) <= 80
+    assert len(f"{LONG}-verify-{record.job_id}") > 80
+    (problem,) = info.value.problems
+    assert problem.startswith("long.toml:13: ") and repr(too_long) in problem
+    assert "vSphere's 80-character limit" in problem

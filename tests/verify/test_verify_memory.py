@@ -19,9 +19,10 @@ from liverecovery.errors import (
     VmNameTakenError,
 )
 from liverecovery.job.states import State
+from liverecovery.testing.memory import MemoryDisk
 from liverecovery.verify.checks import Check, Outcome, parse_check
 
-from .helpers import World, jobs_dir_empty, options, read_report, settings, spec
+from .helpers import BOOTABLE, DISK, World, jobs_dir_empty, options, read_report, settings, spec
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -413,4 +414,31 @@ async def test_operator_verbs_on_a_verification_copy() -> None:
                 if isinstance(event, StateChanged) and event.state is State.SERVING:
                     break
         assert await job2.cancel() is State.CANCELLED
+    assert not any(world.leftovers().values())
+
+
+@pytest.mark.parametrize("length", [60, 64, 65])
+async def test_long_vm_names_within_vsphere_s_limit(length: int) -> None:
+    """Up to 60 characters the copy is ``<vm>-verify-<12-digit id>``; up to 64 the id is
+    shortened to its hash; beyond, the verification is refused before anything, naming the VM
+    and the limit. The in-memory vSphere refuses names over 80, as vCenter does."""
+    world, s = World(), settings()
+    vm = "w" * length
+    backup = world.catalog.add_vm(vm, disk_sizes=(DISK,))
+    backup.disks[f"{vm}_0.vmdk"] = MemoryDisk(DISK, BOOTABLE)
+    async with LiveRecovery(s, world.backends) as lr:
+        if length > 64:
+            with pytest.raises(VerificationRefusedError, match="80-character limit") as info:
+                await lr.verify(spec(vm, job_id="0123456789ab"), options=options())
+            assert repr(vm) in str(info.value)
+            assert "exporter.export" not in world.faults.calls
+            return
+        report = await lr.verify(spec(vm, job_id="0123456789ab"), options=options())
+    assert report.passed, report.failures
+    assert report.verification_vm.startswith(f"{vm}-verify-")
+    assert len(report.verification_vm) <= 80
+    if length == 60:
+        assert report.verification_vm == f"{vm}-verify-0123456789ab"
+    else:
+        assert report.verification_vm != f"{vm}-verify-0123456789ab"
     assert not any(world.leftovers().values())
