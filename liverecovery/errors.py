@@ -48,6 +48,7 @@ __all__ = [
     "VSphereError",
     "VerificationRefusedError",
     "VmNameTakenError",
+    "VmNameTooLongError",
 ]
 
 
@@ -166,6 +167,10 @@ class ResourcePoolNotFoundError(TargetError):
 
 class VmNameTakenError(TargetError):
     """A VM with the name the recovered VM would be registered under already exists."""
+
+
+class VmNameTooLongError(TargetError):
+    """The name the recovered VM would be registered under is over vSphere's 80 characters."""
 
 
 class NetworkNotFoundError(TargetError):

@@ -9,7 +9,20 @@ import attrs
 
 from liverecovery.errors import SettingsError
 
-__all__ = ["RecoverySpec"]
+__all__ = ["MAX_VM_NAME", "RecoverySpec", "vsphere_name_length"]
+
+MAX_VM_NAME = 80
+"""The longest VM name vSphere accepts (escaped, see ``vsphere_name_length``)."""
+_ESCAPED = {"%": "%25", "/": "%2f", "\\": "%5c"}
+
+
+def vsphere_name_length(name: str) -> int:
+    """How long vSphere counts a VM name: ``%``, ``/`` and ``\\`` escaped to three characters
+    ("fewer if %, \\ or / are used"), then UTF-16 code units (a character outside the Basic
+    Multilingual Plane counts 2): the stricter count, so a name we accept is never refused."""
+    escaped = "".join(_ESCAPED.get(c, c) for c in name)
+    return len(escaped.encode("utf-16-le", "surrogatepass")) // 2
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

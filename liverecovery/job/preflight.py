@@ -43,8 +43,9 @@ from liverecovery.errors import (
     ResourcePoolNotFoundError,
     TapeBackupError,
     VmNameTakenError,
+    VmNameTooLongError,
 )
-from liverecovery.spec import RecoverySpec
+from liverecovery.spec import MAX_VM_NAME, RecoverySpec, vsphere_name_length
 
 __all__ = [
     "REQUIRED_PRIVILEGES",
@@ -409,6 +410,14 @@ def target_refusals(
             ResourcePoolNotFoundError(
                 f"resource pool {spec.resource_pool!r} does not exist",
                 target=str(Target("resource pool", spec.resource_pool)),
+            )
+        )
+    if (length := vsphere_name_length(spec.vm_name)) > MAX_VM_NAME:
+        found.append(
+            VmNameTooLongError(
+                f"the recovered VM's name {spec.vm_name!r} counts {length} characters (%, / and "
+                f"\\ count 3), over vSphere's {MAX_VM_NAME}; choose a shorter name_suffix",
+                target=f"VM {spec.vm_name!r}",
             )
         )
     if facts.vm_name_taken:

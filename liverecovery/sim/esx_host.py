@@ -57,7 +57,7 @@ from liverecovery.nfs.filesystem import SetAttributes, Stability
 from liverecovery.nfs.server import NfsServer
 from liverecovery.sim.guest import GuestBehaviour, tiny_png
 from liverecovery.sim.hard_mount import HardMount
-from liverecovery.verify.names import MAX_VM_NAME, vsphere_name_length
+from liverecovery.spec import MAX_VM_NAME, vsphere_name_length
 
 __all__ = ["GuestWrite", "SimulatedEsxHost", "SimulatedVm"]
 

@@ -47,9 +47,9 @@ from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.errors import BackendError, CacheSpaceError, CatalogError, VSphereError
 from liverecovery.nfs.filesystem import Filesystem, Stability
 from liverecovery.sim.guest import GuestBehaviour, tiny_png
+from liverecovery.spec import MAX_VM_NAME, vsphere_name_length
 from liverecovery.testing.faults import FaultPlan
 from liverecovery.testing.samples import sample_vmx_text
-from liverecovery.verify.names import MAX_VM_NAME, vsphere_name_length
 
 __all__ = [
     "MemoryBackup",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from liverecovery.errors import VerificationRefusedError
+from liverecovery.spec import MAX_VM_NAME, vsphere_name_length
 
 __all__ = [
     "MAX_VM_NAME",
@@ -31,20 +32,10 @@ __all__ = [
     "vsphere_name_length",
 ]
 
-MAX_VM_NAME = 80
-"""The longest VM name vSphere accepts (escaped, see ``vsphere_name_length``)."""
 MARKER = "-verify-"
 MIN_ID_DIGITS = 8
 """The fewest hex digits of the job id's hash a shortened name keeps (32 bits)."""
 _MAX_ID_DIGITS = 16
-_ESCAPED = {"%": "%25", "/": "%2f", "\\": "%5c"}
-
-
-def vsphere_name_length(name: str) -> int:
-    """How long vSphere counts ``name``: ``%``, ``/`` and ``\\`` escaped to three characters,
-    then UTF-16 code units (a character outside the Basic Multilingual Plane counts 2)."""
-    escaped = "".join(_ESCAPED.get(c, c) for c in name)
-    return len(escaped.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def verification_name_problem(vm: str) -> str | None:

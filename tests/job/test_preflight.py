@@ -38,6 +38,7 @@ from liverecovery.errors import (
     TapeBackupError,
     TargetError,
     VmNameTakenError,
+    VmNameTooLongError,
 )
 from liverecovery.job.migration import ManualMigration
 from liverecovery.job.preflight import (
@@ -409,6 +410,17 @@ async def test_a_port_group_the_host_lacks_is_refused_unless_mapped() -> None:
         job = await lr.start(spec(network_map={"VM Network": "DR-Net"}))
         summary = await job.wait()
     assert summary.state is State.COMPLETED
+
+
+async def test_a_recovered_vm_name_over_vsphere_s_80_characters_is_refused() -> None:
+    """Refused before anything is exported, not by RegisterVM after the export and mount."""
+    world = World()
+    world.catalog.add_vm("web01")
+    err = await _refused_keeping(world, spec(name_suffix="-" + "r" * 75), {})  # 81
+    assert isinstance(err, VmNameTooLongError) and "counts 81 characters" in str(err)
+    async with LiveRecovery(fast_settings(), world.backends) as lr:
+        job = await lr.start(spec(name_suffix="%" * 25))  # 5 + 25 x 3 = 80: at the limit
+        assert (await job.wait()).state is State.COMPLETED
 
 
 async def test_nics_that_start_disconnected_need_no_port_group() -> None:
