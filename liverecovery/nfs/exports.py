@@ -288,7 +288,7 @@ class ExportRegistry:
             merged = tuple(dict.fromkeys((*existing.clients, *clients)))
             existing.set_clients(merged, await _resolve_clients(merged))
             return existing.info
-        composite = CompositeFilesystem()
+        composite = CompositeFilesystem(restoring=self.in_grace)
         return await self._add(path, composite, clients, composite)
 
     async def export_filesystem(
