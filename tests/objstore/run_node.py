@@ -107,11 +107,13 @@ async def main(argv: list[str]) -> None:
         port_file = work / "nfs-port"
         port = int(port_file.read_text()) if port_file.exists() else 0
         server = NfsServer(nfs_state, host=VIP, port=port, grace_s=10)
+        exports_mirror = ExportsMirror(state, VIP, nfs_state, interval_s=0.1)
+        server.registry.on_change(exports_mirror.changed)  # in the store before it is used
         await server.start()
         port_file.write_text(str(server.port))
         print(f"listening {server.port}", flush=True)
         tg.start_soon(holder.run)
-        tg.start_soon(ExportsMirror(state, VIP, nfs_state, interval_s=0.1).run)
+        tg.start_soon(exports_mirror.run)
         tg.start_soon(JournalMirror(state, VIP, journals, interval_s=0.05).run)
         vsphere = RemoteSimulatedHost(socket, call_timeout=180)
         await vsphere.set_portmap_port(server.portmap_port)
