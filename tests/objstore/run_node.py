@@ -16,7 +16,8 @@ folder (and keeps a copy in ``WORK/restored-journals`` for the test). Credential
 the environment (AWS_*).
 
 It prints ``lease <epoch>``, ``journals <n>`` (restored), ``listening <port>``, ``state <name>``, ``resumed <n>``,
-``done <state> <error>`` and, if it loses its lease, ``fenced``.
+``done <state> <error>``, ``forgotten`` (the ended jobs' state deleted from the store) and, if it
+loses its lease, ``fenced``.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ async def main(argv: list[str]) -> None:
         print(f"listening {server.port}", flush=True)
         tg.start_soon(holder.run)
         tg.start_soon(exports_mirror.run)
-        tg.start_soon(JournalMirror(state, VIP, journals, interval_s=0.05).run)
+        journal_mirror = JournalMirror(
+            state, VIP, journals, interval_s=0.05, keep_ended=settings.keep_overlay
+        )
+        tg.start_soon(journal_mirror.run)
         vsphere = RemoteSimulatedHost(socket, call_timeout=180)
         await vsphere.set_portmap_port(server.portmap_port)
         cache = await DiskBlockCache.from_settings(settings)
@@ -140,6 +144,8 @@ async def main(argv: list[str]) -> None:
             async with anyio.create_task_group() as jobs_tg:
                 for job in jobs:
                     jobs_tg.start_soon(report, job)
+        await journal_mirror.sync()  # the jobs' end: their state in the store is deleted
+        print("forgotten", flush=True)
         tg.cancel_scope.cancel()
 
 
