@@ -35,6 +35,7 @@ import json
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -147,7 +148,7 @@ class StoreBackedFolder(Filesystem):
             fresh = await run_sync(self._adopt_untracked)
             await self._put_index()
             sent = fresh if source == epoch else restored + fresh
-            await run_limited([lambda f=f: self._send_file(f) for f in sent])  # type: ignore[misc]
+            await run_limited([partial(self._send_file, f) for f in sent])
             await mark_restored(state, job_id, FILES_PART, epoch)
         except BaseException:
             await self.inner.aclose()

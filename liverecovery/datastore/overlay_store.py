@@ -21,6 +21,7 @@ owner. Without any marker, each block's copy of the highest epoch.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -38,12 +39,17 @@ from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
 
 __all__ = [
+    "RESTORE_BATCH",
     "StoreBackedOverlay",
     "overlay_blocks_key",
     "overlay_part",
     "restore_overlay",
     "store_backed_overlays",
 ]
+
+
+RESTORE_BATCH = 256
+"""Blocks fetched (in parallel) before they are written into the overlay: 16 MiB at most."""
 
 
 def overlay_blocks_key(job_id: str, disk: str) -> str:
@@ -164,7 +170,7 @@ class StoreBackedOverlay(DiskOverlay):
     async def adopt(self, blocks: Sequence[int]) -> None:
         """Write ``blocks`` (restored from an older epoch) into this owner's epoch, then mark
         the epoch restored-complete: later owners restore from this epoch alone."""
-        await run_limited([lambda b=b: self._send_block(b) for b in blocks])  # type: ignore[misc]
+        await run_limited([partial(self._send_block, b) for b in blocks])
         await mark_restored(self.state, self.job_id, overlay_part(self.disk), self.epoch)
 
     async def aclose(self) -> None:
@@ -216,9 +222,10 @@ async def _restore_overlay(
         if block not in newest or newest[block][0] < epoch:
             newest[block] = (epoch, key)
     bs, size = overlay.block_size, overlay.size
-    for block, (_, key) in sorted(newest.items()):
-        start = block * bs
-        expected = min(bs, size - start)
+    fetched: dict[int, bytes] = {}
+
+    async def fetch(block: int, key: str) -> None:
+        expected = min(bs, size - block * bs)
         got = await state.get(key)
         if got is None:
             raise OverlayError(f"shared state key {key}: listed but gone while restoring")
@@ -227,7 +234,13 @@ async def _restore_overlay(
                 f"shared state key {key}: {len(got.data)} bytes, block {block} of a disk of "
                 f"{size} bytes in {bs}-byte blocks needs {max(expected, 0)}"
             )
-        await overlay.write(start, got.data[:expected], Stability.UNSTABLE)
+        fetched[block] = got.data[:expected]
+
+    order = sorted(newest.items())
+    for i in range(0, len(order), RESTORE_BATCH):  # GETs in parallel, bounded memory
+        await run_limited([partial(fetch, b, key) for b, (_, key) in order[i : i + RESTORE_BATCH]])
+        for block in sorted(fetched):
+            await overlay.write(block * bs, fetched.pop(block), Stability.UNSTABLE)
     await overlay.commit()
     return source, sorted(newest)
 

@@ -78,16 +78,23 @@ async def mark_restored(state: SharedState, job_id: str, part: str, epoch: int) 
 async def run_limited(
     calls: Iterable[Callable[[], Awaitable[object]]], limit: int = COPY_PARALLELISM
 ) -> None:
-    """Await every call, at most ``limit`` at once; the first failure cancels the rest."""
+    """Await every call, at most ``limit`` at once; the first failure cancels the rest and is
+    raised (itself, not in an exception group)."""
     sem = anyio.Semaphore(limit)
 
     async def one(call: Callable[[], Awaitable[object]]) -> None:
         async with sem:
             await call()
 
-    async with anyio.create_task_group() as tg:
-        for call in calls:
-            tg.start_soon(one, call)
+    try:
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(one, call)
+    except BaseExceptionGroup as group:
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None  # one error, as a sequential loop would raise
 
 
 class EpochWriter:
