@@ -281,13 +281,15 @@ class StoreBackedFolder(Filesystem):
                 path = self._paths.get(fileid)
                 if path is None:
                     return  # removed meanwhile
-                entry = self._entries[path]
+                # the incarnation before the bytes: a shrink meanwhile sends every block again
+                # under its new one, so these bytes (maybe from before it) go to the old one
+                inc = self._entries[path].inc
                 data, _ = await self.inner.read(
                     self._inner_ids[fileid], block * FOLDER_BLOCK, FOLDER_BLOCK
                 )
                 if skip_holes and not any(data):
                     return  # a hole (the swap file): zeros are what a missing block means
-                prefix = _blocks_prefix(self.job_id, fileid, entry.inc)
+                prefix = _blocks_prefix(self.job_id, fileid, inc)
                 await self._writer.put(f"{prefix}/{self.epoch:010d}/{block:012d}", data)
             except BaseException:
                 self._unsent.setdefault(fileid, set()).add(block)
