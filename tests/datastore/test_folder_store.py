@@ -4,10 +4,15 @@ node with an empty folder rebuilds it with the same names, file ids, sizes and b
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
+import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from liverecovery.catalog.shared_state import DirectorySharedState
 from liverecovery.datastore.folder_store import (
@@ -134,3 +139,61 @@ async def test_an_index_that_is_not_one_is_named(tmp_path: Path) -> None:
     await state.create(f"jobs/{JOB}/restored/files/{1:010d}", b"1\n")
     with pytest.raises(OverlayError, match=f"{files_key(JOB)}/index/0000000001"):
         await _open(tmp_path, state, "b", 2)
+
+
+_NAMES = ["vm.vmx", "vm.nvram", "vmware.log", "vmware-1.log", ".lck-1", "vm.vswp"]
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("create"), st.sampled_from(_NAMES), st.integers(0, 3 * FOLDER_BLOCK)),
+        st.tuples(st.just("write"), st.sampled_from(_NAMES), st.integers(0, 3 * FOLDER_BLOCK)),
+        st.tuples(st.just("unstable"), st.sampled_from(_NAMES), st.integers(0, 3 * FOLDER_BLOCK)),
+        st.tuples(st.just("truncate"), st.sampled_from(_NAMES), st.integers(0, 3 * FOLDER_BLOCK)),
+        st.tuples(st.just("remove"), st.sampled_from(_NAMES), st.just(0)),
+        st.tuples(st.just("rename"), st.sampled_from(_NAMES), st.integers(0, len(_NAMES) - 1)),
+    ),
+    max_size=20,
+)
+
+
+async def _apply(tmp: Path, ops: list[tuple[str, str, int]]) -> None:
+    state = DirectorySharedState(tmp / "state")
+    a = await _open(tmp, state, "a", 1)
+    try:
+        for n, (op, name, arg) in enumerate(ops):
+            with contextlib.suppress(NfsError):  # NOENT, EXIST: as ESXi would be told
+                if op == "create":
+                    await a.create(a.root_id, name, SetAttributes(size=arg or None))
+                elif op in ("write", "unstable"):
+                    fid = await a.lookup(a.root_id, name)
+                    data = bytes([n % 251 + 1]) * 5000
+                    stable = Stability.FILE_SYNC if op == "write" else Stability.UNSTABLE
+                    await a.write(fid, arg, data, stable)
+                    await a.commit(fid)  # acknowledged: UNSTABLE counts after COMMIT
+                elif op == "truncate":
+                    await a.setattr(await a.lookup(a.root_id, name), SetAttributes(size=arg))
+                elif op == "remove":
+                    await a.remove(a.root_id, name)
+                else:
+                    await a.rename(a.root_id, name, a.root_id, _NAMES[arg])
+        names = await _listing(a)
+        contents = {n: (await a.read(f, 0, 1 << 20))[0] for n, f in names.items()}
+    finally:
+        await a.aclose()
+    b = await _open(tmp, state, "b", 2)
+    try:
+        assert await _listing(b) == names
+        for name, fid in names.items():
+            assert (await b.read(fid, 0, 1 << 20))[0] == contents[name], name
+    finally:
+        await b.aclose()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=_ops)
+def test_any_sequence_of_changes_is_rebuilt_by_the_next_node(
+    ops: list[tuple[str, str, int]],
+) -> None:
+    """Creates, stable and committed writes, truncations, removes and renames on one node: a
+    node with an empty folder serves the same names, ids and bytes from the store alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(_apply, Path(tmp), ops)
