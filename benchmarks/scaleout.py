@@ -6,6 +6,11 @@
    4 KiB and 64 KiB writes, each to a new block and each rewriting a block (``replace``).
 2. The shared state's operations: a lease renewal (conditional PUT, ``If-Match``), a watcher's
    GET, the handle key's create-once PUT (``If-None-Match: *``).
+3. A takeover's overlay open: ``--blocks`` 64 KiB blocks written under epoch 1, then opened
+   under epoch 2 (``store_backed_overlays``: restored, copied into epoch 2, marked complete),
+   side by side with the restore alone (``restore_overlay`` into a fresh overlay).
+4. A stable 128-byte WRITE to a VM folder file (a lock file's heartbeat): ``LocalFilesystem``
+   vs ``StoreBackedFolder`` (its block PUT before the reply).
 
 The store is started here unless ``--env FILE`` names a running one (``scripts/ceph-rgw.sh``).
 Run: ``.venv/bin/python benchmarks/scaleout.py``. The last line is one JSON object.
@@ -27,9 +32,15 @@ import anyio
 
 from liverecovery.catalog.objects import S3Location, StoreOptions
 from liverecovery.catalog.shared_state import ObjectSharedState
+from liverecovery.datastore.folder_store import StoreBackedFolder
 from liverecovery.datastore.overlay import WriteOverlay
-from liverecovery.datastore.overlay_store import StoreBackedOverlay
-from liverecovery.nfs.filesystem import Stability
+from liverecovery.datastore.overlay_store import (
+    StoreBackedOverlay,
+    restore_overlay,
+    store_backed_overlays,
+)
+from liverecovery.nfs.filesystem import SetAttributes, Stability
+from liverecovery.nfs.localfs import LocalFilesystem
 from liverecovery.testing.objstore import RadosGateway
 
 BLOCK = 64 * 1024
@@ -108,10 +119,66 @@ async def state_ops(rgw: RadosGateway, n: int) -> dict[str, Any]:
     return {"create_if_none_match": _ms(creates), "renew_if_match": _ms(renewals), "get": _ms(gets)}
 
 
+async def takeover_open(rgw: RadosGateway, work: Path, blocks: int) -> dict[str, Any]:
+    _environ(rgw)
+    state = ObjectSharedState(
+        S3Location(rgw.bucket, f"bench-takeover-{uuid.uuid4().hex[:8]}"), StoreOptions()
+    )
+    size = blocks * BLOCK
+    first = await store_backed_overlays(state, 1)(
+        work / "n1" / "jobs" / "j" / "overlays" / "d", size
+    )
+    try:
+        for i in range(blocks):
+            await first.write(i * BLOCK, os.urandom(BLOCK), Stability.UNSTABLE, {})
+        await first.commit()
+    finally:
+        await first.aclose()
+    fresh = await WriteOverlay.open(work / "restore-only", size=size)
+    t0 = time.perf_counter()
+    try:
+        assert await restore_overlay(state, "j", "d", fresh) == blocks
+    finally:
+        await fresh.aclose()
+    restore_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = await store_backed_overlays(state, 2)(
+        work / "n2" / "jobs" / "j" / "overlays" / "d", size
+    )
+    open_s = time.perf_counter() - t0
+    await second.aclose()
+    return {"blocks": blocks, "restore_only_s": round(restore_s, 3), "open_s": round(open_s, 3)}
+
+
+async def folder_writes(rgw: RadosGateway, work: Path, n: int) -> dict[str, Any]:
+    _environ(rgw)
+    state = ObjectSharedState(
+        S3Location(rgw.bucket, f"bench-folder-{uuid.uuid4().hex[:8]}"), StoreOptions()
+    )
+    (work / "local-folder").mkdir()
+    (work / "store-folder").mkdir()
+    times: dict[str, list[float]] = {"local": [], "store_backed": []}
+    local = LocalFilesystem(work / "local-folder")
+    through = await StoreBackedFolder.open(work / "store-folder", state, job_id="j", epoch=1)
+    try:
+        for name, fs in (("local", local), ("store_backed", through)):
+            fid = await fs.create(fs.root_id, ".lck-1", SetAttributes())
+            for i in range(n):
+                body = f"t={i}".encode().ljust(128)
+                t0 = time.perf_counter()
+                await fs.write(fid, 0, body, Stability.FILE_SYNC)
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        await local.aclose()
+        await through.aclose()
+    return {name: _ms(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=200)
     parser.add_argument("--env", type=Path, help="the env file of a running ceph-rgw.sh store")
+    parser.add_argument("--blocks", type=int, default=1000, help="overlay blocks of a takeover")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scaleout-bench-") as tmp:
         work = Path(tmp)
@@ -124,11 +191,15 @@ def main() -> None:
         else:
             rgw = RadosGateway.start(work / "rgw")
             own = True
+        load_before = os.getloadavg()
         try:
             result = {
                 "stable_write_4k": anyio.run(stable_writes, rgw, work, 4096, args.n),
                 "stable_write_64k": anyio.run(stable_writes, rgw, work, BLOCK, args.n),
                 "shared_state": anyio.run(state_ops, rgw, args.n),
+                "takeover_open": anyio.run(takeover_open, rgw, work, args.blocks),
+                "folder_lock_write": anyio.run(folder_writes, rgw, work, args.n),
+                "load_before": load_before,
                 "load": os.getloadavg(),
             }
         finally:

@@ -12,10 +12,12 @@ carries a renewal counter) or a stale writer could win.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,16 @@ class DirectorySharedState:
     async def keys(self, prefix: str) -> list[str]:
         return await anyio.to_thread.run_sync(self._keys, prefix)
 
+    def _delete(self, keys: Sequence[str]) -> None:
+        with open(self.root / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for key in keys:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(key).unlink()
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        await anyio.to_thread.run_sync(self._delete, list(keys))
+
     async def aclose(self) -> None:
         return None
 
@@ -160,6 +172,18 @@ class ObjectSharedState:
             raise _state_error(exc, self.location.url(full)) from None
         start = len(self.location.prefix) + 1
         return sorted(str(meta["path"])[start:] for meta in found)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """One DeleteObjects request per 1000 keys (obstore batches them)."""
+        if not keys:
+            return
+        full = [self._key(k) for k in keys]
+        try:
+            await obstore.delete_async(self._store, full)
+        except (FileNotFoundError, obs_errors.NotFoundError):
+            return
+        except Exception as exc:
+            raise _state_error(exc, self.location.url(full[0])) from None
 
     async def aclose(self) -> None:
         return None

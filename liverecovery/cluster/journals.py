@@ -8,6 +8,14 @@ disk (every ``interval_s``, and once more on ``sync``); ``restore_journals`` wri
 into a node's journal folder, in order, up to the first missing record, before that node calls
 ``LiveRecovery.resume()``.
 
+A job that ended for good (its journal's last record is ``end`` in state ``completed``: the
+migration confirmed; or ``cancelled``: the operator stopped it, the VM powered off) needs nothing
+in the store any more: the mirror deletes ``jobs/<job id>/`` (overlay blocks, folder files,
+markers) and then the job's journal records, the first record first, so a node restoring
+meanwhile finds no journal to resume (``restore_journals`` stops at the first gap). A job that
+*failed* keeps its store copy (as ``keep_overlay`` keeps the local overlay of a VM lost while it
+ran), and so does every job with ``keep_ended``.
+
 The mirror trails the local journal by up to ``interval_s``: a record written just before a
 node died may be missing in the store. That is the case ``job/resume.py`` already handles for
 a crash between a side effect and its record: what vSphere shows (a mount, a registration, a
@@ -17,6 +25,8 @@ power-on) is reconciled with the journal.
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -25,13 +35,44 @@ from liverecovery.backends import SharedState
 from liverecovery.errors import LiveRecoveryError
 from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 
-__all__ = ["JournalMirror", "journal_records_key", "restore_journals"]
+__all__ = [
+    "ENDED_FOR_GOOD",
+    "JournalMirror",
+    "ended_for_good",
+    "forget_job",
+    "journal_records_key",
+    "restore_journals",
+]
 
 _SUFFIX = ".journal"
+ENDED_FOR_GOOD = frozenset({"completed", "cancelled"})
+"""The end states after which a job's state in the store is deleted."""
 
 
 def journal_records_key(vip: str, job_id: str) -> str:
     return f"journals/{vip}/{job_id}"
+
+
+def ended_for_good(lines: Sequence[bytes]) -> bool:
+    """Whether a journal's last record is ``end`` in a state of ``ENDED_FOR_GOOD`` (pure; a
+    record that does not parse is not an end)."""
+    if not lines:
+        return False
+    _, _, body = lines[-1].partition(b" ")
+    try:
+        record = json.loads(body)
+        return bool(record["kind"] == "end" and record["data"]["state"] in ENDED_FOR_GOOD)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+async def forget_job(state: SharedState, vip: str, job_id: str) -> None:
+    """Delete everything of ``job_id`` in the store: ``jobs/<job id>/``, then its journal
+    records under ``vip``, record 0 first (a restorer then finds no journal)."""
+    await state.delete(await state.keys(f"jobs/{job_id}"))
+    records = await state.keys(journal_records_key(vip, job_id))
+    await state.delete(records[:1])
+    await state.delete(records[1:])
 
 
 def _complete_lines(raw: bytes) -> list[bytes]:
@@ -44,13 +85,22 @@ class JournalMirror:
     """Copies the journals in ``journal_dir`` to the shared state under the address ``vip``."""
 
     def __init__(
-        self, state: SharedState, vip: str, journal_dir: Path, *, interval_s: float = 0.1
+        self,
+        state: SharedState,
+        vip: str,
+        journal_dir: Path,
+        *,
+        interval_s: float = 0.1,
+        keep_ended: bool = False,
     ) -> None:
         self.state = state
         self.vip = vip
         self.journal_dir = journal_dir
         self.interval_s = interval_s
+        self.keep_ended = keep_ended
+        """Keep the store copy of jobs that ended (``Settings.keep_overlay``)."""
         self._sent: dict[str, int] = {}
+        self._forgotten: set[str] = set()
 
     async def sync(self) -> int:
         """Copy every complete record not in the store yet; how many were copied."""
@@ -61,7 +111,13 @@ class JournalMirror:
             return 0
         for path in paths:
             job_id = path.name[: -len(_SUFFIX)]
+            if job_id in self._forgotten:
+                continue
             lines = _complete_lines(await anyio.Path(path).read_bytes())
+            if not self.keep_ended and ended_for_good(lines):
+                await forget_job(self.state, self.vip, job_id)
+                self._forgotten.add(job_id)
+                continue
             base = journal_records_key(self.vip, job_id)
             for n in range(self._sent.get(job_id, 0), len(lines)):
                 # None: the record exists (copied before a restart of this mirror): keep it

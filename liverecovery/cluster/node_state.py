@@ -76,9 +76,11 @@ async def install_node_state(state: SharedState, vip: str, state_dir: Path) -> N
 
 
 class ExportsMirror:
-    """Copies ``state_dir/exports.json`` to ``exports/<vip>.json`` whenever it changes (checked
-    every ``interval_s``; the registry changes when a job exports or unexports, seconds before
-    its VM uses the export). Plain writes: only the lease holder runs a mirror."""
+    """Copies the export registry of ``state_dir`` to ``exports/<vip>.json`` on every change:
+    ``ExportRegistry.on_change(mirror.changed)`` makes each export wait for its copy, so an
+    export a node made is in the store before any handle of it is given out. ``run`` copies
+    once at start and again after a copy that failed (every ``interval_s`` until one succeeds);
+    it does not poll the file. Plain writes: only the lease holder runs a mirror."""
 
     def __init__(
         self, state: SharedState, vip: str, state_dir: Path, *, interval_s: float = 0.2
@@ -89,13 +91,34 @@ class ExportsMirror:
         self.interval_s = interval_s
         self._sent: bytes | None = None
         self._etag: str | None = None
+        self._lock = anyio.Lock()
+        self._failed = True  # nothing copied yet: ``run`` copies what is on disk
+
+    async def changed(self, data: bytes) -> None:
+        """The registry is now ``data``: copy it before returning.
+
+        :raises BackendError: the store did not take it (``run`` tries again).
+        """
+        async with self._lock:
+            try:
+                await self._write(data)
+            except BaseException:
+                self._failed = True
+                raise
 
     async def sync(self) -> bool:
-        """Copy the registry if it changed since the last copy; whether it wrote."""
-        try:
-            data = await anyio.Path(self.path).read_bytes()
-        except FileNotFoundError:
-            return False
+        """Copy the registry file if it changed since the last copy; whether it wrote."""
+        async with self._lock:
+            try:
+                data = await anyio.Path(self.path).read_bytes()
+            except FileNotFoundError:
+                self._failed = False
+                return False
+            wrote = await self._write(data)
+            self._failed = False
+            return wrote
+
+    async def _write(self, data: bytes) -> bool:
         if data == self._sent:
             return False
         key = exports_key(self.vip)
@@ -111,14 +134,20 @@ class ExportsMirror:
             )
         else:
             etag = await self.state.replace(key, data, self._etag)
+            if etag is None:  # someone else wrote it: read it and write once more
+                self._etag = None
+                return await self._write(data)
         if etag is None:
-            self._etag = None  # someone else wrote it: read again next time
-            return False
+            raise BackendError(
+                f"shared state {key}: changed by another writer while copying the registry",
+                operation="shared_state",
+            )
         self._sent, self._etag = data, etag
         return True
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(LiveRecoveryError):  # the store is away: next round
-                await self.sync()
+            if self._failed:
+                with contextlib.suppress(LiveRecoveryError):  # the store is away: next round
+                    await self.sync()
             await anyio.sleep(self.interval_s)

@@ -24,12 +24,17 @@ from liverecovery.datastore.virtual import VirtualDatastore
 from liverecovery.datastore.vmx_rewrite import VmxOptions, flat_descriptor, rewrite_vmx
 from liverecovery.io.private_dirs import make_private_dirs, write_private_file
 from liverecovery.io.threads import run_sync
+from liverecovery.nfs.filesystem import Filesystem
 from liverecovery.nfs.localfs import LocalFilesystem
 
-__all__ = ["FreBuilder", "OverlayFactory", "flat_names"]
+__all__ = ["FolderFactory", "FreBuilder", "OverlayFactory", "flat_names"]
 
 OverlayFactory = Callable[[Path, int], Awaitable[DiskOverlay]]
 """Opens (or reopens after a restart) the overlay of one disk: (directory, disk size) -> overlay."""
+
+FolderFactory = Callable[[Path, str], Awaitable[Filesystem]]
+"""Opens the VM folder of one job as served (the ESX host's own files): (folder, job id) -> fs.
+None: a ``LocalFilesystem`` of the folder (file ids are its inode numbers)."""
 
 
 async def durable_overlay(directory: Path, size: int) -> DiskOverlay:
@@ -53,6 +58,9 @@ class FreBuilder:
     options: VmxOptions = attrs.field(factory=VmxOptions)
     read_only: bool = False
     """A browse presentation: no overlays, every change refused (NFS3ERR_ROFS)."""
+    folder_factory: FolderFactory | None = None
+    """Several serving nodes: the folder written through to the shared state
+    (``datastore.folder_store.store_backed_folders``); not used for a read-only presentation."""
 
     def job_dir(self, ctx: StagingContext) -> Path:
         return Path(ctx.settings.job_results_dir) / "jobs" / ctx.job_id
@@ -99,7 +107,11 @@ class FreBuilder:
                     else self._opener(overlays / disk.key.replace(":", "_"), reader.size),
                     gate=gate,
                 )
-            inner = LocalFilesystem(folder, read_only=self.read_only)
+            inner: Filesystem
+            if self.folder_factory is None or self.read_only:
+                inner = LocalFilesystem(folder, read_only=self.read_only)
+            else:
+                inner = await self.folder_factory(folder, ctx.job_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for fd in disks.values():

@@ -11,15 +11,17 @@ did not change is not sent again: a tag may be a digest of the bytes). A PUT the
 take raises (``BackupUnavailableError``: the client is told to retry, JUKEBOX), so the write is
 not acknowledged.
 
-``restore_overlay`` lists the blocks of one disk, takes for each block the copy of the highest
-epoch (a fenced node's late PUT lands in its own, older epoch, so it never hides a newer owner's
-block) and writes them into a local overlay, stable, before that overlay serves.
+``restore_overlay`` writes the blocks of one disk into a local overlay, stable, before that
+overlay serves: those of the newest epoch with a restored-complete marker, and no other
+(``datastore/store_epochs.py``); the overlay factory then copies them into its own epoch and
+marks it complete, so a fenced node's late PUT into an older epoch is never seen by a later
+owner. Without any marker, each block's copy of the highest epoch.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -27,20 +29,37 @@ import anyio
 from liverecovery.backends import SharedState
 from liverecovery.datastore.flatdisk import DiskOverlay
 from liverecovery.datastore.overlay import WriteOverlay
+from liverecovery.datastore.store_epochs import (
+    EpochWriter,
+    complete_epoch,
+    mark_restored,
+    run_limited,
+)
 from liverecovery.errors import OverlayError
 from liverecovery.nfs.filesystem import Stability
 
 __all__ = [
+    "RESTORE_BATCH",
     "StoreBackedOverlay",
     "overlay_blocks_key",
+    "overlay_part",
     "restore_overlay",
     "store_backed_overlays",
 ]
 
 
+RESTORE_BATCH = 256
+"""Blocks fetched (in parallel) before they are written into the overlay: 16 MiB at most."""
+
+
 def overlay_blocks_key(job_id: str, disk: str) -> str:
     """The shared-state prefix of one disk's overlay blocks."""
     return f"jobs/{job_id}/overlay/{disk}"
+
+
+def overlay_part(disk: str) -> str:
+    """The part name of one disk's overlay in the restored-complete markers."""
+    return f"overlay-{disk}"
 
 
 def _block_key(prefix: str, epoch: int, block: int) -> str:
@@ -60,17 +79,20 @@ class StoreBackedOverlay(DiskOverlay):
         disk: str,
         epoch: int,
     ) -> None:
-        if epoch < 0:
-            raise ValueError(f"lease epoch must be >= 0, got {epoch}")
         self.local = overlay
         self.state = state
         self.epoch = epoch
+        self.job_id = job_id
+        self.disk = disk
         self.prefix = overlay_blocks_key(job_id, disk)
-        self._tags: dict[int, str] = {}  # block -> tag this node last wrote (this epoch)
-        self._digests: dict[int, bytes] = {}  # block -> SHA-256 of the bytes last written
+        self._writer = EpochWriter(state, epoch)
         self._locks: dict[int, anyio.Lock] = {}
         self._unsent: set[int] = set()  # blocks UNSTABLE writes touched, not yet in the store
-        self.puts = 0
+
+    @property
+    def puts(self) -> int:
+        """PUTs of blocks this overlay sent."""
+        return self._writer.puts
 
     # -- DiskOverlay, delegated ----------------------------------------------------------------
 
@@ -140,32 +162,16 @@ class StoreBackedOverlay(DiskOverlay):
             try:
                 bs = self.local.block_size
                 data = await self.local.read(block * bs, bs)
-                digest = hashlib.sha256(data).digest()
-                if self._digests.get(block) == digest:
-                    return
-                key = _block_key(self.prefix, self.epoch, block)
-                tag = self._tags.get(block)
-                if tag is None:
-                    new = await self.state.create(key, data)
-                    if new is None:  # there from before a restart of this node: take its tag
-                        current = await self.state.get(key)
-                        if current is not None and current.data == data:
-                            new = current.etag
-                        elif current is not None:
-                            new = await self.state.replace(key, data, current.etag)
-                else:
-                    new = await self.state.replace(key, data, tag)
-                if new is None:
-                    raise OverlayError(
-                        f"shared state key {key}: the block changed in the store under this "
-                        f"node's lease epoch {self.epoch}; another writer holds it"
-                    )
-                self._tags[block] = new
-                self._digests[block] = digest
-                self.puts += 1
+                await self._writer.put(_block_key(self.prefix, self.epoch, block), data)
             except BaseException:
                 self._unsent.add(block)
                 raise
+
+    async def adopt(self, blocks: Sequence[int]) -> None:
+        """Write ``blocks`` (restored from an older epoch) into this owner's epoch, then mark
+        the epoch restored-complete: later owners restore from this epoch alone."""
+        await run_limited([partial(self._send_block, b) for b in blocks])
+        await mark_restored(self.state, self.job_id, overlay_part(self.disk), self.epoch)
 
     async def aclose(self) -> None:
         """Commit (locally and to the store), then close the local overlay."""
@@ -183,15 +189,30 @@ async def restore_overlay(
     *,
     up_to_epoch: int | None = None,
 ) -> int:
-    """Write every block the store holds for ``disk`` (the highest epoch's copy of each, of
-    epochs up to ``up_to_epoch`` if given) into ``overlay``, stable; how many blocks.
+    """Write the blocks the store holds for ``disk`` into ``overlay``, stable (those of the
+    newest restored-complete epoch up to ``up_to_epoch``; without a marker, each block's copy
+    of the highest epoch); how many blocks.
 
     :raises OverlayError: a key that is not ``<epoch>/<block>`` or a block of the wrong size
         (the store was written for another geometry): named, nothing guessed.
     """
+    _, blocks = await _restore_overlay(state, job_id, disk, overlay, up_to_epoch)
+    return len(blocks)
+
+
+async def _restore_overlay(
+    state: SharedState,
+    job_id: str,
+    disk: str,
+    overlay: WriteOverlay,
+    up_to_epoch: int | None,
+) -> tuple[int | None, list[int]]:
+    """``restore_overlay``: (the epoch restored from, None for none or several; the blocks)."""
     prefix = overlay_blocks_key(job_id, disk)
+    source = await complete_epoch(state, job_id, overlay_part(disk), up_to_epoch)
+    listed = prefix if source is None else f"{prefix}/{source:010d}"
     newest: dict[int, tuple[int, str]] = {}
-    for key in await state.keys(prefix):
+    for key in await state.keys(listed):
         rest = key[len(prefix) + 1 :].split("/")
         if len(rest) != 2 or not all(part.isdigit() for part in rest):
             raise OverlayError(f"shared state key {key}: not an overlay block <epoch>/<block>")
@@ -201,9 +222,10 @@ async def restore_overlay(
         if block not in newest or newest[block][0] < epoch:
             newest[block] = (epoch, key)
     bs, size = overlay.block_size, overlay.size
-    for block, (_, key) in sorted(newest.items()):
-        start = block * bs
-        expected = min(bs, size - start)
+    fetched: dict[int, bytes] = {}
+
+    async def fetch(block: int, key: str) -> None:
+        expected = min(bs, size - block * bs)
         got = await state.get(key)
         if got is None:
             raise OverlayError(f"shared state key {key}: listed but gone while restoring")
@@ -212,26 +234,35 @@ async def restore_overlay(
                 f"shared state key {key}: {len(got.data)} bytes, block {block} of a disk of "
                 f"{size} bytes in {bs}-byte blocks needs {max(expected, 0)}"
             )
-        await overlay.write(start, got.data[:expected], Stability.UNSTABLE)
+        fetched[block] = got.data[:expected]
+
+    order = sorted(newest.items())
+    for i in range(0, len(order), RESTORE_BATCH):  # GETs in parallel, bounded memory
+        await run_limited([partial(fetch, b, key) for b, (_, key) in order[i : i + RESTORE_BATCH]])
+        for block in sorted(fetched):
+            await overlay.write(block * bs, fetched.pop(block), Stability.UNSTABLE)
     await overlay.commit()
-    return len(newest)
+    return source, sorted(newest)
 
 
 def store_backed_overlays(
     state: SharedState, epoch: int
 ) -> Callable[[Path, int], Awaitable[DiskOverlay]]:
     """An overlay factory for ``FreBuilder``: each disk's overlay
-    (``<job_results_dir>/jobs/<job id>/overlays/<disk>``) is first rebuilt from the store, then
-    written through to it under ``epoch`` (the lease epoch this node serves under)."""
+    (``<job_results_dir>/jobs/<job id>/overlays/<disk>``) is first rebuilt from the store, its
+    blocks copied into ``epoch`` (the lease epoch this node serves under) and the epoch marked
+    restored-complete, then written through to it."""
 
     async def open_overlay(directory: Path, size: int) -> DiskOverlay:
         job_id, disk = directory.parent.parent.name, directory.name
         local = await WriteOverlay.open(directory, size=size)
         try:
-            await restore_overlay(state, job_id, disk, local)
+            source, blocks = await _restore_overlay(state, job_id, disk, local, epoch)
+            overlay = StoreBackedOverlay(local, state, job_id=job_id, disk=disk, epoch=epoch)
+            await overlay.adopt([] if source == epoch else blocks)
         except BaseException:
             await local.aclose()
             raise
-        return StoreBackedOverlay(local, state, job_id=job_id, disk=disk, epoch=epoch)
+        return overlay
 
     return open_overlay

@@ -65,7 +65,12 @@ def _preferred_slot(folder: str) -> int:
 class CompositeFilesystem(Filesystem):
     """Root directory of an export; folders in it are other filesystems. The root is read-only."""
 
-    def __init__(self, space: Filesystem | None = None) -> None:
+    def __init__(
+        self, space: Filesystem | None = None, *, restoring: Callable[[], bool] | None = None
+    ) -> None:
+        # True while the server's grace period runs: a folder not published yet may still be
+        # (a job resuming after a restart or a takeover): its handles get JUKEBOX, not STALE
+        self._restoring = restoring
         self._by_slot: dict[int, _Mounted] = {}
         self._by_name: dict[str, _Mounted] = {}
         self._space = space
@@ -120,6 +125,8 @@ class CompositeFilesystem(Filesystem):
     def _split(self, fileid: int) -> tuple[_Mounted, int]:
         m = self._by_slot.get(fileid >> _SLOT_SHIFT)
         if m is None:
+            if self._restoring is not None and self._restoring():
+                raise NfsError(NfsStatus.JUKEBOX, f"file id {fileid:#x}: folder not restored yet")
             raise NfsError(NfsStatus.STALE, f"file id {fileid:#x}: folder not published")
         sub = fileid & _SUB_MASK
         if sub & _OVERFLOW:

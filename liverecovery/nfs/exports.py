@@ -24,7 +24,7 @@ from typing import Final, Protocol, TypeAlias, runtime_checkable
 import anyio
 import attrs
 
-from liverecovery.errors import BackendError, NfsError, NfsStatus
+from liverecovery.errors import BackendError, LiveRecoveryError, NfsError, NfsStatus
 from liverecovery.io.ranges import FileRange
 from liverecovery.nfs.composite import CompositeFilesystem
 from liverecovery.nfs.filesystem import FileAttributes, Filesystem
@@ -229,6 +229,7 @@ class ExportRegistry:
         self._exports: dict[str, Export] = {}
         self._by_id: dict[int, Export] = {}
         self._unexport_listeners: list[Callable[[str], None]] = []
+        self._change_listeners: list[Callable[[bytes], Awaitable[None]]] = []
 
     # -- persisted export ids ---------------------------------------------------------------
 
@@ -247,24 +248,33 @@ class ExportRegistry:
             for k, v in data.items()
         }
 
-    def _save_identities(self) -> None:
+    def _save_identities(self) -> bytes:
+        """Write ``exports.json`` (fsynced, replaced by rename); its bytes."""
         path = self._state_dir / _EXPORTS_FILE
         tmp = path.with_suffix(".tmp")
+        data = json.dumps(self._identities, sort_keys=True).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._identities, f, sort_keys=True)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return data
 
-    def _identity(self, path: str) -> tuple[int, int]:
+    async def _changed(self, data: bytes) -> None:
+        for listener in self._change_listeners:
+            await listener(data)
+
+    def _identity(self, path: str) -> tuple[int, int, bytes | None]:
+        """The export id and generation of ``path``; the registry's new bytes if it changed."""
         entry = self._identities.get(path)
+        saved = None
         if entry is None:
             next_id = max((e["id"] for e in self._identities.values()), default=0) + 1
             entry = {"id": next_id, "generation": 1}
             self._identities[path] = entry
-            self._save_identities()
-        return entry["id"], entry["generation"]
+            saved = self._save_identities()
+        return entry["id"], entry["generation"], saved
 
     def _generation_of(self, export_id: int) -> int | None:
         """The current generation of a known export id (exported or not), None if unknown."""
@@ -288,7 +298,7 @@ class ExportRegistry:
             merged = tuple(dict.fromkeys((*existing.clients, *clients)))
             existing.set_clients(merged, await _resolve_clients(merged))
             return existing.info
-        composite = CompositeFilesystem()
+        composite = CompositeFilesystem(restoring=self.in_grace)
         return await self._add(path, composite, clients, composite)
 
     async def export_filesystem(
@@ -308,7 +318,9 @@ class ExportRegistry:
         composite: CompositeFilesystem | None,
     ) -> ExportInfo:
         networks = await _resolve_clients(clients)
-        export_id, generation = self._identity(path)
+        export_id, generation, saved = self._identity(path)
+        # every export, new or not: a listener that failed before is given the ids again
+        await self._changed(saved or json.dumps(self._identities, sort_keys=True).encode())
         exp = Export(path, export_id, generation, fs, tuple(clients), networks, composite)
         self._exports[path] = exp
         self._by_id[export_id] = exp
@@ -334,9 +346,13 @@ class ExportRegistry:
             raise BackendError(f"{path} is not exported", operation="nfs.unexport")
         del self._by_id[exp.export_id]
         self._identities[path]["generation"] = exp.generation + 1
-        self._save_identities()
+        saved = self._save_identities()
         for listener in self._unexport_listeners:
             listener(path)
+        try:
+            await self._changed(saved)
+        except LiveRecoveryError as exc:  # unexported all the same; the listener retries
+            log.warning("unexport %s: registry listener failed: %s", path, exc)
 
     def _composite(self, path: str, operation: str) -> CompositeFilesystem:
         exp = self._exports.get(_normalize_path(path))
@@ -375,6 +391,13 @@ class ExportRegistry:
     def entries(self) -> Iterable[Export]:
         """Every live export, in the order they were exported."""
         return self._exports.values()
+
+    def on_change(self, listener: Callable[[bytes], Awaitable[None]]) -> None:
+        """Await ``listener(registry bytes)`` (``exports.json``'s) before each ``export`` and
+        each ``unexport`` returns: several serving nodes mirror the registry with it
+        (``cluster.node_state.ExportsMirror``). An export fails with its listener's error; an
+        unexport only logs it (the export is gone either way)."""
+        self._change_listeners.append(listener)
 
     def on_unexport(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(path)`` after each ``unexport`` (MOUNT forgets the path's mounts)."""

@@ -63,3 +63,62 @@ async def test_keys_lists_under_a_prefix(tmp_path: Path) -> None:
         await state.create(key, b"x")
     assert await state.keys("journals") == ["journals/v/j/0", "journals/v/j/1"]
     assert await state.keys("nothing") == []
+
+
+async def _job_with_state(
+    state: DirectorySharedState, local: Path, *records: tuple[str, str]
+) -> None:
+    local.mkdir(parents=True, exist_ok=True)
+    journal = await Journal.open(local / "job3.journal")
+    await journal.append("state", state="serving")
+    await journal.append("effect", effect="powered_on", moref="vm-1")
+    for kind, value in records:
+        await journal.append(kind, state=value)
+    await journal.aclose()
+    for key in ("jobs/job3/overlay/scsi0_0/0000000001/000000000000", "jobs/job3/files/index/1"):
+        await state.create(key, b"x")
+
+
+@pytest.mark.parametrize(
+    ("records", "forgotten"),
+    [
+        ((), False),  # serving: the VM runs from the backup
+        ((("state", "migrating"),), False),  # the migration is not confirmed
+        ((("state", "completed"),), False),  # no end record yet (cleanup not finished)
+        ((("state", "completed"), ("end", "completed")), True),  # migrated and cleaned up
+        ((("state", "cancelled"), ("end", "cancelled")), True),  # stopped by the operator
+        ((("state", "failed"), ("end", "failed")), False),  # kept for the operator
+    ],
+)
+async def test_a_job_that_ended_for_good_leaves_nothing_in_the_store(
+    tmp_path: Path, records: tuple[tuple[str, str], ...], forgotten: bool
+) -> None:
+    state = DirectorySharedState(tmp_path / "state")
+    local = tmp_path / "a" / "journal"
+    await _job_with_state(state, local, *records)
+    await JournalMirror(state, "127.0.0.2", local).sync()
+    left = await state.keys("jobs/job3")
+    journal_left = await state.keys(journal_records_key("127.0.0.2", "job3"))
+    if forgotten:
+        assert left == [] and journal_left == []
+        assert await restore_journals(state, "127.0.0.2", tmp_path / "b") == []
+    else:
+        assert len(left) == 2 and len(journal_left) == 2 + len(records)
+
+
+async def test_keep_ended_keeps_the_store_copy(tmp_path: Path) -> None:
+    state = DirectorySharedState(tmp_path / "state")
+    local = tmp_path / "a" / "journal"
+    await _job_with_state(state, local, ("state", "completed"), ("end", "completed"))
+    await JournalMirror(state, "127.0.0.2", local, keep_ended=True).sync()
+    assert len(await state.keys("jobs/job3")) == 2
+
+
+async def test_a_half_forgotten_journal_is_not_resumed(tmp_path: Path) -> None:
+    """Killed between deleting record 0 and the rest: a restorer finds no journal."""
+    state = DirectorySharedState(tmp_path / "state")
+    base = journal_records_key("127.0.0.2", "job4")
+    for n in range(3):
+        await state.create(f"{base}/{n:010d}", f"record {n}\n".encode())
+    await state.delete([f"{base}/{0:010d}"])
+    assert await restore_journals(state, "127.0.0.2", tmp_path / "j") == []

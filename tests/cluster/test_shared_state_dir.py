@@ -3,6 +3,7 @@ created once; the state kept apart from the backups."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -137,3 +138,40 @@ def test_state_is_kept_apart_from_the_backups(tmp_path: Path) -> None:
         open_shared_state(str(tmp_path / "state"), backups=str(tmp_path / "bk")),
         DirectorySharedState,
     )
+
+
+async def test_an_export_is_in_the_store_when_it_returns(tmp_path: Path) -> None:
+    """The registry's hook copies each change before ``export`` returns: a node killed right
+    after an export leaves it in the store (no polling interval in between)."""
+    from liverecovery.nfs.exports import ExportRegistry
+
+    state = DirectorySharedState(tmp_path / "s")
+    await install_node_state(state, "127.0.0.2", tmp_path / "a")
+    reg = ExportRegistry(tmp_path / "a")
+    mirror = ExportsMirror(state, "127.0.0.2", tmp_path / "a")
+    reg.on_change(mirror.changed)  # and no ``run``: nothing polls
+    await reg.export("/liverecovery/esx-0", ["127.0.0.1"])
+    got = await state.get(exports_key("127.0.0.2"))
+    assert got is not None
+    assert json.loads(got.data) == {"/liverecovery/esx-0": {"id": 1, "generation": 1}}
+    await reg.unexport("/liverecovery/esx-0")
+    got = await state.get(exports_key("127.0.0.2"))
+    assert got is not None
+    assert json.loads(got.data) == {"/liverecovery/esx-0": {"id": 1, "generation": 2}}
+    assert got.data == (tmp_path / "a" / "exports.json").read_bytes()
+
+
+async def test_an_export_the_store_does_not_take_fails(tmp_path: Path) -> None:
+    from liverecovery.nfs.exports import ExportRegistry
+
+    class Away(DirectorySharedState):
+        async def create(self, key: str, data: bytes) -> str | None:
+            raise BackendError("the store is away", operation="shared_state")
+
+    state = Away(tmp_path / "s")
+    reg = ExportRegistry(tmp_path / "a")
+    mirror = ExportsMirror(state, "127.0.0.2", tmp_path / "a")
+    reg.on_change(mirror.changed)
+    with pytest.raises(BackendError, match="away"):
+        await reg.export("/liverecovery/esx-0", ["127.0.0.1"])
+    assert reg.get("/liverecovery/esx-0") is None  # not exported: no handle of it given out

@@ -460,6 +460,18 @@ async def test_grace_period_after_a_restart(tmp_path: Path, grace_s: float) -> N
         with pytest.raises(NfsError) as exc:  # the folder is not published yet
             await c.read(vmx, 0, 100)
         assert exc.value.status == waiting
+        with pytest.raises(NfsError) as exc:  # a running VM's WRITE and COMMIT wait too
+            await c.write(vmx, 0, b"x", Stability.FILE_SYNC)
+        assert exc.value.status == waiting
+        with pytest.raises(NfsError) as exc:
+            await c.commit(vmx)
+        assert exc.value.status == waiting
+        with pytest.raises(NfsError) as exc:
+            await c.write(vmx, 0, b"x", Stability.UNSTABLE)
+        assert exc.value.status == waiting
+        with pytest.raises(NfsError) as exc:
+            await c.lookup(folder, "vm.vmx")
+        assert exc.value.status == waiting
         await again.publish("/lr/esx1", "job-1", fs)
         assert await c.read(vmx, 0, 100) == (b"displayName = vm\n", True)
         with pytest.raises(NfsError) as exc:

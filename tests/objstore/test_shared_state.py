@@ -43,6 +43,20 @@ async def test_conditional_writes_on_rgw(state_url: str) -> None:
     assert quoted
 
 
+async def test_delete_removes_keys_in_batches_and_ignores_missing_ones(state_url: str) -> None:
+    state = open_shared_state(state_url, StoreOptions(retries=0))
+    keys = [f"jobs/j1/overlay/d/0000000001/{n:012d}" for n in range(1100)]  # > one batch
+    async with anyio.create_task_group() as tg:
+        for key in keys:
+            tg.start_soon(state.create, key, b"x")
+    await state.create("jobs/j2/files/index/0000000001", b"{}")
+    assert len(await state.keys("jobs/j1")) == 1100
+    await state.delete([*await state.keys("jobs/j1"), "jobs/j1/never-there"])
+    assert await state.keys("jobs/j1") == []
+    assert await state.keys("jobs/j2") == ["jobs/j2/files/index/0000000001"]  # untouched
+    await state.delete([])
+
+
 async def test_every_node_reads_one_handle_key(state_url: str) -> None:
     nodes = [open_shared_state(state_url) for _ in range(4)]
     keys: list[bytes] = []

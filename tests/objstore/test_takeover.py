@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from liverecovery.catalog.objects import S3Location, StoreOptions
-from liverecovery.catalog.shared_state import ObjectSharedState
+from liverecovery.catalog.shared_state import DirectorySharedState, ObjectSharedState
 from liverecovery.datastore.overlay import WriteOverlay
 from liverecovery.datastore.overlay_store import restore_overlay
 from liverecovery.sim.remote import RemoteSimulatedHost
@@ -108,17 +108,33 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         b = node("b", "standby")  # watches A's lease
         a.until("state serving")
         (moved,) = await host.vms()
-        time.sleep(0.3)  # noqa: ASYNC251 - the guest writes in another process
+        started = time.monotonic()
+        while len(await host.guest_writes(moved)) <= 10:  # the guest writes on A for a while
+            assert time.monotonic() - started < 60, "the guest does not write"
+            time.sleep(0.05)  # noqa: ASYNC251 - the guest writes in another process
         writes_at_kill = len(await host.guest_writes(moved))
         killed_at = time.monotonic()
         a.kill()
+        # what A left in the store (B deletes the job's state once the job is done): A's epoch
+        # is final now, B writes under its own
+        for name, value in rgw.environ().items():
+            if name.startswith("AWS_"):
+                monkeypatch.setenv(name, value)
+        state = ObjectSharedState(S3Location.parse(state_url), StoreOptions())
+        left_by_a = DirectorySharedState(tmp_path / "left-by-a")
+        for key in await state.keys("jobs"):
+            got = await state.get(key)
+            assert got is not None
+            await left_by_a.create(key, got.data)
 
         assert b.until("lease") == "lease 2"
         assert b.until("journals") == "journals 1"  # A's journal, from the store
         b.until("listening")
         assert b.until("resumed") == "resumed 1"
         while len(await host.guest_writes(moved)) <= writes_at_kill + 1:
-            assert time.monotonic() - killed_at < 60, "no guest write after the takeover"
+            if time.monotonic() - killed_at > 60:
+                status = await host.vm_status(moved)
+                raise AssertionError(f"no guest write after the takeover: {status}")
             time.sleep(0.05)  # noqa: ASYNC251
         takeover_s = time.monotonic() - killed_at
         print(f"takeover: kill to the first acknowledged guest write {takeover_s:.2f} s")
@@ -128,7 +144,7 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         # A's journal was mirrored in the store up to the kill: what B restored from there is
         # the start of the journal A left, and holds the power-on
         (restored,) = (work / "restored-journals").iterdir()
-        left = (work / "results" / "journal" / restored.name).read_bytes()
+        left = (work / "results-a" / "journal" / restored.name).read_bytes()
         assert left.startswith(restored.read_bytes())
         assert b'"powered_on"' in restored.read_bytes()
 
@@ -154,19 +170,25 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
         assert await host.nfs_datastores(HOST) == []
         assert object_digests(rgw.store(), f"takeover-{run}/backups") == before
 
+        # the files the host created in the VM folder on A were in the store under A's epoch,
+        # with the ids B served them under
+        (index_key,) = [k for k in await left_by_a.keys("jobs") if "/files/index/" in k]
+        index = await left_by_a.get(index_key)
+        assert index is not None
+        names = set(json.loads(index.data)["entries"])
+        assert {"vm.vmx", "vm.vswp", "vmware.log"} <= names, names
+        assert any(n.startswith(".lck-") for n in names), names
+
         # every write A acknowledged is in the store under A's epoch: the overlay a node
-        # without the shared results folder rebuilds from there holds the guest's writes up to
-        # some point at or after the last one acknowledged before the kill
-        for name, value in rgw.environ().items():
-            if name.startswith("AWS_"):
-                monkeypatch.setenv(name, value)
-        state = ObjectSharedState(S3Location.parse(state_url), StoreOptions())
-        disks = {tuple(k.split("/")[1:4:2]) for k in await state.keys("jobs")}
+        # rebuilds from there holds the guest's writes up to some point at or after the last
+        # one acknowledged before the kill
+        keys = [k.split("/") for k in await left_by_a.keys("jobs")]
+        disks = {tuple(k[1:4:2]) for k in keys if k[2] == "overlay"}
         assert len(disks) == 1, disks
         ((job_id, disk),) = disks
         rebuilt = await WriteOverlay.open(tmp_path / "rebuilt-overlay", size=size)
         try:
-            assert await restore_overlay(state, job_id, disk, rebuilt, up_to_epoch=1) > 0
+            assert await restore_overlay(left_by_a, job_id, disk, rebuilt, up_to_epoch=1) > 0
             held = rebuilt.held(0, size)
             got = {start: await rebuilt.read(start, n) for start, n in held}
             for w in writes[:writes_at_kill]:
@@ -184,6 +206,11 @@ async def test_a_dead_nodes_vm_keeps_running_on_the_other_node(
             if all(image[start : start + n] == got[start] for start, n in held):
                 matches.append(k)
         assert matches, "the store lacks a write A acknowledged"
+
+        # the job is done: nothing of it is left in the store (overlay, files, journal)
+        b.until("forgotten")
+        assert await state.keys("jobs") == []
+        assert await state.keys("journals") == []
     finally:
         for p in nodes:
             p.kill()
