@@ -44,6 +44,7 @@ from liverecovery.job.events import StateChanged
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import Journal, journal_dir, read_journal
 from liverecovery.job.states import RUNNING_STATES, TERMINAL_STATES, State
+from liverecovery.plan.barrier import GroupBarrier, LocalBarrier, group_wait_timeout_s
 from liverecovery.plan.events import (
     GroupReady,
     GroupSkipped,
@@ -63,6 +64,7 @@ from liverecovery.plan.model import (
     PlanVm,
     plan_job_id,
 )
+from liverecovery.plan.nodes import NodePart
 from liverecovery.plan.parse import reference_problems
 from liverecovery.plan.placement import HostLoad, VmNeeds, place
 from liverecovery.spec import RecoverySpec
@@ -233,8 +235,13 @@ class PlanRun:
         started_groups: Sequence[str] = (),
         ready_groups: Sequence[str] = (),
         ended_jobs: Mapping[str, str] | None = None,
+        barrier: GroupBarrier | None = None,
+        part: NodePart | None = None,
     ) -> None:
         self.plan = plan
+        self.part = part
+        """What this node runs of the plan (None: all of it, alone); ``planned`` is its VMs."""
+        self._barrier: GroupBarrier = barrier or LocalBarrier()
         self.run_id = run_id
         self.planned = tuple(planned)
         self._starter = starter
@@ -300,6 +307,7 @@ class PlanRun:
             "state": self.state,
             "stopped": self._stopped,
             "elapsed_s": self._log.elapsed(),
+            "node": self.part.to_json() if self.part is not None else None,
             "vms": [r.to_json() for r in self.rows()],
         }
 
@@ -378,6 +386,8 @@ class PlanRun:
             self._log.append(PlanEnded(self.state, self._now()))
             self._log.close()
             self._done.set()
+            with anyio.CancelScope(shield=True):
+                await self._barrier.aclose()
             if self._journal is not None:
                 with anyio.CancelScope(shield=True):
                     await self._journal.aclose()
@@ -429,6 +439,16 @@ class PlanRun:
         try:
             for name in after:
                 await ready[name].wait()
+            settings = self._starter.settings
+            for name in after:  # ... and on every other node running the plan
+                if self._cancelled or self._stopped:
+                    break
+                why = await self._barrier.wait(
+                    name, group_wait_timeout_s(settings, self.plan.group(name))
+                )
+                if why and not self._stopped:
+                    self._stopped = f"group {name!r} did not get ready on every node: {why}"
+                    self._log.append(PlanWarning(self._stopped, self._now()))
             members = [p for p in self.planned if p.vm.group == group.name]
             if (self._cancelled or self._stopped) and group.name not in self._started_before:
                 reason = "the plan was cancelled" if self._cancelled else self._stopped
@@ -436,6 +456,7 @@ class PlanRun:
                     self._states[p.vm.vm] = "skipped"
                 self._log.append(GroupSkipped(group.name, self._now(), reason))
                 await self._record("group_skipped", group=group.name, reason=reason)
+                await self._barrier.arrive(group.name, stopped=reason)
                 return
             if group.name not in self._started_before:
                 await self._record("group_started", group=group.name)
@@ -458,9 +479,14 @@ class PlanRun:
                     with anyio.move_on_after(group.delay_s):
                         await self._cancel_event.wait()
                 await self._record("group_ready", group=group.name)
+            stop = self._stopped if failed and group.on_failure is FailurePolicy.STOP else ""
+            await self._barrier.arrive(group.name, stopped=stop or self._cancel_reason())
             self._log.append(GroupReady(group.name, self._now(), failed))
         finally:
             ready[group.name].set()
+
+    def _cancel_reason(self) -> str:
+        return "the plan was cancelled" if self._cancelled else ""
 
     async def _heartbeats(self, group: BootGroup, members: Sequence[PlannedVm]) -> None:
         """Wait until each powered-on VM's guest reports a heartbeat (bounded)."""
