@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
 from liverecovery.cluster.placement import place
+from liverecovery.errors import SettingsError
 from liverecovery.plan.model import Plan
 
-__all__ = ["NodePart", "node_of_hosts", "node_part", "plan_run_id"]
+__all__ = ["NodePart", "check_run_id", "node_of_hosts", "node_part", "plan_run_id"]
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 
 @attrs.frozen
@@ -82,3 +86,16 @@ def plan_run_id(plan: Plan) -> str:
     data = {k: v for k, v in plan.to_json().items() if k != "source"}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run (part of job ids and shared-state keys).
+
+    :raises SettingsError: it cannot.
+    """
+    if not _RUN_ID.fullmatch(run_id):
+        raise SettingsError(
+            f"run id {run_id!r}: use 1 to 32 letters, digits, '.', '_' or '-' (a letter or "
+            "digit first)"
+        )
+    return run_id

@@ -60,7 +60,7 @@ from liverecovery.job.sharing import HostShares
 from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
 from liverecovery.plan.node_run import take_part
-from liverecovery.plan.nodes import plan_run_id
+from liverecovery.plan.nodes import check_run_id, plan_run_id
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.plan.verify import verify_plan
 from liverecovery.plan.verify_report import PlanVerificationReport
@@ -267,12 +267,16 @@ class LiveRecovery:
 
         :raises PlanError: every problem of the plan at once (VMs not in the catalog, unknown
             hosts, the hosts' NFS limits, cache space); nothing was started then.
-        :raises BackendError: the plan's journal cannot be written; nothing was started.
+        :raises BackendError: the plan's journal (or the shared state) cannot be written;
+            nothing was started.
+        :raises SettingsError: ``run_id`` cannot name a run.
         :raises JobStateError: not inside ``async with``.
         """
         if self._tg is None:
             raise JobStateError("use 'async with LiveRecovery(...)' before running a plan")
         nodes = bool(self.settings.nodes)
+        if run_id is not None:
+            check_run_id(run_id)
         run_id = run_id or (plan_run_id(plan) if nodes else new_run_id())
         planned = await preflight(plan, self.backends, self.settings, run_id=run_id)
         if not nodes:
