@@ -1,0 +1,88 @@
+"""The group barrier through a shared directory: records, waits, timeouts, the placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from liverecovery import Settings
+from liverecovery.catalog.shared_state import DirectorySharedState
+from liverecovery.errors import PlanError
+from liverecovery.plan.barrier import SharedStateBarrier, group_wait_timeout_s
+from liverecovery.plan.model import BootGroup, GroupWait, Plan, PlanVm
+
+pytestmark = pytest.mark.anyio
+
+PLAN = Plan(
+    "p/q",  # not a key part as it is: made safe
+    (BootGroup("g 1"), BootGroup("g2")),
+    (PlanVm("a", "g 1", "ds", host="h1"), PlanVm("b", "g2", "ds", host="h2")),
+)
+
+
+def barriers(root: Path, nodes: tuple[str, ...] = ("A", "B")) -> list[SharedStateBarrier]:
+    state = DirectorySharedState(root)
+    return [SharedStateBarrier(state, PLAN, "r1", node=n, nodes=nodes, poll_s=0.02) for n in nodes]
+
+
+async def test_ready_once_every_node_recorded(tmp_path: Path) -> None:
+    a, b = barriers(tmp_path)
+    await a.arrive("g 1")
+    with anyio.move_on_after(0.2) as scope:
+        await a.wait("g 1", 10)
+    assert scope.cancelled_caught  # B has not recorded yet
+    await b.arrive("g 1")
+    with anyio.fail_after(5):
+        assert await a.wait("g 1", 10) == ""
+    assert a.key("g 1", "A") == "plans/p-q/r1/0-g-1/A"
+    assert (tmp_path / "plans/p-q/r1/0-g-1/B").is_file()
+
+
+async def test_a_stopped_node_stops_the_others_at_once(tmp_path: Path) -> None:
+    a, b = barriers(tmp_path, ("A", "B", "C"))[:2]
+    await b.arrive("g 1", stopped="db1 failed")
+    with anyio.fail_after(5):
+        assert await a.wait("g 1", 60) == "node B: db1 failed"
+
+
+async def test_a_record_is_written_once(tmp_path: Path) -> None:
+    a, b = barriers(tmp_path)
+    await a.arrive("g2", stopped="cancelled")
+    await a.arrive("g2")  # e.g. a resumed run: the first record stands
+    await b.arrive("g2")
+    assert await b.wait("g2", 5) == "node A: cancelled"
+
+
+async def test_a_silent_node_times_the_wait_out(tmp_path: Path) -> None:
+    a, _ = barriers(tmp_path)
+    await a.arrive("g 1")
+    with anyio.fail_after(5):
+        why = await a.wait("g 1", 0.3)
+    assert why == "node(s) B did not report group 'g 1' ready within 0.3 s"
+
+
+async def test_the_first_placement_recorded_is_everyones(tmp_path: Path) -> None:
+    a, b = barriers(tmp_path)
+    assert await a.settle_placement({"a": "h1", "b": "h2"}) == {"a": "h1", "b": "h2"}
+    assert await b.settle_placement({"a": "h2", "b": "h2"}) == {"a": "h1", "b": "h2"}
+    with pytest.raises(PlanError, match=r"placement recorded at plans/p-q/r1/placement"):
+        await b.settle_placement({"a": "h1", "c": "h2"})
+
+
+async def test_a_node_starts_a_run_once(tmp_path: Path) -> None:
+    a, b = barriers(tmp_path)
+    await a.begin()
+    await b.begin()
+    with pytest.raises(PlanError, match="node 'A' already ran run r1 of plan 'p/q'"):
+        await a.begin()
+
+
+def test_the_wait_timeout_covers_a_job_up_to_power_on_and_the_groups_waits() -> None:
+    s = Settings()
+    t = s.timeouts
+    up_to_power_on = t.preflight + t.export + t.mount + t.stage + t.register + t.power_on
+    assert group_wait_timeout_s(s, BootGroup("g")) == up_to_power_on
+    heartbeat = BootGroup("g", wait=GroupWait.HEARTBEAT, heartbeat_timeout_s=30, delay_s=5)
+    assert group_wait_timeout_s(s, heartbeat) == up_to_power_on + 35
