@@ -20,7 +20,26 @@ from liverecovery.plan.model import Plan
 from liverecovery.plan.nodes import NodePart, node_part
 from liverecovery.plan.runner import PlannedVm
 
-__all__ = ["take_part"]
+__all__ = ["node_barrier", "take_part"]
+
+
+def node_barrier(
+    plan: Plan, settings: Settings, *, run_id: str, state: SharedState | None = None
+) -> SharedStateBarrier:
+    """The barrier of this node (``settings.node_name``) in run ``run_id`` of ``plan`` (also
+    for a run resumed after a restart: it waits for the other nodes through the same records).
+
+    :raises SettingsError: ``shared_state`` cannot be opened.
+    """
+    owns = state is None
+    if state is None:
+        backups = str(settings.backup_root) if settings.backup_root else ""
+        state = open_shared_state(
+            settings.shared_state, StoreOptions.from_settings(settings), backups=backups
+        )
+    return SharedStateBarrier(
+        state, plan, run_id, node=settings.node_name, nodes=settings.nodes, owns_state=owns
+    )
 
 
 async def take_part(
@@ -39,15 +58,7 @@ async def take_part(
     :raises SettingsError: ``shared_state`` cannot be opened.
     :raises BackendError: the shared state does not answer.
     """
-    owns = state is None
-    if state is None:
-        backups = str(settings.backup_root) if settings.backup_root else ""
-        state = open_shared_state(
-            settings.shared_state, StoreOptions.from_settings(settings), backups=backups
-        )
-    barrier = SharedStateBarrier(
-        state, plan, run_id, node=settings.node_name, nodes=settings.nodes, owns_state=owns
-    )
+    barrier = node_barrier(plan, settings, run_id=run_id, state=state)
     try:
         placement = await barrier.settle_placement({p.vm.vm: p.host for p in planned})
         part = node_part(placement, settings.node_name, settings.nodes)

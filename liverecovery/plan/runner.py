@@ -607,8 +607,11 @@ class ResumablePlan:
     ready_groups: tuple[str, ...]
     ended_jobs: Mapping[str, str]
 
-    def run(self, starter: JobStarter, passkey: str | None = None) -> PlanRun:
-        """The run that continues the plan (``passkey``: for the jobs not yet started)."""
+    def run(
+        self, starter: JobStarter, passkey: str | None = None, barrier: GroupBarrier | None = None
+    ) -> PlanRun:
+        """The run that continues the plan (``passkey``: for the jobs not yet started;
+        ``barrier``: the other nodes running it)."""
         return PlanRun(
             self.plan,
             starter,
@@ -619,6 +622,7 @@ class ResumablePlan:
             started_groups=self.started_groups,
             ready_groups=self.ready_groups,
             ended_jobs=self.ended_jobs,
+            barrier=barrier,
         )
 
 

@@ -59,7 +59,7 @@ from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
 from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
-from liverecovery.plan.node_run import take_part
+from liverecovery.plan.node_run import node_barrier, take_part
 from liverecovery.plan.nodes import check_run_id, plan_run_id
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.plan.verify import verify_plan
@@ -304,7 +304,10 @@ class LiveRecovery:
         await self.resume()
         runs: list[PlanRun] = []
         for found in resumable_plans(self.settings, self._jobs, self.resume_errors):
-            run = found.run(self, passkey)
+            barrier = None
+            if self.settings.nodes:  # wait for the other nodes again, through the same records
+                barrier = node_barrier(found.plan, self.settings, run_id=found.run_id)
+            run = found.run(self, passkey, barrier)
             self._plans.append(run)
             self._tg.start_soon(run.run, name=f"liverecovery plan {run.plan.name} (resumed)")
             runs.append(run)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import anyio
 import pytest
 
-from liverecovery import Settings
+from liverecovery import LiveRecovery, Settings
 from liverecovery.catalog.shared_state import DirectorySharedState
+from liverecovery.cluster.placement import place
 from liverecovery.errors import PlanError
+from liverecovery.job.migration import ManualMigration
 from liverecovery.plan.barrier import SharedStateBarrier, group_wait_timeout_s
+from liverecovery.plan.events import VmChanged
 from liverecovery.plan.model import BootGroup, GroupWait, Plan, PlanVm
+from liverecovery.plan.parse import parse_plan
+from liverecovery.testing import memory_backends
+from liverecovery.testing.memory import MemoryCatalog
+from tests.job.helpers import fast_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -86,3 +94,52 @@ def test_the_wait_timeout_covers_a_job_up_to_power_on_and_the_groups_waits() -> 
     assert group_wait_timeout_s(s, BootGroup("g")) == up_to_power_on
     heartbeat = BootGroup("g", wait=GroupWait.HEARTBEAT, heartbeat_timeout_s=30, delay_s=5)
     assert group_wait_timeout_s(s, heartbeat) == up_to_power_on + 35
+
+
+async def test_a_resumed_node_still_waits_for_the_others(tmp_path: Path) -> None:
+    """Node A's VMs of group a run; B has not reported a; A's process stops and resumes: b1
+    starts only once B records a ready."""
+    hosts = [h for h in (f"esx{i:02d}" for i in range(40)) if place(h, ["A", "B"]) == "A"][:2]
+    backends, _ = memory_backends(hosts=hosts)
+    catalog = backends.catalog
+    assert isinstance(catalog, MemoryCatalog)
+    for vm in ("a1", "a2", "b1"):
+        catalog.add_vm(vm, disk_sizes=(64 << 20,), data_per_disk=1 << 16)
+    text = (
+        f'[plan]\nname = "t"\nhosts = ["{hosts[0]}", "{hosts[1]}"]\nplacement = "round-robin"\n'
+        '[defaults]\ndatastore = "datastore1"\n[[group]]\nname = "a"\n[[group]]\nname = "b"\n'
+        '[[vm]]\nname = "a1"\ngroup = "a"\n[[vm]]\nname = "a2"\ngroup = "a"\n'
+        '[[vm]]\nname = "b1"\ngroup = "b"\n'
+    )
+    plan = parse_plan(tomllib.loads(text), source="t.toml", text=text)
+    shared = tmp_path / "shared"
+    settings = fast_settings(
+        job_results_dir=tmp_path / "results",
+        shared_state=str(shared),
+        nodes=("A", "B"),
+        node_name="A",
+    )
+    async with LiveRecovery(settings, backends, migration_policy=ManualMigration()) as lr:
+        run = await lr.run_plan(plan)
+        assert run.part is not None and run.part.vms == ("a1", "a2", "b1")
+        serving: set[str] = set()
+        with anyio.fail_after(10):
+            async for e in run.events():
+                if isinstance(e, VmChanged) and e.state.value == "serving":
+                    serving.add(e.vm)
+                    if serving == {"a1", "a2"}:
+                        break
+        await anyio.sleep(0.5)  # A waits for B's record of group a: b1 does not start
+        assert [j.spec.vm for j in lr.jobs()] == ["a1", "a2"]
+    b = SharedStateBarrier(
+        DirectorySharedState(shared), plan, run.run_id, node="B", nodes=("A", "B")
+    )
+    async with LiveRecovery(settings, backends, migration_policy=ManualMigration()) as lr2:
+        (resumed,) = await lr2.resume_plans()
+        await anyio.sleep(0.6)
+        assert sorted(j.spec.vm for j in lr2.jobs()) == ["a1", "a2"]  # still waiting for B
+        await b.arrive("a")
+        with anyio.fail_after(10):
+            async for e in resumed.events():
+                if isinstance(e, VmChanged) and e.vm == "b1" and e.state.value == "serving":
+                    break
