@@ -64,7 +64,7 @@ from liverecovery.plan.model import (
     PlanVm,
     plan_job_id,
 )
-from liverecovery.plan.nodes import NodePart
+from liverecovery.plan.nodes import NodePart, node_of_hosts
 from liverecovery.plan.parse import reference_problems
 from liverecovery.plan.placement import HostLoad, VmNeeds, place
 from liverecovery.spec import RecoverySpec
@@ -166,7 +166,7 @@ async def preflight(
         elif f.found and f.connection_state != "connected":
             problems.append(f"{plan.source}: host {host!r} is {f.connection_state}, not connected")
     needs: dict[str, VmNeeds] = {}
-    cache_need = 0
+    space: dict[str, int] = {}
     for vm in plan.vms:
         if vm.vm not in names:
             continue
@@ -176,11 +176,14 @@ async def preflight(
             problems.append(f"{plan.source}:{vm.line}: vm {vm.vm!r}: {exc}")
             continue
         needs[vm.vm] = VmNeeds(point.memory_mb * (1 << 20), point.num_cpus)
-        cache_need += settings.job_space_bytes(point.total_disk_bytes)
-    problems += await _cache_problems(plan, backends, settings, cache_need)
+        space[vm.vm] = settings.job_space_bytes(point.total_disk_bytes)
+    loads = {h: HostLoad(f.memory_free_bytes, f.cpu_free_mhz) for h, f in facts.items() if f.found}
+    mine = _this_nodes(plan, settings, loads, needs, space)
+    problems += await _cache_problems(
+        plan, backends, settings, sum(space[v] for v in mine), len(mine)
+    )
     if problems:
         raise PlanError(f"{plan.source}: the plan has {len(problems)} problem(s):", tuple(problems))
-    loads = {h: HostLoad(f.memory_free_bytes, f.cpu_free_mhz) for h, f in facts.items() if f.found}
     placement = place(plan, loads=loads, needs=needs)
     addresses = {placement[v.vm]: v.esx_address or placement[v.vm] for v in plan.vms}
     problems += limit_problems(
@@ -196,8 +199,27 @@ async def preflight(
     return [PlannedVm(v, placement[v.vm], _job_id(run_id, plan, v.vm)) for v in plan.vms]
 
 
+def _this_nodes(
+    plan: Plan,
+    settings: Settings,
+    loads: Mapping[str, HostLoad],
+    needs: Mapping[str, VmNeeds],
+    space: Mapping[str, int],
+) -> list[str]:
+    """The VMs (of those in ``space``) this node's cache serves: all of them alone; with
+    ``settings.nodes`` those whose host ranks this node first (``plan.nodes``)."""
+    if not settings.nodes:
+        return list(space)
+    try:
+        placement = place(plan, loads=loads, needs=needs)
+    except ValueError:  # no hosts to place on: reported as a problem of its own
+        return list(space)
+    owner = node_of_hosts(set(placement.values()), settings.nodes)
+    return [vm for vm in space if owner[placement[vm]] == settings.node_name]
+
+
 async def _cache_problems(
-    plan: Plan, backends: Backends, settings: Settings, need: int
+    plan: Plan, backends: Backends, settings: Settings, need: int, count: int
 ) -> list[str]:
     """The cache space every VM of the plan reserves while it runs from the backup, at once
     (each job's own preflight rule, summed): refused now rather than half-way through."""
@@ -207,8 +229,9 @@ async def _cache_problems(
     if need <= available:
         return []
     gib = 1 << 30
+    here = " on this node" if settings.nodes else ""
     return [
-        f"{plan.source}: the plan's {len(plan.vms)} VMs need {need / gib:.2f} GiB of cache space "
+        f"{plan.source}: the plan's {count} VMs{here} need {need / gib:.2f} GiB of cache space "
         f"together (each max(job_space_floor_bytes, job_space_fraction x its disks)) and the "
         f"cache at {settings.effective_cache_root} has {max(0, available) / gib:.2f} GiB "
         f"available ({space.free_bytes / gib:.2f} GiB free, {keep / gib:.2f} GiB kept free)"

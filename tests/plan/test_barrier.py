@@ -143,3 +143,35 @@ async def test_a_resumed_node_still_waits_for_the_others(tmp_path: Path) -> None
             async for e in resumed.events():
                 if isinstance(e, VmChanged) and e.vm == "b1" and e.state.value == "serving":
                     break
+
+
+async def test_each_node_checks_the_cache_space_of_its_own_part(tmp_path: Path) -> None:
+    """Two VMs on A's host, one on B's: with 50 GiB of cache (2 x the 20 GiB floor fit) the
+    plan is too big for one node alone but fits each node's part."""
+    on_a = next(h for h in (f"esx{i:02d}" for i in range(40)) if place(h, ["A", "B"]) == "A")
+    on_b = next(h for h in (f"esx{i:02d}" for i in range(40)) if place(h, ["A", "B"]) == "B")
+    backends, _ = memory_backends(hosts=(on_a, on_b), cache_capacity=50 << 30)
+    catalog = backends.catalog
+    assert isinstance(catalog, MemoryCatalog)
+    for vm in ("a1", "a2", "b1"):
+        catalog.add_vm(vm, disk_sizes=(64 << 20,), data_per_disk=1 << 16)
+    text = '[plan]\nname = "c"\n[defaults]\ndatastore = "datastore1"\n[[group]]\nname = "g"\n'
+    for vm, host in (("a1", on_a), ("a2", on_a), ("b1", on_b)):
+        text += f'[[vm]]\nname = "{vm}"\ngroup = "g"\nhost = "{host}"\n'
+    plan = parse_plan(tomllib.loads(text), source="c.toml", text=text)
+    alone = fast_settings(job_results_dir=tmp_path / "alone")
+    async with LiveRecovery(alone, backends) as lr:
+        with pytest.raises(PlanError, match=r"the plan's 3 VMs need 60\.00 GiB of cache space"):
+            await lr.run_plan(plan)
+    a = fast_settings(
+        job_results_dir=tmp_path / "a",
+        shared_state=str(tmp_path / "s"),
+        nodes=("A", "B"),
+        node_name="A",
+    )
+    async with LiveRecovery(a, backends) as lr:
+        run = await lr.run_plan(plan)
+        assert [r.vm for r in run.rows()] == ["a1", "a2"]
+        run.cancel()
+        with anyio.fail_after(30):
+            await run.wait()
