@@ -466,10 +466,8 @@ class PlanRun:
             for name in after:  # ... and on every other node running the plan
                 if self._cancelled or self._stopped:
                     break
-                why = await self._barrier.wait(
-                    name, group_wait_timeout_s(settings, self.plan.group(name))
-                )
-                if why and not self._stopped:
+                why = await self._wait_everywhere(name, settings)
+                if why and not self._cancelled and not self._stopped:
                     self._stopped = f"group {name!r} did not get ready on every node: {why}"
                     self._log.append(PlanWarning(self._stopped, self._now()))
             members = [p for p in self.planned if p.vm.group == group.name]
@@ -507,6 +505,22 @@ class PlanRun:
             self._log.append(GroupReady(group.name, self._now(), failed))
         finally:
             ready[group.name].set()
+
+    async def _wait_everywhere(self, group: str, settings: Settings) -> str:
+        """The barrier's answer for ``group`` ("": ready on every node); a cancel ends it."""
+        why = ""
+        async with anyio.create_task_group() as tg:
+
+            async def on_cancel() -> None:
+                await self._cancel_event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_cancel)
+            why = await self._barrier.wait(
+                group, group_wait_timeout_s(settings, self.plan.group(group))
+            )
+            tg.cancel_scope.cancel()
+        return why
 
     def _cancel_reason(self) -> str:
         return "the plan was cancelled" if self._cancelled else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +18,7 @@ from liverecovery.plan.barrier import SharedStateBarrier, group_wait_timeout_s
 from liverecovery.plan.events import VmChanged
 from liverecovery.plan.model import BootGroup, GroupWait, Plan, PlanVm
 from liverecovery.plan.parse import parse_plan
+from liverecovery.plan.runner import PlanRun
 from liverecovery.testing import memory_backends
 from liverecovery.testing.memory import MemoryCatalog
 from tests.job.helpers import fast_settings
@@ -96,9 +98,8 @@ def test_the_wait_timeout_covers_a_job_up_to_power_on_and_the_groups_waits() -> 
     assert group_wait_timeout_s(s, heartbeat) == up_to_power_on + 35
 
 
-async def test_a_resumed_node_still_waits_for_the_others(tmp_path: Path) -> None:
-    """Node A's VMs of group a run; B has not reported a; A's process stops and resumes: b1
-    starts only once B records a ready."""
+def a_world(tmp_path: Path) -> tuple[Any, Plan, Settings]:
+    """Three VMs in groups a, b, all on two hosts node A serves; B is silent."""
     hosts = [h for h in (f"esx{i:02d}" for i in range(40)) if place(h, ["A", "B"]) == "A"][:2]
     backends, _ = memory_backends(hosts=hosts)
     catalog = backends.catalog
@@ -119,16 +120,46 @@ async def test_a_resumed_node_still_waits_for_the_others(tmp_path: Path) -> None
         nodes=("A", "B"),
         node_name="A",
     )
+    return backends, plan, settings
+
+
+async def a_serving(run: PlanRun) -> None:
+    serving: set[str] = set()
+    with anyio.fail_after(10):
+        async for e in run.events():
+            if isinstance(e, VmChanged) and e.state.value == "serving":
+                serving.add(e.vm)
+                if serving == {"a1", "a2"}:
+                    return
+
+
+async def test_a_cancel_ends_the_wait_for_the_other_nodes(tmp_path: Path) -> None:
+    backends, plan, settings = a_world(tmp_path)
+    async with LiveRecovery(settings, backends, migration_policy=ManualMigration()) as lr:
+        run = await lr.run_plan(plan)
+        await a_serving(run)
+        await anyio.sleep(0.3)  # waiting for B's record of group a
+        run.cancel()
+        with anyio.fail_after(5):
+            summary = await run.wait()
+        assert summary["state"] == "cancelled"
+        assert {r["vm"]: r["state"] for r in summary["vms"]}["b1"] == "skipped"
+    b = SharedStateBarrier(
+        DirectorySharedState(tmp_path / "shared"), plan, run.run_id, node="B", nodes=("A", "B")
+    )
+    await b.arrive("b")
+    assert await b.wait("b", 5) == "node A: the plan was cancelled"
+
+
+async def test_a_resumed_node_still_waits_for_the_others(tmp_path: Path) -> None:
+    """Node A's VMs of group a run; B has not reported a; A's process stops and resumes: b1
+    starts only once B records a ready."""
+    backends, plan, settings = a_world(tmp_path)
+    shared = tmp_path / "shared"
     async with LiveRecovery(settings, backends, migration_policy=ManualMigration()) as lr:
         run = await lr.run_plan(plan)
         assert run.part is not None and run.part.vms == ("a1", "a2", "b1")
-        serving: set[str] = set()
-        with anyio.fail_after(10):
-            async for e in run.events():
-                if isinstance(e, VmChanged) and e.state.value == "serving":
-                    serving.add(e.vm)
-                    if serving == {"a1", "a2"}:
-                        break
+        await a_serving(run)
         await anyio.sleep(0.5)  # A waits for B's record of group a: b1 does not start
         assert [j.spec.vm for j in lr.jobs()] == ["a1", "a2"]
     b = SharedStateBarrier(
