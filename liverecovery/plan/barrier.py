@@ -131,12 +131,15 @@ class SharedStateBarrier:
 
     async def settle_placement(self, placement: Mapping[str, str]) -> dict[str, str]:
         key = f"{self.prefix}/placement"
-        data = json.dumps(dict(placement), sort_keys=True).encode()
-        if await self.state.create(key, data) is not None:
+        mine = {"nodes": list(self.nodes), "placement": dict(placement)}
+        if await self.state.create(key, json.dumps(mine, sort_keys=True).encode()) is not None:
             return dict(placement)
         found = await self.state.get(key)
         try:
             recorded = json.loads(found.data) if found is not None else None
+            if not isinstance(recorded, dict):
+                raise ValueError("not a placement record")
+            nodes, recorded = recorded.get("nodes"), recorded.get("placement")
             if not isinstance(recorded, dict) or set(recorded) != set(placement):
                 raise ValueError("its VMs are not this plan's")
         except ValueError as exc:
@@ -144,6 +147,14 @@ class SharedStateBarrier:
                 f"{self.plan.source}: the placement recorded at {key} in the shared state "
                 f"cannot be used: {exc}"
             ) from None
+        if nodes != list(self.nodes):
+            # two node lists would split the plan two ways: a VM recovered twice, or never
+            raise PlanError(
+                f"{self.plan.source}: nodes differ between the nodes running run {self.run_id} "
+                f"of plan {self.plan.name!r}: this node has {', '.join(self.nodes)}, another "
+                f"recorded {', '.join(map(str, nodes or ()))} at {key}; give every node the "
+                "same nodes"
+            )
         return {vm: str(recorded[vm]) for vm in placement}
 
     async def begin(self) -> None:

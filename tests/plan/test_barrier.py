@@ -79,6 +79,9 @@ async def test_the_first_placement_recorded_is_everyones(tmp_path: Path) -> None
     assert await b.settle_placement({"a": "h2", "b": "h2"}) == {"a": "h1", "b": "h2"}
     with pytest.raises(PlanError, match=r"placement recorded at plans/p-q/r1/placement"):
         await b.settle_placement({"a": "h1", "c": "h2"})
+    (c,) = barriers(tmp_path, ("A", "C"))[:1]
+    with pytest.raises(PlanError, match="this node has A, C, another recorded A, B at"):
+        await c.settle_placement({"a": "h1", "b": "h2"})
 
 
 async def test_a_node_starts_a_run_once(tmp_path: Path) -> None:
