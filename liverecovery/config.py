@@ -196,6 +196,28 @@ class Timeouts:
     """Reconciling a resumed job with vSphere and re-establishing its export, mount and folder."""
 
 
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _tuple(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _node_names(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not isinstance(value, tuple):
+        raise SettingsError(f"{attr.name} must be a list of node names, got {value!r}")
+    seen: set[str] = set()
+    for name in value:
+        if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+            raise SettingsError(
+                f"{attr.name}: {name!r} is not a node name (letters, digits, '.', '_', '-'; "
+                "at most 63)"
+            )
+        if name in seen:
+            raise SettingsError(f"{attr.name}: {name!r} is given twice")
+        seen.add(name)
+
+
 def _timeouts_value(_inst: object, attr: attrs.Attribute[Any], value: Timeouts) -> None:
     if not isinstance(value, Timeouts):
         raise SettingsError(f"{attr.name} must be a Timeouts, got {type(value).__name__}")
@@ -294,10 +316,28 @@ class Settings:
     """Several serving nodes: where they share the NFS handle key, the leases of the service
     addresses and the export registries (``s3://bucket/state-prefix``, never inside a backup
     prefix, or a directory every node sees); empty for one node alone (docs/scale-out.md)."""
+    node_name: str = attrs.field(default="", validator=_text)
+    """Several serving nodes running one plan: this node's name, one of ``nodes``."""
+    nodes: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_node_names)
+    """Every node running the plan (the same list on each); each runs the VMs whose ESX host
+    ranks it first (rendezvous hashing) and they start boot groups together through
+    ``shared_state``. Empty: this node runs the whole plan alone."""
     lease_s: float = attrs.field(default=10.0, validator=_positive("lease_s"))
     """A service address's lease: its owner renews it every ``lease_s/5`` and fences itself
     (stops serving) after ``lease_s/2`` without a renewal; another node takes it over once it
     has not changed for ``lease_s`` on that node's own clock."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.nodes and not self.node_name:
+            raise SettingsError("nodes is set: node_name must name this node, one of them")
+        if self.node_name and self.node_name not in self.nodes:
+            known = ", ".join(self.nodes) or "none"
+            raise SettingsError(f"node_name {self.node_name!r} is not one of nodes ({known})")
+        if self.nodes and not self.shared_state:
+            raise SettingsError(
+                "nodes is set but shared_state is empty: several nodes start boot groups "
+                "together through it"
+            )
 
     @property
     def effective_cache_root(self) -> Path:

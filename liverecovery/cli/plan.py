@@ -6,6 +6,8 @@
     liverecovery plan status          # plan runs and plan verifications (verify --plan)
     liverecovery plan cancel [NAME]
     liverecovery plan resume plan.toml --vcenter ...   # after the process stopped
+    liverecovery plan run plan.toml ... --node A --nodes A,B --shared-state s3://b/state
+        # on each of several serving nodes: each runs its part, boot groups wait for all
 
 The plan file's shape is in ``liverecovery.plan.parse``; its ``[settings]`` table applies, and
 its ``[connection]`` table may hold ``vcenter``, ``user``, ``password_env``, ``backup``,
@@ -34,6 +36,7 @@ from liverecovery.cli.signals import STOP_GRACE_S, hard_exit_after, stop_signals
 from liverecovery.config import Settings, load_toml
 from liverecovery.errors import JobStateError, SettingsError
 from liverecovery.plan.model import Plan
+from liverecovery.plan.nodes import check_run_id
 from liverecovery.plan.parse import load_plan
 from liverecovery.plan.runner import PlanRun
 from liverecovery.plan.table import event_line, format_table
@@ -75,6 +78,25 @@ def register(sub: Any) -> None:
     run.add_argument("--nfs-address", help="the address the ESX hosts mount from")
     run.add_argument("--passkey-env", help="environment variable holding the restore passkey")
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    run.add_argument(
+        "--node", metavar="NAME", help="several serving nodes: this node's name (node_name)"
+    )
+    run.add_argument(
+        "--nodes",
+        metavar="A,B,...",
+        help="several serving nodes: all of them, the same list on each (nodes); each runs the "
+        "VMs whose ESX host ranks it first",
+    )
+    run.add_argument(
+        "--shared-state",
+        metavar="URL",
+        help="where the nodes meet (shared_state): s3://bucket/prefix or a shared directory",
+    )
+    run.add_argument(
+        "--run-id",
+        help="the run's id (default: new; with --nodes derived from the plan's content, so "
+        "every node agrees; give one to run the same plan again)",
+    )
     run.set_defaults(handler=run_plan)
     resume = verbs.add_parser(
         "resume", help="resume the unfinished plans of a stopped process (vCenter)"
@@ -157,6 +179,8 @@ async def follow_plan(run: PlanRun, *, as_json: bool, out: TextIO | None = None)
     if as_json:
         print(json.dumps(summary), file=out, flush=True)
     else:
+        if run.part is not None:
+            print(run.part.describe(), file=out)
         for line in format_table(run.rows()):
             print(line, file=out)
         print(f"plan {run.plan.name}: {summary['state']} in {summary['elapsed_s']:.1f}s", file=out)
@@ -212,9 +236,31 @@ async def _vcenter(
         yield lr, plan
 
 
+def _node_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``settings`` under ``--node``, ``--nodes`` and ``--shared-state``.
+
+    :raises SettingsError: they do not fit together (naming the flags).
+    """
+    changes: dict[str, Any] = {}
+    if args.node is not None:
+        changes["node_name"] = args.node
+    if args.nodes is not None:
+        changes["nodes"] = tuple(n.strip() for n in args.nodes.split(",") if n.strip())
+    if args.shared_state is not None:
+        changes["shared_state"] = args.shared_state
+    if not changes:
+        return settings
+    try:
+        return attrs.evolve(settings, **changes)
+    except SettingsError as exc:
+        raise SettingsError(f"{args.plan_file} with --node/--nodes/--shared-state: {exc}") from None
+
+
 async def run_plan(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan_file)
-    settings = Settings.from_toml(args.plan_file)
+    settings = _node_settings(Settings.from_toml(args.plan_file), args)
+    if args.run_id is not None:
+        check_run_id(args.run_id)
     conn = _connection(args.plan_file, args)
     if not conn.get("backup"):
         raise SettingsError(f"{args.plan_file}: missing --backup (or backup in [connection])")
@@ -228,13 +274,15 @@ async def run_plan(args: argparse.Namespace) -> int:
     async with context as (lr, plan), anyio.create_task_group() as tg:
         if args.simulate:
             await tg.start(ControlServer(lr, socket_path(lr.settings.job_results_dir)).serve)
-        run = await lr.run_plan(plan, passkey=_passkey(conn))
+        run = await lr.run_plan(plan, passkey=_passkey(conn), run_id=args.run_id)
         if not args.json:
             print(
                 f"plan {plan.name} (run {run.run_id}): {len(plan.vms)} VM(s) in "
                 f"{len(plan.groups)} group(s)",
                 file=sys.stderr,
             )
+            if run.part is not None:
+                print(run.part.describe(), file=sys.stderr)
         tg.start_soon(_cancel_on_signal, [run])
         code = await follow_plan(run, as_json=args.json)
         tg.cancel_scope.cancel()

@@ -44,6 +44,7 @@ from liverecovery.job.events import StateChanged
 from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import Journal, journal_dir, read_journal
 from liverecovery.job.states import RUNNING_STATES, TERMINAL_STATES, State
+from liverecovery.plan.barrier import GroupBarrier, LocalBarrier, group_wait_timeout_s
 from liverecovery.plan.events import (
     GroupReady,
     GroupSkipped,
@@ -63,6 +64,7 @@ from liverecovery.plan.model import (
     PlanVm,
     plan_job_id,
 )
+from liverecovery.plan.nodes import NodePart, node_of_hosts
 from liverecovery.plan.parse import plan_problems, reference_problems
 from liverecovery.plan.placement import HostLoad, VmNeeds, place
 from liverecovery.spec import RecoverySpec
@@ -167,7 +169,7 @@ async def preflight(
         elif f.found and f.connection_state != "connected":
             problems.append(f"{plan.source}: host {host!r} is {f.connection_state}, not connected")
     needs: dict[str, VmNeeds] = {}
-    cache_need = 0
+    space: dict[str, int] = {}
     for vm in plan.vms:
         if vm.vm not in names:
             continue
@@ -177,11 +179,14 @@ async def preflight(
             problems.append(f"{plan.source}:{vm.line}: vm {vm.vm!r}: {exc}")
             continue
         needs[vm.vm] = VmNeeds(point.memory_mb * (1 << 20), point.num_cpus)
-        cache_need += settings.job_space_bytes(point.total_disk_bytes)
-    problems += await _cache_problems(plan, backends, settings, cache_need)
+        space[vm.vm] = settings.job_space_bytes(point.total_disk_bytes)
+    loads = {h: HostLoad(f.memory_free_bytes, f.cpu_free_mhz) for h, f in facts.items() if f.found}
+    mine = _this_nodes(plan, settings, loads, needs, space)
+    problems += await _cache_problems(
+        plan, backends, settings, sum(space[v] for v in mine), len(mine)
+    )
     if problems:
         raise PlanError(f"{plan.source}: the plan has {len(problems)} problem(s):", tuple(problems))
-    loads = {h: HostLoad(f.memory_free_bytes, f.cpu_free_mhz) for h, f in facts.items() if f.found}
     placement = place(plan, loads=loads, needs=needs)
     addresses = {placement[v.vm]: v.esx_address or placement[v.vm] for v in plan.vms}
     problems += limit_problems(
@@ -197,8 +202,27 @@ async def preflight(
     return [PlannedVm(v, placement[v.vm], _job_id(run_id, plan, v.vm)) for v in plan.vms]
 
 
+def _this_nodes(
+    plan: Plan,
+    settings: Settings,
+    loads: Mapping[str, HostLoad],
+    needs: Mapping[str, VmNeeds],
+    space: Mapping[str, int],
+) -> list[str]:
+    """The VMs (of those in ``space``) this node's cache serves: all of them alone; with
+    ``settings.nodes`` those whose host ranks this node first (``plan.nodes``)."""
+    if not settings.nodes:
+        return list(space)
+    try:
+        placement = place(plan, loads=loads, needs=needs)
+    except ValueError:  # no hosts to place on: reported as a problem of its own
+        return list(space)
+    owner = node_of_hosts(set(placement.values()), settings.nodes)
+    return [vm for vm in space if owner[placement[vm]] == settings.node_name]
+
+
 async def _cache_problems(
-    plan: Plan, backends: Backends, settings: Settings, need: int
+    plan: Plan, backends: Backends, settings: Settings, need: int, count: int
 ) -> list[str]:
     """The cache space every VM of the plan reserves while it runs from the backup, at once
     (each job's own preflight rule, summed): refused now rather than half-way through."""
@@ -208,8 +232,9 @@ async def _cache_problems(
     if need <= available:
         return []
     gib = 1 << 30
+    here = " on this node" if settings.nodes else ""
     return [
-        f"{plan.source}: the plan's {len(plan.vms)} VMs need {need / gib:.2f} GiB of cache space "
+        f"{plan.source}: the plan's {count} VMs{here} need {need / gib:.2f} GiB of cache space "
         f"together (each max(job_space_floor_bytes, job_space_fraction x its disks)) and the "
         f"cache at {settings.effective_cache_root} has {max(0, available) / gib:.2f} GiB "
         f"available ({space.free_bytes / gib:.2f} GiB free, {keep / gib:.2f} GiB kept free)"
@@ -238,8 +263,13 @@ class PlanRun:
         started_groups: Sequence[str] = (),
         ready_groups: Sequence[str] = (),
         ended_jobs: Mapping[str, str] | None = None,
+        barrier: GroupBarrier | None = None,
+        part: NodePart | None = None,
     ) -> None:
         self.plan = plan
+        self.part = part
+        """What this node runs of the plan (None: all of it, alone); ``planned`` is its VMs."""
+        self._barrier: GroupBarrier = barrier or LocalBarrier()
         self.run_id = run_id
         self.planned = tuple(planned)
         self._starter = starter
@@ -306,6 +336,7 @@ class PlanRun:
             "state": self.state,
             "stopped": self._stopped,
             "elapsed_s": self._log.elapsed(),
+            "node": self.part.to_json() if self.part is not None else None,
             "vms": [r.to_json() for r in self.rows()],
         }
 
@@ -384,6 +415,8 @@ class PlanRun:
             self._log.append(PlanEnded(self.state, self._now()))
             self._log.close()
             self._done.set()
+            with anyio.CancelScope(shield=True):
+                await self._barrier.aclose()
             if self._journal is not None:
                 with anyio.CancelScope(shield=True):
                     await self._journal.aclose()
@@ -435,6 +468,14 @@ class PlanRun:
         try:
             for name in after:
                 await ready[name].wait()
+            settings = self._starter.settings
+            for name in after:  # ... and on every other node running the plan
+                if self._cancelled or self._stopped:
+                    break
+                why = await self._wait_everywhere(name, settings)
+                if why and not self._cancelled and not self._stopped:
+                    self._stopped = f"group {name!r} did not get ready on every node: {why}"
+                    self._log.append(PlanWarning(self._stopped, self._now()))
             members = [p for p in self.planned if p.vm.group == group.name]
             if (self._cancelled or self._stopped) and group.name not in self._started_before:
                 reason = "the plan was cancelled" if self._cancelled else self._stopped
@@ -442,6 +483,7 @@ class PlanRun:
                     self._states[p.vm.vm] = "skipped"
                 self._log.append(GroupSkipped(group.name, self._now(), reason))
                 await self._record("group_skipped", group=group.name, reason=reason)
+                await self._barrier.arrive(group.name, stopped=reason)
                 return
             if group.name not in self._started_before:
                 await self._record("group_started", group=group.name)
@@ -464,9 +506,30 @@ class PlanRun:
                     with anyio.move_on_after(group.delay_s):
                         await self._cancel_event.wait()
                 await self._record("group_ready", group=group.name)
+            stop = self._stopped if failed and group.on_failure is FailurePolicy.STOP else ""
+            await self._barrier.arrive(group.name, stopped=stop or self._cancel_reason())
             self._log.append(GroupReady(group.name, self._now(), failed))
         finally:
             ready[group.name].set()
+
+    async def _wait_everywhere(self, group: str, settings: Settings) -> str:
+        """The barrier's answer for ``group`` ("": ready on every node); a cancel ends it."""
+        why = ""
+        async with anyio.create_task_group() as tg:
+
+            async def on_cancel() -> None:
+                await self._cancel_event.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_cancel)
+            why = await self._barrier.wait(
+                group, group_wait_timeout_s(settings, self.plan.group(group))
+            )
+            tg.cancel_scope.cancel()
+        return why
+
+    def _cancel_reason(self) -> str:
+        return "the plan was cancelled" if self._cancelled else ""
 
     async def _heartbeats(self, group: BootGroup, members: Sequence[PlannedVm]) -> None:
         """Wait until each powered-on VM's guest reports a heartbeat (bounded)."""
@@ -587,8 +650,11 @@ class ResumablePlan:
     ready_groups: tuple[str, ...]
     ended_jobs: Mapping[str, str]
 
-    def run(self, starter: JobStarter, passkey: str | None = None) -> PlanRun:
-        """The run that continues the plan (``passkey``: for the jobs not yet started)."""
+    def run(
+        self, starter: JobStarter, passkey: str | None = None, barrier: GroupBarrier | None = None
+    ) -> PlanRun:
+        """The run that continues the plan (``passkey``: for the jobs not yet started;
+        ``barrier``: the other nodes running it)."""
         return PlanRun(
             self.plan,
             starter,
@@ -599,6 +665,7 @@ class ResumablePlan:
             started_groups=self.started_groups,
             ready_groups=self.ready_groups,
             ended_jobs=self.ended_jobs,
+            barrier=barrier,
         )
 
 

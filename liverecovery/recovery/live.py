@@ -59,6 +59,8 @@ from liverecovery.job.sessions import SessionKind, SessionRegistry
 from liverecovery.job.sharing import HostShares
 from liverecovery.job.throttle import MigrationSlots
 from liverecovery.plan.model import Plan
+from liverecovery.plan.node_run import node_barrier, take_part
+from liverecovery.plan.nodes import check_run_id, plan_run_id
 from liverecovery.plan.runner import PlanRun, new_run_id, preflight, resumable_plans
 from liverecovery.plan.verify import PlanVerificationRun, verify_plan
 from liverecovery.plan.verify_report import PlanVerificationReport
@@ -255,20 +257,38 @@ class LiveRecovery:
         finally:
             self.sessions.release(job.spec.vm, job.id)
 
-    async def run_plan(self, plan: Plan, *, passkey: str | None = None) -> PlanRun:
+    async def run_plan(
+        self, plan: Plan, *, passkey: str | None = None, run_id: str | None = None
+    ) -> PlanRun:
         """Check ``plan`` as a whole, then run it in the background; returns its handle
         (``events()``, ``rows()``, ``wait()``, ``cancel()``).
 
+        With ``settings.nodes`` this node runs its part only (the VMs whose ESX host ranks it
+        first) and starts each boot group once the groups before it are ready on every node
+        (``docs/scale-out.md``). ``run_id``: default a new one alone, or with nodes one every
+        node derives from the plan's content (give one to run the same plan again).
+
         :raises PlanError: every problem of the plan at once (VMs not in the catalog, unknown
             hosts, the hosts' NFS limits, cache space); nothing was started then.
-        :raises BackendError: the plan's journal cannot be written; nothing was started.
+        :raises BackendError: the plan's journal (or the shared state) cannot be written;
+            nothing was started.
+        :raises SettingsError: ``run_id`` cannot name a run.
         :raises JobStateError: not inside ``async with``.
         """
         if self._tg is None:
             raise JobStateError("use 'async with LiveRecovery(...)' before running a plan")
-        run_id = new_run_id()
+        nodes = bool(self.settings.nodes)
+        if run_id is not None:
+            check_run_id(run_id)
+        run_id = run_id or (plan_run_id(plan) if nodes else new_run_id())
         planned = await preflight(plan, self.backends, self.settings, run_id=run_id)
-        run = PlanRun(plan, self, planned, run_id=run_id, passkey=passkey)
+        if not nodes:
+            run = PlanRun(plan, self, planned, run_id=run_id, passkey=passkey)
+        else:
+            mine, part, barrier = await take_part(plan, planned, self.settings, run_id=run_id)
+            run = PlanRun(
+                plan, self, mine, run_id=run_id, passkey=passkey, barrier=barrier, part=part
+            )
         await run.open_journal()  # a plan that cannot keep its journal does not start
         self._plans.append(run)
         self._tg.start_soon(run.run, name=f"liverecovery plan {plan.name}")
@@ -287,7 +307,10 @@ class LiveRecovery:
         await self.resume()
         runs: list[PlanRun] = []
         for found in resumable_plans(self.settings, self._jobs, self.resume_errors):
-            run = found.run(self, passkey)
+            barrier = None
+            if self.settings.nodes:  # wait for the other nodes again, through the same records
+                barrier = node_barrier(found.plan, self.settings, run_id=found.run_id)
+            run = found.run(self, passkey, barrier)
             self._plans.append(run)
             self._tg.start_soon(run.run, name=f"liverecovery plan {run.plan.name} (resumed)")
             runs.append(run)

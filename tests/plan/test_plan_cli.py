@@ -27,6 +27,9 @@ def cli(*args: str, tmp: Path, timeout: float = 100) -> subprocess.CompletedProc
     )
 
 
+CLI = (sys.executable, "-m", "liverecovery.cli")
+
+
 def line_of(path: Path, text: str) -> int:
     return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
@@ -202,3 +205,60 @@ def test_ctrl_c_cancels_the_plan_and_leaves_running_vms_running(tmp_path: Path) 
     assert "stopping: no more groups start" in err
     assert "group app: skipped: the plan was cancelled" in out
     assert "Traceback" not in err
+
+
+def test_two_nodes_each_run_their_part_from_the_cli(tmp_path: Path) -> None:
+    """Two processes, one plan file each (own results folder), one shared directory."""
+    from liverecovery.cluster.placement import place
+
+    hosts = [f"esx-{i}" for i in range(40)]
+    a = [h for h in hosts if place(h, ["A", "B"]) == "A"][:1]
+    b = [h for h in hosts if place(h, ["A", "B"]) == "B"][:1]
+    body = PLAN.format(app_keys="").replace('["esx-1", "esx-2"]', f'["{a[0]}", "{b[0]}"]')
+    shared = tmp_path / "shared"
+
+    def node_flags(node: str) -> list[str]:
+        return ["--node", node, "--nodes", "A,B", "--shared-state", str(shared)]
+
+    procs = {}
+    for node in ("A", "B"):
+        folder = tmp_path / node
+        folder.mkdir()
+        path = write_plan(folder, body)
+        procs[node] = subprocess.Popen(
+            [*CLI, "plan", "run", str(path), "--simulate", "--json", *node_flags(node)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "XDG_STATE_HOME": str(folder / "state")},
+        )
+    out = {}
+    for node, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=100)
+        assert proc.returncode == 0, stderr
+        out[node] = json.loads(stdout)
+    # round-robin: db1 and app2 on the first host (A's), app1 on the second (B's)
+    assert sorted(r["vm"] for r in out["A"]["vms"]) == ["app2", "db1"]
+    assert [r["vm"] for r in out["B"]["vms"]] == ["app1"]
+    assert out["A"]["node"]["others"] == {"B": 1} and out["B"]["node"]["node"] == "B"
+    assert out["A"]["run_id"] == out["B"]["run_id"]
+    assert {r["state"] for n in out.values() for r in n["vms"]} == {"completed"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--node", "C", "--nodes", "A,B", "--shared-state", "S"], "node_name 'C' is not one"),
+        (["--node", "A", "--nodes", "A,A", "--shared-state", "S"], "nodes: 'A' is given twice"),
+        (["--node", "A", "--nodes", "A,B"], "shared_state is empty"),
+        (["--run-id", "../x"], "run id '../x'"),
+    ],
+)
+def test_bad_node_flags_are_refused_before_anything_starts(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    path = write_plan(tmp_path, PLAN.format(app_keys=""))
+    done = cli("plan", "run", str(path), "--simulate", *flags, tmp=tmp_path)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "results" / "plans").exists()
