@@ -317,7 +317,8 @@ class Settings:
     addresses and the export registries (``s3://bucket/state-prefix``, never inside a backup
     prefix, or a directory every node sees); empty for one node alone (docs/scale-out.md)."""
     node_name: str = attrs.field(default="", validator=_text)
-    """Several serving nodes running one plan: this node's name, one of ``nodes``."""
+    """Several serving nodes: this node's name (it holds its service address's lease under it,
+    ``liverecovery standby``), and with ``nodes`` one of them."""
     nodes: tuple[str, ...] = attrs.field(default=(), converter=_tuple, validator=_node_names)
     """Every node running the plan (the same list on each); each runs the VMs whose ESX host
     ranks it first (rendezvous hashing) and they start boot groups together through
@@ -330,7 +331,7 @@ class Settings:
     def __attrs_post_init__(self) -> None:
         if self.nodes and not self.node_name:
             raise SettingsError("nodes is set: node_name must name this node, one of them")
-        if self.node_name and self.node_name not in self.nodes:
+        if self.nodes and self.node_name not in self.nodes:
             known = ", ".join(self.nodes) or "none"
             raise SettingsError(f"node_name {self.node_name!r} is not one of nodes ({known})")
         if self.nodes and not self.shared_state:

@@ -32,7 +32,12 @@ from liverecovery.backends import (
 from liverecovery.cache.block_cache import DiskBlockCache
 from liverecovery.catalog.opening import open_catalog
 from liverecovery.config import Settings
-from liverecovery.datastore.builder import FreBuilder, OverlayFactory, durable_overlay
+from liverecovery.datastore.builder import (
+    FolderFactory,
+    FreBuilder,
+    OverlayFactory,
+    durable_overlay,
+)
 from liverecovery.errors import JobStateError, SettingsError
 from liverecovery.nfs.server import NfsServer
 
@@ -97,6 +102,7 @@ async def assemble(
     catalog: CatalogReader | None = None,
     cache: BlockCache | None = None,
     overlay_factory: OverlayFactory = durable_overlay,
+    folder_factory: FolderFactory | None = None,
     read_only: bool = False,
     nfs_state_dir: Path | None = None,
 ) -> AsyncIterator[Assembly]:
@@ -105,6 +111,8 @@ async def assemble(
     :param vsphere: a client (the caller's), a ``VSphereFactory``, or None (browsing only).
     :param catalog: the backups; by default a ``DirectoryCatalog`` at ``settings.backup_root``.
     :param cache: the block cache; by default the on-disk one the settings describe.
+    :param overlay_factory, folder_factory: how the builder keeps a job's writes and its VM
+        folder (several serving nodes: written through to the shared state).
     :param read_only: build read-only presentations (no overlays): ``liverecovery browse``.
     :raises SettingsError: no catalog and no ``backup_root``.
     """
@@ -127,5 +135,10 @@ async def assemble(
             client = vsphere
         else:
             client = await stack.enter_async_context(vsphere(server))
-        builder = FreBuilder(cache, overlay_factory=overlay_factory, read_only=read_only)
+        builder = FreBuilder(
+            cache,
+            overlay_factory=overlay_factory,
+            folder_factory=folder_factory,
+            read_only=read_only,
+        )
         yield Assembly(settings, server, cache, catalog, builder, client)
