@@ -73,9 +73,9 @@ class DirectorySharedState:
 
     def _write(self, key: str, data: bytes, expect: str | None) -> str | None:
         path = self._path(key)
-        make_private_dirs(path.parent)
         with open(self.root / ".lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            make_private_dirs(path.parent)  # under the lock: a delete removes empty folders
             current = self._read(key)
             if (current.etag if current else None) != expect:
                 return None
@@ -108,8 +108,18 @@ class DirectorySharedState:
         with open(self.root / ".lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             for key in keys:
+                path = self._path(key)
                 with contextlib.suppress(FileNotFoundError):
-                    self._path(key).unlink()
+                    path.unlink()
+                # folders emptied go too (as keys under a prefix do in a store); under the
+                # lock, so a create in one of them is not racing the removal
+                for folder in path.parents:
+                    if folder == self.root or self.root not in folder.parents:
+                        break
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break  # not empty (or already gone): nothing above is empty either
 
     async def delete(self, keys: Sequence[str]) -> None:
         await anyio.to_thread.run_sync(self._delete, list(keys))

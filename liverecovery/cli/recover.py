@@ -17,6 +17,7 @@ the unfinished jobs of a process that stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -41,6 +42,7 @@ from liverecovery.job.job import RecoveryJob
 from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.control import ControlServer, socket_path
 from liverecovery.recovery.live import LiveRecovery
+from liverecovery.recovery.node import node_problems, serving_node
 from liverecovery.recovery.progress import show_progress
 from liverecovery.spec import RecoverySpec
 
@@ -229,9 +231,11 @@ def server_settings(config: RecoverConfig, args: argparse.Namespace | None = Non
 
 @asynccontextmanager
 async def production(
-    config: RecoverConfig, args: argparse.Namespace | None = None
+    config: RecoverConfig, args: argparse.Namespace | None = None, *, standby: bool = False
 ) -> AsyncIterator[tuple[LiveRecovery, NfsServer]]:
-    """``LiveRecovery.from_settings`` on the backup, pyvmomi, and the control socket."""
+    """``LiveRecovery.from_settings`` on the backup, pyvmomi, and the control socket; with
+    ``shared_state`` and ``node_name`` set, a serving node holding its address (``standby``:
+    waiting for it, then taking it over with the jobs of the node that held it)."""
     settings = await run_sync(server_settings, config, args)
     settings = attrs.evolve(settings, backup_root=config.backup or settings.backup_root or ".")
     password = config.secret(config.password_env, "--password-env") or ""
@@ -246,10 +250,19 @@ async def production(
         ) as client:
             yield client
 
-    async with (
-        LiveRecovery.from_settings(settings, vsphere=vcenter) as lr,
-        anyio.create_task_group() as tg,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.shared_state and settings.node_name:
+            # One of several serving nodes: it holds its service address by a lease in the
+            # shared state (a standby takes it over, resumed), docs/scale-out.md.
+            node = await stack.enter_async_context(
+                serving_node(settings, vsphere=vcenter, takeover=standby)
+            )
+            lr = node.recovery
+        else:
+            lr = await stack.enter_async_context(
+                LiveRecovery.from_settings(settings, vsphere=vcenter)
+            )
+        tg = await stack.enter_async_context(anyio.create_task_group())
         assert lr.assembly is not None
         await tg.start(ControlServer(lr, socket_path(settings.job_results_dir)).serve)
         try:
@@ -384,6 +397,14 @@ def register(sub: Any) -> None:
     resume.add_argument("backup", nargs="?", help="backup root the jobs read from")
     _common(resume)
     resume.set_defaults(handler=run_resume)
+    standby = sub.add_parser(
+        "standby",
+        help="several serving nodes: wait for the node holding nfs_address to die, take the "
+        "address over and resume its jobs (needs shared_state and node_name)",
+    )
+    standby.add_argument("backup", nargs="?", help="backup root the jobs read from")
+    _common(standby)
+    standby.set_defaults(handler=run_standby)
 
 
 async def run_recover(args: argparse.Namespace) -> int:
@@ -405,5 +426,23 @@ async def run_resume(args: argparse.Namespace) -> int:
             print(f"skipped: {error}", file=sys.stderr)
         if not jobs:
             print("no unfinished jobs", file=sys.stderr)
+            return 0
+        return await _follow(jobs, args.json)
+
+
+async def run_standby(args: argparse.Namespace) -> int:
+    config = RecoverConfig.from_args(args, need_job=False)
+    settings = await run_sync(server_settings, config, args)
+    if problems := node_problems(settings):
+        raise SettingsError("standby needs " + "; ".join(problems))
+    print(
+        f"standby: node {settings.node_name} watches {settings.nfs_address} in "
+        f"{settings.shared_state}",
+        file=sys.stderr,
+    )
+    async with production(config, args, standby=True) as (lr, _server):
+        jobs = list(lr.jobs())
+        print(f"took {settings.nfs_address} over: {len(jobs)} job(s) resumed", file=sys.stderr)
+        if not jobs:
             return 0
         return await _follow(jobs, args.json)

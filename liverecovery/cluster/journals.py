@@ -102,6 +102,25 @@ class JournalMirror:
         self._sent: dict[str, int] = {}
         self._forgotten: set[str] = set()
 
+    async def appended(self, path: Path, index: int, line: bytes) -> None:
+        """A job's record just made durable locally (a ``JournalListener``): copied before
+        the job goes on, so a record announcing a side effect (a registration, a power-on)
+        is in the store before the effect, and a node taking over knows of it. The records
+        before it that ``sync`` has not copied yet go first.
+
+        :raises BackendError: the store did not take it (the job does not go on).
+        """
+        job_id = path.name[: -len(_SUFFIX)]
+        if job_id in self._forgotten or not path.name.endswith(_SUFFIX):
+            return
+        base = journal_records_key(self.vip, job_id)
+        if self._sent.get(job_id, 0) < index:
+            lines = _complete_lines(await anyio.Path(path).read_bytes())
+            for n in range(self._sent.get(job_id, 0), min(index, len(lines))):
+                await self.state.create(f"{base}/{n:010d}", lines[n])
+        await self.state.create(f"{base}/{index:010d}", line)
+        self._sent[job_id] = max(self._sent.get(job_id, 0), index + 1)
+
     async def sync(self) -> int:
         """Copy every complete record not in the store yet; how many were copied."""
         copied = 0

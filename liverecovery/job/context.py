@@ -10,6 +10,7 @@ import attrs
 
 from liverecovery.backends import Backends, DatastoreBuilder
 from liverecovery.config import Settings
+from liverecovery.job.journal import JournalListener
 from liverecovery.job.migration import MigrationPolicy
 from liverecovery.job.sessions import SessionRegistry
 from liverecovery.job.sharing import HostShares
@@ -32,3 +33,6 @@ class JobContext:
     journal_dir: Path | None = None
     migration_slots: MigrationSlots | None = None
     """Bounds concurrent storage vMotions (None: no bound)."""
+    journal_listener: JournalListener | None = None
+    """Given each journal record before the job goes on (several serving nodes: the shared
+    state has the record before the side effect it announces happens)."""

@@ -463,7 +463,9 @@ class RecoveryJob:
         if self._ctx.journal_dir is None:
             return
         try:
-            self._journal = await Journal.open(self._ctx.journal_dir / f"{self.id}.journal")
+            self._journal = await Journal.open(
+                self._ctx.journal_dir / f"{self.id}.journal", self._ctx.journal_listener
+            )
             if self._resumed is not None:
                 await self._journal.append("resumed", from_state=self.state.value)
             else:

@@ -22,7 +22,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from liverecovery.spec import RecoverySpec
 __all__ = [
     "Journal",
     "JournalContents",
+    "JournalListener",
     "JournalRecord",
     "journal_dir",
     "read_journal",
@@ -203,17 +204,28 @@ def unfinished_journals(job_results_dir: str | os.PathLike[str]) -> list[Journal
     return [j for j in found if not j.finished]
 
 
-class Journal:
-    """An open journal; ``append`` returns once the record is on stable storage."""
+JournalListener = Callable[[Path, int, bytes], Awaitable[None]]
+"""Called with (journal path, record index, the record's line) once a record is on stable
+storage, before ``append`` returns: several serving nodes copy it to the shared state there."""
 
-    def __init__(self, path: Path, file: AsyncFileIO, seq: int) -> None:
+
+class Journal:
+    """An open journal; ``append`` returns once the record is on stable storage (and, with a
+    ``listener``, once the listener has it)."""
+
+    def __init__(
+        self, path: Path, file: AsyncFileIO, seq: int, listener: JournalListener | None = None
+    ) -> None:
         self.path = path
         self._file: AsyncFileIO | None = file
         self._seq = seq
         self._lock = anyio.Lock()
+        self._listener = listener
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> Journal:
+    async def open(
+        cls, path: str | os.PathLike[str], listener: JournalListener | None = None
+    ) -> Journal:
         """Open (creating, owner-only) a journal for appending after its last intact record.
 
         A corrupt tail is cut off first, so new records follow the last good one.
@@ -233,7 +245,7 @@ class Journal:
             except BaseException:
                 await file.close()
                 raise
-        return cls(p, file, len(contents.records))
+        return cls(p, file, len(contents.records), listener)
 
     async def append(self, kind: str, **data: Any) -> None:
         """Write one record and fsync it."""
@@ -248,6 +260,8 @@ class Journal:
                     n = await self._file.write(view)
                     view = view[n:]
                 await _fsync(self._file.fileno())
+                if self._listener is not None:
+                    await self._listener(self.path, self._seq - 1, line)
 
     async def aclose(self) -> None:
         file, self._file = self._file, None

@@ -48,7 +48,7 @@ from liverecovery.errors import (
     LiveRecoveryError,
 )
 from liverecovery.job.job import JobContext, RecoveryJob
-from liverecovery.job.journal import journal_dir, unfinished_journals
+from liverecovery.job.journal import JournalListener, journal_dir, unfinished_journals
 from liverecovery.job.migration import (
     DelayedMigration,
     ManualMigration,
@@ -94,7 +94,10 @@ class LiveRecovery:
         *,
         builder: DatastoreBuilder | None = None,
         migration_policy: MigrationPolicy | None = None,
+        journal_listener: JournalListener | None = None,
     ) -> None:
+        """``journal_listener``: given every job journal record before the job goes on (a
+        serving node of several copies them to the shared state, ``recovery/node.py``)."""
         if backends is None:
             raise JobStateError(
                 "LiveRecovery needs backends; liverecovery.testing.memory_backends() gives "
@@ -118,6 +121,7 @@ class LiveRecovery:
             journal_dir=journal_dir(self.settings.job_results_dir)
             if self.settings.journal
             else None,
+            journal_listener=journal_listener,
         )
         self._jobs: dict[str, RecoveryJob] = {}
         self._plans: list[PlanRun] = []

@@ -3,7 +3,9 @@
 A node serves its VMs on a service address (``Settings.nfs_address``, a movable address) that it
 holds by a lease in the shared state (``Settings.shared_state``, docs/scale-out.md). Everything
 another node needs to take the address over is written there as it happens: the NFS handle key
-and export registry (``cluster/node_state.py``), the job journals (``cluster/journals.py``), the
+and export registry (``cluster/node_state.py``), every job journal record before the job acts
+on it (``cluster/journals.py``: a record announcing a registration or a power-on is in the
+store before vCenter is asked, so the node taking over knows of it), the
 write overlays and the VM folders (``datastore/overlay_store.py``, ``datastore/folder_store.py``,
 under the lease's epoch). ``serving_node`` wires these from ``Settings`` around a
 ``LiveRecovery``:
@@ -129,7 +131,12 @@ async def serving_node(
         tg.start_soon(holder.run)
         tg.start_soon(exports.run)
         tg.start_soon(mirror.run)
-        lr = LiveRecovery(parts.settings, parts.backends, builder=parts.builder)
+        lr = LiveRecovery(
+            parts.settings,
+            parts.backends,
+            builder=parts.builder,
+            journal_listener=mirror.appended,  # each record in the store before it acts
+        )
         lr.assembly = parts
         served = ServingNode(lr, vip, epoch)
 
@@ -144,6 +151,6 @@ async def serving_node(
             if takeover:
                 served.resumed = tuple(await lr.resume())
             yield served
-        if not served.fenced:
-            await mirror.sync()  # ended jobs' state leaves the store
-        tg.cancel_scope.cancel()
+        tg.cancel_scope.cancel()  # the mirrors stop: the last copy below is the only one
+    if not served.fenced:
+        await mirror.sync()  # the journals' last records; ended jobs' state leaves the store

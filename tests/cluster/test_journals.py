@@ -9,6 +9,7 @@ import pytest
 
 from liverecovery.catalog.shared_state import DirectorySharedState
 from liverecovery.cluster.journals import JournalMirror, journal_records_key, restore_journals
+from liverecovery.errors import BackendError
 from liverecovery.job.journal import Journal, read_journal
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -122,3 +123,34 @@ async def test_a_half_forgotten_journal_is_not_resumed(tmp_path: Path) -> None:
         await state.create(f"{base}/{n:010d}", f"record {n}\n".encode())
     await state.delete([f"{base}/{0:010d}"])
     assert await restore_journals(state, "127.0.0.2", tmp_path / "j") == []
+
+
+async def test_a_record_is_in_the_store_before_append_returns(tmp_path: Path) -> None:
+    """Written through (the mirror as the journal's listener, no polling): a record that
+    announces a side effect is in the shared state before the job acts on it."""
+    state = DirectorySharedState(tmp_path / "state")
+    journals = tmp_path / "journals"
+    mirror = JournalMirror(state, "127.0.0.2", journals)
+    journal = await Journal.open(journals / "job1.journal", mirror.appended)
+    base = journal_records_key("127.0.0.2", "job1")
+    for n, kind in enumerate(("spec", "exported", "registering")):
+        await journal.append(kind, n=n)
+        stored = await state.get(f"{base}/{n:010d}")
+        assert stored is not None and kind.encode() in stored.data
+    await journal.aclose()
+    lines = (journals / "job1.journal").read_bytes().splitlines(keepends=True)
+    assert [(await state.get(f"{base}/{n:010d}")).data for n in range(3)] == lines  # type: ignore[union-attr]
+
+
+async def test_a_record_the_store_refuses_stops_the_job_before_its_effect(
+    tmp_path: Path,
+) -> None:
+    class Refusing(DirectorySharedState):
+        async def create(self, key: str, data: bytes) -> str | None:
+            raise BackendError("the store is away", operation="shared_state")
+
+    mirror = JournalMirror(Refusing(tmp_path / "state"), "127.0.0.2", tmp_path / "j")
+    journal = await Journal.open(tmp_path / "j" / "job1.journal", mirror.appended)
+    with pytest.raises(BackendError, match="the store is away"):
+        await journal.append("registering", vmx_path="[ds] vm/vm.vmx")
+    await journal.aclose()
