@@ -54,6 +54,7 @@ class _Point:
     ova: Path | None = None
     confine: Path | None = None  # the VM folder every file of the point must lie in
     read_from: tuple[Path, ...] = ()  # the files read, present or not (kept answers check them)
+    vmx: bytes | None = None  # the .vmx as read (unchanged while the point is kept)
 
 
 @attrs.frozen
@@ -118,6 +119,8 @@ class DirectoryCatalog(AsyncResource):
         found = await self._find(point.vm_name, point.point_id)
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
+        if found.vmx is not None and name == found.point.vmx_name:
+            return found.vmx  # read with the point, and unchanged since (``_points``)
         if found.ova is not None:
             from liverecovery.catalog.ova import read_ova_file
 
@@ -183,7 +186,8 @@ class DirectoryCatalog(AsyncResource):
             )
             return _Point(point, folder, ova, confine, (folder / CATALOG_FILE, ova))
         vmx_path = await run_sync(_confined_file, confine, await run_sync(_single_vmx, folder))
-        config = config_from_vmx(VmxFile.parse(await _read_bounded(vmx_path)), path=str(vmx_path))
+        vmx = await _read_bounded(vmx_path)
+        config = config_from_vmx(VmxFile.parse(vmx), path=str(vmx_path))
         created = meta.created or _dated(folder.name) or await _mtime(vmx_path)
         disks = await run_sync(_disk_infos, folder, config, confine)
         read_from = [folder / CATALOG_FILE, vmx_path, *(folder / d.file_name for d in disks)]
@@ -207,7 +211,7 @@ class DirectoryCatalog(AsyncResource):
             nvram_name=nvram,
             warnings=config.warnings,
         )
-        return _Point(point, folder, None, confine, tuple(read_from))
+        return _Point(point, folder, None, confine, tuple(read_from), vmx)
 
     # -- scanning (sync, run in a worker thread) -------------------------------------------
 

@@ -116,7 +116,9 @@ async def test_a_new_restore_point_and_changed_files_are_seen(tmp_path: Path) ->
     assert (await catalog.restore_point("db")).point_id == "db-2024-05-02_22-00-00"
     settle()
     assert (await catalog.restore_point("db")).memory_mb == 2048
+    point = await catalog.restore_point("db")
     write_vm(vm / "db-2024-05-02_22-00-00", "db", memory_mb=3072)  # the .vmx replaced
+    assert b'memSize = "3072"' in await catalog.read_file(point, "db.vmx")
     assert (await catalog.restore_point("db")).memory_mb == 3072
     settle()
     (vm / "db-2024-05-02_22-00-00" / "catalog.json").write_text('{"archived": true}')
