@@ -19,6 +19,27 @@ each VM into their local datastore.
    their host's own NFS mount; p50/p99/max (target p99 <= 50 ms). The rest are then stopped
    (``stop(power_off=True)``, the operator's explicit request) to end the run.
 
+5. The server's CPU per VM powered on: the CPU time of the server's process (all its threads,
+   and its event loop's thread alone) from ``run_plan`` to the last power-on, divided by the VMs.
+   The simulated vSphere answers at once, so on this machine one VM's power-on is nothing but
+   our CPU and a plan of many is CPU-bound: 100 VMs take at least 100 x (CPU per VM) / cores,
+   and the ratio of 2. says how much CPU a VM costs more than how the plan is scheduled. In
+   ``remote`` mode that CPU is the server's and the jobs' alone; ``inprocess`` it includes the
+   simulated hosts (boot reads, guests, NFS clients).
+6. The same plan (1. and 2., no migrations) with a modelled vSphere (``--vsphere-latency``,
+   ``sim.latency.TaskLatency``): each NFS datastore mount, registration and power-on waits
+   first, as a real vCenter/ESXi task does; this waiting costs no CPU. The default model is
+   ``mount=0.3,register=0.3,power_on=1.0,jitter=0.2`` (seconds): figures of a lightly loaded
+   vCenter, assumed, not measured here. The model's shape (a delay per method, jitter as a
+   coefficient of variation) is govmomi vcsim's ``DelayConfig`` (github.com/vmware/govmomi
+   simulator/model.go, commit 069b385b4d882f869508e912ceca21a8a39dd1a2), which ships no
+   figures; no public per-task latency figure was found for these tasks (VMware's performance
+   blog gives vCenter throughput instead: 60-70 operations/s for vCenter 6.5, "vCenter 6.5
+   Performance: what does 6x mean?", blogs.vmware.com/performance, 2017-04, so the ~300 tasks
+   of a 100-VM plan are not limited by vCenter's throughput). ``--vsphere-latency none`` skips
+   it. Both ratios are reported: the zero-latency one (CPU-bound) and the modelled one; neither
+   replaces the other.
+
 ``--hosts-mode`` (default ``both``, one after the other, remote first so the peak RSS of the
 server's process is not the in-process run's): ``inprocess`` runs the simulated hosts in the
 server's process (``sim.hosts.embedded_hosts``), ``remote`` one ``liverecovery.sim.remote``
@@ -49,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 
 from liverecovery import LiveRecovery, Settings
 from liverecovery.catalog.directory import DirectoryCatalog
@@ -58,8 +80,11 @@ from liverecovery.plan.events import VmChanged
 from liverecovery.plan.model import BootGroup, Placement, Plan, PlanVm
 from liverecovery.plan.runner import PlanRun
 from liverecovery.sim.hosts import EmbeddedHosts, embedded_hosts
+from liverecovery.sim.latency import TaskLatency, parse_latency
 from liverecovery.sim.remote_hosts import RemoteEmbeddedHosts, remote_embedded_hosts
 from liverecovery.testing.samples import sample_vm
+
+MODELLED = "mount=0.3,register=0.3,power_on=1.0,jitter=0.2"
 
 
 def _rss_now() -> int:
@@ -171,7 +196,13 @@ async def _probe(
 
 
 async def run_one(
-    work: Path, names: list[str], args: argparse.Namespace, *, migrate: int, mode: str
+    work: Path,
+    names: list[str],
+    args: argparse.Namespace,
+    *,
+    migrate: int,
+    mode: str,
+    latency: TaskLatency | None = None,
 ) -> dict[str, Any]:
     hosts = tuple(f"esx-{i + 1}" for i in range(min(args.hosts, len(names))))
     plan = make_plan(names, hosts, args.in_flight)
@@ -185,11 +216,13 @@ async def run_one(
             hosts=hosts,
             settings=settings(work / mode, args),
             write_interval_s=args.write_interval_s,
+            latency=latency,
         ) as env,
         LiveRecovery(env.settings, env.backends, builder=env.builder) as lr,
     ):
         base = _rss_now()
         started = time.monotonic()
+        cpu0, loop0 = time.process_time(), time.thread_time()
         run = await lr.run_plan(plan)
         pending = {v.vm for v in plan.vms}
         with anyio.fail_after(args.timeout):
@@ -201,6 +234,7 @@ async def run_one(
                 if not pending:
                     break
         all_on = time.monotonic() - started
+        cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
         rss_at_power_on = _rss_now()
         migrated_s = None
         if migrate:
@@ -239,6 +273,10 @@ async def run_one(
         "failed": [r["vm"] for r in summary["vms"] if r["power_on_s"] is None],
         "all_powered_on_s": max(powered) if powered else None,
         "all_powered_on_wall_s": all_on,
+        "vsphere_latency": None if latency is None else attrs.asdict(latency),
+        "server_cpu_s": cpu,
+        "server_cpu_per_vm_ms": cpu / len(names) * 1000,
+        "server_loop_cpu_per_vm_ms": loop_cpu / len(names) * 1000,
         "rss_before": base,
         "rss_at_power_on": rss_at_power_on,
         "rss_per_job_mib": (rss_at_power_on - base) / len(names) / MiB,
@@ -251,6 +289,18 @@ async def run_one(
         "read_p99_ms": None if (v := pct(0.99)) is None else v * 1000,
         "read_max_ms": None if not latencies else latencies[-1] * 1000,
     }
+
+
+def _clean(work: Path, mode: str, vms: int) -> None:
+    """Remove a mode's environments and results (the next runs start afresh; the disk is small)."""
+    for name in (f"env-{mode}-1", f"env-{mode}-{vms}", mode):
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
+def _ratio(one: dict[str, Any], many: dict[str, Any]) -> float | None:
+    if one["all_powered_on_s"] and many["all_powered_on_s"]:
+        return float(many["all_powered_on_s"] / one["all_powered_on_s"])
+    return None
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -269,14 +319,26 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             many = await run_one(
                 work, names, args, migrate=min(args.migrate, len(names)), mode=mode
             )
-            ratio = (
-                many["all_powered_on_s"] / one["all_powered_on_s"]
-                if one["all_powered_on_s"] and many["all_powered_on_s"]
-                else None
-            )
-            by_mode[mode] = {"one": one, "many": many, "power_on_ratio": ratio}
-            shutil.rmtree(work / f"env-{mode}-{len(names)}", ignore_errors=True)
-            shutil.rmtree(work / mode, ignore_errors=True)
+            _clean(work, mode, len(names))
+            by_mode[mode] = {
+                "one": one,
+                "many": many,
+                "power_on_ratio": _ratio(one, many),
+                "server_cpu_per_vm_ms": many["server_cpu_per_vm_ms"],
+            }
+            if args.vsphere_latency is not None:
+                one = await run_one(
+                    work, names[:1], args, migrate=0, mode=mode, latency=args.vsphere_latency
+                )
+                many = await run_one(
+                    work, names, args, migrate=0, mode=mode, latency=args.vsphere_latency
+                )
+                _clean(work, mode, len(names))
+                by_mode[mode]["modelled"] = {
+                    "one": one,
+                    "many": many,
+                    "power_on_ratio": _ratio(one, many),
+                }
     return {
         "benchmark": "plan",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
@@ -287,6 +349,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "max_migrations_per_host": args.max_migrations_per_host,
         "backup_write_s": write_s,
         "hosts_mode": args.hosts_mode,
+        "vsphere_latency": None
+        if args.vsphere_latency is None
+        else attrs.asdict(args.vsphere_latency),
         **by_mode,
         "load_after": os.getloadavg(),
     }
@@ -311,6 +376,12 @@ def main() -> None:
         choices=("inprocess", "remote", "both"),
         default="both",
         help="simulated ESX hosts in the server's process, one process each, or both in turn",
+    )
+    parser.add_argument(
+        "--vsphere-latency",
+        type=lambda text: None if text == "none" else parse_latency(text),
+        default=parse_latency(MODELLED),
+        help=f"the modelled vSphere task latency, seconds (default {MODELLED}; 'none': skip)",
     )
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args()

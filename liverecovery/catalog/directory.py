@@ -8,6 +8,13 @@ Layouts understood, under a backup root::
 
 The root itself may also be one VM folder, or one .ova file. Each restore point folder may hold a
 ``catalog.json`` (see ``point_meta``). Everything is read on demand, never written.
+
+A VM's restore points are read once and kept (a plan of many VMs looks each up several times):
+the kept answer is used only while every file and folder it was read from has the same
+``stat`` (modification and change times, size, inode) as then, checked on each lookup, so a VM
+removed, renamed, added to or rewritten is read again. An answer read while one of those files
+was changing (its change time within ``racy_window_s`` of the read, finer than the file system's
+clock) is not kept, as git does for "racily clean" entries.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,19 +53,52 @@ class _Point:
     folder: Path
     ova: Path | None = None
     confine: Path | None = None  # the VM folder every file of the point must lie in
+    read_from: tuple[Path, ...] = ()  # the files read, present or not (kept answers check them)
+    vmx: bytes | None = None  # the .vmx as read (unchanged while the point is kept)
+
+
+@attrs.frozen
+class _Stamp:
+    """What ``stat`` says of a path a restore point was read from (None: it did not exist)."""
+
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+    inode: int
+    device: int
+
+
+@attrs.frozen
+class _Indexed:
+    """A VM's restore points as read, and the stamps of every path they were read from."""
+
+    points: tuple[_Point, ...]
+    stamps: tuple[tuple[Path, _Stamp | None], ...]
 
 
 class DirectoryCatalog(AsyncResource):
     """Restore points found under ``root`` (see the module docstring for the layouts)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, grain_cache_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        grain_cache_bytes: int = 64 << 20,
+        racy_window_s: float = 2.0,
+    ) -> None:
         """``grain_cache_bytes`` bounds each opened compressed disk's LRU of inflated grains.
+
+        ``racy_window_s``: restore points read from a file changed less than this long before
+        are read again on the next lookup (coarser than the file system's timestamps: 2 s covers
+        FAT and 1 s clocks; local Linux file systems tick every few milliseconds).
 
         ``root`` is made absolute first, so ``.`` or ``..`` name the folder they stand for (the
         VM name of a single VM folder is its folder's name).
         """
         self.root = Path(os.path.abspath(root))
         self.grain_cache_bytes = grain_cache_bytes
+        self.racy_window_s = racy_window_s
+        self._index: dict[str, _Indexed] = {}
 
     # -- CatalogReader -----------------------------------------------------------------------
 
@@ -78,6 +119,8 @@ class DirectoryCatalog(AsyncResource):
         found = await self._find(point.vm_name, point.point_id)
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise CatalogError(f"invalid file name {name!r}", path=str(found.folder))
+        if found.vmx is not None and name == found.point.vmx_name:
+            return found.vmx  # read with the point, and unchanged since (``_points``)
         if found.ova is not None:
             from liverecovery.catalog.ova import read_ova_file
 
@@ -99,10 +142,23 @@ class DirectoryCatalog(AsyncResource):
     # -- restore points: folders scanned in a worker thread, small files read with aiofiles ----
 
     async def _points(self, vm_name: str) -> list[_Point]:
-        found = await run_sync(self._point_candidates, vm_name)
+        kept = self._index.get(vm_name)
+        if kept is not None:
+            if await run_sync(_unchanged, kept.stamps):
+                return list(kept.points)
+            if self._index.get(vm_name) is kept:
+                del self._index[vm_name]
+        started = time.time_ns()
+        watched: list[Path] = []
+        found = await run_sync(self._point_candidates, vm_name, watched)
         confine = await run_sync(self._confinement, vm_name)
         points = [await self._load(vm_name, folder, ova, confine) for folder, ova in found]
         points.sort(key=lambda p: p.point.created or datetime.min.replace(tzinfo=UTC))
+        watched.extend(path for p in points for path in p.read_from)
+        stamps = await run_sync(_stamps, watched)
+        racy = started - int(self.racy_window_s * 1e9)
+        if all(stamp is None or stamp.ctime_ns < racy for _, stamp in stamps):
+            self._index[vm_name] = _Indexed(tuple(points), stamps)
         return points
 
     async def _find(self, vm_name: str, point_id: str | None) -> _Point:
@@ -128,14 +184,18 @@ class DirectoryCatalog(AsyncResource):
                     load_ova_point, ova, vm_name=vm_name, point_id=point_id, meta=meta
                 )
             )
-            return _Point(point, folder, ova, confine)
+            return _Point(point, folder, ova, confine, (folder / CATALOG_FILE, ova))
         vmx_path = await run_sync(_confined_file, confine, await run_sync(_single_vmx, folder))
-        config = config_from_vmx(VmxFile.parse(await _read_bounded(vmx_path)), path=str(vmx_path))
+        vmx = await _read_bounded(vmx_path)
+        config = config_from_vmx(VmxFile.parse(vmx), path=str(vmx_path))
         created = meta.created or _dated(folder.name) or await _mtime(vmx_path)
         disks = await run_sync(_disk_infos, folder, config, confine)
+        read_from = [folder / CATALOG_FILE, vmx_path, *(folder / d.file_name for d in disks)]
         nvram = config.nvram_name
-        if nvram is not None and not await aiofiles.os.path.isfile(folder / nvram):
-            nvram = None
+        if nvram is not None:
+            read_from.append(folder / nvram)
+            if not await aiofiles.os.path.isfile(folder / nvram):
+                nvram = None
         point = RestorePoint(
             vm_name=vm_name,
             point_id=folder.name,
@@ -151,7 +211,7 @@ class DirectoryCatalog(AsyncResource):
             nvram_name=nvram,
             warnings=config.warnings,
         )
-        return _Point(point, folder, None, confine)
+        return _Point(point, folder, None, confine, tuple(read_from), vmx)
 
     # -- scanning (sync, run in a worker thread) -------------------------------------------
 
@@ -199,29 +259,45 @@ class DirectoryCatalog(AsyncResource):
             return Path(os.path.realpath(self.root.parent))
         return Path(os.path.realpath(self._vm_folder(vm_name)))
 
-    def _point_folders(self, vm_folder: Path) -> list[tuple[Path, Path | None]]:
-        """(folder, ova file or None) of every restore point of one VM folder."""
+    def _point_folders(
+        self, vm_folder: Path, watched: list[Path] | None = None
+    ) -> list[tuple[Path, Path | None]]:
+        """(folder, ova file or None) of every restore point of one VM folder.
+
+        ``watched`` gets every folder whose listing decided the answer.
+        """
         found: list[tuple[Path, Path | None]] = []
         if _has_vmx(vm_folder):
             found.append((vm_folder, None))
         else:
             found.extend((vm_folder, ova) for ova in sorted(vm_folder.glob("*.ova")))
+        if watched is not None:
+            watched.append(vm_folder)
         for sub in sorted(vm_folder.iterdir()):
             if sub.is_dir() and _DATED.match(sub.name):
+                if watched is not None:
+                    watched.append(sub)
                 if _has_vmx(sub):
                     found.append((sub, None))
                 else:
                     found.extend((sub, ova) for ova in sorted(sub.glob("*.ova")))
         return found
 
-    def _point_candidates(self, vm_name: str) -> list[tuple[Path, Path | None]]:
-        """(folder, ova file or None) of each restore point of ``vm_name``, unread yet."""
+    def _point_candidates(
+        self, vm_name: str, watched: list[Path] | None = None
+    ) -> list[tuple[Path, Path | None]]:
+        """(folder, ova file or None) of each restore point of ``vm_name``, unread yet.
+
+        ``watched`` gets the root and every folder whose listing decided the answer.
+        """
+        if watched is not None:
+            watched.append(self.root)
         if self._is_single_ova():
             if vm_name != self.root.stem:
                 raise CatalogError(f"no VM {vm_name!r} in the OVA", path=str(self.root))
             return [(self.root.parent, self.root)]
         folder = self._vm_folder(vm_name)
-        found = self._point_folders(folder)
+        found = self._point_folders(folder, watched)
         if not found:
             raise CatalogError(f"VM {vm_name!r} has no restore points", path=str(folder))
         return found
@@ -244,10 +320,28 @@ class DirectoryCatalog(AsyncResource):
 
 
 def _has_vmx(folder: Path) -> bool:
+    """Whether ``folder`` holds a .vmx file (the names first: a stat only for .vmx entries)."""
     try:
-        return any(p.suffix.lower() == ".vmx" and p.is_file() for p in folder.iterdir())
+        with os.scandir(folder) as entries:
+            return any(e.name.lower().endswith(".vmx") and e.is_file() for e in entries)
     except OSError:
         return False
+
+
+def _stamp(path: Path) -> _Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _Stamp(st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def _stamps(paths: Sequence[Path]) -> tuple[tuple[Path, _Stamp | None], ...]:
+    return tuple((path, _stamp(path)) for path in dict.fromkeys(paths))
+
+
+def _unchanged(stamps: Sequence[tuple[Path, _Stamp | None]]) -> bool:
+    return all(_stamp(path) == stamp for path, stamp in stamps)
 
 
 def _single_vmx(folder: Path) -> Path:

@@ -255,13 +255,9 @@ class Journal:
             self._seq += 1
             line = _encode({"seq": self._seq, "kind": kind, "data": data, "at": time.time()})
             with anyio.CancelScope(shield=True):
-                view = memoryview(line)
-                while view:
-                    n = await self._file.write(view)
-                    view = view[n:]
-                await _fsync(self._file.fileno())
-                if self._listener is not None:
-                    await self._listener(self.path, self._seq - 1, line)
+                await _write_synced(self._file.fileno(), line)
+            if self._listener is not None:  # cancellable: the mirror's poller copies it later
+                await self._listener(self.path, self._seq - 1, line)
 
     async def aclose(self) -> None:
         file, self._file = self._file, None
@@ -275,5 +271,14 @@ def _open_private(path: str, _flags: int) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
+def _write_and_fsync(fd: int, line: bytes) -> None:
+    """The whole record, then fsync: one hand-off to a thread per record, not one per call."""
+    view = memoryview(line)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
 _fsync = aiofiles.os.wrap(os.fsync)
+_write_synced = aiofiles.os.wrap(_write_and_fsync)
 _make_private_dirs = aiofiles.os.wrap(make_private_dirs)

@@ -11,6 +11,9 @@ For that the connection writes to the socket itself, through a duplicate of its 
 while such a reply (or anything queued behind it) is unsent, every reply waits in the
 connection's own outbox, so records never interleave; the transport writes again once the
 outbox is empty. When the transport still buffers bytes, piped data is copied out instead.
+Large replies that are not piped (over ``_SMALL_REPLY``) take the outbox too, and the kernel
+keeps little unsent data per socket (``NOTSENT_LOWAT``): what waits, waits in the outbox, where
+a small reply goes ahead of a storage vMotion's queued 1 MiB READs (``outbox_position``).
 
 Nothing a peer sends before it is known to be a client can make the server hold more than it
 sent (see ``RecordReader``), and ``listen`` bounds what peers can take in total: it accepts
@@ -83,6 +86,11 @@ _ACCEPT_RETRY_S: Final = 0.5
 """After an accept failed for lack of resources (EMFILE...), wait this long before the next."""
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _BACKLOG: Final = 128
+_TCP_NOTSENT_LOWAT: Final = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux >= 3.12
+NOTSENT_LOWAT: Final = 256 << 10
+"""Unsent bytes an accepted TCP socket holds at most (``TCP_NOTSENT_LOWAT``): past that it is
+not writable, so queued replies wait in the connection's outbox, where a small reply goes
+ahead of large ones (``outbox_position``), rather than in the kernel behind them."""
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 
@@ -552,13 +560,17 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
         if self._outbox:  # a spliced reply is on its way: queue behind it
             self._enqueue(parts, size + 4)
             return
-        if piped:
+        if piped or size > _SMALL_REPLY:
+            # A large reply goes through the outbox, like spliced data: whatever is queued
+            # behind it there can still be reordered (a small reply ahead of it), which the
+            # transport's buffer, sending in order, cannot do.
             self._flush()  # the gathered replies go first
             if not transport.get_write_buffer_size() and self._raw_socket() is not None:
                 self._enqueue(parts, size + 4)
                 self._pump()
                 return
-            parts = _copied(parts)  # type: ignore[assignment]
+            if piped:
+                parts = _copied(parts)  # type: ignore[assignment]
         buffers: list[Buffer] = parts  # type: ignore[assignment]  # no PipedData left
         if self._fileno < 0 or transport.get_write_buffer_size():
             self._flush()
@@ -706,6 +718,14 @@ class RpcServerProtocol(asyncio.BufferedProtocol):
             self._transport.close()
 
 
+def _limit_unsent(conn: socket.socket) -> None:
+    """Bound what the kernel queues unsent on ``conn`` (``NOTSENT_LOWAT``): where the option
+    does not exist (not Linux, not TCP), the connection works as before."""
+    if NOTSENT_LOWAT > 0 and conn.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+
 class Listener:
     """Listening sockets whose connections are ``RpcServerProtocol`` objects.
 
@@ -782,6 +802,7 @@ class Listener:
                 )
                 continue
             conn.setblocking(False)
+            _limit_unsent(conn)
             protocol = RpcServerProtocol(
                 self._dispatch, peer, self._table, trusts=self._trusts, scratch=self._scratch
             )

@@ -9,12 +9,14 @@ process: ``liverecovery demo --vms N``, the plan tests and benchmarks/plan.py.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
+import anyio
 import attrs
 
 from liverecovery.backends import (
@@ -39,6 +41,7 @@ from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.embedded import loopback_settings
 from liverecovery.sim.esx_host import SimulatedEsxHost
+from liverecovery.sim.latency import TaskLatency
 
 __all__ = ["EmbeddedHosts", "HostRouter", "SimHost", "SimulatedHosts", "embedded_hosts"]
 
@@ -55,10 +58,21 @@ H = TypeVar("H", bound=SimHost)
 class HostRouter(Generic[H]):
     """Routes each call to the simulated host it concerns, as a vCenter does for its hosts: a
     call naming a host goes to that host, a call naming a VM to the host that registered it
-    (the VM's managed object id is ``<host>/<its id on the host>``)."""
+    (the VM's managed object id is ``<host>/<its id on the host>``).
 
-    def __init__(self, hosts: dict[str, H]) -> None:
+    ``latency`` models how long a real vCenter takes for a mount, a registration and a power-on
+    (``sim.latency``): each such task sleeps that long first. Zero by default.
+    """
+
+    def __init__(self, hosts: dict[str, H], *, latency: TaskLatency | None = None) -> None:
         self.hosts = hosts
+        self.latency = latency or TaskLatency()
+        self._rng = random.Random(0)
+
+    async def _wait(self, task: str) -> None:
+        """The modelled task latency (none by default): a real vCenter's task takes seconds."""
+        if not self.latency.zero:
+            await anyio.sleep(self.latency.delay(task, self._rng))
 
     def _host(self, name: str, op: str) -> H:
         host = self.hosts.get(name)
@@ -86,9 +100,9 @@ class HostRouter(Generic[H]):
     async def mount_nfs_datastore(
         self, host: str, remote_host: str, remote_path: str, datastore: str
     ) -> str:
-        return await self._host(host, "mount_nfs_datastore").mount_nfs_datastore(
-            host, remote_host, remote_path, datastore
-        )
+        esx = self._host(host, "mount_nfs_datastore")
+        await self._wait("mount")
+        return await esx.mount_nfs_datastore(host, remote_host, remote_path, datastore)
 
     async def unmount_datastore(self, host: str, datastore: str) -> None:
         await self._host(host, "unmount_datastore").unmount_datastore(host, datastore)
@@ -103,6 +117,7 @@ class HostRouter(Generic[H]):
         resource_pool: str | None = None,
     ) -> VmRef:
         esx = self._host(host, "register_vm")
+        await self._wait("register")
         ref = await esx.register_vm(
             host, vmx_path, name, folder=folder, resource_pool=resource_pool
         )
@@ -114,6 +129,7 @@ class HostRouter(Generic[H]):
 
     async def power_on(self, vm: VmRef) -> None:
         esx, ref = self.owner(vm, "power_on")
+        await self._wait("power_on")
         await esx.power_on(ref)
 
     async def power_off(self, vm: VmRef) -> None:
@@ -175,8 +191,10 @@ class HostRouter(Generic[H]):
 class SimulatedHosts(HostRouter[SimulatedEsxHost]):
     """Routes each call to the simulated host it concerns; ``async with`` runs them all."""
 
-    def __init__(self, hosts: Sequence[SimulatedEsxHost]) -> None:
-        super().__init__({h.name: h for h in hosts})
+    def __init__(
+        self, hosts: Sequence[SimulatedEsxHost], *, latency: TaskLatency | None = None
+    ) -> None:
+        super().__init__({h.name: h for h in hosts}, latency=latency)
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def __aenter__(self) -> SimulatedHosts:
@@ -230,9 +248,10 @@ async def embedded_hosts(
     overlay_factory: OverlayFactory | None = None,
     write_interval_s: float = 0.05,
     boot_read_bytes: int = 4 << 20,
+    latency: TaskLatency | None = None,
 ) -> AsyncIterator[EmbeddedHosts]:
     """Our NFS server on loopback and one simulated ESX host per name (each with a local
-    ``datastore1``), under ``work_dir``; stopped after."""
+    ``datastore1``), under ``work_dir``; stopped after. ``latency``: see ``HostRouter``."""
     settings = loopback_settings(settings, work_dir)
     sims = SimulatedHosts(
         [
@@ -244,7 +263,8 @@ async def embedded_hosts(
                 boot_read_bytes=boot_read_bytes,
             )
             for name in hosts
-        ]
+        ],
+        latency=latency,
     )
     async with assemble(
         settings,

@@ -35,6 +35,7 @@ from liverecovery.nfs.server import NfsServer
 from liverecovery.recovery.assembly import assemble
 from liverecovery.sim.embedded import loopback_settings
 from liverecovery.sim.hosts import DESTINATION, HostRouter
+from liverecovery.sim.latency import TaskLatency
 from liverecovery.sim.remote import RemoteSimulatedHost
 
 __all__ = ["RemoteEmbeddedHosts", "RemoteHosts", "remote_embedded_hosts"]
@@ -52,6 +53,7 @@ class RemoteHosts(HostRouter[RemoteSimulatedHost]):
         write_interval_s: float = 0.05,
         boot_read_bytes: int = 4 << 20,
         start_timeout_s: float = 60.0,
+        latency: TaskLatency | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.names = tuple(names)
@@ -59,7 +61,7 @@ class RemoteHosts(HostRouter[RemoteSimulatedHost]):
         self.boot_read_bytes = boot_read_bytes
         self.start_timeout_s = start_timeout_s
         self.portmap_port = 111
-        super().__init__({})
+        super().__init__({}, latency=latency)
         self._processes: list[anyio.abc.Process] = []
 
     def mounting_from(self, server: NfsServer) -> RemoteHosts:
@@ -169,11 +171,16 @@ async def remote_embedded_hosts(
     overlay_factory: OverlayFactory | None = None,
     write_interval_s: float = 0.05,
     boot_read_bytes: int = 4 << 20,
+    latency: TaskLatency | None = None,
 ) -> AsyncIterator[RemoteEmbeddedHosts]:
     """``embedded_hosts`` with each simulated host in its own process; stopped after."""
     settings = loopback_settings(settings, work_dir)
     sims = RemoteHosts(
-        work_dir, hosts, write_interval_s=write_interval_s, boot_read_bytes=boot_read_bytes
+        work_dir,
+        hosts,
+        write_interval_s=write_interval_s,
+        boot_read_bytes=boot_read_bytes,
+        latency=latency,
     )
     async with assemble(
         settings,
