@@ -123,6 +123,30 @@ class VmRow:
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
+    @classmethod
+    def of(
+        cls,
+        planned: PlannedVm,
+        job: RecoveryJob | None,
+        *,
+        state: str,
+        power_on_s: float | None,
+        error: str,
+    ) -> VmRow:
+        """The row of ``planned``, its byte counts from its job (zero before it has one)."""
+        stats = job.stats if job is not None else None
+        return cls(
+            vm=planned.vm.vm,
+            group=planned.vm.group,
+            host=planned.host,
+            job_id=planned.job_id,
+            state=state,
+            power_on_s=power_on_s,
+            bytes_served=stats.bytes_served if stats else 0,
+            bytes_restored=stats.bytes_restored if stats else 0,
+            error=error,
+        )
+
 
 def _job_id(run_id: str, plan: Plan, vm: str) -> str:
     """``<plan>-<run>.<vm>``; a hash of the VM name instead when that is longer than 64
@@ -311,17 +335,12 @@ class PlanRun:
         rows = []
         for p in self.planned:
             job = self._jobs.get(p.vm.vm)
-            stats = job.stats if job is not None else None
             rows.append(
-                VmRow(
-                    vm=p.vm.vm,
-                    group=p.vm.group,
-                    host=p.host,
-                    job_id=p.job_id,
+                VmRow.of(
+                    p,
+                    job,
                     state=job.state.value if job is not None else self._states[p.vm.vm],
                     power_on_s=self._power_on.get(p.vm.vm),
-                    bytes_served=stats.bytes_served if stats else 0,
-                    bytes_restored=stats.bytes_restored if stats else 0,
                     error=self._errors.get(p.vm.vm, ""),
                 )
             )

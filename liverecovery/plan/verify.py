@@ -358,17 +358,12 @@ class PlanVerificationRun:
                 state = "checks passed" if vm.passed else "checks failed"
             else:
                 state = job.state.value if job is not None else "waiting"
-            stats = job.stats if job is not None else None
             rows.append(
-                VmRow(
-                    vm=p.vm.vm,
-                    group=p.vm.group,
-                    host=p.host,
-                    job_id=p.job_id,
+                VmRow.of(
+                    p,
+                    job,
                     state=state,
                     power_on_s=None if vm.powered_on_at is None else round(vm.powered_on_at, 3),
-                    bytes_served=stats.bytes_served if stats else 0,
-                    bytes_restored=stats.bytes_restored if stats else 0,
                     error=vm.reason,
                 )
             )
