@@ -101,6 +101,11 @@ class JournalMirror:
         """Keep the store copy of jobs that ended (``Settings.keep_overlay``)."""
         self._sent: dict[str, int] = {}
         self._forgotten: set[str] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Write nothing more (a fenced node: the new owner appends to these journals now)."""
+        self._closed = True
 
     async def appended(self, path: Path, index: int, line: bytes) -> None:
         """A job's record just made durable locally (a ``JournalListener``): copied before
@@ -111,7 +116,7 @@ class JournalMirror:
         :raises BackendError: the store did not take it (the job does not go on).
         """
         job_id = path.name[: -len(_SUFFIX)]
-        if job_id in self._forgotten or not path.name.endswith(_SUFFIX):
+        if self._closed or job_id in self._forgotten or not path.name.endswith(_SUFFIX):
             return
         base = journal_records_key(self.vip, job_id)
         if self._sent.get(job_id, 0) < index:
@@ -124,6 +129,8 @@ class JournalMirror:
     async def sync(self) -> int:
         """Copy every complete record not in the store yet; how many were copied."""
         copied = 0
+        if self._closed:
+            return 0
         try:
             paths = sorted(await anyio.to_thread.run_sync(self._journals))
         except FileNotFoundError:

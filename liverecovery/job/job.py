@@ -155,6 +155,7 @@ class RecoveryJob:
         """The process stopped serving the job while its VM runs from the backup (see
         ``request_exit``): nothing was undone and ``resume`` continues it."""
         self._scope: anyio.CancelScope | None = None
+        self._abandoned = ""
         self._migrate_now = anyio.Event()
         self._session_held = False
         self._journal: Journal | None = None
@@ -415,6 +416,30 @@ class RecoveryJob:
             return
         self.request_cancel()
 
+    def abandon(self, why: str) -> None:
+        """Stop at once, touching nothing outside this process: no vSphere call, no undo, no
+        journal record. For a serving node that lost its service address (fenced): the node
+        that took it over owns the job now, and anything done here would fight it. The job
+        ends left running (``left_running``), whatever its state."""
+        if self.done or self._abandoned:
+            return
+        self._abandoned = why
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _abandon_here(self) -> None:
+        """What ``abandon`` does in the job's task: close the local folder, say why."""
+        self._stop_background()
+        self.left_running = True
+        bound = self._ctx.settings.timeouts.compensation
+        with anyio.CancelScope(shield=True):
+            if self.staged is not None and self.export_path is not None:
+                with contextlib.suppress(Exception), anyio.move_on_after(bound):
+                    await self._ctx.backends.exporter.unpublish(self.export_path, self.folder)
+                with contextlib.suppress(Exception), anyio.move_on_after(bound):
+                    await self.staged.filesystem.aclose()
+        self._warn(f"abandoned ({self._abandoned}) in state {self.state.value}: nothing undone")
+
     async def migrate_now(self) -> None:
         """Start (or retry) the storage vMotion now, without waiting for the migration policy
         or a retry's back-off.
@@ -524,6 +549,9 @@ class RecoveryJob:
             while self.state in STEP_STATES or await self._rolled_back():
                 state = self.state
                 outcome = await self._run_step(state)
+                if self._abandoned:
+                    await self._abandon_here()
+                    return
                 stopping = self.disposable and (self._stop_requested or self._cancel_requested)
                 if self._leave_running and self.running_from_backup and not stopping:
                     await self._leave("the process stopped serving it")
@@ -561,10 +589,13 @@ class RecoveryJob:
                     await self._fire("advance")
         except anyio.get_cancelled_exc_class():
             # The whole LiveRecovery is being torn down: undo what was done, unless the VM
-            # runs from the backup (then it is left running for resume).
+            # runs from the backup (then it is left running for resume) or the job was
+            # abandoned (another node owns it now).
             self._stop_background()
             with anyio.CancelScope(shield=True):
-                if self.running_from_backup and self.disposable:
+                if self._abandoned:
+                    await self._abandon_here()
+                elif self.running_from_backup and self.disposable:
                     self._stop_requested = True
                     if self.state in RUNNING_STATES:
                         await self._fire("stop")
@@ -678,7 +709,7 @@ class RecoveryJob:
         timeout: float = getattr(self._ctx.settings.timeouts, timeout_name)
         with anyio.CancelScope() as scope:
             self._scope = scope
-            if self._cancel_requested or self._stop_requested:
+            if self._cancel_requested or self._stop_requested or self._abandoned:
                 scope.cancel()
             if self._leave_running and self.running_from_backup:
                 scope.cancel()
@@ -904,7 +935,10 @@ class RecoveryJob:
             except BaseException:
                 # Cut short or answered with an error, the registration may have happened all
                 # the same: found by its path, it is undone with the rest (else a VM is left
-                # registered on a datastore the rollback unmounts, its name taken).
+                # registered on a datastore the rollback unmounts, its name taken). Not when
+                # abandoned: another node owns the job now.
+                if self._abandoned:
+                    raise
                 with anyio.CancelScope(shield=True):
                     found = await self._registered_anyway(vmx_path)
                     if found is not None:
@@ -946,7 +980,10 @@ class RecoveryJob:
             except BaseException:
                 # Cut short (a cancel, the step's timeout) or answered with an error, the call
                 # may still have powered the VM on: then it is production, and the rollback
-                # must not unexport its datastore from under it.
+                # must not unexport its datastore from under it. (Abandoned: another node
+                # owns the job; nothing is undone here anyway.)
+                if self._abandoned:
+                    raise
                 with anyio.CancelScope(shield=True):
                     if await self._powered_on_anyway():
                         await self._did("powered_on", moref=self.vm.moref)

@@ -195,6 +195,15 @@ class LiveRecovery:
                     ", ".join(f"{j.id} (VM {j.spec.vm})" for j in left),
                 )
 
+    def abandon(self, why: str) -> None:
+        """Stop every job and plan at once without touching vSphere or undoing anything
+        (``RecoveryJob.abandon``): a serving node that lost its service address to another
+        node, which owns them now."""
+        for run in self._plans:
+            run.request_exit()
+        for job in self._jobs.values():
+            job.abandon(why)
+
     @property
     def left_running(self) -> list[RecoveryJob]:
         """Jobs whose VM was left running from the backup when this ``LiveRecovery`` stopped

@@ -18,8 +18,9 @@ under the lease's epoch). ``serving_node`` wires these from ``Settings`` around 
   hard mount reconnects with the same file handles and its VMs keep running.
 
 If the node loses its lease (another node took it, or it could not renew in time) it fences
-itself: its NFS server closes at once and the node's block ends; the VMs are the new owner's,
-so nothing is undone (``ServingNode.fenced`` says why). Binding and dropping the address on the
+itself: it writes nothing more to the shared state, its jobs are abandoned (no vSphere call,
+nothing undone: ``LiveRecovery.abandon``), its NFS server closes at once and the node's block
+ends; the VMs are the new owner's (``ServingNode.fenced`` says why). Binding and dropping the address on the
 network is the site's (pacemaker's IPaddr2 or the like, as NFS-Ganesha HA does); on loopback any
 127.x address is local.
 """
@@ -143,7 +144,11 @@ async def serving_node(
         async def on_fence() -> None:
             await fenced.wait()
             served.fenced = holder.reason or "the lease was lost"
-            await parts.server.aclose()  # the address is free for the new owner at once
+            # The new owner owns the jobs now: write nothing more to the shared state, make
+            # no vSphere call, undo nothing; free the address at once.
+            mirror.close()
+            lr.abandon(f"fenced: {served.fenced}")
+            await parts.server.aclose()
             tg.cancel_scope.cancel()
 
         tg.start_soon(on_fence)

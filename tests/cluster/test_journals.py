@@ -154,3 +154,18 @@ async def test_a_record_the_store_refuses_stops_the_job_before_its_effect(
     with pytest.raises(BackendError, match="the store is away"):
         await journal.append("registering", vmx_path="[ds] vm/vm.vmx")
     await journal.aclose()
+
+
+async def test_a_closed_mirror_writes_nothing_more(tmp_path: Path) -> None:
+    """Fenced: the new owner appends to these journals in the store now."""
+    state = DirectorySharedState(tmp_path / "state")
+    mirror = JournalMirror(state, "127.0.0.2", tmp_path / "j")
+    journal = await Journal.open(tmp_path / "j" / "job1.journal", mirror.appended)
+    await journal.append("spec")
+    mirror.close()
+    await journal.append("left_running")
+    assert await mirror.sync() == 0
+    await journal.aclose()
+    assert await state.keys(journal_records_key("127.0.0.2", "job1")) == [
+        f"{journal_records_key('127.0.0.2', 'job1')}/{0:010d}"
+    ]

@@ -589,3 +589,32 @@ async def test_a_stalled_storage_vmotion_gives_its_slot_to_the_next_vm(stall_s: 
         for job in (first, second):
             if not job.done:
                 await job.stop(power_off=True)
+
+
+@pytest.mark.parametrize("where", ["registering", "powering_on", "serving"])
+async def test_an_abandoned_job_touches_nothing_outside_the_process(where: str) -> None:
+    """A fenced serving node abandons its jobs: whatever their state, no vSphere call, no
+    unexport, no undo after the abandon (the node that took the address over owns them)."""
+    world = World()
+    world.catalog.add_vm("web01")
+    operation = {"registering": "vsphere.register_vm", "powering_on": "vsphere.power_on"}
+    pause = world.faults.pause(operation[where]) if where in operation else None
+    async with LiveRecovery(
+        fast_settings(), world.backends, migration_policy=ManualMigration()
+    ) as lr:
+        job = await lr.start(spec())
+        with anyio.fail_after(10):
+            if pause is not None:
+                await pause.reached.wait()
+            else:
+                await _until(job, State.SERVING)
+        calls = len(world.faults.calls)
+        lr.abandon("fenced: another node took the lease")
+        with anyio.fail_after(10):
+            await job._done.wait()
+    after = world.faults.calls[calls:]  # not even at the LiveRecovery's exit
+    assert after == ["exporter.unpublish"], after  # the local folder closed, nothing else
+    assert job.left_running and "abandoned (fenced" in job.last_warning
+    assert world.exporter.exports() and world.vsphere.datastores[HOST]
+    if where == "serving":
+        assert _running(world) == ["web01"]
