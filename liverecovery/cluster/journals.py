@@ -1,9 +1,12 @@
 """Job journals mirrored in the shared state, so another node can resume a dead node's jobs.
 
 A journal is append-only, one checksummed record per line (``job/journal.py``); its mirror is
-one object per record, ``journals/<vip>/<job id>/<n:010d>`` (record ``n`` of the file,
-counted from 0), each written with ``create``: a record is never overwritten, so a fenced node
-that wakes up cannot rewrite history. ``JournalMirror`` copies the records that are complete on
+one object per record, ``journals/<vip>/<job id>/<n:010d>.<epoch:010d>`` (record ``n`` of the
+file, counted from 0, as written by the node holding the address's lease ``epoch``; a bare
+``<n:010d>`` is epoch 0), each written with ``create``: a record is never overwritten, so a
+fenced node that wakes up cannot rewrite history, and a record it had in flight when it was
+fenced lands under its own, older epoch: where the new owner wrote record ``n`` too, the
+restorer takes the newest epoch's, so the late one never hides the new owner's. ``JournalMirror`` copies the records that are complete on
 disk (every ``interval_s``, and once more on ``sync``); ``restore_journals`` writes them back
 into a node's journal folder, in order, up to the first missing record, before that node calls
 ``LiveRecovery.resume()``.
@@ -16,10 +19,11 @@ meanwhile finds no journal to resume (``restore_journals`` stops at the first ga
 *failed* keeps its store copy (as ``keep_overlay`` keeps the local overlay of a VM lost while it
 ran), and so does every job with ``keep_ended``.
 
-The mirror trails the local journal by up to ``interval_s``: a record written just before a
-node died may be missing in the store. That is the case ``job/resume.py`` already handles for
-a crash between a side effect and its record: what vSphere shows (a mount, a registration, a
-power-on) is reconciled with the journal.
+A serving node makes the mirror its journals' listener (``JournalMirror.appended``): each record
+is in the store before the job acts on it. ``run`` (every ``interval_s``) and ``sync`` copy
+whatever a listener did not (records of a journal opened without one, a PUT that failed); a
+record missing anyway is the case ``job/resume.py`` handles for a crash between a side effect
+and its record: what vSphere shows is reconciled with the journal.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ __all__ = [
     "ended_for_good",
     "forget_job",
     "journal_records_key",
+    "newest_records",
+    "parse_record_name",
+    "record_name",
     "restore_journals",
 ]
 
@@ -51,6 +58,38 @@ ENDED_FOR_GOOD = frozenset({"completed", "cancelled"})
 
 def journal_records_key(vip: str, job_id: str) -> str:
     return f"journals/{vip}/{job_id}"
+
+
+def record_name(n: int, epoch: int = 0) -> str:
+    """The key part of record ``n`` written under lease ``epoch``."""
+    return f"{n:010d}.{epoch:010d}" if epoch else f"{n:010d}"
+
+
+def parse_record_name(name: str) -> tuple[int, int] | None:
+    """(record index, epoch) of a key part ``record_name`` made; None for anything else."""
+    n, _, epoch = name.partition(".")
+    if len(n) != 10 or not n.isdigit() or (epoch and (len(epoch) != 10 or not epoch.isdigit())):
+        return None
+    return int(n), int(epoch or 0)
+
+
+def newest_records(names: Sequence[str]) -> list[str]:
+    """The key parts of a journal's records to restore, in order: for each index the newest
+    epoch's, from record 0 up to the first missing index (pure)."""
+    best: dict[int, tuple[int, str]] = {}
+    for name in names:
+        parsed = parse_record_name(name)
+        if parsed is None:
+            continue
+        n, epoch = parsed
+        if n not in best or epoch > best[n][0]:
+            best[n] = (epoch, name)
+    out = []
+    for n in range(len(best)):
+        if n not in best:
+            break  # a gap: what follows it cannot be trusted to follow
+        out.append(best[n][1])
+    return out
 
 
 def ended_for_good(lines: Sequence[bytes]) -> bool:
@@ -71,8 +110,9 @@ async def forget_job(state: SharedState, vip: str, job_id: str) -> None:
     records under ``vip``, record 0 first (a restorer then finds no journal)."""
     await state.delete(await state.keys(f"jobs/{job_id}"))
     records = await state.keys(journal_records_key(vip, job_id))
-    await state.delete(records[:1])
-    await state.delete(records[1:])
+    first = [k for k in records if (p := parse_record_name(k.rsplit("/", 1)[-1])) and not p[0]]
+    await state.delete(first)
+    await state.delete([k for k in records if k not in first])
 
 
 def _complete_lines(raw: bytes) -> list[bytes]:
@@ -92,8 +132,11 @@ class JournalMirror:
         *,
         interval_s: float = 0.1,
         keep_ended: bool = False,
+        epoch: int = 0,
     ) -> None:
+        """``epoch``: the lease epoch this node writes under (0: none)."""
         self.state = state
+        self.epoch = epoch
         self.vip = vip
         self.journal_dir = journal_dir
         self.interval_s = interval_s
@@ -102,6 +145,9 @@ class JournalMirror:
         self._sent: dict[str, int] = {}
         self._forgotten: set[str] = set()
         self._closed = False
+
+    def _key(self, base: str, n: int) -> str:
+        return f"{base}/{record_name(n, self.epoch)}"
 
     def close(self) -> None:
         """Write nothing more (a fenced node: the new owner appends to these journals now)."""
@@ -122,8 +168,8 @@ class JournalMirror:
         if self._sent.get(job_id, 0) < index:
             lines = _complete_lines(await anyio.Path(path).read_bytes())
             for n in range(self._sent.get(job_id, 0), min(index, len(lines))):
-                await self.state.create(f"{base}/{n:010d}", lines[n])
-        await self.state.create(f"{base}/{index:010d}", line)
+                await self.state.create(self._key(base, n), lines[n])
+        await self.state.create(self._key(base, index), line)
         self._sent[job_id] = max(self._sent.get(job_id, 0), index + 1)
 
     async def sync(self) -> int:
@@ -147,7 +193,7 @@ class JournalMirror:
             base = journal_records_key(self.vip, job_id)
             for n in range(self._sent.get(job_id, 0), len(lines)):
                 # None: the record exists (copied before a restart of this mirror): keep it
-                if await self.state.create(f"{base}/{n:010d}", lines[n]) is not None:
+                if await self.state.create(self._key(base, n), lines[n]) is not None:
                     copied += 1
                 self._sent[job_id] = n + 1
         return copied
@@ -183,9 +229,7 @@ async def restore_journals(state: SharedState, vip: str, journal_dir: Path) -> l
     restored = []
     for job_id, records in sorted(jobs.items()):
         lines = []
-        for n, record in enumerate(sorted(records)):
-            if record != f"{n:010d}":
-                break  # a gap: what follows it cannot be trusted to follow
+        for record in newest_records(records):
             got = await state.get(f"{journal_records_key(vip, job_id)}/{record}")
             if got is None:
                 break

@@ -115,7 +115,7 @@ async def serving_node(
     await install_node_state(state, vip, nfs_state)
     if takeover:
         await restore_journals(state, vip, journals)
-    mirror = JournalMirror(state, vip, journals, keep_ended=settings.keep_overlay)
+    mirror = JournalMirror(state, vip, journals, keep_ended=settings.keep_overlay, epoch=epoch)
     async with (
         assemble(
             attrs.evolve(settings, nfs_listen_host=vip),

@@ -6,9 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from liverecovery.catalog.shared_state import DirectorySharedState
-from liverecovery.cluster.journals import JournalMirror, journal_records_key, restore_journals
+from liverecovery.cluster.journals import (
+    JournalMirror,
+    forget_job,
+    journal_records_key,
+    newest_records,
+    parse_record_name,
+    record_name,
+    restore_journals,
+)
 from liverecovery.errors import BackendError
 from liverecovery.job.journal import Journal, read_journal
 
@@ -169,3 +179,48 @@ async def test_a_closed_mirror_writes_nothing_more(tmp_path: Path) -> None:
     assert await state.keys(journal_records_key("127.0.0.2", "job1")) == [
         f"{journal_records_key('127.0.0.2', 'job1')}/{0:010d}"
     ]
+
+
+def test_the_newest_epoch_s_record_is_restored_at_each_index() -> None:
+    names = [record_name(0, 1), record_name(1, 1), record_name(1, 2), record_name(2, 2)]
+    assert newest_records(names) == [record_name(0, 1), record_name(1, 2), record_name(2, 2)]
+    assert newest_records([record_name(0), record_name(2, 3)]) == [record_name(0)]  # a gap
+    assert newest_records(["junk", "0000000000.x", record_name(0, 4)]) == [record_name(0, 4)]
+    assert parse_record_name(record_name(7, 12)) == (7, 12)
+    assert parse_record_name(record_name(7)) == (7, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(writes=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 4)), max_size=30))
+def test_restored_records_are_contiguous_and_newest(writes: list[tuple[int, int]]) -> None:
+    names = [record_name(n, e) for n, e in writes]
+    out = newest_records(names)
+    parsed = [parse_record_name(name) for name in out]
+    assert [p[0] for p in parsed if p] == list(range(len(out)))
+    for n, epoch in (p for p in parsed if p):
+        assert epoch == max(e for m, e in writes if m == n)
+
+
+async def test_a_fenced_node_s_late_record_never_hides_the_new_owner_s(tmp_path: Path) -> None:
+    """Node A (epoch 1) had record 2 in flight when it was fenced; node B (epoch 2) restored
+    records 0-1 and appended its own record 2. The late PUT lands under epoch 1 and loses."""
+    state = DirectorySharedState(tmp_path / "state")
+    a = JournalMirror(state, "127.0.0.2", tmp_path / "a", epoch=1)
+    journal = await Journal.open(tmp_path / "a" / "job1.journal", a.appended)
+    await journal.append("spec")
+    await journal.append("exported")
+    await journal.aclose()
+    assert await restore_journals(state, "127.0.0.2", tmp_path / "b") == ["job1"]
+    b = JournalMirror(state, "127.0.0.2", tmp_path / "b", epoch=2)
+    journal = await Journal.open(tmp_path / "b" / "job1.journal", b.appended)
+    await journal.append("resumed")
+    await journal.aclose()
+    late = b'{"seq": 3, "kind": "late from A"}\n'
+    assert await state.create(
+        f"{journal_records_key('127.0.0.2', 'job1')}/{record_name(2, 1)}", late
+    )
+    assert await restore_journals(state, "127.0.0.2", tmp_path / "c") == ["job1"]
+    restored = (tmp_path / "c" / "job1.journal").read_bytes()
+    assert b"resumed" in restored and b"late from A" not in restored
+    await forget_job(state, "127.0.0.2", "job1")
+    assert await state.keys(journal_records_key("127.0.0.2", "job1")) == []
