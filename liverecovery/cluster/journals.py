@@ -6,8 +6,9 @@ file, counted from 0, as written by the node holding the address's lease ``epoch
 ``<n:010d>`` is epoch 0), each written with ``create``: a record is never overwritten, so a
 fenced node that wakes up cannot rewrite history, and a record it had in flight when it was
 fenced lands under its own, older epoch: where the new owner wrote record ``n`` too, the
-restorer takes the newest epoch's, so the late one never hides the new owner's. ``JournalMirror`` copies the records that are complete on
-disk (every ``interval_s``, and once more on ``sync``); ``restore_journals`` writes them back
+restorer takes the newest epoch's, so the late one never hides the new owner's.
+``JournalMirror`` copies the records that are complete on disk (every ``interval_s``, and once
+more on ``sync``); ``restore_journals`` writes them back
 into a node's journal folder, in order, up to the first missing record, before that node calls
 ``LiveRecovery.resume()``.
 

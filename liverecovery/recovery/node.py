@@ -43,6 +43,7 @@ from liverecovery.config import Settings
 from liverecovery.datastore.folder_store import store_backed_folders
 from liverecovery.datastore.overlay_store import store_backed_overlays
 from liverecovery.errors import JobStateError, SettingsError
+from liverecovery.job.job import RecoveryJob
 from liverecovery.job.journal import journal_dir
 from liverecovery.recovery.assembly import VSphereFactory, assemble
 from liverecovery.recovery.live import LiveRecovery
@@ -70,7 +71,7 @@ class ServingNode:
     recovery: LiveRecovery
     address: str
     epoch: int
-    resumed: tuple[object, ...] = ()
+    resumed: tuple[RecoveryJob, ...] = ()
     fenced: str = ""
 
 

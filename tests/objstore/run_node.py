@@ -119,7 +119,7 @@ async def main(argv: list[str]) -> None:
             jobs = [await lr.start(spec)]
         async with anyio.create_task_group() as jobs_tg:
             for job in jobs:
-                jobs_tg.start_soon(report, job)  # type: ignore[arg-type]
+                jobs_tg.start_soon(report, job)
     if served.fenced:
         print(f"fenced {served.fenced}", flush=True)
     else:
